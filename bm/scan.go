@@ -1,0 +1,571 @@
+package bm
+
+import (
+	"fmt"
+	"math"
+
+	. "github.com/gomlx/gomlx/pkg/core/graph"
+	"github.com/gomlx/gomlx/pkg/core/shapes"
+)
+
+// The selective scan of the Mamba mixer (SPEC §2 step 6–7, without the D skip):
+//
+//	h_t = exp(Δ_t ⊗ A) ⊙ h_{t−1} + (Δ_t ⊙ x_t) ⊗ B_t,  h_{−1} = 0,     y_t = Σ_n C_t[n]·h_t[:, n]
+//
+// GoMLX has no loop op, so the recurrence is written with plain ops. The default "chunked"
+// method cuts time into chunks of L steps and unrolls each chunk as elementwise ops on
+// [B, C, D, N] tensors (C = number of chunks), so that a fusing compiler can keep the per-step
+// states in registers: only the chunk-end states [B, C, D, N] are materialised (1/L of the full
+// state tensor). Each step's state is contracted with C_t at once. The chunk-end states are
+// scanned across chunks, and the outputs are then corrected for the state entering each chunk.
+//
+// The chunked method has a hand-written backward pass (a reverse scan of the adjoint state that
+// recomputes the states chunk by chunk), attached with IdentityWithCustomGradient. With
+// g_t = ∂L/∂h_t, a_t = exp(Δ_t ⊗ A):
+//
+//	g_t  = a_{t+1} ⊙ g_{t+1} + dy_t ⊗ C_t  (+ ∂L/∂h_T at t = T−1)
+//	dC_t = Σ_c dy_t[c]·h_t[c, :]
+//	dB_t = Σ_c g_t[c, :]·Δ_t[c]·x_t[c]
+//	dx_t = Δ_t ⊙ Σ_n g_t[:, n]·B_t[n]
+//	dΔ_t = x_t ⊙ Σ_n g_t[:, n]·B_t[n] + Σ_n A[:, n] ⊙ e_t[:, n],   e_t = g_t ⊙ a_t ⊙ h_{t−1}
+//	dA   = Σ_{b,t} Δ_t ⊗ 1 ⊙ e_t
+
+// Scan methods for ScanOptions.Method.
+const (
+	ScanChunked    = "chunked"
+	ScanSequential = "sequential"
+)
+
+// Across-chunk scan variants for ScanOptions.Across.
+const (
+	AcrossAuto       = "auto"       // sequential for up to 16 chunks, blocked otherwise
+	AcrossSequential = "sequential" // unrolled over the chunks
+	AcrossBlocked    = "blocked"    // two levels: blocks of about √C chunks, then across blocks
+	AcrossLogDepth   = "logdepth"   // Hillis–Steele: ⌈log₂ C⌉ passes over [B, C, D, N]
+)
+
+// Output variants for ScanOptions.Output.
+const (
+	// OutputCorrection computes each chunk's outputs from a zero entering state during the
+	// first pass and adds C_t·exp(A·ΣΔ)·H_in afterwards, in one broadcast-reduce.
+	OutputCorrection = "correction"
+	// OutputRecompute runs the in-chunk recurrence a second time from the entering state.
+	OutputRecompute = "recompute"
+)
+
+// DefaultScanChunk is the chunk length L used when ScanOptions.Chunk is 0.
+const DefaultScanChunk = 16
+
+// ScanOptions selects how SelectiveScan is built. The zero value is the default: chunked,
+// L = 16, automatic across-chunk scan, output by correction, hand-written backward.
+type ScanOptions struct {
+	// Method is ScanChunked ("" means chunked) or ScanSequential (unrolled over T; for tests and
+	// short sequences only, its graph has O(T) nodes and its gradient O(T²) memory).
+	Method string
+	// Chunk is the chunk length L (0 means DefaultScanChunk). It is lowered to T when T < L.
+	Chunk int
+	// Across is the across-chunk scan: AcrossAuto (""), AcrossSequential, AcrossBlocked,
+	// AcrossLogDepth.
+	Across string
+	// Output is OutputCorrection ("") or OutputRecompute.
+	Output string
+	// Autodiff differentiates the chunked forward graph automatically instead of using the
+	// hand-written backward pass (for comparison; it stores every unrolled intermediate).
+	Autodiff bool
+}
+
+// String describes the options compactly, e.g. "chunked/L16/auto/correction".
+func (o ScanOptions) String() string {
+	o = o.withDefaults()
+	if o.Method == ScanSequential {
+		return ScanSequential
+	}
+	s := fmt.Sprintf("%s/L%d/%s/%s", o.Method, o.Chunk, o.Across, o.Output)
+	if o.Autodiff {
+		s += "/autodiff"
+	}
+	return s
+}
+
+func (o ScanOptions) withDefaults() ScanOptions {
+	if o.Method == "" {
+		o.Method = ScanChunked
+	}
+	if o.Chunk == 0 {
+		o.Chunk = DefaultScanChunk
+	}
+	if o.Across == "" {
+		o.Across = AcrossAuto
+	}
+	if o.Output == "" {
+		o.Output = OutputCorrection
+	}
+	return o
+}
+
+// Validate reports unknown option values.
+func (o ScanOptions) Validate() error {
+	o = o.withDefaults()
+	switch o.Method {
+	case ScanChunked, ScanSequential:
+	default:
+		return fmt.Errorf("bm.ScanOptions.Method: unknown method %q (want %q or %q)", o.Method, ScanChunked, ScanSequential)
+	}
+	if o.Chunk < 1 {
+		return fmt.Errorf("bm.ScanOptions.Chunk: chunk length must be >= 1, got %d", o.Chunk)
+	}
+	switch o.Across {
+	case AcrossAuto, AcrossSequential, AcrossBlocked, AcrossLogDepth:
+	default:
+		return fmt.Errorf("bm.ScanOptions.Across: unknown across-chunk scan %q (want %q, %q, %q or %q)",
+			o.Across, AcrossAuto, AcrossSequential, AcrossBlocked, AcrossLogDepth)
+	}
+	switch o.Output {
+	case OutputCorrection, OutputRecompute:
+	default:
+		return fmt.Errorf("bm.ScanOptions.Output: unknown output variant %q (want %q or %q)", o.Output, OutputCorrection, OutputRecompute)
+	}
+	return nil
+}
+
+// SelectiveScan computes the Mamba selective scan in the graph.
+//
+// Shapes: x, delta [B, T, D]; A [D, N] (negative); Bm, Cm [B, T, N]; all of one float dtype
+// (float32 in the model). It returns y [B, T, D] and the final state hT [B, D, N]. Both
+// outputs are differentiable with respect to all five inputs on every backend. It panics with a
+// message naming the input when shapes disagree or the options are invalid.
+func SelectiveScan(x, delta, A, Bm, Cm *Node, opts ScanOptions) (y, hT *Node) {
+	if err := opts.Validate(); err != nil {
+		panic(err)
+	}
+	opts = opts.withDefaults()
+	checkScanShapes(x, delta, A, Bm, Cm)
+	if opts.Method == ScanSequential {
+		return sequentialScan(x, delta, A, Bm, Cm)
+	}
+	if opts.Autodiff {
+		f := chunkedForward(x, delta, A, Bm, Cm, opts)
+		return f.y, f.hT
+	}
+	// Multi-input custom gradient: the forward is built on stop-gradient inputs; the outputs
+	// (also stop-gradient) and the inputs travel through one identity node whose gradient
+	// function returns the inputs' gradients.
+	f := chunkedForward(StopGradient(x), StopGradient(delta), StopGradient(A), StopGradient(Bm), StopGradient(Cm), opts)
+	parts := []*Node{StopGradient(f.y), StopGradient(f.hT), x, delta, A, Bm, Cm}
+	sizes := make([]int, len(parts))
+	flat := make([]*Node, len(parts))
+	for i, p := range parts {
+		sizes[i] = p.Shape().Size()
+		flat[i] = Reshape(p, sizes[i])
+	}
+	packed := IdentityWithCustomGradient(Concatenate(flat, 0), func(_, v *Node) *Node {
+		dy := Reshape(SliceAxis(v, 0, AxisRange(0, sizes[0])), f.y.Shape().Dimensions...)
+		dhT := Reshape(SliceAxis(v, 0, AxisRange(sizes[0], sizes[0]+sizes[1])), f.hT.Shape().Dimensions...)
+		grads := chunkedBackward(f, dy, dhT)
+		out := []*Node{Zeros(v.Graph(), shapes.Make(v.DType(), sizes[0]+sizes[1]))}
+		for _, gr := range grads {
+			out = append(out, Reshape(gr, gr.Shape().Size()))
+		}
+		return Concatenate(out, 0)
+	})
+	y = Reshape(SliceAxis(packed, 0, AxisRange(0, sizes[0])), f.y.Shape().Dimensions...)
+	hT = Reshape(SliceAxis(packed, 0, AxisRange(sizes[0], sizes[0]+sizes[1])), f.hT.Shape().Dimensions...)
+	return y, hT
+}
+
+// checkScanShapes panics with a message naming the offending input.
+func checkScanShapes(x, delta, A, Bm, Cm *Node) {
+	if x.Rank() != 3 {
+		panic(fmt.Sprintf("bm.SelectiveScan: x must be [B, T, D], got %s", x.Shape()))
+	}
+	b, t, d := x.Shape().Dimensions[0], x.Shape().Dimensions[1], x.Shape().Dimensions[2]
+	if !delta.Shape().Equal(x.Shape()) {
+		panic(fmt.Sprintf("bm.SelectiveScan: delta must have the shape of x %s, got %s", x.Shape(), delta.Shape()))
+	}
+	if A.Rank() != 2 || A.Shape().Dimensions[0] != d || A.DType() != x.DType() {
+		panic(fmt.Sprintf("bm.SelectiveScan: A must be [D=%d, N] %s, got %s", d, x.DType(), A.Shape()))
+	}
+	n := A.Shape().Dimensions[1]
+	want := shapes.Make(x.DType(), b, t, n)
+	if !Bm.Shape().Equal(want) {
+		panic(fmt.Sprintf("bm.SelectiveScan: Bm must be [B, T, N] = %s, got %s", want, Bm.Shape()))
+	}
+	if !Cm.Shape().Equal(want) {
+		panic(fmt.Sprintf("bm.SelectiveScan: Cm must be [B, T, N] = %s, got %s", want, Cm.Shape()))
+	}
+	if !x.DType().IsFloat() {
+		panic(fmt.Sprintf("bm.SelectiveScan: inputs must be floating point, got %s", x.DType()))
+	}
+	if t < 1 {
+		panic(fmt.Sprintf("bm.SelectiveScan: x has no time steps (%s)", x.Shape()))
+	}
+}
+
+// sequentialScan unrolls the recurrence over T (automatic differentiation).
+func sequentialScan(x, delta, A, Bm, Cm *Node) (y, hT *Node) {
+	dims := x.Shape().Dimensions
+	batch, T, D := dims[0], dims[1], dims[2]
+	N := A.Shape().Dimensions[1]
+	at := func(v *Node, t, k int) *Node { return Reshape(SliceAxis(v, 1, AxisElem(t)), batch, k) }
+	dx := Mul(delta, x)
+	A3 := Reshape(A, 1, D, N)
+	var h *Node
+	ys := make([]*Node, T)
+	for t := range T {
+		dt := Reshape(at(delta, t, D), batch, D, 1)
+		b := Mul(Reshape(at(dx, t, D), batch, D, 1), Reshape(at(Bm, t, N), batch, 1, N))
+		if h == nil {
+			h = b
+		} else {
+			h = Add(Mul(Exp(Mul(dt, A3)), h), b)
+		}
+		ys[t] = Reshape(ReduceSum(Mul(h, Reshape(at(Cm, t, N), batch, 1, N)), -1), batch, 1, D)
+	}
+	return Concatenate(ys, 1), h
+}
+
+// chunkState holds the forward nodes that the backward pass reuses.
+type chunkState struct {
+	opts         ScanOptions
+	batch, T, Tp int // T padded to Tp = C·L
+	C, L, D, N   int
+	x, dt, dx    *Node // [B, C, L, D] (padded; dx = Δ ⊙ x)
+	bm, cm       *Node // [B, C, L, N]
+	A            *Node // [D, N]
+	A4           *Node // [1, 1, D, N]
+	dsum         *Node // [B, C, D]: Σ_l Δ over each chunk
+	hIn          *Node // [B, C, D, N]: state entering each chunk
+	y            *Node // [B, T, D]
+	hT           *Node // [B, D, N]
+}
+
+// toChunks pads v [B, T, k] with zeros to Tp steps and reshapes it to [B, C, L, k].
+func toChunks(v *Node, Tp, C, L int) *Node {
+	dims := v.Shape().Dimensions
+	if dims[1] < Tp {
+		pad := Zeros(v.Graph(), shapes.Make(v.DType(), dims[0], Tp-dims[1], dims[2]))
+		v = Concatenate([]*Node{v, pad}, 1)
+	}
+	return Reshape(v, dims[0], C, L, dims[2])
+}
+
+// fromChunks reshapes v [B, C, L, k] to [B, Tp, k] and drops the padding past T.
+func fromChunks(v *Node, T int) *Node {
+	dims := v.Shape().Dimensions
+	v = Reshape(v, dims[0], dims[1]*dims[2], dims[3])
+	if dims[1]*dims[2] > T {
+		v = SliceAxis(v, 1, AxisRange(0, T))
+	}
+	return v
+}
+
+// step returns step l of v [B, C, L, k] as [B, C, k, 1] (asColumn) or [B, C, 1, k].
+func step(v *Node, l int, asColumn bool) *Node {
+	d := v.Shape().Dimensions
+	s := SliceAxis(v, 2, AxisElem(l))
+	if asColumn {
+		return Reshape(s, d[0], d[1], d[3], 1)
+	}
+	return Reshape(s, d[0], d[1], 1, d[3])
+}
+
+// stackSteps stacks L nodes [B, C, k] into [B, C, L, k].
+func stackSteps(vs []*Node) *Node {
+	ex := make([]*Node, len(vs))
+	for i, v := range vs {
+		ex[i] = InsertAxes(v, 2)
+	}
+	if len(ex) == 1 {
+		return ex[0]
+	}
+	return Concatenate(ex, 2)
+}
+
+// chunkedForward builds the chunked forward pass.
+func chunkedForward(x, delta, A, Bm, Cm *Node, opts ScanOptions) *chunkState {
+	dims := x.Shape().Dimensions
+	s := &chunkState{opts: opts, batch: dims[0], T: dims[1], D: dims[2], N: A.Shape().Dimensions[1], A: A}
+	s.L = min(opts.Chunk, s.T)
+	s.C = (s.T + s.L - 1) / s.L
+	s.Tp = s.C * s.L
+	s.x = toChunks(x, s.Tp, s.C, s.L)
+	s.dt = toChunks(delta, s.Tp, s.C, s.L)
+	s.dx = Mul(s.dt, s.x)
+	s.bm = toChunks(Bm, s.Tp, s.C, s.L)
+	s.cm = toChunks(Cm, s.Tp, s.C, s.L)
+	s.A4 = Reshape(A, 1, 1, s.D, s.N)
+	s.dsum = ReduceSum(s.dt, 2)
+
+	// Pass 1: the recurrence inside each chunk from a zero state.
+	wantY := opts.Output == OutputCorrection
+	var h *Node
+	var ys []*Node
+	for l := range s.L {
+		a := Exp(Mul(step(s.dt, l, true), s.A4))
+		b := Mul(step(s.dx, l, true), step(s.bm, l, false))
+		if h == nil {
+			h = b
+		} else {
+			h = Add(Mul(a, h), b)
+		}
+		if wantY {
+			ys = append(ys, ReduceSum(Mul(h, step(s.cm, l, false)), -1))
+		}
+	}
+	// Across chunks: inclusive chunk-end states, then the states entering each chunk.
+	hEnd := scanAcross(s.dsum, h, s.A4, opts.Across, false)
+	s.hT = Reshape(SliceAxis(hEnd, 1, AxisElem(s.C-1)), s.batch, s.D, s.N)
+	s.hIn = shiftAxis1(hEnd, 1, false)
+
+	var yc *Node // [B, C, L, D]
+	if wantY {
+		// y_l += Σ_n C_l[n]·exp(A·Σ_{k≤l} Δ_k)·H_in, as one broadcast-reduce over [B, C, L, D, N].
+		cum := make([]*Node, s.L)
+		var run *Node
+		for l := range s.L {
+			d := Reshape(SliceAxis(s.dt, 2, AxisElem(l)), s.batch, s.C, s.D)
+			if run == nil {
+				run = d
+			} else {
+				run = Add(run, d)
+			}
+			cum[l] = run
+		}
+		cum5 := InsertAxes(stackSteps(cum), -1)                  // [B, C, L, D, 1]
+		decay := Exp(Mul(cum5, Reshape(s.A, 1, 1, 1, s.D, s.N))) // [B, C, L, D, N]
+		hin5 := InsertAxes(s.hIn, 2)                             // [B, C, 1, D, N]
+		c5 := InsertAxes(s.cm, 3)                                // [B, C, L, 1, N]
+		corr := ReduceSum(Mul(Mul(decay, hin5), c5), -1)
+		yc = Add(stackSteps(ys), corr)
+	} else {
+		// Second pass from the entering states.
+		h = s.hIn
+		ys = make([]*Node, s.L)
+		for l := range s.L {
+			a := Exp(Mul(step(s.dt, l, true), s.A4))
+			b := Mul(step(s.dx, l, true), step(s.bm, l, false))
+			h = Add(Mul(a, h), b)
+			ys[l] = ReduceSum(Mul(h, step(s.cm, l, false)), -1)
+		}
+		yc = stackSteps(ys)
+	}
+	s.y = fromChunks(yc, s.T)
+	return s
+}
+
+// chunkedBackward returns the gradients of x, delta, A, Bm, Cm given dy [B, T, D] and
+// dhT [B, D, N].
+func chunkedBackward(s *chunkState, dy, dhT *Node) []*Node {
+	g := dy.Graph()
+	dyc := toChunks(dy, s.Tp, s.C, s.L) // [B, C, L, D]
+	decays := make([]*Node, s.L)
+	for l := range s.L {
+		decays[l] = Exp(Mul(step(s.dt, l, true), s.A4)) // a_l: [B, C, D, N]
+	}
+	// u_l = dy_l ⊗ C_l, plus ∂L/∂h_T at the last step of the last chunk.
+	dhTc := Reshape(dhT, s.batch, 1, s.D, s.N)
+	if s.C > 1 {
+		dhTc = Concatenate([]*Node{Zeros(g, shapes.Make(dhT.DType(), s.batch, s.C-1, s.D, s.N)), dhTc}, 1)
+	}
+	u := func(l int) *Node {
+		v := Mul(step(dyc, l, true), step(s.cm, l, false))
+		if l == s.L-1 {
+			v = Add(v, dhTc)
+		}
+		return v
+	}
+
+	// Reverse pass 1 inside each chunk from a zero adjoint: V_c = Σ_l (Π_{k≤l} a_k) u_l.
+	var gl *Node
+	for l := s.L - 1; l >= 0; l-- {
+		if gl == nil {
+			gl = u(l)
+		} else {
+			gl = Add(Mul(decays[l+1], gl), u(l))
+		}
+	}
+	v := Mul(decays[0], gl)
+	// Across chunks in reverse: W_c = P_c·W_{c+1} + V_c; the adjoint arriving at the end of
+	// chunk c from later chunks is Z_c = W_{c+1}.
+	w := scanAcross(s.dsum, v, s.A4, s.opts.Across, true)
+	z := shiftAxis1(w, 1, true)
+
+	// Reverse pass 2 with the entering adjoint Z_c, then the forward recurrence from H_in, and the
+	// per-step gradient terms.
+	gs := make([]*Node, s.L)
+	gl = nil
+	for l := s.L - 1; l >= 0; l-- {
+		if gl == nil {
+			gl = Add(u(l), z)
+		} else {
+			gl = Add(Mul(decays[l+1], gl), u(l))
+		}
+		gs[l] = gl
+	}
+	dxs := make([]*Node, s.L)
+	dts := make([]*Node, s.L)
+	dBs := make([]*Node, s.L)
+	dCs := make([]*Node, s.L)
+	var dA *Node
+	h := s.hIn
+	for l := range s.L {
+		dtl := step(s.dt, l, true) // [B, C, D, 1]
+		dxl := step(s.dx, l, true)
+		bl := step(s.bm, l, false) // [B, C, 1, N]
+		e := Mul(Mul(gs[l], decays[l]), h)
+		h = Add(Mul(decays[l], h), Mul(dxl, bl))
+		gB := ReduceSum(Mul(gs[l], bl), -1) // [B, C, D]
+		dtFlat := Reshape(dtl, s.batch, s.C, s.D)
+		xFlat := Reshape(SliceAxis(s.x, 2, AxisElem(l)), s.batch, s.C, s.D)
+		dxs[l] = Mul(dtFlat, gB)
+		dts[l] = Add(Mul(xFlat, gB), ReduceSum(Mul(e, s.A4), -1))
+		dBs[l] = ReduceSum(Mul(gs[l], dxl), 2)            // [B, C, N]
+		dCs[l] = ReduceSum(Mul(h, step(dyc, l, true)), 2) // [B, C, N]
+		t := Mul(dtl, e)
+		if dA == nil {
+			dA = t
+		} else {
+			dA = Add(dA, t)
+		}
+	}
+	return []*Node{
+		fromChunks(stackSteps(dxs), s.T),
+		fromChunks(stackSteps(dts), s.T),
+		ReduceSum(dA, 0, 1),
+		fromChunks(stackSteps(dBs), s.T),
+		fromChunks(stackSteps(dCs), s.T),
+	}
+}
+
+// shiftAxis1 shifts v [B, C, ...] by k along axis 1, filling with zeros: towards later
+// indices (v'[c] = v[c−k]) or, with reverse, towards earlier ones (v'[c] = v[c+k]).
+func shiftAxis1(v *Node, k int, reverse bool) *Node {
+	dims := v.Shape().Dimensions
+	C := dims[1]
+	zd := append([]int{}, dims...)
+	zd[1] = min(k, C)
+	zeros := Zeros(v.Graph(), shapes.Make(v.DType(), zd...))
+	if k >= C {
+		return zeros
+	}
+	if reverse {
+		return Concatenate([]*Node{SliceAxis(v, 1, AxisRange(k, C)), zeros}, 1)
+	}
+	return Concatenate([]*Node{zeros, SliceAxis(v, 1, AxisRange(0, C-k))}, 1)
+}
+
+// scanAcross solves H_c = exp(A·d_c) ⊙ H_{c∓1} + S_c along axis 1 (H = 0 before the first
+// element; with reverse the recurrence runs from the last element to the first).
+// Shapes: d [B, C, D], S [B, C, D, N], A4 [1, 1, D, N]. Returns H [B, C, D, N] (inclusive).
+func scanAcross(d, S, A4 *Node, method string, reverse bool) *Node {
+	C := S.Shape().Dimensions[1]
+	if C == 1 {
+		return S
+	}
+	if method == AcrossAuto {
+		method = AcrossSequential
+		if C > 16 {
+			method = AcrossBlocked
+		}
+	}
+	switch method {
+	case AcrossSequential:
+		return scanAcrossSequential(d, S, A4, reverse)
+	case AcrossLogDepth:
+		return scanAcrossLogDepth(d, S, A4, reverse)
+	case AcrossBlocked:
+		return scanAcrossBlocked(d, S, A4, reverse)
+	}
+	panic(fmt.Sprintf("bm.SelectiveScan: unknown across-chunk scan %q", method))
+}
+
+func scanAcrossSequential(d, S, A4 *Node, reverse bool) *Node {
+	dims := S.Shape().Dimensions
+	C := dims[1]
+	outs := make([]*Node, C)
+	var h *Node
+	for i := range C {
+		c := i
+		if reverse {
+			c = C - 1 - i
+		}
+		sc := SliceAxis(S, 1, AxisElem(c))
+		if h == nil {
+			h = sc
+		} else {
+			h = Add(Mul(Exp(Mul(InsertAxes(SliceAxis(d, 1, AxisElem(c)), -1), A4)), h), sc)
+		}
+		outs[c] = h
+	}
+	return Concatenate(outs, 1)
+}
+
+func scanAcrossLogDepth(d, S, A4 *Node, reverse bool) *Node {
+	C := S.Shape().Dimensions[1]
+	for off := 1; off < C; off *= 2 {
+		S = Add(S, Mul(Exp(Mul(InsertAxes(d, -1), A4)), shiftAxis1(S, off, reverse)))
+		if off*2 < C {
+			d = Add(d, shiftAxis1(d, off, reverse))
+		}
+	}
+	return S
+}
+
+// scanAcrossBlocked groups the C elements in K blocks of G ≈ √C, scans inside blocks
+// (unrolled), scans the block ends, and corrects each element with the state entering its block.
+func scanAcrossBlocked(d, S, A4 *Node, reverse bool) *Node {
+	dims := S.Shape().Dimensions
+	batch, C, D, N := dims[0], dims[1], dims[2], dims[3]
+	G := int(math.Ceil(math.Sqrt(float64(C))))
+	K := (C + G - 1) / G
+	if K == 1 {
+		return scanAcrossSequential(d, S, A4, reverse)
+	}
+	Cp := K * G
+	if Cp > C {
+		// Zero padding at the end leaves the forward scan unchanged; in reverse it feeds zeros in.
+		S = Concatenate([]*Node{S, Zeros(S.Graph(), shapes.Make(S.DType(), batch, Cp-C, D, N))}, 1)
+		d = Concatenate([]*Node{d, Zeros(d.Graph(), shapes.Make(d.DType(), batch, Cp-C, D))}, 1)
+	}
+	S5 := Reshape(S, batch, K, G, D, N)
+	d4 := Reshape(d, batch, K, G, D)
+	A5 := InsertAxes(A4, 0) // [1, 1, 1, D, N]
+	loc := make([]*Node, G)
+	cum := make([]*Node, G)
+	var h, run *Node
+	for i := range G {
+		j := i
+		if reverse {
+			j = G - 1 - i
+		}
+		sj := Reshape(SliceAxis(S5, 2, AxisElem(j)), batch, K, D, N)
+		dj := Reshape(SliceAxis(d4, 2, AxisElem(j)), batch, K, D)
+		if h == nil {
+			h, run = sj, dj
+		} else {
+			h = Add(Mul(Exp(Mul(InsertAxes(dj, -1), A4)), h), sj)
+			run = Add(run, dj)
+		}
+		loc[j], cum[j] = h, run
+	}
+	// Block-level scan on the block totals; hIn is the state entering each block.
+	blockEnd := scanAcross(ReduceSum(d4, 2), h, A4, AcrossAuto, reverse) // [B, K, D, N]
+	hIn := InsertAxes(shiftAxis1(blockEnd, 1, reverse), 2)               // [B, K, 1, D, N]
+	locS := stackSteps5(loc)                                             // [B, K, G, D, N]
+	cumS := InsertAxes(stackSteps(cum), -1)                              // [B, K, G, D, 1]
+	out := Add(locS, Mul(Exp(Mul(cumS, A5)), hIn))
+	out = Reshape(out, batch, Cp, D, N)
+	if Cp > C {
+		out = SliceAxis(out, 1, AxisRange(0, C))
+	}
+	return out
+}
+
+// stackSteps5 stacks nodes [B, K, D, N] into [B, K, G, D, N].
+func stackSteps5(vs []*Node) *Node {
+	ex := make([]*Node, len(vs))
+	for i, v := range vs {
+		ex[i] = InsertAxes(v, 2)
+	}
+	return Concatenate(ex, 2)
+}

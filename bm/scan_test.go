@@ -1,0 +1,299 @@
+package bm
+
+import (
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"testing"
+
+	"github.com/gomlx/gomlx/backends"
+	. "github.com/gomlx/gomlx/pkg/core/graph"
+	"github.com/gomlx/gomlx/pkg/core/tensors"
+)
+
+// scanInputs holds host-side inputs of a selective scan: x, dt [B][T][D], A [D][N],
+// b, c [B][T][N].
+type scanInputs struct {
+	x, dt, b, c [][][]float64
+	a           [][]float64
+}
+
+// newScanInputs draws inputs with the magnitudes of a trained Mamba layer: x, B, C ~ N(0, 1),
+// Δ = softplus(N(−2, 1)) clipped to [0.001, 0.5], A[d, n] = −(n+1)·exp(0.1·N(0, 1)).
+func newScanInputs(rng *rand.Rand, batch, T, D, N int) scanInputs {
+	gen := func(k int, f func() float64) [][][]float64 {
+		v := make([][][]float64, batch)
+		for b := range v {
+			v[b] = make([][]float64, T)
+			for t := range v[b] {
+				v[b][t] = make([]float64, k)
+				for i := range v[b][t] {
+					v[b][t][i] = f()
+				}
+			}
+		}
+		return v
+	}
+	in := scanInputs{
+		x: gen(D, rng.NormFloat64),
+		dt: gen(D, func() float64 {
+			z := rng.NormFloat64() - 2
+			return min(0.5, max(0.001, math.Log1p(math.Exp(z))))
+		}),
+		b: gen(N, rng.NormFloat64),
+		c: gen(N, rng.NormFloat64),
+	}
+	in.a = make([][]float64, D)
+	for d := range in.a {
+		in.a[d] = make([]float64, N)
+		for n := range in.a[d] {
+			in.a[d][n] = -float64(n+1) * math.Exp(0.1*rng.NormFloat64())
+		}
+	}
+	return in
+}
+
+func flat3(v [][][]float64) (data []float32, dims []int) {
+	dims = []int{len(v), len(v[0]), len(v[0][0])}
+	for _, a := range v {
+		for _, b := range a {
+			for _, c := range b {
+				data = append(data, float32(c))
+			}
+		}
+	}
+	return
+}
+
+func tensor3(v [][][]float64) *tensors.Tensor {
+	data, dims := flat3(v)
+	return tensors.FromFlatDataAndDimensions(data, dims...)
+}
+
+func tensor2(v [][]float64) *tensors.Tensor {
+	data, _ := flat3([][][]float64{v})
+	return tensors.FromFlatDataAndDimensions(data, len(v), len(v[0]))
+}
+
+func (in scanInputs) tensors() []any {
+	return []any{tensor3(in.x), tensor3(in.dt), tensor2(in.a), tensor3(in.b), tensor3(in.c)}
+}
+
+// relErr returns ‖got − want‖ / ‖want‖.
+func relErr(got []float32, want []float64) float64 {
+	if len(got) != len(want) {
+		return math.Inf(1)
+	}
+	num, den := 0.0, 0.0
+	for i := range got {
+		e := float64(got[i]) - want[i]
+		num += e * e
+		den += want[i] * want[i]
+	}
+	return math.Sqrt(num / den)
+}
+
+func flatten3(v [][][]float64) []float64 {
+	var out []float64
+	for _, a := range v {
+		for _, b := range a {
+			out = append(out, b...)
+		}
+	}
+	return out
+}
+
+func TestSelectiveScanForward(t *testing.T) {
+	backend := cpuBackend(t)
+	cases := []struct {
+		B, T, D, N int
+		opts       ScanOptions
+	}{
+		{2, 1, 3, 4, ScanOptions{Method: ScanSequential}},
+		{2, 9, 3, 4, ScanOptions{Method: ScanSequential}},
+		{2, 1, 3, 4, ScanOptions{Chunk: 4}},
+		{2, 2, 3, 4, ScanOptions{Chunk: 4}},
+		{2, 2, 3, 4, ScanOptions{Chunk: 1}},
+		{2, 13, 3, 4, ScanOptions{Chunk: 4}},
+		{2, 13, 3, 4, ScanOptions{Chunk: 4, Output: OutputRecompute}},
+		{1, 64, 5, 16, ScanOptions{Chunk: 8}},
+		{2, 70, 3, 4, ScanOptions{Chunk: 4}},                           // 18 chunks: blocked (padded to 20)
+		{2, 70, 3, 4, ScanOptions{Chunk: 4, Across: AcrossLogDepth}},   // 18 chunks
+		{2, 70, 3, 4, ScanOptions{Chunk: 4, Across: AcrossSequential}}, // 18 chunks
+		{2, 200, 4, 8, ScanOptions{Chunk: 2, Across: AcrossBlocked}},   // 100 chunks: 10 blocks of 10
+		{2, 300, 4, 16, ScanOptions{}},                                 // default L=16: 19 chunks
+		{2, 300, 4, 16, ScanOptions{Chunk: 32, Output: OutputRecompute, Across: AcrossLogDepth}},
+	}
+	rng := rand.New(rand.NewPCG(3, 4))
+	for _, tc := range cases {
+		name := fmt.Sprintf("B%d_T%d_D%d_N%d_%s", tc.B, tc.T, tc.D, tc.N, tc.opts)
+		t.Run(name, func(t *testing.T) {
+			in := newScanInputs(rng, tc.B, tc.T, tc.D, tc.N)
+			wantY, wantH := SelectiveScanReference(in.x, in.dt, in.a, in.b, in.c)
+			exec := MustNewExec(backend, func(x, dt, a, b, c *Node) []*Node {
+				y, h := SelectiveScan(x, dt, a, b, c, tc.opts)
+				return []*Node{y, h}
+			})
+			out := exec.MustExec(in.tensors()...)
+			errY := relErr(tensors.MustCopyFlatData[float32](out[0]), flatten3(wantY))
+			errH := relErr(tensors.MustCopyFlatData[float32](out[1]), flatten3(wantH))
+			t.Logf("relative error vs float64 reference: y %.2g, hT %.2g", errY, errH)
+			// float32 arithmetic over at most a few hundred steps: errors of a few 1e-7.
+			if errY > 1e-5 || errH > 1e-5 {
+				t.Errorf("relative error vs float64 reference: y %.3g, hT %.3g (tolerance 1e-5)", errY, errH)
+			}
+		})
+	}
+}
+
+// scanGradExec builds a graph returning the gradients of L = Σ wy⊙y + Σ wh⊙hT with respect to
+// x, delta, A, Bm, Cm (in this order).
+func scanGradExec(backend backends.Backend, opts ScanOptions) *Exec {
+	return MustNewExec(backend, func(in []*Node) []*Node {
+		y, h := SelectiveScan(in[0], in[1], in[2], in[3], in[4], opts)
+		loss := Add(ReduceAllSum(Mul(y, in[5])), ReduceAllSum(Mul(h, in[6])))
+		return Gradient(loss, in[0], in[1], in[2], in[3], in[4])
+	})
+}
+
+// randomWeights returns the projection weights wy [B, T, D] and wh [B, D, N] of the test loss.
+func randomWeights(rng *rand.Rand, batch, T, D, N int) (wy, wh [][][]float64) {
+	gen := func(a, b, c int) [][][]float64 {
+		v := make([][][]float64, a)
+		for i := range v {
+			v[i] = make([][]float64, b)
+			for j := range v[i] {
+				v[i][j] = make([]float64, c)
+				for k := range v[i][j] {
+					v[i][j][k] = rng.NormFloat64()
+				}
+			}
+		}
+		return v
+	}
+	return gen(batch, T, D), gen(batch, D, N)
+}
+
+// refLoss is the test loss computed with the float64 reference scan.
+func refLoss(in scanInputs, wy, wh [][][]float64) float64 {
+	y, h := SelectiveScanReference(in.x, in.dt, in.a, in.b, in.c)
+	sum := 0.0
+	for i, v := range flatten3(y) {
+		sum += v * flatten3(wy)[i]
+	}
+	for i, v := range flatten3(h) {
+		sum += v * flatten3(wh)[i]
+	}
+	return sum
+}
+
+func TestSelectiveScanGradient(t *testing.T) {
+	backend := cpuBackend(t)
+	cases := []struct {
+		B, T, D, N int
+		opts       ScanOptions
+	}{
+		{2, 1, 3, 4, ScanOptions{Chunk: 4}},
+		{2, 2, 3, 4, ScanOptions{Chunk: 4}},
+		{2, 13, 3, 4, ScanOptions{Chunk: 4}},
+		{2, 13, 3, 4, ScanOptions{Chunk: 4, Output: OutputRecompute}},
+		{2, 13, 3, 4, ScanOptions{Chunk: 4, Autodiff: true}},
+		{1, 24, 3, 16, ScanOptions{Chunk: 8}},
+		{2, 45, 3, 4, ScanOptions{Chunk: 2}},                            // 23 chunks: blocked, padded
+		{2, 45, 3, 4, ScanOptions{Chunk: 2, Across: AcrossLogDepth}},    // 23 chunks
+		{2, 45, 3, 4, ScanOptions{Chunk: 2, Across: AcrossSequential}},  // 23 chunks
+		{1, 40, 2, 4, ScanOptions{Chunk: 16, Across: AcrossSequential}}, // 3 chunks, padded
+	}
+	rng := rand.New(rand.NewPCG(5, 6))
+	names := []string{"x", "delta", "A", "Bm", "Cm"}
+	for _, tc := range cases {
+		name := fmt.Sprintf("B%d_T%d_D%d_N%d_%s", tc.B, tc.T, tc.D, tc.N, tc.opts)
+		t.Run(name, func(t *testing.T) {
+			in := newScanInputs(rng, tc.B, tc.T, tc.D, tc.N)
+			wy, wh := randomWeights(rng, tc.B, tc.T, tc.D, tc.N)
+			args := append(in.tensors(), tensor3(wy), tensor3(wh))
+			got := scanGradExec(backend, tc.opts).MustExec(args...)
+			want := scanGradExec(backend, ScanOptions{Method: ScanSequential}).MustExec(args...)
+
+			// (a) Against automatic differentiation of the unrolled sequential graph (float32).
+			for i := range names {
+				g := tensors.MustCopyFlatData[float32](got[i])
+				w := tensors.MustCopyFlatData[float32](want[i])
+				w64 := make([]float64, len(w))
+				for j, v := range w {
+					w64[j] = float64(v)
+				}
+				e := relErr(g, w64)
+				t.Logf("gradient of %s: relative error vs sequential autodiff %.2g", names[i], e)
+				if e > 1e-5 {
+					t.Errorf("gradient of %s: relative error vs sequential autodiff %.3g > 1e-5", names[i], e)
+				}
+			}
+
+			// (b) Against central differences of the float64 reference on a few coordinates.
+			const eps = 1e-6
+			grads := make([][]float32, len(names))
+			for i := range names {
+				grads[i] = tensors.MustCopyFlatData[float32](got[i])
+			}
+			coords := func(k int) []*float64 {
+				switch k {
+				case 0:
+					return ptrs3(in.x)
+				case 1:
+					return ptrs3(in.dt)
+				case 2:
+					var p []*float64
+					for d := range in.a {
+						for n := range in.a[d] {
+							p = append(p, &in.a[d][n])
+						}
+					}
+					return p
+				case 3:
+					return ptrs3(in.b)
+				}
+				return ptrs3(in.c)
+			}
+			maxFD := 0.0
+			defer func() { t.Logf("max |gradient − central difference| / scale = %.2g", maxFD) }()
+			for k := range names {
+				ps := coords(k)
+				scale := 0.0
+				for _, v := range grads[k] {
+					scale = max(scale, math.Abs(float64(v)))
+				}
+				for trial := 0; trial < 3; trial++ {
+					j := rng.IntN(len(ps))
+					orig := *ps[j]
+					*ps[j] = orig + eps
+					fp := refLoss(in, wy, wh)
+					*ps[j] = orig - eps
+					fm := refLoss(in, wy, wh)
+					*ps[j] = orig
+					fd := (fp - fm) / (2 * eps)
+					// float32 gradients vs float64 differences (truncation error ~1e-10):
+					// agreement to 1e-4 of the gradient's largest entry.
+					e := math.Abs(fd - float64(grads[k][j]))
+					maxFD = max(maxFD, e/max(scale, 1e-3))
+					if e > 1e-4*max(scale, 1e-3) {
+						t.Errorf("gradient of %s[%d] = %.7g, central difference %.7g (|diff| %.3g, scale %.3g)",
+							names[k], j, grads[k][j], fd, e, scale)
+					}
+				}
+			}
+		})
+	}
+}
+
+func ptrs3(v [][][]float64) []*float64 {
+	var p []*float64
+	for a := range v {
+		for b := range v[a] {
+			for c := range v[a][b] {
+				p = append(p, &v[a][b][c])
+			}
+		}
+	}
+	return p
+}
