@@ -1,0 +1,308 @@
+package train
+
+import (
+	"fmt"
+	"math"
+	"sort"
+	"strings"
+
+	"github.com/gomlx/gomlx/backends"
+	"github.com/gomlx/gomlx/pkg/core/dtypes"
+	. "github.com/gomlx/gomlx/pkg/core/graph"
+	"github.com/gomlx/gomlx/pkg/core/shapes"
+	"github.com/gomlx/gomlx/pkg/core/tensors"
+	"github.com/gomlx/gomlx/pkg/ml/context"
+)
+
+// LossFn builds the training objective. tokens is [B, T+1] int32: positions 0..T−1 are the
+// inputs and 1..T the targets. loss is a float scalar. extra holds optional diagnostics:
+// float or integer scalars (e.g. an auxiliary balancing loss, recorded as their mean) and
+// rank-1 vectors whose names start with CountsPrefix (tokens per expert of one MoE layer,
+// [E], summed between records and reduced to a coefficient of variation).
+//
+// The training graph marks itself with ctx.SetTraining(g, true) and evaluation graphs with
+// false, so a model can switch its routing on ctx.IsTraining(g).
+type LossFn func(ctx *context.Context, tokens *Node) (loss *Node, extra map[string]*Node)
+
+// CountsPrefix marks an extra output as an MoE layer's tokens-per-expert counts, e.g.
+// "counts/layer_3".
+const CountsPrefix = "counts/"
+
+// Batches is a deterministic, resumable source of token batches.
+type Batches interface {
+	// Next returns the next batch, flattened [B, T+1] row-major.
+	Next() ([]int32, error)
+	// State returns an opaque encoding of the position in the stream, such that Restore(State())
+	// makes Next continue with the same batches.
+	State() []byte
+	// Restore returns to a position saved by State.
+	Restore([]byte) error
+}
+
+// StepResult is what one training step returns to the host.
+type StepResult struct {
+	Loss     float64
+	GradNorm float64 // global gradient norm before clipping
+	LR       float64 // learning rate of this update
+	Extras   map[string]float64
+	Counts   map[string][]float64
+}
+
+// Trainer holds the compiled training step (forward, gradients and AdamW update in one graph)
+// and the evaluation graph for one model (ctx + loss) and one batch shape.
+type Trainer struct {
+	backend backends.Backend
+	ctx     *context.Context
+	loss    LossFn
+	cfg     Config
+
+	trainExec, evalExec *context.Exec
+	extraNames          []string // sorted; outputs 3.. of the train step
+	built               bool
+}
+
+// New returns a Trainer. Graphs are compiled on first use (Step, EvalLoss or Run).
+func New(backend backends.Backend, ctx *context.Context, loss LossFn, cfg Config) (*Trainer, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if backend == nil || ctx == nil || loss == nil {
+		return nil, fmt.Errorf("train.New: backend, context and loss function are all required")
+	}
+	return &Trainer{backend: backend, ctx: ctx, loss: loss, cfg: cfg}, nil
+}
+
+// Config returns the trainer's configuration with defaults filled in.
+func (t *Trainer) Config() Config { return t.cfg }
+
+// Context returns the model's context (model variables plus the optimizer's under
+// OptimizerScope).
+func (t *Trainer) Context() *context.Context { return t.ctx }
+
+// catch runs fn and turns a panic (how GoMLX reports graph-building errors) into an error.
+func catch(what string, fn func() error) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			if e, ok := r.(error); ok {
+				err = fmt.Errorf("%s: %w", what, e)
+			} else {
+				err = fmt.Errorf("%s: %v", what, r)
+			}
+		}
+	}()
+	return fn()
+}
+
+func (t *Trainer) tokensShape() shapes.Shape {
+	return shapes.Make(dtypes.Int32, t.cfg.Batch, t.cfg.SeqLen+1)
+}
+
+// trainGraph is the body of the compiled train step: tokens [B, T+1] → loss, grad norm, lr and
+// the extras in sorted name order, all float32; model and optimizer variables updated in place.
+func (t *Trainer) trainGraph(ctx *context.Context, tokens *Node) []*Node {
+	g := tokens.Graph()
+	ctx.SetTraining(g, true)
+	loss, extra := t.loss(ctx, tokens)
+	if loss == nil || !loss.Shape().IsScalar() || !loss.DType().IsFloat() {
+		panic(fmt.Sprintf("loss function returned %v: want a float scalar", loss))
+	}
+	var vars []*context.Variable
+	var values []*Node
+	for v := range ctx.IterVariables() {
+		if v.Trainable && v.InUseByGraph(g) {
+			vars = append(vars, v)
+			values = append(values, v.ValueGraph(g))
+		}
+	}
+	if len(vars) == 0 {
+		panic("loss function uses no trainable variable")
+	}
+	grads := Gradient(loss, values...)
+	gradNorm, lr := t.cfg.Optimizer.UpdateGraph(ctx, vars, grads)
+
+	names := make([]string, 0, len(extra))
+	for n, x := range extra {
+		switch {
+		case x == nil:
+			panic(fmt.Sprintf("extra output %q is nil", n))
+		case strings.HasPrefix(n, CountsPrefix) && x.Rank() == 1:
+		case strings.HasPrefix(n, CountsPrefix):
+			panic(fmt.Sprintf("extra output %q has shape %s: counts must be rank 1 [E]", n, x.Shape()))
+		case !x.Shape().IsScalar():
+			panic(fmt.Sprintf("extra output %q has shape %s: want a scalar, or a rank-1 vector named %s…",
+				n, x.Shape(), CountsPrefix))
+		}
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	t.extraNames = names
+	outs := []*Node{ConvertDType(loss, dtypes.Float32), gradNorm, lr}
+	for _, n := range names {
+		outs = append(outs, ConvertDType(StopGradient(extra[n]), dtypes.Float32))
+	}
+	return outs
+}
+
+// build creates the model and optimizer variables (without values) and the executors. The
+// model variables are created by compiling the evaluation graph, which changes no variable;
+// the train step compiles on its first call. (Compiling a graph that updates variables ahead
+// of its first run would give away the variables' buffers.)
+func (t *Trainer) build() error {
+	if t.built {
+		return nil
+	}
+	return catch("building the model graphs", func() error {
+		ctx := t.ctx
+		if ctx.NumVariables() > 0 {
+			// Variables given beforehand (e.g. imported weights): let the model reuse them.
+			ctx = ctx.Checked(false)
+		}
+		var err error
+		t.evalExec, err = context.NewExec(t.backend, ctx, func(ctx *context.Context, tokens *Node) *Node {
+			ctx.SetTraining(tokens.Graph(), false)
+			loss, _ := t.loss(ctx, tokens)
+			if loss == nil || !loss.Shape().IsScalar() || !loss.DType().IsFloat() {
+				panic(fmt.Sprintf("loss function returned %v: want a float scalar", loss))
+			}
+			return ConvertDType(loss, dtypes.Float32)
+		})
+		if err != nil {
+			return err
+		}
+		t.evalExec.SetMaxCache(1)
+		if err := t.evalExec.PreCompile(tensors.FromShape(t.tokensShape())); err != nil {
+			return err
+		}
+		var trainable []*context.Variable
+		for v := range t.ctx.IterVariables() {
+			if v.Trainable {
+				trainable = append(trainable, v)
+			}
+		}
+		if len(trainable) == 0 {
+			return fmt.Errorf("the loss function creates no trainable variable")
+		}
+		stepVariable(t.ctx)
+		for _, v := range trainable {
+			momentVariable(t.ctx, v, "adam_m")
+			momentVariable(t.ctx, v, "adam_v")
+		}
+		t.trainExec, err = context.NewExec(t.backend, t.ctx.Reuse(), t.trainGraph)
+		if err != nil {
+			return err
+		}
+		t.trainExec.SetMaxCache(1)
+		t.built = true
+		return nil
+	})
+}
+
+// initialize compiles the graphs and gives every variable without a value its initial value.
+func (t *Trainer) initialize() error {
+	if err := t.build(); err != nil {
+		return err
+	}
+	if err := t.ctx.InitializeVariables(t.backend, nil); err != nil {
+		return fmt.Errorf("initializing variables: %w", err)
+	}
+	return nil
+}
+
+// batchTensor checks a flattened batch and shapes it [B, T+1].
+func (t *Trainer) batchTensor(tokens []int32) (*tensors.Tensor, error) {
+	want := t.cfg.Batch * (t.cfg.SeqLen + 1)
+	if len(tokens) != want {
+		return nil, fmt.Errorf("batch has %d tokens, want batch %d × (seq_len %d + 1) = %d",
+			len(tokens), t.cfg.Batch, t.cfg.SeqLen, want)
+	}
+	return tensors.FromFlatDataAndDimensions(tokens, t.cfg.Batch, t.cfg.SeqLen+1), nil
+}
+
+// Step runs one training step on a flattened [B, T+1] batch, updating the variables.
+func (t *Trainer) Step(tokens []int32) (StepResult, error) {
+	if err := t.initialize(); err != nil {
+		return StepResult{}, err
+	}
+	in, err := t.batchTensor(tokens)
+	if err != nil {
+		return StepResult{}, err
+	}
+	var outs []*tensors.Tensor
+	err = catch("training step", func() error {
+		var err error
+		outs, err = t.trainExec.Exec(in)
+		return err
+	})
+	if err != nil {
+		return StepResult{}, err
+	}
+	r := StepResult{
+		Loss:     float64(tensors.ToScalar[float32](outs[0])),
+		GradNorm: float64(tensors.ToScalar[float32](outs[1])),
+		LR:       float64(tensors.ToScalar[float32](outs[2])),
+	}
+	for i, n := range t.extraNames {
+		x := outs[3+i]
+		if strings.HasPrefix(n, CountsPrefix) {
+			if r.Counts == nil {
+				r.Counts = map[string][]float64{}
+			}
+			flat := tensors.MustCopyFlatData[float32](x)
+			c := make([]float64, len(flat))
+			for j, v := range flat {
+				c[j] = float64(v)
+			}
+			r.Counts[strings.TrimPrefix(n, CountsPrefix)] = c
+		} else {
+			if r.Extras == nil {
+				r.Extras = map[string]float64{}
+			}
+			r.Extras[n] = float64(tensors.ToScalar[float32](x))
+		}
+	}
+	for _, x := range outs {
+		x.FinalizeAll()
+	}
+	return r, nil
+}
+
+// EvalLoss returns the mean loss over the next n batches of b, computed without updating any
+// variable (an evaluation graph: ctx.IsTraining(g) is false).
+func (t *Trainer) EvalLoss(b Batches, n int) (float64, error) {
+	if err := t.initialize(); err != nil {
+		return 0, err
+	}
+	if n < 1 {
+		return 0, fmt.Errorf("EvalLoss: %d batches, want >= 1", n)
+	}
+	var sum float64
+	for i := 0; i < n; i++ {
+		tokens, err := b.Next()
+		if err != nil {
+			return 0, fmt.Errorf("evaluation batch %d: %w", i, err)
+		}
+		in, err := t.batchTensor(tokens)
+		if err != nil {
+			return 0, fmt.Errorf("evaluation batch %d: %w", i, err)
+		}
+		var out *tensors.Tensor
+		err = catch("evaluation step", func() error {
+			outs, err := t.evalExec.Exec(in)
+			if err == nil {
+				out = outs[0]
+			}
+			return err
+		})
+		if err != nil {
+			return 0, err
+		}
+		sum += float64(tensors.ToScalar[float32](out))
+		out.FinalizeAll()
+	}
+	mean := sum / float64(n)
+	if math.IsNaN(mean) || math.IsInf(mean, 0) {
+		return mean, fmt.Errorf("evaluation loss is %v", mean)
+	}
+	return mean, nil
+}
