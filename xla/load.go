@@ -1,0 +1,117 @@
+package xla
+
+import (
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/gomlx/gomlx/backends"
+	_ "github.com/gomlx/gomlx/backends/simplego" // registers "go"
+	gomlxxla "github.com/gomlx/gomlx/backends/xla"
+)
+
+// NoAutoInstallEnv set to anything stops GoMLX's XLA backend from downloading PJRT plugins.
+const NoAutoInstallEnv = gomlxxla.NoAutoInstallEnv
+
+func init() {
+	// Plugins are only ever discovered, never downloaded: GoMLX's XLA backend would otherwise
+	// fetch plugins from the network the first time it is asked for one by name.
+	gomlxxla.EnableAutoInstall(false)
+}
+
+// New chooses a backend (see Choose) and creates it. An explicit request that cannot be met
+// is an error naming what was asked for and the plugin path; an automatic choice whose CUDA
+// plugin fails to load tries the next CUDA plugin, then falls back to the pure-Go backend and
+// says so in Choice.Reason.
+func New(explicit string) (backends.Backend, Choice, error) { return SystemEnv().New(explicit) }
+
+// New is New on the given environment.
+func (e Env) New(explicit string) (backends.Backend, Choice, error) {
+	ch, err := e.Choose(explicit)
+	if err != nil {
+		return nil, ch, err
+	}
+	if ch.Backend == BackendGo {
+		b, err := newBackend(ch.Config)
+		if err != nil {
+			return nil, ch, fmt.Errorf("creating the pure-Go backend %q: %w", ch.Config, err)
+		}
+		return b, ch, nil
+	}
+	b, err := e.load(ch)
+	if err == nil {
+		return b, ch, nil
+	}
+	if ch.Explicit() {
+		return nil, ch, fmt.Errorf("backend %q (from %s): %w", ch.Requested, ch.From, err)
+	}
+	failures := []string{err.Error()}
+	for _, c := range ch.Fallbacks {
+		next := ch
+		next.Plugin = &c
+		next.Config = BackendXLA + ":" + c.Path
+		if b, err2 := e.load(next); err2 == nil {
+			next.Reason = "CUDA PJRT plugin found; the better one failed: " + strings.Join(failures, "; ")
+			next.Fallbacks = nil
+			return b, next, nil
+		} else {
+			failures = append(failures, err2.Error())
+		}
+	}
+	ch.Backend, ch.Config, ch.Plugin, ch.Fallbacks = BackendGo, BackendGo, nil, nil
+	ch.Reason = "no CUDA PJRT plugin could be loaded (" + strings.Join(failures, "; ") + "), using the pure-Go CPU backend"
+	b, err = newBackend(ch.Config)
+	if err != nil {
+		return nil, ch, fmt.Errorf("creating the pure-Go backend: %w", err)
+	}
+	return b, ch, nil
+}
+
+// load prepares the process environment for the chosen plugin and creates the XLA backend.
+func (e Env) load(ch Choice) (backends.Backend, error) {
+	PrepareProcessEnv(ch.Plugin)
+	b, err := newBackend(ch.Config)
+	if err != nil {
+		return nil, fmt.Errorf("loading PJRT plugin %s: %w", ch.Plugin.Path, err)
+	}
+	return b, nil
+}
+
+// PrepareProcessEnv sets the environment variables go-xla and XLA read when a plugin loads:
+//   - GOMLX_NO_AUTO_INSTALL=1, so nothing is ever downloaded;
+//   - for CUDA plugins, GOPJRT_CUDA_CHECKS=0 (unless set), because go-xla's check only knows its
+//     own install layout: for a JAX plugin it warns about a missing nvidia/ folder, and when it
+//     does find one it points XLA_FLAGS at a fixed path of its author's machine;
+//   - for CUDA plugins, --xla_gpu_cuda_data_dir in XLA_FLAGS (unless already there) when
+//     CUDADataDir finds the CUDA data folder pip installed beside the plugin.
+//
+// New calls it; it is exported for programs that create backends themselves.
+func PrepareProcessEnv(plugin *Candidate) {
+	if _, ok := os.LookupEnv(NoAutoInstallEnv); !ok {
+		_ = os.Setenv(NoAutoInstallEnv, "1")
+	}
+	if plugin == nil || !plugin.CUDA {
+		return
+	}
+	if _, ok := os.LookupEnv("GOPJRT_CUDA_CHECKS"); !ok {
+		_ = os.Setenv("GOPJRT_CUDA_CHECKS", "0")
+	}
+	flags := os.Getenv("XLA_FLAGS")
+	if strings.Contains(flags, "--xla_gpu_cuda_data_dir") {
+		return
+	}
+	if dir, ok := CUDADataDir(*plugin); ok {
+		_ = os.Setenv("XLA_FLAGS", strings.TrimSpace(flags+" --xla_gpu_cuda_data_dir="+dir))
+	}
+}
+
+// newBackend creates a GoMLX backend from a configuration, turning GoMLX's panics (it panics
+// on unknown backend names) into errors.
+func newBackend(config string) (b backends.Backend, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			b, err = nil, fmt.Errorf("%v", r)
+		}
+	}()
+	return backends.NewWithConfig(config)
+}
