@@ -1,0 +1,272 @@
+package bm
+
+import (
+	"fmt"
+
+	"github.com/gomlx/gomlx/backends"
+	"github.com/gomlx/gomlx/pkg/core/dtypes"
+	. "github.com/gomlx/gomlx/pkg/core/graph"
+	"github.com/gomlx/gomlx/pkg/core/tensors"
+	"github.com/gomlx/gomlx/pkg/ml/context"
+)
+
+// Recurrent decoding for every block kind: a prefill graph runs the prompt in parallel and
+// returns the per-block states; a step graph advances all blocks by one token. States per block:
+//
+//	Mamba      conv [B, D, K], ssm [B, D, N] float32 (constant size)
+//	attention  k, v [B, H, maxLen, hd] (KV cache, filled up to the current position)
+//	MLP, MoE   none
+//
+// The states stay on the device: each step donates the previous states' buffers to the call
+// that replaces them. Prompt lengths are bucketed: the prefill graph runs the longest bucket
+// length that fits (1, 2, 3, 4, 6, 8, 12, 16, 24, …: powers of two and three times powers of
+// two) and the remaining prompt tokens go through the step graph, so that at most
+// about 2·log₂(maxLen) prefill graphs are ever compiled.
+
+// Decoder generates tokens with a model whose variables are in a context.
+type Decoder struct {
+	cfg           Config
+	backend       backends.Backend
+	batch, maxLen int
+	hasAttention  bool
+	prefill, step *context.Exec
+	states        []*tensors.Tensor
+	pos           int // tokens consumed so far
+}
+
+// NewDecoder returns a decoder of batch sequences of at most maxLen tokens (the KV-cache
+// length of attention blocks) for the model cfg whose variables are in ctx (variables missing
+// from ctx are created with the model's initialisation).
+func NewDecoder(backend backends.Backend, ctx *context.Context, cfg Config, batch, maxLen int) (*Decoder, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if batch < 1 || maxLen < 1 {
+		return nil, fmt.Errorf("bm: NewDecoder: batch (%d) and maxLen (%d) must be positive", batch, maxLen)
+	}
+	d := &Decoder{cfg: cfg, backend: backend, batch: batch, maxLen: maxLen}
+	for _, b := range cfg.Blocks() {
+		d.hasAttention = d.hasAttention || b.Kind == KindAttention
+	}
+	dctx := ctx.Checked(false)
+	var err error
+	d.prefill, err = context.NewExec(backend, dctx, func(ctx *context.Context, inputs []*Node) []*Node {
+		return decodePrefillGraph(ctx, cfg, inputs[0], maxLen)
+	})
+	if err != nil {
+		return nil, err
+	}
+	d.prefill.SetMaxCache(-1)
+	d.step, err = context.NewExec(backend, dctx, func(ctx *context.Context, inputs []*Node) []*Node {
+		return decodeStepGraph(ctx, cfg, inputs[0], inputs[1], inputs[2:])
+	})
+	if err != nil {
+		return nil, err
+	}
+	return d, nil
+}
+
+// Pos returns the number of tokens consumed since the last Prefill.
+func (d *Decoder) Pos() int { return d.pos }
+
+// PrefillBucket returns the prompt length the prefill graph runs for a prompt of n tokens: the
+// largest of 1, 2, 3, 4, 6, 8, 12, 16, 24, … that is <= n.
+func PrefillBucket(n int) int {
+	best := 1
+	for p := 1; p <= n; p *= 2 {
+		best = p
+		if 3*p/2 <= n && p >= 2 {
+			best = 3 * p / 2
+		}
+	}
+	return best
+}
+
+// Prefill starts new sequences from prompts (batch rows of equal length >= 1) and returns the
+// logits [B, V] float32 of their last position. Earlier states are discarded.
+func (d *Decoder) Prefill(prompts [][]int) (*tensors.Tensor, error) {
+	if len(prompts) != d.batch {
+		return nil, fmt.Errorf("bm: Decoder.Prefill: got %d prompts, decoder batch is %d", len(prompts), d.batch)
+	}
+	L := len(prompts[0])
+	for i, p := range prompts {
+		if len(p) != L || L == 0 {
+			return nil, fmt.Errorf("bm: Decoder.Prefill: prompt %d has %d tokens; prompts must be non-empty and of equal length (prompt 0 has %d)", i, len(p), L)
+		}
+		for j, id := range p {
+			if id < 0 || id >= d.cfg.Vocab {
+				return nil, fmt.Errorf("bm: Decoder.Prefill: prompt %d token %d is id %d, outside [0, %d)", i, j, id, d.cfg.Vocab)
+			}
+		}
+	}
+	if d.hasAttention && L > d.maxLen {
+		return nil, fmt.Errorf("bm: Decoder.Prefill: prompt of %d tokens exceeds maxLen %d", L, d.maxLen)
+	}
+	for _, s := range d.states {
+		s.FinalizeAll()
+	}
+	d.states, d.pos = nil, 0
+	P := PrefillBucket(L)
+	ids := make([]int32, 0, d.batch*P)
+	for _, p := range prompts {
+		for _, id := range p[:P] {
+			ids = append(ids, int32(id))
+		}
+	}
+	outs, err := d.prefill.Exec(tensors.FromFlatDataAndDimensions(ids, d.batch, P))
+	if err != nil {
+		return nil, fmt.Errorf("bm: Decoder.Prefill: %w", err)
+	}
+	logits := outs[0]
+	d.states, d.pos = outs[1:], P
+	col := make([]int, d.batch)
+	for t := P; t < L; t++ {
+		for b := range prompts {
+			col[b] = prompts[b][t]
+		}
+		logits.FinalizeAll()
+		if logits, err = d.Step(col); err != nil {
+			return nil, err
+		}
+	}
+	return logits, nil
+}
+
+// Step feeds one token per sequence (tokens[b] for row b) and returns the logits [B, V]
+// float32 of the next position.
+func (d *Decoder) Step(tokens []int) (*tensors.Tensor, error) {
+	if d.states == nil && d.pos == 0 {
+		return nil, fmt.Errorf("bm: Decoder.Step: call Prefill first")
+	}
+	if len(tokens) != d.batch {
+		return nil, fmt.Errorf("bm: Decoder.Step: got %d tokens, decoder batch is %d", len(tokens), d.batch)
+	}
+	if d.hasAttention && d.pos >= d.maxLen {
+		return nil, fmt.Errorf("bm: Decoder.Step: position %d is past maxLen %d (the KV-cache length)", d.pos, d.maxLen)
+	}
+	ids := make([]int32, d.batch)
+	for i, id := range tokens {
+		if id < 0 || id >= d.cfg.Vocab {
+			return nil, fmt.Errorf("bm: Decoder.Step: token %d is id %d, outside [0, %d)", i, id, d.cfg.Vocab)
+		}
+		ids[i] = int32(id)
+	}
+	args := []any{tensors.FromFlatDataAndDimensions(ids, d.batch), int32(d.pos)}
+	for i, s := range d.states {
+		donated, err := DonateTensorBuffer(s, d.backend, 0)
+		if err != nil {
+			return nil, fmt.Errorf("bm: Decoder.Step: donating state %d: %w", i, err)
+		}
+		args = append(args, donated)
+	}
+	outs, err := d.step.Exec(args...)
+	if err != nil {
+		return nil, fmt.Errorf("bm: Decoder.Step: %w", err)
+	}
+	d.states = outs[1:]
+	d.pos++
+	return outs[0], nil
+}
+
+// Generate continues one prompt (batch 1) by up to maxNew tokens drawn by s from the logits of
+// the real vocabulary (ids < VocabReal). onToken, if not nil, receives each token as soon as
+// it is drawn and stops the generation by returning false. It returns the generated tokens.
+func (d *Decoder) Generate(prompt []int, maxNew int, s Sampler, onToken func(int) bool) ([]int, error) {
+	if d.batch != 1 {
+		return nil, fmt.Errorf("bm: Decoder.Generate needs a decoder of batch 1, this one has batch %d", d.batch)
+	}
+	if d.hasAttention && len(prompt)+maxNew-1 > d.maxLen {
+		return nil, fmt.Errorf("bm: Decoder.Generate: prompt (%d) + maxNew (%d) - 1 exceeds maxLen %d", len(prompt), maxNew, d.maxLen)
+	}
+	var out []int
+	if maxNew <= 0 {
+		return out, nil
+	}
+	logits, err := d.Prefill([][]int{prompt})
+	if err != nil {
+		return nil, err
+	}
+	for {
+		row, err := tensors.CopyFlatData[float32](logits)
+		logits.FinalizeAll()
+		if err != nil {
+			return out, fmt.Errorf("bm: Decoder.Generate: reading logits: %w", err)
+		}
+		tok := s.Sample(row[:d.cfg.VocabReal])
+		out = append(out, tok)
+		if (onToken != nil && !onToken(tok)) || len(out) == maxNew {
+			return out, nil
+		}
+		if logits, err = d.Step([]int{tok}); err != nil {
+			return out, err
+		}
+	}
+}
+
+// decodePrefillGraph runs the stack on tokens [B, P] and returns the logits [B, V] of the last
+// position followed by the states of the blocks (see the package comment of this file).
+func decodePrefillGraph(ctx *context.Context, cfg Config, tokens *Node, maxLen int) []*Node {
+	g := tokens.Graph()
+	P := tokens.Shape().Dim(1)
+	emb := embeddingTable(ctx, cfg, g)
+	x := Gather(emb, InsertAxes(tokens, -1)) // [B, P, d]
+	var states []*Node
+	for i, b := range cfg.Blocks() {
+		lctx := layerScope(ctx, i)
+		h := RMSNorm(lctx.In("norm"), x, cfg.NormEps)
+		mctx := lctx.In("mixer")
+		var f *Node
+		switch b.Kind {
+		case KindMamba:
+			var conv, ssm *Node
+			f, conv, ssm = MambaPrefill(mctx, cfg, h)
+			states = append(states, conv, ssm)
+		case KindAttention:
+			var k, v *Node
+			f, k, v = AttentionPrefill(mctx, cfg, h, maxLen)
+			states = append(states, k, v)
+		case KindMLP:
+			f = MLP(mctx, cfg, h)
+		case KindMoE:
+			f, _, _ = MoE(mctx, cfg, b.Experts, h, RoutingArgmax)
+		}
+		x = Add(x, ConvertDType(f, dtypes.Float32))
+	}
+	last := Squeeze(SliceAxis(x, 1, AxisElem(P-1)), 1) // [B, d]
+	_, logits := headLogits(ctx, cfg, last, emb)
+	return append([]*Node{logits}, states...)
+}
+
+// decodeStepGraph advances the stack by one token: token [B] int32, pos scalar int32 (the
+// position of this token), states as returned by the prefill or a previous step. It returns
+// the logits [B, V] followed by the new states.
+func decodeStepGraph(ctx *context.Context, cfg Config, token, pos *Node, states []*Node) []*Node {
+	g := token.Graph()
+	emb := embeddingTable(ctx, cfg, g)
+	x := Gather(emb, InsertAxes(token, -1)) // [B, d]
+	var next []*Node
+	j := 0
+	for i, b := range cfg.Blocks() {
+		lctx := layerScope(ctx, i)
+		h := RMSNorm(lctx.In("norm"), x, cfg.NormEps)
+		mctx := lctx.In("mixer")
+		var f *Node
+		switch b.Kind {
+		case KindMamba:
+			var conv, ssm *Node
+			f, conv, ssm = MambaStep(mctx, cfg, h, states[j], states[j+1])
+			next, j = append(next, conv, ssm), j+2
+		case KindAttention:
+			var k, v *Node
+			f, k, v = AttentionStep(mctx, cfg, h, pos, states[j], states[j+1])
+			next, j = append(next, k, v), j+2
+		case KindMLP:
+			f = MLP(mctx, cfg, h)
+		case KindMoE:
+			f, _ = MoEStep(mctx, cfg, b.Experts, h)
+		}
+		x = Add(x, ConvertDType(f, dtypes.Float32))
+	}
+	_, logits := headLogits(ctx, cfg, x, emb)
+	return append([]*Node{logits}, next...)
+}

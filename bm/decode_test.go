@@ -1,0 +1,182 @@
+package bm
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"testing"
+
+	. "github.com/gomlx/gomlx/pkg/core/graph"
+	"github.com/gomlx/gomlx/pkg/core/tensors"
+	"github.com/gomlx/gomlx/pkg/ml/context"
+	"github.com/gomlx/gomlx/pkg/ml/context/initializers"
+)
+
+// archTestConfig returns a tiny configuration of the given block pattern: vocabulary 97
+// (90 real ids), d = 16, F = 32, N = 4, 2 heads, init std 0.3, dt in [0.05, 1].
+func archTestConfig(name, pattern string) Config {
+	c := MustPreset("tiny")
+	c.Name, c.Pattern = name, pattern
+	c.Vocab, c.VocabReal = 97, 90
+	c.Dim, c.FFN, c.StateSize, c.Heads = 16, 32, 4, 2
+	c.MaxSeqLen = 64
+	// Larger weights and time steps than for training, so that every block changes the logits
+	// substantially and a wrong state shows up well above the tolerance.
+	c.InitStd, c.DtMin, c.DtMax = 0.3, 0.05, 1
+	return c
+}
+
+var archTestConfigs = []Config{
+	archTestConfig("blackmamba", "r8r8"),
+	archTestConfig("mamba", "r1r1"),
+	archTestConfig("transformer", "a1a1"),
+	archTestConfig("transformer-moe", "a8a8"),
+}
+
+// randomTokens returns [B][T] ids in [0, vocab) from rng.
+func randomTokens(rng *rand.Rand, B, T, vocab int) [][]int {
+	out := make([][]int, B)
+	for b := range out {
+		for t := 0; t < T; t++ {
+			out[b] = append(out[b], rng.IntN(vocab))
+		}
+	}
+	return out
+}
+
+// tokensTensor converts [B][T] ids to an int32 tensor.
+func tokensTensor(ids [][]int) *tensors.Tensor {
+	var flat []int32
+	for _, row := range ids {
+		for _, id := range row {
+			flat = append(flat, int32(id))
+		}
+	}
+	return tensors.FromFlatDataAndDimensions(flat, len(ids), len(ids[0]))
+}
+
+// TestDecoderMatchesForward checks, for every architecture, that prefill + recurrent steps
+// reproduce the parallel forward's logits at every position, for prompts of 1, 2, 3, 5 and 8
+// tokens (5 runs the bucketed prefill of 4 tokens and one step). Tolerance: 1e-4 of the largest
+// logit magnitude (float32).
+func TestDecoderMatchesForward(t *testing.T) {
+	backend := cpuBackend(t)
+	const B, T = 2, 10
+	for _, cfg := range archTestConfigs {
+		t.Run(cfg.Name, func(t *testing.T) {
+			m, err := New(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx := context.New()
+			ctx.SetParam(initializers.ParamInitialSeed, int64(11))
+			ids := randomTokens(rand.New(rand.NewPCG(5, 5)), B, T, cfg.Vocab)
+			full := flat64(context.MustExecOnce(backend, ctx, func(ctx *context.Context, tok *Node) *Node {
+				return m.Forward(ctx, tok, ForwardOptions{}).Logits
+			}, tokensTensor(ids)))
+			V := cfg.Vocab
+			at := func(b, t int) []float64 { return full[(b*T+t)*V : (b*T+t+1)*V] }
+			dec, err := NewDecoder(backend, ctx, cfg, B, T)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, P := range []int{1, 2, 3, 5, 8} {
+				prompts := make([][]int, B)
+				for b := range prompts {
+					prompts[b] = ids[b][:P]
+				}
+				logits, err := dec.Prefill(prompts)
+				if err != nil {
+					t.Fatal(err)
+				}
+				var got, want []float64
+				for tt := P - 1; tt < T; tt++ {
+					if tt >= P {
+						col := []int{ids[0][tt], ids[1][tt]}
+						if logits, err = dec.Step(col); err != nil {
+							t.Fatal(err)
+						}
+					}
+					got = append(got, flat64(logits)...)
+					for b := 0; b < B; b++ {
+						want = append(want, at(b, tt)...)
+					}
+				}
+				if e := maxRelErr(got, want); e > 1e-4 {
+					t.Errorf("prompt %d: decoder vs forward max relative error %.3g > 1e-4", P, e)
+				} else {
+					t.Logf("prompt %d: max relative error %.2g", P, e)
+				}
+			}
+			if dec.Pos() != T {
+				t.Errorf("Pos() = %d, want %d", dec.Pos(), T)
+			}
+		})
+	}
+}
+
+// TestPrefillBucket checks the prompt-length buckets.
+func TestPrefillBucket(t *testing.T) {
+	for _, c := range []struct{ n, want int }{
+		{1, 1}, {2, 2}, {3, 3}, {4, 4}, {5, 4}, {6, 6}, {7, 6}, {8, 8}, {11, 8}, {12, 12}, {23, 16}, {24, 24}, {100, 96}, {2048, 2048},
+	} {
+		if got := PrefillBucket(c.n); got != c.want {
+			t.Errorf("PrefillBucket(%d) = %d, want %d", c.n, got, c.want)
+		}
+	}
+}
+
+// TestGenerate checks that greedy generation equals the argmax of the parallel forward run on
+// the growing sequence, that onToken can stop it, and that seeded sampling is reproducible.
+func TestGenerate(t *testing.T) {
+	backend := cpuBackend(t)
+	cfg := archTestConfigs[0]
+	m, _ := New(cfg)
+	ctx := context.New()
+	ctx.SetParam(initializers.ParamInitialSeed, int64(2))
+	dec, err := NewDecoder(backend, ctx, cfg, 1, 32)
+	if err != nil {
+		t.Fatal(err)
+	}
+	prompt := []int{3, 14, 15}
+	var streamed []int
+	got, err := dec.Generate(prompt, 6, Greedy(), func(tok int) bool { streamed = append(streamed, tok); return true })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(got) != fmt.Sprint(streamed) || len(got) != 6 {
+		t.Fatalf("Generate returned %v, streamed %v; want 6 equal tokens", got, streamed)
+	}
+	fwd := context.MustNewExec(backend, ctx.Reuse(), func(ctx *context.Context, tok *Node) *Node {
+		return m.Forward(ctx, tok, ForwardOptions{}).Logits
+	})
+	seq := append([]int(nil), prompt...)
+	for i := 0; i < 6; i++ {
+		logits := flat64(fwd.MustExec(tokensTensor([][]int{seq}))[0])
+		last := logits[(len(seq)-1)*cfg.Vocab : len(seq)*cfg.Vocab]
+		best := 0
+		for j := 1; j < cfg.VocabReal; j++ {
+			if last[j] > last[best] {
+				best = j
+			}
+		}
+		if best != got[i] {
+			t.Fatalf("token %d: greedy decode gave %d, forward argmax %d (generated %v)", i, got[i], best, got)
+		}
+		seq = append(seq, best)
+	}
+	n := 0
+	stopped, err := dec.Generate(prompt, 6, Greedy(), func(int) bool { n++; return n < 2 })
+	if err != nil || len(stopped) != 2 {
+		t.Fatalf("Generate with onToken stop after 2: got %v, %v", stopped, err)
+	}
+	s1, _ := dec.Generate(prompt, 8, NewSampler(SamplerOptions{Temperature: 1.5, TopK: 20, Seed: 9}), nil)
+	s2, _ := dec.Generate(prompt, 8, NewSampler(SamplerOptions{Temperature: 1.5, TopK: 20, Seed: 9}), nil)
+	if fmt.Sprint(s1) != fmt.Sprint(s2) {
+		t.Errorf("same seed gave different samples: %v vs %v", s1, s2)
+	}
+	for _, id := range s1 {
+		if id >= cfg.VocabReal {
+			t.Errorf("sampled padding id %d (VocabReal %d)", id, cfg.VocabReal)
+		}
+	}
+}

@@ -1,0 +1,162 @@
+package bm
+
+import (
+	"math"
+
+	"github.com/gomlx/gomlx/pkg/core/dtypes"
+	. "github.com/gomlx/gomlx/pkg/core/graph"
+	"github.com/gomlx/gomlx/pkg/core/shapes"
+	"github.com/gomlx/gomlx/pkg/ml/context"
+	"github.com/gomlx/gomlx/pkg/ml/context/initializers"
+	"github.com/gomlx/gomlx/pkg/ml/layers/activations"
+)
+
+// The Mamba mixer (SPEC.md §2), its parallel form (Mamba, MambaPrefill) and its recurrent form
+// (MambaStep) side by side. Equations, for one token t, with d the model width, D = Expand·d,
+// N the state size, K the conv kernel and R the dt rank:
+//
+//	[x ; z]     = u·W_in                          W_in  [d, 2D]
+//	x'          = SiLU(b_c + Σ_k w_c[k] ⊙ x_{t−K+1+k})  (zeros before t = 0; the last tap is x_t)
+//	[δ ; B ; C] = x'·W_x                          W_x   [D, R+2N]
+//	Δ           = softplus(δ·W_dt + b_dt)         W_dt  [R, D]
+//	A           = −exp(A_log)                     A_log [D, N]
+//	h_t         = exp(Δ⊗A) ⊙ h_{t−1} + (Δ⊙x')⊗B,  y = h_t·C + D ⊙ x'
+//	out         = (y ⊙ SiLU(z))·W_out             W_out [D, d]
+//
+// Matmuls run in the compute dtype of the config (ComputeEinsum); the conv, the scan, the
+// states and the output are float32.
+
+// mambaWeights holds the values of one mixer's variables in a graph.
+type mambaWeights struct {
+	inProj  *Node // [d, 2D]
+	convW   *Node // [K, D]
+	convB   *Node // [D]
+	xProj   *Node // [D, R+2N]
+	dtProj  *Node // [R, D]
+	dtBias  *Node // [D]
+	aLog    *Node // [D, N]
+	dSkip   *Node // [D]
+	outProj *Node // [D, d]
+}
+
+// mambaVariables creates (or reuses) the mixer's variables in the scope of ctx, named as in the
+// package documentation, with the initialisation of init.go.
+func mambaVariables(ctx *context.Context, cfg Config, g *Graph) mambaWeights {
+	d, D, N, K, R := cfg.Dim, cfg.Inner(), cfg.StateSize, cfg.ConvKernel, cfg.Rank()
+	f32 := func(c *context.Context, name string, dims ...int) *Node {
+		return c.VariableWithShape(name, shapes.Make(dtypes.Float32, dims...)).ValueGraph(g)
+	}
+	convInit := ctx.WithInitializer(uniformInit(ctx, 1/math.Sqrt(float64(K))))
+	return mambaWeights{
+		inProj:  weightVar(ctx, g, cfg, "in_proj", false, d, 2*D),
+		convW:   f32(convInit, "conv1d_weight", K, D),
+		convB:   f32(convInit, "conv1d_bias", D),
+		xProj:   weightVar(ctx, g, cfg, "x_proj", false, D, R+2*N),
+		dtProj:  f32(ctx.WithInitializer(uniformInit(ctx, 1/math.Sqrt(float64(R)))), "dt_proj", R, D),
+		dtBias:  f32(ctx.WithInitializer(dtBiasInit(ctx, cfg)), "dt_proj_bias", D),
+		aLog:    f32(ctx.WithInitializer(aLogInit), "A_log", D, N),
+		dSkip:   f32(ctx.WithInitializer(initializers.One), "D", D),
+		outProj: weightVar(ctx, g, cfg, "out_proj", true, D, d),
+	}
+}
+
+// Mamba applies the mixer to a sequence. u: [B, T, d] (the normed residual stream) → [B, T, d]
+// float32. Variables live in the scope of ctx.
+func Mamba(ctx *context.Context, cfg Config, u *Node) *Node {
+	out, _, _ := mambaSequence(ctx, cfg, u)
+	return out
+}
+
+// MambaPrefill is Mamba that also returns the states a recurrent decode continues from:
+// conv [B, D, K], the last K pre-conv inputs x in time order (left-padded with zeros when
+// T < K), and ssm [B, D, N] float32, the scan state after the last token.
+func MambaPrefill(ctx *context.Context, cfg Config, u *Node) (out, conv, ssm *Node) {
+	return mambaSequence(ctx, cfg, u)
+}
+
+func mambaSequence(ctx *context.Context, cfg Config, u *Node) (out, conv, ssm *Node) {
+	g := u.Graph()
+	w := mambaVariables(ctx, cfg, g)
+	T, D, N, K, R := u.Shape().Dim(1), cfg.Inner(), cfg.StateSize, cfg.ConvKernel, cfg.Rank()
+
+	xz := ComputeEinsum(cfg, "btd,de->bte", u, w.inProj) // [B, T, 2D]
+	x := SliceAxis(xz, -1, AxisRange(0, D))
+	z := SliceAxis(xz, -1, AxisRange(D, 2*D))
+
+	// Causal depthwise conv: padded[t+K−1] = x[t], with K−1 zeros in front; the window of output
+	// t is padded[t .. t+K−1], whose last element is x[t].
+	padded := x
+	if K > 1 {
+		zeros := Zeros(g, shapes.Make(dtypes.Float32, x.Shape().Dim(0), K-1, D))
+		padded = Concatenate([]*Node{zeros, x}, 1) // [B, T+K−1, D]
+	}
+	xc := Add(conv1dTaps(padded, w.convW, T), ExpandLeftToRank(w.convB, 3))
+	xc = activations.Swish(xc) // [B, T, D]
+
+	xdbl := ComputeEinsum(cfg, "btc,ce->bte", xc, w.xProj) // [B, T, R+2N]
+	dt := SliceAxis(xdbl, -1, AxisRange(0, R))
+	bm := SliceAxis(xdbl, -1, AxisRange(R, R+N))
+	cm := SliceAxis(xdbl, -1, AxisRange(R+N, R+2*N))
+	delta := Softplus(Add(ComputeEinsum(cfg, "btr,rc->btc", dt, w.dtProj), ExpandLeftToRank(w.dtBias, 3))) // [B, T, D]
+	A := Neg(Exp(w.aLog))                                                                                  // [D, N]
+
+	y, hT := SelectiveScan(xc, delta, A, bm, cm, ScanOptions{Chunk: cfg.ScanChunk})
+	y = Add(y, Mul(xc, ExpandLeftToRank(w.dSkip, 3)))
+	y = Mul(y, activations.Swish(z))
+	out = ComputeEinsum(cfg, "btc,cd->btd", y, w.outProj)
+
+	// Decode state: the last K rows of the zero-padded input, as [B, D, K].
+	conv = TransposeAllDims(SliceAxis(padded, 1, AxisRange(T-1, T+K-1)), 0, 2, 1)
+	return out, conv, hT
+}
+
+// conv1dTaps returns Σ_k w[k] ⊙ padded[:, k : k+T, :] for padded [B, T+K−1, D] and w [K, D]:
+// the depthwise causal convolution, written with slices (differentiable on every backend).
+func conv1dTaps(padded, w *Node, T int) *Node {
+	K, D := w.Shape().Dim(0), w.Shape().Dim(1)
+	var sum *Node
+	for k := 0; k < K; k++ {
+		tap := Reshape(SliceAxis(w, 0, AxisElem(k)), 1, 1, D)
+		term := Mul(SliceAxis(padded, 1, AxisRange(k, k+T)), tap)
+		if sum == nil {
+			sum = term
+		} else {
+			sum = Add(sum, term)
+		}
+	}
+	return sum
+}
+
+// MambaStep advances the mixer by one token. u: [B, d] (normed input of the current token);
+// conv: [B, D, K] and ssm: [B, D, N] float32, the states after the previous token (from
+// MambaPrefill or a previous MambaStep). It returns out [B, d] float32 and the new states.
+func MambaStep(ctx *context.Context, cfg Config, u, conv, ssm *Node) (out, conv2, ssm2 *Node) {
+	g := u.Graph()
+	w := mambaVariables(ctx, cfg, g)
+	D, N, K, R := cfg.Inner(), cfg.StateSize, cfg.ConvKernel, cfg.Rank()
+
+	xz := ComputeEinsum(cfg, "bd,de->be", u, w.inProj) // [B, 2D]
+	x := SliceAxis(xz, -1, AxisRange(0, D))
+	z := SliceAxis(xz, -1, AxisRange(D, 2*D))
+
+	// Shift the conv state left by one and write the new input in the last slot.
+	conv2 = InsertAxes(x, -1)
+	if K > 1 {
+		conv2 = Concatenate([]*Node{SliceAxis(conv, 2, AxisRange(1, K)), conv2}, 2) // [B, D, K]
+	}
+	xc := activations.Swish(Add(Einsum("bck,kc->bc", conv2, w.convW), ExpandLeftToRank(w.convB, 2))) // [B, D]
+
+	xdbl := ComputeEinsum(cfg, "bc,ce->be", xc, w.xProj) // [B, R+2N]
+	dt := SliceAxis(xdbl, -1, AxisRange(0, R))
+	bm := SliceAxis(xdbl, -1, AxisRange(R, R+N))
+	cm := SliceAxis(xdbl, -1, AxisRange(R+N, R+2*N))
+	delta := Softplus(Add(ComputeEinsum(cfg, "br,rc->bc", dt, w.dtProj), ExpandLeftToRank(w.dtBias, 2))) // [B, D]
+	A := Neg(Exp(w.aLog))                                                                                // [D, N]
+
+	decay := Exp(Mul(InsertAxes(delta, -1), InsertAxes(A, 0)))                          // [B, D, N]
+	ssm2 = Add(Mul(decay, ssm), Mul(InsertAxes(Mul(delta, xc), -1), InsertAxes(bm, 1))) // [B, D, N]
+	y := Add(Einsum("bcn,bn->bc", ssm2, cm), Mul(xc, ExpandLeftToRank(w.dSkip, 2)))
+	y = Mul(y, activations.Swish(z))
+	out = ComputeEinsum(cfg, "bc,cd->bd", y, w.outProj)
+	return out, conv2, ssm2
+}

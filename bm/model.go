@@ -1,0 +1,172 @@
+package bm
+
+import (
+	"fmt"
+	"strconv"
+
+	"github.com/gomlx/gomlx/pkg/core/dtypes"
+	. "github.com/gomlx/gomlx/pkg/core/graph"
+	"github.com/gomlx/gomlx/pkg/core/shapes"
+	"github.com/gomlx/gomlx/pkg/ml/context"
+	"github.com/gomlx/gomlx/pkg/ml/train"
+)
+
+// The stack (SPEC.md §1): x₀ = Embedding(tokens); xᵢ = xᵢ₋₁ + Fᵢ(RMSNormᵢ(xᵢ₋₁));
+// logits = LayerNorm_f(x_L)·W_embᵀ. The residual stream is float32.
+
+// Model is a BlackMamba-family network described by its Config. It holds no variables: they
+// live in the context passed to Forward, under the scopes listed in the package documentation.
+type Model struct {
+	Cfg Config
+}
+
+// New validates cfg and returns its model.
+func New(cfg Config) (*Model, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return &Model{Cfg: cfg}, nil
+}
+
+// ForwardOptions adjust a forward pass.
+type ForwardOptions struct {
+	// Routing forces the expert choice of the MoE blocks: one of the Routing* constants. Empty
+	// means cfg.Routing in training graphs (ctx.IsTraining) and RoutingArgmax otherwise.
+	Routing string
+}
+
+// Output is the result of Model.Forward.
+type Output struct {
+	Logits       *Node   // [B, T, V] float32 (padding rows included; Loss masks them)
+	Hidden       *Node   // [B, T, d] float32: the output of the final LayerNorm
+	ExpertCounts []*Node // per MoE block in order: [E] int32, tokens routed to each expert
+	AuxLoss      *Node   // scalar float32: sum of the blocks' auxiliary losses; nil if none
+}
+
+// embeddingTable returns the embedding (and tied head) [V, d] float32.
+func embeddingTable(ctx *context.Context, cfg Config, g *Graph) *Node {
+	return ctx.In("embedding").In("word_embeddings").WithInitializer(embeddingInit(ctx, cfg)).
+		VariableWithShape("weight", shapes.Make(dtypes.Float32, cfg.Vocab, cfg.Dim)).ValueGraph(g)
+}
+
+// layerScope returns the context of block i: /decoder/layers/{i}.
+func layerScope(ctx *context.Context, i int) *context.Context {
+	return ctx.In("decoder").In("layers").In(strconv.Itoa(i))
+}
+
+// routing resolves the expert-choice algorithm of a graph.
+func (m *Model) routing(ctx *context.Context, g *Graph, opts ForwardOptions) string {
+	if opts.Routing != "" {
+		return opts.Routing
+	}
+	if ctx.IsTraining(g) {
+		return m.Cfg.Routing
+	}
+	return RoutingArgmax
+}
+
+// Forward runs the network on tokens [B, T] (int32 ids < Vocab) and returns the logits and the
+// routing statistics. Variables are created in ctx on first use.
+func (m *Model) Forward(ctx *context.Context, tokens *Node, opts ForwardOptions) Output {
+	cfg := m.Cfg
+	g := tokens.Graph()
+	if tokens.Rank() != 2 {
+		panic(fmt.Sprintf("bm: Model.Forward: tokens must be [B, T], got %s", tokens.Shape()))
+	}
+	route := m.routing(ctx, g, opts)
+	emb := embeddingTable(ctx, cfg, g)
+	x := Gather(emb, InsertAxes(ConvertDType(tokens, dtypes.Int32), -1)) // [B, T, d]
+	var out Output
+	for i, b := range cfg.Blocks() {
+		lctx := layerScope(ctx, i)
+		h := RMSNorm(lctx.In("norm"), x, cfg.NormEps)
+		mctx := lctx.In("mixer")
+		var f *Node
+		switch b.Kind {
+		case KindMamba:
+			f = Mamba(mctx, cfg, h)
+		case KindAttention:
+			f = Attention(mctx, cfg, h)
+		case KindMLP:
+			f = MLP(mctx, cfg, h)
+		case KindMoE:
+			var counts, aux *Node
+			f, counts, aux = MoE(mctx, cfg, b.Experts, h, route)
+			out.ExpertCounts = append(out.ExpertCounts, counts)
+			if aux != nil {
+				if out.AuxLoss == nil {
+					out.AuxLoss = aux
+				} else {
+					out.AuxLoss = Add(out.AuxLoss, aux)
+				}
+			}
+		}
+		x = Add(x, ConvertDType(f, dtypes.Float32))
+	}
+	out.Hidden, out.Logits = headLogits(ctx, cfg, x, emb)
+	return out
+}
+
+// headLogits applies the final LayerNorm to the residual stream x [..., d] and the tied head:
+// logits = LayerNorm_f(x)·W_embᵀ [..., V] float32.
+func headLogits(ctx *context.Context, cfg Config, x, emb *Node) (hidden, logits *Node) {
+	hidden = LayerNorm(ctx.In("decoder").In("final_layernorm"), x, cfg.NormEps)
+	dt := ComputeDType(cfg)
+	logits = DotGeneral(ConvertDType(hidden, dt), []int{-1}, nil, ConvertDType(emb, dt), []int{1}, nil)
+	return hidden, ConvertDType(logits, dtypes.Float32)
+}
+
+// Loss returns the mean next-token cross-entropy of tokens [B, T+1] (inputs tokens[:, :T],
+// targets tokens[:, 1:]) plus the blocks' auxiliary loss when there is one, and the forward
+// output on the inputs. Logits of padding ids (>= VocabReal) are masked to −∞ before the
+// softmax; the cross-entropy is log-sum-exp minus the target's logit (no dense one-hot).
+func (m *Model) Loss(ctx *context.Context, tokens *Node, opts ForwardOptions) (loss *Node, out Output) {
+	if tokens.Rank() != 2 || tokens.Shape().Dim(1) < 2 {
+		panic(fmt.Sprintf("bm: Model.Loss: tokens must be [B, T+1] with T >= 1, got %s", tokens.Shape()))
+	}
+	tokens = ConvertDType(tokens, dtypes.Int32)
+	T := tokens.Shape().Dim(1) - 1
+	inputs := SliceAxis(tokens, 1, AxisRange(0, T))
+	targets := SliceAxis(tokens, 1, AxisRange(1, T+1))
+	out = m.Forward(ctx, inputs, opts)
+	loss = CrossEntropy(out.Logits, targets, m.Cfg.VocabReal)
+	if out.AuxLoss != nil {
+		loss = Add(loss, out.AuxLoss)
+	}
+	return loss, out
+}
+
+// CrossEntropy returns the mean over all positions of −log softmax(logits)[target], with the
+// logits of ids >= vocabReal masked to −∞. logits: [..., V] float32; targets: [...] int32
+// (< vocabReal). Computed as logsumexp(logits) − logits[target]: the target logit is gathered,
+// no one-hot of the vocabulary is built.
+func CrossEntropy(logits, targets *Node, vocabReal int) *Node {
+	g := logits.Graph()
+	V := logits.Shape().Dim(-1)
+	flat := Reshape(logits, -1, V) // [M, V]
+	M := flat.Shape().Dim(0)
+	if vocabReal < V {
+		real := LessThan(Iota(g, shapes.Make(dtypes.Int32, 1, V), 1), Const(g, int32(vocabReal)))
+		flat = Where(BroadcastToShape(real, flat.Shape()), flat, Infinity(g, dtypes.Float32, -1))
+	}
+	mx := StopGradient(ReduceAndKeep(flat, ReduceMax, -1))                                   // [M, 1]
+	lse := Add(Log(ReduceSum(Exp(Sub(flat, mx)), -1)), Reshape(mx, M))                       // [M]
+	rows := Iota(g, shapes.Make(dtypes.Int32, M, 1), 0)                                      // [M, 1]
+	idx := Concatenate([]*Node{rows, Reshape(ConvertDType(targets, dtypes.Int32), M, 1)}, 1) // [M, 2]
+	target := Gather(flat, idx)                                                              // [M]
+	return ReduceAllMean(Sub(lse, target))
+}
+
+// ModelFn adapts the model to train.Trainer: inputs[0] is a batch of token windows [B, T+1]
+// int32, and the single prediction is the scalar training loss (cross-entropy plus auxiliary
+// loss). Pair it with PredictionIsLoss as the trainer's loss function.
+func (m *Model) ModelFn(opts ForwardOptions) train.ModelFn {
+	return func(ctx *context.Context, _ any, inputs []*Node) []*Node {
+		loss, _ := m.Loss(ctx, inputs[0], opts)
+		return []*Node{loss}
+	}
+}
+
+// PredictionIsLoss is the train.LossFn that goes with Model.ModelFn: the prediction already is
+// the loss, the labels are ignored.
+func PredictionIsLoss(_, predictions []*Node) *Node { return predictions[0] }
