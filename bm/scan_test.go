@@ -79,20 +79,6 @@ func (in scanInputs) tensors() []any {
 	return []any{tensor3(in.x), tensor3(in.dt), tensor2(in.a), tensor3(in.b), tensor3(in.c)}
 }
 
-// relErr returns ‖got − want‖ / ‖want‖.
-func relErr(got []float32, want []float64) float64 {
-	if len(got) != len(want) {
-		return math.Inf(1)
-	}
-	num, den := 0.0, 0.0
-	for i := range got {
-		e := float64(got[i]) - want[i]
-		num += e * e
-		den += want[i] * want[i]
-	}
-	return math.Sqrt(num / den)
-}
-
 func flatten3(v [][][]float64) []float64 {
 	var out []float64
 	for _, a := range v {
@@ -135,8 +121,8 @@ func TestSelectiveScanForward(t *testing.T) {
 				return []*Node{y, h}
 			})
 			out := exec.MustExec(in.tensors()...)
-			errY := relErr(tensors.MustCopyFlatData[float32](out[0]), flatten3(wantY))
-			errH := relErr(tensors.MustCopyFlatData[float32](out[1]), flatten3(wantH))
+			errY := relErrFlat(tensors.MustCopyFlatData[float32](out[0]), flatten3(wantY))
+			errH := relErrFlat(tensors.MustCopyFlatData[float32](out[1]), flatten3(wantH))
 			t.Logf("relative error vs float64 reference: y %.2g, hT %.2g", errY, errH)
 			// float32 arithmetic over at most a few hundred steps: errors of a few 1e-7.
 			if errY > 1e-5 || errH > 1e-5 {
@@ -223,7 +209,7 @@ func TestSelectiveScanGradient(t *testing.T) {
 				for j, v := range w {
 					w64[j] = float64(v)
 				}
-				e := relErr(g, w64)
+				e := relErrFlat(g, w64)
 				t.Logf("gradient of %s: relative error vs sequential autodiff %.2g", names[i], e)
 				if e > 1e-5 {
 					t.Errorf("gradient of %s: relative error vs sequential autodiff %.3g > 1e-5", names[i], e)
@@ -296,4 +282,56 @@ func ptrs3(v [][][]float64) []*float64 {
 		}
 	}
 	return p
+}
+
+// TestCheckScan runs the self-check used on accelerators, here on the CPU backend.
+func TestCheckScan(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs every benchmark variant")
+	}
+	if err := CheckScan(cpuBackend(t)); err != nil {
+		t.Error(err)
+	}
+}
+
+// BenchmarkSelectiveScan times forward and forward+backward passes on the CPU backend at a
+// small shape (B=2, T=256, D=64, N=16); run with -bench SelectiveScan -benchtime 5x.
+func BenchmarkSelectiveScan(b *testing.B) {
+	backend := cpuBackend(b)
+	shape := ScanShape{B: 2, T: 256, D: 64, N: 16}
+	variants := []ScanOptions{{}, {Chunk: 32}, {Chunk: 16, Across: AcrossLogDepth}, {Chunk: 16, Output: OutputRecompute},
+		{Chunk: 16, Autodiff: true}, {Method: ScanSequential}}
+	inputs := randomScanInputsExec(backend, shape, 1).MustExec()
+	for _, opts := range variants {
+		fwd := MustNewExec(backend, func(in []*Node) []*Node {
+			y, h := SelectiveScan(in[0], in[1], in[2], in[3], in[4], opts)
+			return []*Node{y, h, Add(ReduceAllSum(y), ReduceAllSum(h))}
+		})
+		bwd := MustNewExec(backend, func(in []*Node) []*Node {
+			y, h := SelectiveScan(in[0], in[1], in[2], in[3], in[4], opts)
+			loss := Add(ReduceAllSum(Mul(y, in[5])), ReduceAllSum(Mul(h, in[6])))
+			grads := Gradient(loss, in[0], in[1], in[2], in[3], in[4])
+			return append(grads, ReduceAllSum(grads[0]))
+		})
+		for _, bc := range []struct {
+			name string
+			e    *Exec
+			args []*tensors.Tensor
+		}{{"fwd", fwd, inputs[:5]}, {"fwd+bwd", bwd, inputs}} {
+			b.Run(opts.String()+"/"+bc.name, func(b *testing.B) {
+				if _, _, _, err := timeExec(bc.e, bc.args, 1); err != nil { // compile and warm up
+					b.Fatal(err)
+				}
+				args := make([]any, len(bc.args))
+				for i, t := range bc.args {
+					args[i] = t
+				}
+				b.ResetTimer()
+				for b.Loop() {
+					outs := bc.e.MustExec(args...)
+					_ = tensors.ToScalar[float32](outs[len(outs)-1])
+				}
+			})
+		}
+	}
 }
