@@ -259,8 +259,8 @@ func fromChunks(v *Node, T int) *Node {
 	return v
 }
 
-// step returns step l of v [B, C, L, k] as [B, C, k, 1] (asColumn) or [B, C, 1, k].
-func step(v *Node, l int, asColumn bool) *Node {
+// chunkStep returns step l of v [B, C, L, k] as [B, C, k, 1] (asColumn) or [B, C, 1, k].
+func chunkStep(v *Node, l int, asColumn bool) *Node {
 	d := v.Shape().Dimensions
 	s := SliceAxis(v, 2, AxisElem(l))
 	if asColumn {
@@ -301,15 +301,15 @@ func chunkedForward(x, delta, A, Bm, Cm *Node, opts ScanOptions) *chunkState {
 	var h *Node
 	var ys []*Node
 	for l := range s.L {
-		a := Exp(Mul(step(s.dt, l, true), s.A4))
-		b := Mul(step(s.dx, l, true), step(s.bm, l, false))
+		a := Exp(Mul(chunkStep(s.dt, l, true), s.A4))
+		b := Mul(chunkStep(s.dx, l, true), chunkStep(s.bm, l, false))
 		if h == nil {
 			h = b
 		} else {
 			h = Add(Mul(a, h), b)
 		}
 		if wantY {
-			ys = append(ys, ReduceSum(Mul(h, step(s.cm, l, false)), -1))
+			ys = append(ys, ReduceSum(Mul(h, chunkStep(s.cm, l, false)), -1))
 		}
 	}
 	// Across chunks: inclusive chunk-end states, then the states entering each chunk.
@@ -342,10 +342,10 @@ func chunkedForward(x, delta, A, Bm, Cm *Node, opts ScanOptions) *chunkState {
 		h = s.hIn
 		ys = make([]*Node, s.L)
 		for l := range s.L {
-			a := Exp(Mul(step(s.dt, l, true), s.A4))
-			b := Mul(step(s.dx, l, true), step(s.bm, l, false))
+			a := Exp(Mul(chunkStep(s.dt, l, true), s.A4))
+			b := Mul(chunkStep(s.dx, l, true), chunkStep(s.bm, l, false))
 			h = Add(Mul(a, h), b)
-			ys[l] = ReduceSum(Mul(h, step(s.cm, l, false)), -1)
+			ys[l] = ReduceSum(Mul(h, chunkStep(s.cm, l, false)), -1)
 		}
 		yc = stackSteps(ys)
 	}
@@ -360,7 +360,7 @@ func chunkedBackward(s *chunkState, dy, dhT *Node) []*Node {
 	dyc := toChunks(dy, s.Tp, s.C, s.L) // [B, C, L, D]
 	decays := make([]*Node, s.L)
 	for l := range s.L {
-		decays[l] = Exp(Mul(step(s.dt, l, true), s.A4)) // a_l: [B, C, D, N]
+		decays[l] = Exp(Mul(chunkStep(s.dt, l, true), s.A4)) // a_l: [B, C, D, N]
 	}
 	// u_l = dy_l ⊗ C_l, plus ∂L/∂h_T at the last step of the last chunk.
 	dhTc := Reshape(dhT, s.batch, 1, s.D, s.N)
@@ -368,7 +368,7 @@ func chunkedBackward(s *chunkState, dy, dhT *Node) []*Node {
 		dhTc = Concatenate([]*Node{Zeros(g, shapes.Make(dhT.DType(), s.batch, s.C-1, s.D, s.N)), dhTc}, 1)
 	}
 	u := func(l int) *Node {
-		v := Mul(step(dyc, l, true), step(s.cm, l, false))
+		v := Mul(chunkStep(dyc, l, true), chunkStep(s.cm, l, false))
 		if l == s.L-1 {
 			v = Add(v, dhTc)
 		}
@@ -409,9 +409,9 @@ func chunkedBackward(s *chunkState, dy, dhT *Node) []*Node {
 	var dA *Node
 	h := s.hIn
 	for l := range s.L {
-		dtl := step(s.dt, l, true) // [B, C, D, 1]
-		dxl := step(s.dx, l, true)
-		bl := step(s.bm, l, false) // [B, C, 1, N]
+		dtl := chunkStep(s.dt, l, true) // [B, C, D, 1]
+		dxl := chunkStep(s.dx, l, true)
+		bl := chunkStep(s.bm, l, false) // [B, C, 1, N]
 		e := Mul(Mul(gs[l], decays[l]), h)
 		h = Add(Mul(decays[l], h), Mul(dxl, bl))
 		gB := ReduceSum(Mul(gs[l], bl), -1) // [B, C, D]
@@ -420,7 +420,7 @@ func chunkedBackward(s *chunkState, dy, dhT *Node) []*Node {
 		dxs[l] = Mul(dtFlat, gB)
 		dts[l] = Add(Mul(xFlat, gB), ReduceSum(Mul(e, s.A4), -1))
 		dBs[l] = ReduceSum(Mul(gs[l], dxl), 2)            // [B, C, N]
-		dCs[l] = ReduceSum(Mul(h, step(dyc, l, true)), 2) // [B, C, N]
+		dCs[l] = ReduceSum(Mul(h, chunkStep(dyc, l, true)), 2) // [B, C, N]
 		t := Mul(dtl, e)
 		if dA == nil {
 			dA = t
