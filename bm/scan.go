@@ -419,7 +419,7 @@ func chunkedBackward(s *chunkState, dy, dhT *Node) []*Node {
 		xFlat := Reshape(SliceAxis(s.x, 2, AxisElem(l)), s.batch, s.C, s.D)
 		dxs[l] = Mul(dtFlat, gB)
 		dts[l] = Add(Mul(xFlat, gB), ReduceSum(Mul(e, s.A4), -1))
-		dBs[l] = ReduceSum(Mul(gs[l], dxl), 2)            // [B, C, N]
+		dBs[l] = ReduceSum(Mul(gs[l], dxl), 2)                 // [B, C, N]
 		dCs[l] = ReduceSum(Mul(h, chunkStep(dyc, l, true)), 2) // [B, C, N]
 		t := Mul(dtl, e)
 		if dA == nil {
