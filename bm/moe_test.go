@@ -292,3 +292,14 @@ func TestExclusiveCumsumTokens(t *testing.T) {
 		mtAssertClose(t, "exclusive cumsum", got, want, 0, 0)
 	}
 }
+
+// TestCheckBlocks runs the backend self-check on the CPU backend.
+func TestCheckBlocks(t *testing.T) {
+	report, err := CheckBlocks(mtBackend(t))
+	for _, line := range report {
+		t.Log(line)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+}
