@@ -1,0 +1,114 @@
+package bench
+
+import (
+	"fmt"
+	"math/rand/v2"
+
+	"github.com/gomlx/gomlx/backends"
+	"github.com/gomlx/gomlx/pkg/core/dtypes"
+	. "github.com/gomlx/gomlx/pkg/core/graph"
+	"github.com/gomlx/gomlx/pkg/core/tensors"
+	"github.com/gomlx/gomlx/pkg/ml/context"
+
+	"blackmamba/bm"
+)
+
+// MoE times one MoE block (E experts, top-1, dropless dispatch) against a dense gated MLP
+// block of the same active size (hidden F, i.e. one expert's worth of weights) on the same
+// tokens [tokens, d], forward and forward+backward (gradients of the input and of every
+// weight). The MoE rows carry the ratio to the dense row of the same pass in Extra["x_dense"].
+func MoE(backend backends.Backend, cfg bm.Config, experts, tokens, reps int) []Row {
+	rng := rand.New(rand.NewPCG(7, uint64(tokens)))
+	u := make([]float32, tokens*cfg.Dim)
+	w := make([]float32, tokens*cfg.Dim)
+	for i := range u {
+		u[i] = float32(rng.NormFloat64())
+		w[i] = float32(rng.NormFloat64())
+	}
+	uT := tensors.FromFlatDataAndDimensions(u, tokens, cfg.Dim)
+	wT := tensors.FromFlatDataAndDimensions(w, tokens, cfg.Dim)
+	shape := fmt.Sprintf("tokens=%d d=%d F=%d E=%d %s", tokens, cfg.Dim, cfg.FFN, experts, cfg.ComputeDType)
+	fwdFLOPs := 2 * 3 * float64(cfg.Dim) * float64(cfg.FFN) * float64(tokens) // one expert per token
+
+	type variant struct {
+		name  string
+		block func(ctx *context.Context, u *Node) *Node
+	}
+	variants := []variant{
+		{"dense MLP (F)", func(ctx *context.Context, u *Node) *Node { return bm.MLP(ctx, cfg, u) }},
+		{"MoE argmax", func(ctx *context.Context, u *Node) *Node {
+			out, _, _ := bm.MoE(ctx, cfg, experts, u, bm.RoutingArgmax)
+			return out
+		}},
+		{"MoE sinkhorn", func(ctx *context.Context, u *Node) *Node {
+			out, _, _ := bm.MoE(ctx, cfg, experts, u, bm.RoutingSinkhorn)
+			return out
+		}},
+	}
+	var rows []Row
+	dense := map[bool]float64{}
+	for _, v := range variants {
+		for _, backward := range []bool{false, true} {
+			pass := "fwd"
+			if backward {
+				pass = "fwd+bwd"
+			}
+			row := Row{Bench: "moe-" + pass, Variant: v.name, Shape: shape, Reps: reps, PeakBytes: -1}
+			row.FLOPs = fwdFLOPs
+			if backward {
+				row.FLOPs = 3 * fwdFLOPs
+			}
+			err := catch(func() error {
+				ctx := context.New()
+				ctx.SetParam("initializers_seed", int64(1))
+				e, err := context.NewExec(backend, ctx, func(ctx *context.Context, u, w *Node) []*Node {
+					out := v.block(ctx.In("block"), u)
+					loss := ReduceAllSum(Mul(ConvertDType(out, dtypes.Float32), w))
+					if !backward {
+						return []*Node{loss}
+					}
+					g := u.Graph()
+					wrt := []*Node{u}
+					for vv := range ctx.IterVariables() {
+						if vv.Trainable && vv.InUseByGraph(g) {
+							wrt = append(wrt, vv.ValueGraph(g))
+						}
+					}
+					grads := Gradient(loss, wrt...)
+					sum := loss
+					for _, gr := range grads {
+						sum = Add(sum, ReduceAllSum(Square(ConvertDType(gr, dtypes.Float32))))
+					}
+					return []*Node{sum}
+				})
+				if err != nil {
+					return err
+				}
+				call := func() error {
+					outs, err := e.Exec(uT, wT)
+					if err != nil {
+						return err
+					}
+					_ = tensors.ToScalar[float32](outs[0])
+					finalize(outs)
+					return nil
+				}
+				row.CompileS, row.Ms, row.MinMs, err = timeCalls(call, 3, reps)
+				return err
+			})
+			if err != nil {
+				row.Err = err.Error()
+			} else {
+				row.TokensPerS = float64(tokens) / (row.Ms / 1000)
+				row.MFU = row.FLOPs / (row.Ms / 1000) / PeakBF16FLOPs
+				if v.name == variants[0].name {
+					dense[backward] = row.Ms
+				} else if d := dense[backward]; d > 0 {
+					row.Extra = map[string]float64{"x_dense": row.Ms / d}
+				}
+			}
+			rows = append(rows, row)
+		}
+	}
+	return rows
+}

@@ -1,0 +1,27 @@
+package bench
+
+import (
+	"github.com/gomlx/gomlx/backends"
+
+	"blackmamba/bm"
+)
+
+// Scan times the selective scan variants at one shape (forward, and forward+backward) after
+// checking the default variant against the float64 reference on the same backend.
+func Scan(backend backends.Backend, shape bm.ScanShape, variants []bm.ScanOptions, reps int) ([]Row, error) {
+	if err := bm.CheckScan(backend); err != nil {
+		return nil, err
+	}
+	var rows []Row
+	for _, r := range bm.BenchScan(backend, shape, variants, reps) {
+		fwd := Row{Bench: "scan-fwd", Variant: r.Variant, Shape: r.Shape.String(), Ms: r.ForwardMs, MinMs: r.ForwardMinMs,
+			Reps: reps, CompileS: r.ForwardCompileS, PeakBytes: r.PeakBytes, Err: r.Err,
+			Extra: map[string]float64{"floor_MB": float64(r.ForwardFloorBytes) / 1e6, "GB/s": r.ForwardGBs,
+				"state_MB": float64(shape.StateBytes()) / 1e6}}
+		fb := Row{Bench: "scan-fwd+bwd", Variant: r.Variant, Shape: r.Shape.String(), Ms: r.ForwardBackwardMs, MinMs: r.ForwardBackwardMinMs,
+			Reps: reps, CompileS: r.ForwardBackwardCompileS, PeakBytes: r.PeakBytes, Err: r.Err,
+			Extra: map[string]float64{"floor_MB": float64(r.ForwardBackwardFloorBytes) / 1e6, "GB/s": r.ForwardBackwardGBs}}
+		rows = append(rows, fwd, fb)
+	}
+	return rows, nil
+}

@@ -1,0 +1,65 @@
+package bench
+
+import (
+	"fmt"
+	"math/rand/v2"
+
+	"github.com/gomlx/gomlx/backends"
+	"github.com/gomlx/gomlx/pkg/ml/context"
+
+	"blackmamba/bm"
+	"blackmamba/experiments"
+	"blackmamba/experiments/train"
+)
+
+// TrainStep times full training steps (forward, backward, global-norm clipping and the AdamW
+// update, in one compiled graph) of cfg at [batch, seqLen] on random tokens, and reports
+// tokens/s and the model FLOPs utilisation against PeakBF16FLOPs.
+func TrainStep(backend backends.Backend, cfg bm.Config, batch, seqLen, reps int) Row {
+	row := Row{Bench: "train-step", Variant: fmt.Sprintf("%s %s routing=%s", cfg.Name, cfg.ComputeDType, cfg.Routing),
+		Shape: fmt.Sprintf("batch %d x %d", batch, seqLen), Reps: reps, PeakBytes: -1}
+	_, trainPerToken := cfg.FLOPsPerToken(seqLen)
+	tokensPerStep := float64(batch * seqLen)
+	row.FLOPs = trainPerToken * tokensPerStep
+	total, active := cfg.ParamCounts()
+	row.Extra = map[string]float64{"params_total": float64(total), "params_active": float64(active)}
+	err := catch(func() error {
+		m, err := bm.New(cfg)
+		if err != nil {
+			return err
+		}
+		ctx := context.New()
+		tr, err := train.New(backend, ctx, experiments.LossFn(m, bm.ForwardOptions{}), train.Config{
+			Batch: batch, SeqLen: seqLen, Optimizer: train.DefaultAdamW(1e-3, 1000), Dir: "",
+		})
+		if err != nil {
+			return err
+		}
+		rng := rand.New(rand.NewPCG(3, 5))
+		batches := make([][]int32, 4)
+		for i := range batches {
+			batches[i] = make([]int32, batch*(seqLen+1))
+			for j := range batches[i] {
+				batches[i][j] = int32(rng.IntN(cfg.VocabReal))
+			}
+		}
+		k := 0
+		var last train.StepResult
+		call := func() error {
+			r, err := tr.Step(batches[k%len(batches)])
+			k++
+			last = r
+			return err
+		}
+		row.CompileS, row.Ms, row.MinMs, err = timeCalls(call, 2, reps)
+		row.Extra["loss"] = last.Loss
+		return err
+	})
+	if err != nil {
+		row.Err = err.Error()
+		return row
+	}
+	row.TokensPerS = tokensPerStep / (row.Ms / 1000)
+	row.MFU = row.FLOPs / (row.Ms / 1000) / PeakBF16FLOPs
+	return row
+}

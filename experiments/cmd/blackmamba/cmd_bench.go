@@ -1,0 +1,125 @@
+package main
+
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"blackmamba/bm"
+	"blackmamba/experiments/bench"
+	"blackmamba/xla"
+)
+
+func init() {
+	register(&command{
+		name:    "bench",
+		summary: "time the scan, the MoE block and the training step; print a table and write JSON",
+		run:     runBench,
+	})
+}
+
+func runBench(fs *flag.FlagSet, args []string) error {
+	backendFlag := xla.AddFlag(fs)
+	what := fs.String("what", "scan,moe,train-step", "comma-separated benchmarks: scan, moe, train-step")
+	scanShape := fs.String("scan-shape", "8,2048,1536,16", "scan shape B,T,D,N")
+	scanVariants := fs.String("scan-variants", "all", `"all" (chunk sizes and variants) or "default"`)
+	cfgName := fs.String("config", "small", "model preset or JSON config for moe and train-step")
+	dtype := fs.String("dtype", "", `override compute dtype ("float32" or "bfloat16") for moe and train-step`)
+	batch := fs.Int("batch", 8, "train-step batch size")
+	seqLen := fs.Int("seq", 2048, "train-step sequence length")
+	moeTokens := fs.Int("moe-tokens", 16384, "tokens through the MoE block")
+	reps := fs.Int("reps", 10, "timed repetitions after warm-up (the median is reported)")
+	out := fs.String("json", "", "write the report as JSON to this file")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	backend, choice, err := xla.New(*backendFlag)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "backend: %s\n", choice)
+	desc := xla.Describe(backend)
+	report := bench.Report{Date: time.Now().UTC().Format(time.RFC3339), Backend: desc.Summary, Hardware: hardware(desc)}
+	cfg, err := bm.LoadConfig(*cfgName)
+	if err != nil {
+		return err
+	}
+	if *dtype != "" {
+		cfg.ComputeDType = *dtype
+		if err := cfg.Validate(); err != nil {
+			return err
+		}
+	}
+	for _, w := range strings.Split(*what, ",") {
+		switch strings.TrimSpace(w) {
+		case "scan":
+			shape, err := parseScanShape(*scanShape)
+			if err != nil {
+				return err
+			}
+			variants := []bm.ScanOptions{{}}
+			if *scanVariants == "all" {
+				variants = bm.ScanBenchVariants()
+			}
+			rows, err := bench.Scan(backend, shape, variants, *reps)
+			if err != nil {
+				return fmt.Errorf("scan self-check failed on this backend: %w", err)
+			}
+			report.Rows = append(report.Rows, rows...)
+		case "moe":
+			experts := 8
+			for _, b := range cfg.Blocks() {
+				if b.Kind == bm.KindMoE {
+					experts = b.Experts
+				}
+			}
+			report.Rows = append(report.Rows, bench.MoE(backend, cfg, experts, *moeTokens, *reps)...)
+		case "train-step":
+			report.Rows = append(report.Rows, bench.TrainStep(backend, cfg, *batch, *seqLen, *reps))
+		case "":
+		default:
+			return fmt.Errorf("-what: unknown benchmark %q (want scan, moe, train-step)", w)
+		}
+		_ = bench.WriteTable(os.Stderr, report.Rows[max(0, len(report.Rows)-1):])
+	}
+	fmt.Printf("# %s, %s\n", report.Date, report.Hardware)
+	if err := bench.WriteTable(os.Stdout, report.Rows); err != nil {
+		return err
+	}
+	if *out != "" {
+		b, _ := json.MarshalIndent(report, "", "  ")
+		if err := os.WriteFile(*out, append(b, '\n'), 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func parseScanShape(s string) (bm.ScanShape, error) {
+	parts := strings.Split(s, ",")
+	if len(parts) != 4 {
+		return bm.ScanShape{}, fmt.Errorf("-scan-shape %q: want B,T,D,N", s)
+	}
+	var v [4]int
+	for i, p := range parts {
+		n, err := strconv.Atoi(strings.TrimSpace(p))
+		if err != nil || n < 1 {
+			return bm.ScanShape{}, fmt.Errorf("-scan-shape %q: %q is not a positive integer", s, p)
+		}
+		v[i] = n
+	}
+	return bm.ScanShape{B: v[0], T: v[1], D: v[2], N: v[3]}, nil
+}
+
+// hardware names the device the way result files record it.
+func hardware(d xla.Description) string {
+	if len(d.GPUs) > 0 {
+		g := d.GPUs[0]
+		return fmt.Sprintf("%d x %s (%.0f GiB), %s", len(d.GPUs), g.Name, float64(g.MemoryTotal)/(1<<30), d.CPUModel)
+	}
+	return fmt.Sprintf("CPU %s, %d cores", d.CPUModel, d.CPUCores)
+}

@@ -1,0 +1,38 @@
+// Package experiments connects the model (bm), the data (bm/data) and the training loop
+// (experiments/train) for the command-line drivers and the notebooks, so that the CLI and a
+// notebook run the same code.
+package experiments
+
+import (
+	"fmt"
+
+	"blackmamba/bm"
+	"blackmamba/experiments/train"
+
+	. "github.com/gomlx/gomlx/pkg/core/graph"
+	"github.com/gomlx/gomlx/pkg/ml/context"
+)
+
+// LossFn returns the training loss of model m for the training loop: the mean next-token
+// cross-entropy (plus the auxiliary loss of Switch routing), with the tokens-per-expert count
+// of each MoE block as extra outputs ("counts/layer_NN", NN the block index) and, when
+// present, the auxiliary loss as "aux_loss".
+func LossFn(m *bm.Model, opts bm.ForwardOptions) train.LossFn {
+	moeBlocks := []int{}
+	for i, b := range m.Cfg.Blocks() {
+		if b.Kind == bm.KindMoE {
+			moeBlocks = append(moeBlocks, i)
+		}
+	}
+	return func(ctx *context.Context, tokens *Node) (*Node, map[string]*Node) {
+		loss, out := m.Loss(ctx, tokens, opts)
+		extra := map[string]*Node{}
+		for j, c := range out.ExpertCounts {
+			extra[fmt.Sprintf("%slayer_%02d", train.CountsPrefix, moeBlocks[j])] = c
+		}
+		if out.AuxLoss != nil {
+			extra["aux_loss"] = out.AuxLoss
+		}
+		return loss, extra
+	}
+}
