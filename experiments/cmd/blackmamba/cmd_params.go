@@ -21,6 +21,7 @@ func runParams(fs *flag.FlagSet, args []string) error {
 	cfgName := fs.String("config", "tiny", "preset name or path of a JSON config")
 	asJSON := fs.Bool("json", false, "print JSON instead of a table")
 	list := fs.Bool("list", false, "list the presets")
+	seqLen := fs.Int("seq", 0, "sequence length for the FLOPs of attention blocks (0: the config's max_seq_len)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -28,7 +29,8 @@ func runParams(fs *flag.FlagSet, args []string) error {
 		for _, n := range bm.PresetNames() {
 			c := bm.MustPreset(n)
 			t, a := c.ParamCounts()
-			fmt.Printf("%-22s blocks=%-4d d=%-5d total=%-14d active=%d\n", n, len(c.Blocks()), c.Dim, t, a)
+			fwd, _ := c.FLOPsPerToken(c.MaxSeqLen)
+			fmt.Printf("%-22s blocks=%-4d d=%-5d total=%-14d active=%-12d fwd GFLOP/token=%.4f\n", n, len(c.Blocks()), c.Dim, t, a, fwd/1e9)
 		}
 		return nil
 	}
@@ -37,8 +39,13 @@ func runParams(fs *flag.FlagSet, args []string) error {
 		return err
 	}
 	total, active := cfg.ParamCounts()
+	if *seqLen <= 0 {
+		*seqLen = cfg.MaxSeqLen
+	}
+	fwd, train := cfg.FLOPsPerToken(*seqLen)
 	out := map[string]any{"config": cfg.Name, "pattern": cfg.Pattern, "blocks": len(cfg.Blocks()),
-		"total_params": total, "active_params": active}
+		"total_params": total, "active_params": active, "seq_len": *seqLen,
+		"forward_flops_per_token": fwd, "training_flops_per_token": train}
 	if *asJSON {
 		enc := json.NewEncoder(os.Stdout)
 		enc.SetIndent("", "  ")
@@ -46,5 +53,7 @@ func runParams(fs *flag.FlagSet, args []string) error {
 	}
 	fmt.Printf("config          %s\npattern         %s\nblocks          %d\ntotal params    %d\nactive params   %d\n",
 		cfg.Name, cfg.Pattern, len(cfg.Blocks()), total, active)
+	fmt.Printf("FLOPs/token     %.4g forward, %.4g training (forward+backward), at sequence length %d\n",
+		fwd, train, *seqLen)
 	return nil
 }
