@@ -68,41 +68,41 @@ func (m *bpe) appendEncode(dst []int, piece string) []int {
 	return dst
 }
 
-// mergeQuadratic runs BPE on piece keeping the rank of each adjacent pair in an array: each step
-// merges the leftmost pair of lowest rank and re-ranks only its two new neighbours.
+// mergeQuadratic runs BPE on piece keeping the merge of each adjacent pair in an array: each step
+// applies the leftmost pair of lowest rank and looks up only the two new neighbouring pairs.
 func (m *bpe) mergeQuadratic(ids []int32, piece string) []int32 {
 	for i := 0; i < len(piece); i++ {
 		ids = append(ids, m.byteID[piece[i]])
 	}
-	var rbuf [quadraticMax]int32
-	ranks := rbuf[:len(ids)-1]
-	rankOf := func(a, b int32) int32 {
+	var buf [quadraticMax]merge
+	pairs := buf[:len(ids)-1]
+	mergeOf := func(a, b int32) merge {
 		if mg, ok := m.merges[pairKey(a, b)]; ok {
-			return mg.rank
+			return mg
 		}
-		return math.MaxInt32
+		return merge{rank: math.MaxInt32}
 	}
-	for k := range ranks {
-		ranks[k] = rankOf(ids[k], ids[k+1])
+	for k := range pairs {
+		pairs[k] = mergeOf(ids[k], ids[k+1])
 	}
 	for len(ids) > 1 {
 		best, bestRank := -1, int32(math.MaxInt32)
-		for k, r := range ranks {
-			if r < bestRank {
-				best, bestRank = k, r
+		for k, p := range pairs {
+			if p.rank < bestRank {
+				best, bestRank = k, p.rank
 			}
 		}
 		if best < 0 {
 			break
 		}
-		ids[best] = m.merges[pairKey(ids[best], ids[best+1])].id
+		ids[best] = pairs[best].id
 		ids = append(ids[:best+1], ids[best+2:]...)
-		ranks = append(ranks[:best], ranks[best+1:]...)
+		pairs = append(pairs[:best], pairs[best+1:]...)
 		if best > 0 {
-			ranks[best-1] = rankOf(ids[best-1], ids[best])
+			pairs[best-1] = mergeOf(ids[best-1], ids[best])
 		}
-		if best < len(ranks) {
-			ranks[best] = rankOf(ids[best], ids[best+1])
+		if best < len(pairs) {
+			pairs[best] = mergeOf(ids[best], ids[best+1])
 		}
 	}
 	return ids
