@@ -1,0 +1,115 @@
+package bm
+
+import (
+	"fmt"
+	"math"
+	"math/rand/v2"
+
+	"github.com/gomlx/gomlx/backends"
+	. "github.com/gomlx/gomlx/pkg/core/graph"
+	"github.com/gomlx/gomlx/pkg/core/tensors"
+	"github.com/gomlx/gomlx/pkg/ml/context"
+	"github.com/gomlx/gomlx/pkg/ml/context/initializers"
+)
+
+// DecodeCheckConfigs are small configurations of the four architectures (BlackMamba, dense
+// Mamba, Transformer, Transformer-MoE): vocabulary 97 (90 real ids), d = 16, F = 32, N = 4,
+// 2 heads, with larger weights and time steps than for training (init std 0.3, dt in
+// [0.05, 1]) so that every block changes the logits and a wrong state shows well above the
+// tolerance.
+func DecodeCheckConfigs() []Config {
+	mk := func(name, pattern string) Config {
+		c := MustPreset("tiny")
+		c.Name, c.Pattern = name, pattern
+		c.Vocab, c.VocabReal = 97, 90
+		c.Dim, c.FFN, c.StateSize, c.Heads = 16, 32, 4, 2
+		c.MaxSeqLen = 64
+		c.InitStd, c.DtMin, c.DtMax = 0.3, 0.05, 1
+		return c
+	}
+	return []Config{mk("blackmamba", "r8r8"), mk("mamba", "r1r1"), mk("transformer", "a1a1"), mk("transformer-moe", "a8a8")}
+}
+
+// CheckDecode runs, on backend and for each of DecodeCheckConfigs, the parallel forward over
+// random tokens [2, 10] and the recurrent decoder (prefill of 1, 2, 3, 5 and 8 tokens, then
+// one step per token), and returns an error if any logit differs from the forward's by more
+// than 1e-4 of the largest logit magnitude. It returns one report line per architecture.
+func CheckDecode(backend backends.Backend) (report []string, err error) {
+	const B, T, tol = 2, 10, 1e-4
+	for _, cfg := range DecodeCheckConfigs() {
+		worst, err := checkDecodeArch(backend, cfg, B, T)
+		if err != nil {
+			return report, fmt.Errorf("%s: %w", cfg.Name, err)
+		}
+		report = append(report, fmt.Sprintf("decode %-16s prompts 1,2,3,5,8 of %d: max rel err %.2g (tol %.0e)", cfg.Name, T, worst, tol))
+		if worst > tol {
+			return report, fmt.Errorf("%s: decoder vs forward max relative error %.3g > %g", cfg.Name, worst, tol)
+		}
+	}
+	return report, nil
+}
+
+func checkDecodeArch(backend backends.Backend, cfg Config, B, T int) (worst float64, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("%v", r)
+		}
+	}()
+	m, err := New(cfg)
+	if err != nil {
+		return 0, err
+	}
+	ctx := context.New()
+	ctx.SetParam(initializers.ParamInitialSeed, int64(11))
+	rng := rand.New(rand.NewPCG(5, 5))
+	ids := make([][]int, B)
+	flat := make([]int32, 0, B*T)
+	for b := range ids {
+		for range T {
+			id := rng.IntN(cfg.Vocab)
+			ids[b] = append(ids[b], id)
+			flat = append(flat, int32(id))
+		}
+	}
+	fullT := context.MustExecOnce(backend, ctx, func(ctx *context.Context, tok *Node) *Node {
+		return m.Forward(ctx, tok, ForwardOptions{}).Logits
+	}, tensors.FromFlatDataAndDimensions(flat, B, T))
+	full := tensors.MustCopyFlatData[float32](fullT)
+	V := cfg.Vocab
+	dec, err := NewDecoder(backend, ctx, cfg, B, T)
+	if err != nil {
+		return 0, err
+	}
+	for _, P := range []int{1, 2, 3, 5, 8} {
+		prompts := make([][]int, B)
+		for b := range prompts {
+			prompts[b] = ids[b][:P]
+		}
+		logits, err := dec.Prefill(prompts)
+		if err != nil {
+			return 0, err
+		}
+		var scale, maxDiff float64
+		for t := P - 1; t < T; t++ {
+			if t >= P {
+				col := make([]int, B)
+				for b := range col {
+					col[b] = ids[b][t]
+				}
+				if logits, err = dec.Step(col); err != nil {
+					return 0, err
+				}
+			}
+			got := tensors.MustCopyFlatData[float32](logits)
+			for b := range B {
+				want := full[(b*T+t)*V : (b*T+t+1)*V]
+				for j, w := range want {
+					scale = math.Max(scale, math.Abs(float64(w)))
+					maxDiff = math.Max(maxDiff, math.Abs(float64(got[b*V+j]-w)))
+				}
+			}
+		}
+		worst = math.Max(worst, maxDiff/math.Max(scale, 1e-30))
+	}
+	return worst, nil
+}
