@@ -3,7 +3,6 @@ package bm
 import (
 	"math"
 	"math/rand"
-	"sync"
 	"testing"
 
 	"github.com/gomlx/gomlx/backends"
@@ -17,23 +16,8 @@ import (
 
 // Test helpers shared by the norm, MLP, MoE, Sinkhorn and attention tests (prefix mt).
 
-var (
-	mtBackendOnce sync.Once
-	mtBackendVal  backends.Backend
-)
-
-// mtBackend returns the pure-Go CPU backend, created once per test binary.
-func mtBackend(t testing.TB) backends.Backend {
-	t.Helper()
-	mtBackendOnce.Do(func() {
-		b, err := backends.NewWithConfig("go")
-		if err != nil {
-			panic(err)
-		}
-		mtBackendVal = b
-	})
-	return mtBackendVal
-}
+// mtBackend returns the test backend (see cpuBackend), created once per test binary.
+func mtBackend(t testing.TB) backends.Backend { return cpuBackend(t) }
 
 // mtCtx returns a fresh context with a fixed initialisation seed.
 func mtCtx(seed int64) *context.Context {

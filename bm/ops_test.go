@@ -3,23 +3,44 @@ package bm
 import (
 	"math"
 	"math/rand/v2"
+	"os"
+	"sync"
 	"testing"
 
 	"github.com/gomlx/gomlx/backends"
 	_ "github.com/gomlx/gomlx/backends/simplego"
+	_ "github.com/gomlx/gomlx/backends/xla"
 	. "github.com/gomlx/gomlx/pkg/core/graph"
 	"github.com/gomlx/gomlx/pkg/core/tensors"
 )
 
-// cpuBackend returns the pure-Go backend used by the tests of this package.
+// cpuBackend returns the backend of the tests of this package: the pure-Go CPU backend, or the
+// one named by $BLACKMAMBA_TEST_BACKEND.
 func cpuBackend(t testing.TB) backends.Backend {
 	t.Helper()
-	backend, err := backends.NewWithConfig("go")
-	if err != nil {
-		t.Fatalf("cannot create the pure-Go backend: %v", err)
+	testBackendOnce.Do(func() {
+		config := "go"
+		if env := os.Getenv(TestBackendEnv); env != "" {
+			config = env
+		}
+		testBackendVal, testBackendErr = backends.NewWithConfig(config)
+	})
+	if testBackendErr != nil {
+		t.Fatalf("cannot create the test backend: %v", testBackendErr)
 	}
-	return backend
+	return testBackendVal
 }
+
+// TestBackendEnv names the environment variable that runs the package's tests on another
+// backend than the pure-Go CPU one, e.g. BLACKMAMBA_TEST_BACKEND="xla:/path/to/pjrt_plugin.so"
+// to run the test binary on a GPU.
+const TestBackendEnv = "BLACKMAMBA_TEST_BACKEND"
+
+var (
+	testBackendOnce sync.Once
+	testBackendVal  backends.Backend
+	testBackendErr  error
+)
 
 // TestSliceVJP checks the Pad-free Slice gradient against central finite differences (float64)
 // for the slicing helpers that lower to Slice: f(x) = Σ w ⊙ op(x) with random x and w, so the
