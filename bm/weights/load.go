@@ -88,6 +88,18 @@ func SaveModel(dir string, cfg bm.Config, specs []Spec, meta map[string]string) 
 	return writeFileAtomic(filepath.Join(dir, ConfigFile), append(cj, '\n'))
 }
 
+// WriteConfig writes cfg as dir/config.json (creating dir).
+func WriteConfig(dir string, cfg bm.Config) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("weights: %w", err)
+	}
+	cj, err := json.MarshalIndent(cfg, "", "  ")
+	if err != nil {
+		return fmt.Errorf("weights: %w", err)
+	}
+	return writeFileAtomic(filepath.Join(dir, ConfigFile), append(cj, '\n'))
+}
+
 // writeFileAtomic writes data to path through a synced temporary file and a rename.
 func writeFileAtomic(path string, data []byte) (err error) {
 	dir := filepath.Dir(path)

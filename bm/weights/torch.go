@@ -48,7 +48,8 @@ var (
 type TorchArchive struct {
 	Path    string
 	prefix  string // the archive's top folder ("archive", or the file's base name)
-	file    *os.File
+	r       io.ReaderAt
+	closer  io.Closer
 	size    int64
 	entries map[string]*zip.File
 	root    any
@@ -89,27 +90,30 @@ func ReadTorch(path string) (*TorchArchive, error) {
 	if err != nil {
 		return nil, fmt.Errorf("weights: %w", err)
 	}
-	a, err := readTorch(f, path)
+	info, err := f.Stat()
+	if err != nil {
+		_ = f.Close()
+		return nil, fmt.Errorf("weights: %w", err)
+	}
+	a, err := readTorch(f, info.Size(), path)
 	if err != nil {
 		_ = f.Close()
 		return nil, err
 	}
+	a.closer = f
 	return a, nil
 }
 
-func readTorch(f *os.File, path string) (*TorchArchive, error) {
+// readTorch reads an archive of size bytes from r; path names it in errors.
+func readTorch(r io.ReaderAt, size int64, path string) (*TorchArchive, error) {
 	bad := func(format string, args ...any) error {
 		return fmt.Errorf("weights: torch archive %s: %s", path, fmt.Sprintf(format, args...))
 	}
-	info, err := f.Stat()
-	if err != nil {
-		return nil, fmt.Errorf("weights: %w", err)
-	}
-	zr, err := zip.NewReader(f, info.Size())
+	zr, err := zip.NewReader(r, size)
 	if err != nil {
 		return nil, bad("%v (a truncated file, or not a torch.save zip archive; files from the legacy non-zip format must be re-saved with a current torch.save)", err)
 	}
-	a := &TorchArchive{Path: path, file: f, size: info.Size(), entries: map[string]*zip.File{},
+	a := &TorchArchive{Path: path, r: r, size: size, entries: map[string]*zip.File{},
 		tensors: map[string]*TorchTensor{}, storage: map[string]*torchStorage{}}
 	var pkl *zip.File
 	for _, e := range zr.File {
@@ -326,6 +330,9 @@ func (a *TorchArchive) rebuildTensor(args pyTuple) (any, error) {
 	if err != nil {
 		return nil, fmt.Errorf("_rebuild_tensor_v2: %v", err)
 	}
+	if numel > s.numel {
+		return nil, fmt.Errorf("tensor of size %v has more elements than its storage %s (%d): overlapping views are not supported", size, s.key, s.numel)
+	}
 	if numel > 0 {
 		last := big.NewInt(offset)
 		for i := range size {
@@ -391,7 +398,12 @@ func (a *TorchArchive) Names() []string { return append([]string(nil), a.names..
 func (a *TorchArchive) Tensor(name string) *TorchTensor { return a.tensors[name] }
 
 // Close closes the archive's file.
-func (a *TorchArchive) Close() error { return a.file.Close() }
+func (a *TorchArchive) Close() error {
+	if a.closer == nil {
+		return nil
+	}
+	return a.closer.Close()
+}
 
 // contiguous reports whether the strides are the row-major ones of the shape.
 func (t *TorchTensor) contiguous() bool {
@@ -420,7 +432,7 @@ func (t *TorchTensor) readStorage(from, to int64) ([]byte, error) {
 		if err != nil {
 			return nil, err
 		}
-		if _, err := t.archive.file.ReadAt(buf, off+from*es); err != nil {
+		if _, err := t.archive.r.ReadAt(buf, off+from*es); err != nil {
 			return nil, fmt.Errorf("reading entry %s at file offset %d: %w", e.Name, off+from*es, err)
 		}
 		if whole && crc32.ChecksumIEEE(buf) != e.CRC32 {
