@@ -18,7 +18,9 @@ import (
 //	MLP, MoE   none
 //
 // The states stay on the device: each step donates the previous states' buffers to the call
-// that replaces them. Prompt lengths are bucketed: the prefill graph runs the longest bucket
+// that replaces them. The KV caches grow in buckets (KVCacheBucket: powers of two from 8, up to
+// maxLen), so that an attention step costs O(current length) rather than O(maxLen); each cache
+// length compiles its own step graph. Prompt lengths are bucketed: the prefill graph runs the longest bucket
 // length that fits (1, 2, 3, 4, 6, 8, 12, 16, 24, …: powers of two and three times powers of
 // two) and the remaining prompt tokens go through the step graph, so that at most
 // about 2·log₂(maxLen) prefill graphs are ever compiled.
@@ -29,9 +31,14 @@ type Decoder struct {
 	backend       backends.Backend
 	batch, maxLen int
 	hasAttention  bool
-	prefill, step *context.Exec
+	kvStates      []int // indices in states of the attention caches
+	ctx           *context.Context
+	prefill       map[int]*context.Exec // by KV-cache length
+	step          *context.Exec
+	extend        map[int]*Exec // grows the KV caches to the key's length
 	states        []*tensors.Tensor
 	pos           int // tokens consumed so far
+	kvLen         int // current KV-cache length
 }
 
 // NewDecoder returns a decoder of batch sequences of at most maxLen tokens (the KV-cache
@@ -44,26 +51,90 @@ func NewDecoder(backend backends.Backend, ctx *context.Context, cfg Config, batc
 	if batch < 1 || maxLen < 1 {
 		return nil, fmt.Errorf("bm: NewDecoder: batch (%d) and maxLen (%d) must be positive", batch, maxLen)
 	}
-	d := &Decoder{cfg: cfg, backend: backend, batch: batch, maxLen: maxLen}
+	d := &Decoder{cfg: cfg, backend: backend, batch: batch, maxLen: maxLen, ctx: ctx.Checked(false),
+		prefill: map[int]*context.Exec{}, extend: map[int]*Exec{}}
+	n := 0
 	for _, b := range cfg.Blocks() {
-		d.hasAttention = d.hasAttention || b.Kind == KindAttention
+		switch b.Kind {
+		case KindMamba:
+			n += 2
+		case KindAttention:
+			d.hasAttention = true
+			d.kvStates = append(d.kvStates, n, n+1)
+			n += 2
+		}
 	}
-	dctx := ctx.Checked(false)
 	var err error
-	d.prefill, err = context.NewExec(backend, dctx, func(ctx *context.Context, inputs []*Node) []*Node {
-		return decodePrefillGraph(ctx, cfg, inputs[0], maxLen)
-	})
-	if err != nil {
-		return nil, err
-	}
-	d.prefill.SetMaxCache(-1)
-	d.step, err = context.NewExec(backend, dctx, func(ctx *context.Context, inputs []*Node) []*Node {
+	d.step, err = context.NewExec(backend, d.ctx, func(ctx *context.Context, inputs []*Node) []*Node {
 		return decodeStepGraph(ctx, cfg, inputs[0], inputs[1], inputs[2:])
 	})
 	if err != nil {
 		return nil, err
 	}
+	d.step.SetMaxCache(-1)
 	return d, nil
+}
+
+// KVCacheBucket returns the KV-cache length a decoder with the given maxLen uses to hold n
+// tokens: the smallest power of two >= max(n, 8), capped at maxLen.
+func KVCacheBucket(n, maxLen int) int {
+	b := 8
+	for b < n {
+		b *= 2
+	}
+	return min(b, maxLen)
+}
+
+// prefillExec returns the prefill executable for caches of kvLen positions.
+func (d *Decoder) prefillExec(kvLen int) (*context.Exec, error) {
+	if e, ok := d.prefill[kvLen]; ok {
+		return e, nil
+	}
+	e, err := context.NewExec(d.backend, d.ctx, func(ctx *context.Context, inputs []*Node) []*Node {
+		return decodePrefillGraph(ctx, d.cfg, inputs[0], kvLen)
+	})
+	if err != nil {
+		return nil, err
+	}
+	e.SetMaxCache(-1)
+	d.prefill[kvLen] = e
+	return e, nil
+}
+
+// growKV extends the attention caches to newLen positions (zeros after the current ones).
+func (d *Decoder) growKV(newLen int) error {
+	e, ok := d.extend[newLen]
+	if !ok {
+		var err error
+		e, err = NewExec(d.backend, func(caches []*Node) []*Node {
+			out := make([]*Node, len(caches))
+			for i, c := range caches {
+				out[i] = ExtendKVCache(c, newLen)
+			}
+			return out
+		})
+		if err != nil {
+			return err
+		}
+		d.extend[newLen] = e
+	}
+	args := make([]any, len(d.kvStates))
+	for i, j := range d.kvStates {
+		donated, err := DonateTensorBuffer(d.states[j], d.backend, 0)
+		if err != nil {
+			return err
+		}
+		args[i] = donated
+	}
+	outs, err := e.Exec(args...)
+	if err != nil {
+		return err
+	}
+	for i, j := range d.kvStates {
+		d.states[j] = outs[i]
+	}
+	d.kvLen = newLen
+	return nil
 }
 
 // Pos returns the number of tokens consumed since the last Prefill.
@@ -107,13 +178,21 @@ func (d *Decoder) Prefill(prompts [][]int) (*tensors.Tensor, error) {
 	}
 	d.states, d.pos = nil, 0
 	P := PrefillBucket(L)
+	d.kvLen = 0
+	if d.hasAttention {
+		d.kvLen = KVCacheBucket(P, d.maxLen)
+	}
+	prefill, err := d.prefillExec(d.kvLen)
+	if err != nil {
+		return nil, fmt.Errorf("bm: Decoder.Prefill: %w", err)
+	}
 	ids := make([]int32, 0, d.batch*P)
 	for _, p := range prompts {
 		for _, id := range p[:P] {
 			ids = append(ids, int32(id))
 		}
 	}
-	outs, err := d.prefill.Exec(tensors.FromFlatDataAndDimensions(ids, d.batch, P))
+	outs, err := prefill.Exec(tensors.FromFlatDataAndDimensions(ids, d.batch, P))
 	if err != nil {
 		return nil, fmt.Errorf("bm: Decoder.Prefill: %w", err)
 	}
@@ -150,6 +229,11 @@ func (d *Decoder) Step(tokens []int) (*tensors.Tensor, error) {
 			return nil, fmt.Errorf("bm: Decoder.Step: token %d is id %d, outside [0, %d)", i, id, d.cfg.Vocab)
 		}
 		ids[i] = int32(id)
+	}
+	if d.hasAttention && d.pos >= d.kvLen {
+		if err := d.growKV(KVCacheBucket(d.pos+1, d.maxLen)); err != nil {
+			return nil, fmt.Errorf("bm: Decoder.Step: growing the KV caches: %w", err)
+		}
 	}
 	args := []any{tensors.FromFlatDataAndDimensions(ids, d.batch), int32(d.pos)}
 	for i, s := range d.states {
@@ -204,8 +288,9 @@ func (d *Decoder) Generate(prompt []int, maxNew int, s Sampler, onToken func(int
 }
 
 // decodePrefillGraph runs the stack on tokens [B, P] and returns the logits [B, V] of the last
-// position followed by the states of the blocks (see the package comment of this file).
-func decodePrefillGraph(ctx *context.Context, cfg Config, tokens *Node, maxLen int) []*Node {
+// position followed by the states of the blocks (see the comment at the top of this file);
+// attention caches get kvLen positions.
+func decodePrefillGraph(ctx *context.Context, cfg Config, tokens *Node, kvLen int) []*Node {
 	g := tokens.Graph()
 	P := tokens.Shape().Dim(1)
 	emb := embeddingTable(ctx, cfg, g)
@@ -223,7 +308,7 @@ func decodePrefillGraph(ctx *context.Context, cfg Config, tokens *Node, maxLen i
 			states = append(states, conv, ssm)
 		case KindAttention:
 			var k, v *Node
-			f, k, v = AttentionPrefill(mctx, cfg, h, maxLen)
+			f, k, v = AttentionPrefill(mctx, cfg, h, kvLen)
 			states = append(states, k, v)
 		case KindMLP:
 			f = MLP(mctx, cfg, h)

@@ -56,7 +56,8 @@ func tokensTensor(ids [][]int) *tensors.Tensor {
 
 // TestDecoderMatchesForward checks, for every architecture, that prefill + recurrent steps
 // reproduce the parallel forward's logits at every position, for prompts of 1, 2, 3, 5 and 8
-// tokens (5 runs the bucketed prefill of 4 tokens and one step). Tolerance: 1e-4 of the largest
+// tokens (5 runs the bucketed prefill of 4 tokens and one step; attention caches start at 8
+// positions and grow to 16 on the way). Tolerance: 1e-4 of the largest
 // logit magnitude (float32).
 func TestDecoderMatchesForward(t *testing.T) {
 	backend := cpuBackend(t)
@@ -75,7 +76,7 @@ func TestDecoderMatchesForward(t *testing.T) {
 			}, tokensTensor(ids)))
 			V := cfg.Vocab
 			at := func(b, t int) []float64 { return full[(b*T+t)*V : (b*T+t+1)*V] }
-			dec, err := NewDecoder(backend, ctx, cfg, B, T)
+			dec, err := NewDecoder(backend, ctx, cfg, B, 32) // KV caches grow 8 → 16 at position 8
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -114,8 +115,15 @@ func TestDecoderMatchesForward(t *testing.T) {
 	}
 }
 
-// TestPrefillBucket checks the prompt-length buckets.
+// TestPrefillBucket checks the prompt-length and KV-cache buckets.
 func TestPrefillBucket(t *testing.T) {
+	for _, c := range []struct{ n, maxLen, want int }{
+		{1, 2048, 8}, {8, 2048, 8}, {9, 2048, 16}, {100, 2048, 128}, {1025, 2048, 2048}, {9, 10, 10}, {3, 4, 4},
+	} {
+		if got := KVCacheBucket(c.n, c.maxLen); got != c.want {
+			t.Errorf("KVCacheBucket(%d, %d) = %d, want %d", c.n, c.maxLen, got, c.want)
+		}
+	}
 	for _, c := range []struct{ n, want int }{
 		{1, 1}, {2, 2}, {3, 3}, {4, 4}, {5, 4}, {6, 6}, {7, 6}, {8, 8}, {11, 8}, {12, 12}, {23, 16}, {24, 24}, {100, 96}, {2048, 2048},
 	} {

@@ -208,3 +208,35 @@ func TestValidate(t *testing.T) {
 		}
 	}
 }
+
+// TestComputeBFloat16 runs the same weights with ComputeDType "bfloat16" and "float32": the
+// logits must differ (bf16 matmul operands are really used) by less than 3% of the largest
+// logit, and stay float32.
+func TestComputeBFloat16(t *testing.T) {
+	backend := cpuBackend(t)
+	cfg := archTestConfigs[0]
+	cfg.InitStd, cfg.DtMin, cfg.DtMax = 0.02, 0.001, 0.1 // the training initialisation
+	ctx := context.New()
+	ctx.SetParam(initializers.ParamInitialSeed, int64(4))
+	ids := tokensTensor(randomTokens(rand.New(rand.NewPCG(6, 6)), 2, 12, cfg.Vocab))
+	run := func(c Config) *tensors.Tensor {
+		m, err := New(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return context.MustExecOnce(backend, ctx.Checked(false), func(ctx *context.Context, tok *Node) *Node {
+			return m.Forward(ctx, tok, ForwardOptions{}).Logits
+		}, ids)
+	}
+	f32 := run(cfg)
+	cfg.ComputeDType = "bfloat16"
+	bf := run(cfg)
+	if bf.DType() != f32.DType() {
+		t.Fatalf("bf16 logits dtype %s, want float32", bf.DType())
+	}
+	e := maxRelErr(flat64(bf), flat64(f32))
+	t.Logf("bf16 vs f32 logits: max relative error %.3g", e)
+	if e == 0 || e > 0.03 {
+		t.Errorf("bf16 vs f32 logits: max relative error %.3g, want in (0, 0.03]", e)
+	}
+}
