@@ -136,12 +136,13 @@ func maxRelErr(a, b []float64) float64 {
 }
 
 // TestMambaMatchesReference compares the parallel mixer with the float64 token-by-token
-// equations, for several sequence lengths (shorter and longer than the conv kernel).
+// equations, for several sequence lengths (shorter and longer than the conv kernel and than
+// the scan chunk).
 // Tolerance: 1e-5 relative to the largest output (float32 arithmetic).
 func TestMambaMatchesReference(t *testing.T) {
 	backend := cpuBackend(t)
 	cfg := mambaTestConfig()
-	for _, T := range []int{1, 3, 4, 9} {
+	for _, T := range []int{1, 3, 4, 9, 37} { // 37: three scan chunks of 16, the last partial
 		t.Run(fmt.Sprintf("T=%d", T), func(t *testing.T) {
 			ctx := context.New()
 			ctx.SetParam(initializers.ParamInitialSeed, int64(7))
