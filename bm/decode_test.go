@@ -188,3 +188,36 @@ func TestGenerate(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkDecodeStep times one recurrent step (batch 1) of each tiny architecture after a
+// one-token prompt; the sequences restart every 64 tokens so attention caches stay short.
+func BenchmarkDecodeStep(b *testing.B) {
+	backend := cpuBackend(b)
+	for _, cfg := range archTestConfigs {
+		b.Run(cfg.Name, func(b *testing.B) {
+			ctx := context.New()
+			dec, err := NewDecoder(backend, ctx, cfg, 1, 64)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if _, err := dec.Prefill([][]int{{1}}); err != nil {
+				b.Fatal(err)
+			}
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				if dec.Pos() == 64 {
+					b.StopTimer()
+					if _, err := dec.Prefill([][]int{{1}}); err != nil {
+						b.Fatal(err)
+					}
+					b.StartTimer()
+				}
+				logits, err := dec.Step([]int{(i * 7) % cfg.VocabReal})
+				if err != nil {
+					b.Fatal(err)
+				}
+				logits.FinalizeAll()
+			}
+		})
+	}
+}
