@@ -5,6 +5,7 @@ import (
 	"os"
 	"strings"
 
+	"github.com/gomlx/go-xla/pkg/pjrt"
 	"github.com/gomlx/gomlx/backends"
 	_ "github.com/gomlx/gomlx/backends/simplego" // registers "go"
 	gomlxxla "github.com/gomlx/gomlx/backends/xla"
@@ -70,7 +71,16 @@ func (e Env) New(explicit string) (backends.Backend, Choice, error) {
 // load prepares the process environment for the chosen plugin and creates the XLA backend.
 func (e Env) load(ch Choice) (backends.Backend, error) {
 	PrepareProcessEnv(ch.Plugin)
-	b, err := newBackend(ch.Config)
+	var b backends.Backend
+	var err error
+	switch v := os.Getenv(GPUMemoryEnv); {
+	case v != "" && v != "grow":
+		return nil, fmt.Errorf("$%s=%q: want \"grow\" or nothing", GPUMemoryEnv, v)
+	case ch.Plugin != nil && ch.Plugin.CUDA && v == "grow":
+		b, err = newGrowingBackend(ch.Config)
+	default:
+		b, err = newBackend(ch.Config)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("loading PJRT plugin %s: %w", ch.Plugin.Path, err)
 	}
@@ -103,6 +113,23 @@ func PrepareProcessEnv(plugin *Candidate) {
 	if dir, ok := CUDADataDir(*plugin); ok {
 		_ = os.Setenv("XLA_FLAGS", strings.TrimSpace(flags+" --xla_gpu_cuda_data_dir="+dir))
 	}
+}
+
+// GPUMemoryEnv selects how a CUDA plugin takes device memory: unset (XLA's default, which
+// reserves most of the memory when the client starts) or "grow" (the allocator grows its pool
+// as needed and never returns it, so the device's used memory, as nvidia-smi reports it, is
+// the process's high-water mark; benchmarks use it to report peak memory).
+const GPUMemoryEnv = "BLACKMAMBA_GPU_MEMORY"
+
+// newGrowingBackend creates the XLA backend of config ("xla:<plugin>[,options]") with the
+// PJRT client option preallocate=false.
+func newGrowingBackend(config string) (b backends.Backend, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			b, err = nil, fmt.Errorf("%v", r)
+		}
+	}()
+	return gomlxxla.NewWithOptions(strings.TrimPrefix(config, BackendXLA+":"), pjrt.NamedValuesMap{"preallocate": false})
 }
 
 // newBackend creates a GoMLX backend from a configuration, turning GoMLX's panics (it panics

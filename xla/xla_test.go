@@ -413,3 +413,22 @@ func TestParseNvidiaSMI(t *testing.T) {
 		t.Errorf("bad memory field: error = %v, want one naming line 1", err)
 	}
 }
+
+func TestGPUMemoryEnv(t *testing.T) {
+	m := newFakeMachine(t)
+	p := m.touch(optCUDA13)
+	t.Setenv(GPUMemoryEnv, "lots")
+	_, _, err := m.env().New("xla:" + p)
+	if err == nil || !strings.Contains(err.Error(), GPUMemoryEnv) {
+		t.Errorf("New with %s=lots: error = %v, want one naming %s", GPUMemoryEnv, err, GPUMemoryEnv)
+	}
+	for _, tc := range []struct {
+		v    string
+		want bool
+	}{{"", false}, {"grow", true}} {
+		t.Setenv(GPUMemoryEnv, tc.v)
+		if got := MemoryIsHighWater(); got != tc.want {
+			t.Errorf("MemoryIsHighWater() with %s=%q = %v, want %v", GPUMemoryEnv, tc.v, got, tc.want)
+		}
+	}
+}
