@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"strings"
 	"time"
 
 	"blackmamba/xla"
@@ -35,6 +36,8 @@ func runBackends(fs *flag.FlagSet, args []string) error {
 	asJSON := fs.Bool("json", false, "print JSON instead of text")
 	noLoad := fs.Bool("no-load", false, "only discover and choose; do not load the backend")
 	check := fs.Bool("check", true, "compile and run a small graph on the backend and compare it with a float64 reference")
+	printEnv := fs.Bool("env", false, "print, as shell assignments, the environment that selects the chosen backend "+
+		"for any GoMLX program (GOMLX_BACKEND, XLA_FLAGS, ...), without loading it")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -42,6 +45,21 @@ func runBackends(fs *flag.FlagSet, args []string) error {
 		return fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
 	env := xla.SystemEnv()
+	if *printEnv {
+		ch, err := env.Choose(*backendFlag)
+		if err != nil {
+			return err
+		}
+		xla.PrepareProcessEnv(ch.Plugin)
+		fmt.Printf("export %s=%s\n", xla.EnvBackend, shellQuote(ch.Config))
+		for _, k := range []string{xla.NoAutoInstallEnv, "GOPJRT_CUDA_CHECKS", "XLA_FLAGS"} {
+			if v, ok := os.LookupEnv(k); ok {
+				fmt.Printf("export %s=%s\n", k, shellQuote(v))
+			}
+		}
+		fmt.Printf("# %s\n", ch)
+		return nil
+	}
 	rep := backendsReport{Candidates: env.Discover(), Searched: env.SearchedPlaces()}
 	if rep.Candidates == nil {
 		rep.Candidates = []xla.Candidate{}
@@ -114,4 +132,9 @@ func runBackends(fs *flag.FlagSet, args []string) error {
 			rep.SelfCheckError, xla.SelfCheckTolerance, rep.SelfCheckTime)
 	}
 	return err
+}
+
+// shellQuote quotes s for a POSIX shell.
+func shellQuote(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
