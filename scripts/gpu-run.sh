@@ -7,8 +7,9 @@
 #   ./run.sh env | grep -E 'GOMLX|XLA'
 #
 # The backend is discovered by "blackmamba backends -env" (a CUDA PJRT plugin from a JAX
-# installation or go-xla's folder; see the xla package) unless GOMLX_BACKEND is already set, so
-# that test binaries, which read GOMLX_BACKEND, use the same plugin. Nothing is ever downloaded.
+# installation or go-xla's folder; see the xla package) unless GOMLX_BACKEND is already set, and
+# exported as GOMLX_BACKEND and BLACKMAMBA_TEST_BACKEND so that test binaries use the same
+# plugin. Nothing is ever downloaded.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -26,6 +27,9 @@ else
 	# An explicit choice still gets XLA_FLAGS and the other settings for its plugin.
 	eval "$("${here}/blackmamba" backends -env -backend "${GOMLX_BACKEND}")"
 fi
+
+# The bm package's test binary picks its backend from BLACKMAMBA_TEST_BACKEND.
+export BLACKMAMBA_TEST_BACKEND="${BLACKMAMBA_TEST_BACKEND:-${GOMLX_BACKEND}}"
 
 if (($# == 0)); then
 	echo "usage: $0 <program of the bundle or command> [args...]" >&2
