@@ -6,11 +6,14 @@ import (
 	"blackmamba/bm"
 )
 
-// Scan times the selective scan variants at one shape (forward, and forward+backward) after
-// checking the default variant against the float64 reference on the same backend.
-func Scan(backend backends.Backend, shape bm.ScanShape, variants []bm.ScanOptions, reps int) ([]Row, error) {
-	if err := bm.CheckScan(backend); err != nil {
-		return nil, err
+// Scan times the selective scan variants at one shape (forward, and forward+backward), first
+// checking every variant against the float64 reference on the same backend when check is set
+// (the check compiles each variant twice more; `blackmamba selfcheck` runs it too).
+func Scan(backend backends.Backend, shape bm.ScanShape, variants []bm.ScanOptions, reps int, check bool) ([]Row, error) {
+	if check {
+		if err := bm.CheckScan(backend); err != nil {
+			return nil, err
+		}
 	}
 	var rows []Row
 	for _, r := range bm.BenchScan(backend, shape, variants, reps) {

@@ -26,7 +26,7 @@ func runBench(fs *flag.FlagSet, args []string) error {
 	backendFlag := xla.AddFlag(fs)
 	what := fs.String("what", "scan,moe,train-step", "comma-separated benchmarks: scan, moe, train-step")
 	scanShape := fs.String("scan-shape", "8,2048,1536,16", "scan shape B,T,D,N")
-	scanVariants := fs.String("scan-variants", "all", `"all" (chunk sizes and variants) or "default"`)
+	scanVariants := fs.String("scan-variants", "all", `"all" (chunk sizes 8-64 and every variant), "quick" (chunk sizes with the default variant, plus the log-depth, recompute and autodiff variants at chunk 16) or "default"`)
 	cfgName := fs.String("config", "small", "model preset or JSON config for moe and train-step")
 	dtype := fs.String("dtype", "", `override compute dtype ("float32" or "bfloat16") for moe and train-step`)
 	batch := fs.Int("batch", 8, "train-step batch size")
@@ -34,6 +34,7 @@ func runBench(fs *flag.FlagSet, args []string) error {
 	moeTokens := fs.Int("moe-tokens", 16384, "tokens through the MoE block")
 	reps := fs.Int("reps", 10, "timed repetitions after warm-up (the median is reported)")
 	out := fs.String("json", "", "write the report as JSON to this file")
+	check := fs.Bool("check", false, "check the scan variants against the float64 reference before timing them")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -62,10 +63,22 @@ func runBench(fs *flag.FlagSet, args []string) error {
 				return err
 			}
 			variants := []bm.ScanOptions{{}}
-			if *scanVariants == "all" {
+			switch *scanVariants {
+			case "all":
 				variants = bm.ScanBenchVariants()
+			case "quick":
+				variants = nil
+				for _, v := range bm.ScanBenchVariants() {
+					auto := v.Across == bm.AcrossAuto && v.Output == "" && !v.Autodiff
+					if auto || (v.Chunk == 16 && !(v.Across == bm.AcrossSequential)) {
+						variants = append(variants, v)
+					}
+				}
+			case "default":
+			default:
+				return fmt.Errorf("-scan-variants %q: want all, quick or default", *scanVariants)
 			}
-			rows, err := bench.Scan(backend, shape, variants, *reps)
+			rows, err := bench.Scan(backend, shape, variants, *reps, *check)
 			if err != nil {
 				return fmt.Errorf("scan self-check failed on this backend: %w", err)
 			}
@@ -83,6 +96,14 @@ func runBench(fs *flag.FlagSet, args []string) error {
 		case "":
 		default:
 			return fmt.Errorf("-what: unknown benchmark %q (want scan, moe, train-step)", w)
+		}
+		if xla.MemoryIsHighWater() {
+			// The allocator only grows: the device's used memory is this process's high-water mark.
+			for i := range report.Rows {
+				if report.Rows[i].PeakBytes <= 0 {
+					report.Rows[i].PeakBytes = xla.DeviceMemoryUsed()
+				}
+			}
 		}
 		_ = bench.WriteTable(os.Stderr, report.Rows[max(0, len(report.Rows)-1):])
 	}
