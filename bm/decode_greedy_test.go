@@ -1,0 +1,92 @@
+package bm
+
+import (
+	"slices"
+	"testing"
+
+	"github.com/gomlx/gomlx/pkg/core/tensors"
+	"github.com/gomlx/gomlx/pkg/ml/context"
+	"github.com/gomlx/gomlx/pkg/ml/context/initializers"
+)
+
+// TestGenerateGreedyMatchesHostSampling checks, for the four small architectures, that the
+// device-resident greedy path produces exactly the tokens of Generate with Greedy() (host-side
+// argmax of the same logits), with and without a WarmUpGreedy beforehand, through KV-cache
+// growth 8 → 16 → 24 and for prompts that go through the prefill only (1 token) and through
+// prefill plus steps (5 tokens: prefill bucket 4, then one step).
+func TestGenerateGreedyMatchesHostSampling(t *testing.T) {
+	backend := cpuBackend(t)
+	const maxLen = 24
+	for _, cfg := range DecodeCheckConfigs() {
+		t.Run(cfg.Name, func(t *testing.T) {
+			ctx := context.New()
+			ctx.SetParam(initializers.ParamInitialSeed, int64(3))
+			dec, err := NewDecoder(backend, ctx, cfg, 1, maxLen)
+			if err != nil {
+				t.Fatal(err)
+			}
+			g := NewGreedyDecoder(dec)
+			for _, tc := range []struct {
+				prompt []int
+				n      int
+				warm   bool
+			}{
+				{[]int{7}, maxLen, false},
+				{[]int{3, 1, 4, 1, 5}, maxLen - 4, true},
+			} {
+				want, err := dec.Generate(tc.prompt, tc.n, Greedy(), nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if tc.warm {
+					if err := g.WarmUpGreedy(len(tc.prompt), tc.n); err != nil {
+						t.Fatal(err)
+					}
+				}
+				got, err := g.GenerateGreedy(tc.prompt, tc.n)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !slices.Equal(got, want) {
+					t.Errorf("prompt %v: device greedy tokens %v, host greedy %v", tc.prompt, got, want)
+				}
+				if len(got) != tc.n {
+					t.Errorf("prompt %v: got %d tokens, want %d", tc.prompt, len(got), tc.n)
+				}
+			}
+		})
+	}
+}
+
+// TestGreedyDecoderErrors checks the messages for misuse of the greedy path.
+func TestGreedyDecoderErrors(t *testing.T) {
+	backend := cpuBackend(t)
+	cfg := DecodeCheckConfigs()[2] // transformer: has a maxLen limit
+	dec, err := NewDecoder(backend, context.New(), cfg, 1, 8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := NewGreedyDecoder(dec)
+	if _, err := g.StepGreedy(tensors.FromValue([]int32{1})); err == nil {
+		t.Error("StepGreedy before PrefillGreedy: no error")
+	}
+	tok, err := g.PrefillGreedy([][]int{{1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := g.StepGreedy(tensors.FromValue([]int64{1})); err == nil {
+		t.Error("StepGreedy with int64 tokens: no error")
+	}
+	if _, err := g.StepGreedy(tensors.FromValue([]int32{1, 2})); err == nil {
+		t.Error("StepGreedy with 2 tokens for batch 1: no error")
+	}
+	if _, err := g.StepGreedy(tok); err != nil {
+		t.Errorf("StepGreedy with the prefill's token: %v", err)
+	}
+	if _, err := g.GenerateGreedy([]int{1, 2}, 8); err == nil {
+		t.Error("GenerateGreedy past maxLen: no error")
+	}
+	if err := g.WarmUpGreedy(1, 9); err == nil {
+		t.Error("WarmUpGreedy past maxLen: no error")
+	}
+}
