@@ -1,0 +1,188 @@
+package experiments
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"blackmamba/bm"
+	"blackmamba/bm/weights"
+
+	"github.com/gomlx/gomlx/backends"
+	"github.com/gomlx/gomlx/pkg/core/dtypes"
+	"github.com/gomlx/gomlx/pkg/ml/context"
+)
+
+// LoadedModel is a model read from a weights path, with its variables in a context.
+type LoadedModel struct {
+	Cfg  bm.Config
+	Ctx  *context.Context
+	Path string
+}
+
+// LoadModel reads a model with weights.LoadAny (a model directory, a .safetensors checkpoint,
+// or a released pytorch_model.bin with its config.json beside it), converts the floats to
+// float32 and puts them into a fresh context. activation, when not empty, overrides the
+// config's expert activation ("silu" or "gelu").
+func LoadModel(path, activation string) (*LoadedModel, error) {
+	cfg, ts, err := weights.LoadAny(path, weights.ImportOptions{DType: dtypes.Float32})
+	if err != nil {
+		return nil, err
+	}
+	switch activation {
+	case "":
+	case "silu", "gelu":
+		cfg.Activation = activation
+	default:
+		return nil, fmt.Errorf("activation %q: want silu or gelu", activation)
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	ctx := context.New()
+	if err := weights.IntoContext(ctx, ts); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return &LoadedModel{Cfg: cfg, Ctx: ctx, Path: path}, nil
+}
+
+// numVariables counts the variables of ctx.
+func numVariables(ctx *context.Context) int {
+	n := 0
+	for range ctx.IterVariables() {
+		n++
+	}
+	return n
+}
+
+// newVariable returns the name of a variable of ctx not in known.
+func newVariable(ctx *context.Context, known map[string]bool) string {
+	for v := range ctx.IterVariables() {
+		if !known[v.ScopeAndName()] {
+			return v.ScopeAndName()
+		}
+	}
+	return "?"
+}
+
+// GenerateOptions configure Generate.
+type GenerateOptions struct {
+	MaxTokens int               // tokens to generate at most
+	Sampler   bm.SamplerOptions // Temperature <= 0 is greedy
+	StopEOS   bool              // stop after generating the end-of-text id
+	EOS       int               // the end-of-text id (0 for the NeoX tokenizer)
+	MaxLen    int               // KV-cache length for attention blocks; prompt+MaxTokens when 0
+}
+
+// GenerateStats describes a generation.
+type GenerateStats struct {
+	PromptTokens    int
+	Tokens          []int         // generated ids
+	TimeToFirst     time.Duration // from the call to the first generated token (prefill included)
+	Total           time.Duration
+	TokensPerSecond float64 // after the first token: (len(Tokens)-1) / (Total - TimeToFirst)
+}
+
+// Generate continues prompt with the model m on backend, calling onToken (if not nil) with
+// each generated id as soon as it is drawn. Prompt ids must be below the model's real vocabulary.
+// It fails if the model's graph needs a variable that the loaded weights lack.
+func Generate(backend backends.Backend, m *LoadedModel, prompt []int, o GenerateOptions, onToken func(id int)) (GenerateStats, error) {
+	st := GenerateStats{PromptTokens: len(prompt)}
+	if len(prompt) == 0 {
+		return st, fmt.Errorf("generate: empty prompt")
+	}
+	for i, id := range prompt {
+		if id < 0 || id >= m.Cfg.VocabReal {
+			return st, fmt.Errorf("generate: prompt token %d is id %d, outside the model's vocabulary %d", i, id, m.Cfg.VocabReal)
+		}
+	}
+	maxLen := o.MaxLen
+	if maxLen <= 0 {
+		maxLen = len(prompt) + max(o.MaxTokens, 1)
+	}
+	before := numVariables(m.Ctx)
+	known := map[string]bool{}
+	for v := range m.Ctx.IterVariables() {
+		known[v.ScopeAndName()] = true
+	}
+	d, err := bm.NewDecoder(backend, m.Ctx, m.Cfg, 1, maxLen)
+	if err != nil {
+		return st, err
+	}
+	start := time.Now()
+	var missing error
+	_, err = d.Generate(prompt, o.MaxTokens, bm.NewSampler(o.Sampler), func(id int) bool {
+		if len(st.Tokens) == 0 {
+			st.TimeToFirst = time.Since(start)
+			// The graphs are built by now: any new variable was missing from the weights.
+			if n := numVariables(m.Ctx); n != before {
+				missing = fmt.Errorf("generate: the weights of %s lack %d variable(s) the model needs (e.g. %s)", m.Path, n-before, newVariable(m.Ctx, known))
+				return false
+			}
+		}
+		st.Tokens = append(st.Tokens, id)
+		if onToken != nil {
+			onToken(id)
+		}
+		return !(o.StopEOS && id == o.EOS)
+	})
+	st.Total = time.Since(start)
+	if missing != nil {
+		return st, missing
+	}
+	if err != nil {
+		return st, err
+	}
+	if n := len(st.Tokens); n > 1 && st.Total > st.TimeToFirst {
+		st.TokensPerSecond = float64(n-1) / (st.Total - st.TimeToFirst).Seconds()
+	}
+	return st, nil
+}
+
+// TextStreamer writes the text of a growing id sequence as ids arrive: it decodes the whole
+// sequence each time and writes the new suffix, holding back an incomplete UTF-8 sequence at the
+// end until the bytes that complete it arrive (or Flush).
+type TextStreamer struct {
+	W      io.Writer
+	Decode func(ids []int) []byte // bytes of the ids (a tokenizer's DecodeBytes)
+	ids    []int
+	sent   int // bytes written
+}
+
+// Add appends id and writes the newly completed text.
+func (s *TextStreamer) Add(id int) error {
+	s.ids = append(s.ids, id)
+	b := s.Decode(s.ids)
+	end := len(b)
+	// Hold back a trailing incomplete rune (at most 3 bytes).
+	for k := 1; k <= 3 && k <= len(b); k++ {
+		c := b[len(b)-k]
+		if c < 0x80 {
+			break
+		}
+		if utf8.RuneStart(c) {
+			if !utf8.FullRune(b[len(b)-k:]) {
+				end = len(b) - k
+			}
+			break
+		}
+	}
+	return s.write(b, end)
+}
+
+// Flush writes whatever is held back.
+func (s *TextStreamer) Flush() error {
+	b := s.Decode(s.ids)
+	return s.write(b, len(b))
+}
+
+func (s *TextStreamer) write(b []byte, end int) error {
+	if end <= s.sent {
+		return nil
+	}
+	_, err := s.W.Write([]byte(strings.ToValidUTF8(string(b[s.sent:end]), "\uFFFD")))
+	s.sent = end
+	return err
+}

@@ -1,0 +1,169 @@
+package experiments
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+
+	"blackmamba/bm"
+	"blackmamba/bm/weights"
+
+	"github.com/gomlx/gomlx/backends"
+	_ "github.com/gomlx/gomlx/backends/simplego"
+	"github.com/gomlx/gomlx/pkg/core/dtypes"
+	. "github.com/gomlx/gomlx/pkg/core/graph"
+	"github.com/gomlx/gomlx/pkg/core/tensors"
+	"github.com/gomlx/gomlx/pkg/ml/context"
+)
+
+const fixtureDir = "../bm/weights/testdata/fixture"
+
+func cpuBackend(t *testing.T) backends.Backend {
+	t.Helper()
+	b, err := backends.NewWithConfig("go") // the pure-Go CPU backend
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func TestGenerateFixture(t *testing.T) {
+	backend := cpuBackend(t)
+	m, err := LoadModel(fixtureDir, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	prompt := []int{1, 2, 3, 17, 400}
+	gen := func(o bm.SamplerOptions) []int {
+		var streamed []int
+		st, err := Generate(backend, m, prompt, GenerateOptions{MaxTokens: 6, Sampler: o}, func(id int) { streamed = append(streamed, id) })
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(st.Tokens) != 6 || !equal(st.Tokens, streamed) {
+			t.Fatalf("generated %v, streamed %v: want 6 equal tokens", st.Tokens, streamed)
+		}
+		return st.Tokens
+	}
+	// Seeded sampling is reproducible.
+	for _, o := range []bm.SamplerOptions{
+		{Temperature: 1, Seed: 7},
+		{Temperature: 0.8, TopK: 20, TopP: 0.9, Seed: 3},
+	} {
+		a, b := gen(o), gen(o)
+		if !equal(a, b) {
+			t.Errorf("options %+v: two runs gave %v and %v", o, a, b)
+		}
+	}
+	// Greedy decoding picks the argmax of Model.Forward's logits at every position.
+	greedy := gen(bm.SamplerOptions{})
+	seq := append(append([]int(nil), prompt...), greedy[:len(greedy)-1]...)
+	in := make([]int32, len(seq))
+	for i, id := range seq {
+		in[i] = int32(id)
+	}
+	model, _ := bm.New(m.Cfg)
+	out, err := context.ExecOnce(backend, m.Ctx.Reuse(), func(ctx *context.Context, tok *Node) *Node {
+		return model.Forward(ctx, tok, bm.ForwardOptions{}).Logits
+	}, tensors.FromFlatDataAndDimensions(in, 1, len(in)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	logits := tensors.MustCopyFlatData[float32](out)
+	V := m.Cfg.Vocab
+	for k, tok := range greedy {
+		p := len(prompt) - 1 + k
+		row := logits[p*V : p*V+m.Cfg.VocabReal]
+		best := 0
+		for i, x := range row {
+			if x > row[best] {
+				best = i
+			}
+		}
+		if best != tok {
+			t.Errorf("greedy token %d is %d, Forward's argmax is %d (logits %.5f vs %.5f)", k, tok, best, row[tok], row[best])
+		}
+	}
+	// Stop at EOS: with EOS set to the first greedy token, one token comes out.
+	st, err := Generate(backend, m, prompt, GenerateOptions{MaxTokens: 6, StopEOS: true, EOS: greedy[0]}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !equal(st.Tokens, greedy[:1]) {
+		t.Errorf("with EOS %d got %v, want %v", greedy[0], st.Tokens, greedy[:1])
+	}
+}
+
+func TestGenerateErrors(t *testing.T) {
+	backend := cpuBackend(t)
+	m, err := LoadModel(fixtureDir, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Generate(backend, m, []int{1, 600}, GenerateOptions{MaxTokens: 2}, nil); err == nil ||
+		!strings.Contains(err.Error(), "id 600, outside the model's vocabulary 512") {
+		t.Errorf("out-of-vocabulary prompt: got %v", err)
+	}
+	// Weights lacking a variable: the error names it instead of initialising it at random.
+	cfg, ts, err := weights.LoadAny(fixtureDir, weights.ImportOptions{DType: dtypes.Float32})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const drop = "/decoder/final_layernorm/weight"
+	if _, ok := ts[drop]; !ok {
+		t.Fatalf("fixture has no tensor %s", drop)
+	}
+	delete(ts, drop)
+	ctx := context.New()
+	if err := weights.IntoContext(ctx, ts); err != nil {
+		t.Fatal(err)
+	}
+	_, err = Generate(backend, &LoadedModel{Cfg: cfg, Ctx: ctx, Path: "fixture"}, []int{1, 2}, GenerateOptions{MaxTokens: 2}, nil)
+	if err == nil || !strings.Contains(err.Error(), drop) {
+		t.Errorf("missing variable: got %v, want an error naming %s", err, drop)
+	}
+}
+
+func TestTextStreamer(t *testing.T) {
+	// Each id is one byte: "é" is 0xC3 0xA9 and "€" is 0xE2 0x82 0xAC, split across ids.
+	text := []byte("a é€!")
+	decode := func(ids []int) []byte {
+		b := make([]byte, len(ids))
+		for i, id := range ids {
+			b[i] = byte(id)
+		}
+		return b
+	}
+	var w bytes.Buffer
+	s := &TextStreamer{W: &w, Decode: decode}
+	var writes []string
+	for _, c := range text {
+		n := w.Len()
+		if err := s.Add(int(c)); err != nil {
+			t.Fatal(err)
+		}
+		writes = append(writes, w.String()[n:])
+	}
+	want := []string{"a", " ", "", "é", "", "", "€", "!"}
+	if strings.Join(writes, "|") != strings.Join(want, "|") {
+		t.Errorf("writes %q, want %q", writes, want)
+	}
+	// A dangling lead byte comes out as U+FFFD on Flush.
+	s.Add(0xE2)
+	s.Flush()
+	if got := w.String(); got != "a é€!\uFFFD" {
+		t.Errorf("after flush: %q", got)
+	}
+}
+
+func equal(a, b []int) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
