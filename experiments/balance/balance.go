@@ -178,7 +178,10 @@ func Analyze(backend backends.Backend, ctx *context.Context, cfg bm.Config, held
 	var out []Result
 	for _, mode := range Modes(cfg) {
 		exec, err := context.NewExec(backend, ctx.Reuse(), func(ctx *context.Context, tokens *Node) []*Node {
-			return model.Forward(ctx, tokens, bm.ForwardOptions{Routing: mode}).ExpertCounts
+			// The graph also returns the logits' sum (dropped on the host): on the pure-Go
+			// backend a graph that leaves the head out fails at run time.
+			o := model.Forward(ctx, tokens, bm.ForwardOptions{Routing: mode})
+			return append(o.ExpertCounts, ReduceAllSum(o.Logits))
 		})
 		if err != nil {
 			return nil, fmt.Errorf("balance: building the %s routing graph: %w", mode, err)
@@ -257,10 +260,12 @@ func countDomain(exec *context.Exec, cfg bm.Config, domain string, b train.Batch
 			return nil, 0, fmt.Errorf("balance: held-out %q batch %d: %w", domain, i, err)
 		}
 		if counts == nil {
-			counts = make([][]float64, len(res))
+			counts = make([][]float64, len(res)-1) // the last output is the logits' sum
 		}
 		for j, r := range res {
-			counts[j] = addCounts(counts[j], intsToFloats(r))
+			if j < len(counts) {
+				counts[j] = addCounts(counts[j], intsToFloats(r))
+			}
 			r.FinalizeAll()
 		}
 		tokens += B * T
