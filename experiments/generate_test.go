@@ -45,14 +45,20 @@ func TestGenerateFixture(t *testing.T) {
 		}
 		return st.Tokens
 	}
-	// Seeded sampling is reproducible.
+	// Seeded sampling is reproducible. The fixture's random weights make the next-token
+	// distribution very peaked (it repeats the last token), so a high temperature is needed for
+	// the draws to differ between seeds.
 	for _, o := range []bm.SamplerOptions{
-		{Temperature: 1, Seed: 7},
-		{Temperature: 0.8, TopK: 20, TopP: 0.9, Seed: 3},
+		{Temperature: 30, Seed: 7},
+		{Temperature: 30, TopK: 50, TopP: 0.9, Seed: 3},
 	} {
 		a, b := gen(o), gen(o)
 		if !equal(a, b) {
 			t.Errorf("options %+v: two runs gave %v and %v", o, a, b)
+		}
+		o.Seed++
+		if c := gen(o); equal(a, c) {
+			t.Errorf("options %+v: seeds %d and %d both gave %v", o, o.Seed-1, o.Seed, a)
 		}
 	}
 	// Greedy decoding picks the argmax of Model.Forward's logits at every position.
