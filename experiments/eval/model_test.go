@@ -3,10 +3,14 @@ package eval
 import (
 	"io"
 	"math"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
 	"blackmamba/bm"
+	"blackmamba/bm/data"
+	"blackmamba/bm/tokenizer"
 
 	"github.com/gomlx/gomlx/backends"
 	_ "github.com/gomlx/gomlx/backends/simplego"
@@ -208,5 +212,69 @@ func TestModelScorerRejectsOutOfVocabulary(t *testing.T) {
 	_, err = s.Score([]Request{{Context: []int{1, 2}, Continuation: []int{95}}})
 	if err == nil || !strings.Contains(err.Error(), "tokenizer id 95 outside the model's vocabulary 90") {
 		t.Errorf("got error %v, want one naming id 95 and vocabulary 90", err)
+	}
+}
+
+func TestHeldOutPerplexityMatchesForward(t *testing.T) {
+	var c *data.Corpus
+	for _, name := range []string{"corpus-tiny", "corpus"} {
+		dir := filepath.Join(tokenizer.DefaultDataDir(), name)
+		if _, err := os.Stat(filepath.Join(dir, "manifest.json")); err != nil {
+			continue
+		}
+		var err error
+		if c, err = data.Open(dir); err != nil {
+			t.Fatal(err)
+		}
+		break
+	}
+	if c == nil {
+		t.Skip("no built corpus in the data folder (blackmamba data build -tiny)")
+	}
+	backend, err := backends.NewWithConfig("go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := bm.MustPreset("tiny") // the NeoX vocabulary, as the corpus
+	cfg.MaxSeqLen = 64
+	m, _ := bm.New(cfg)
+	ctx := context.New()
+	if _, err := context.ExecOnce(backend, ctx, func(ctx *context.Context, tok *Node) *Node {
+		return m.Forward(ctx, tok, bm.ForwardOptions{}).Logits
+	}, [][]int32{{1, 2}}); err != nil {
+		t.Fatal(err)
+	}
+	const T, windows = 16, 3
+	s, err := NewModelScorer(backend, ctx, cfg, 2) // batches of 2 windows: the third is cut from a second batch
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.HeldOutPerplexity(c, T, windows, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != len(c.Domains()) {
+		t.Fatalf("%d domains, want %d", len(got), len(c.Domains()))
+	}
+	for i, dom := range c.Domains() {
+		w, err := c.HeldOut(dom, T, windows).Next()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var sum float64
+		for r := range windows {
+			ids := make([]int, T+1)
+			for j := range ids {
+				ids[j] = int(w[r*(T+1)+j])
+			}
+			lps, _, _ := refLogProbs(t, backend, ctx, cfg, ids)
+			for _, l := range lps {
+				sum += l
+			}
+		}
+		want := math.Exp(-sum / (windows * T))
+		if got[i].Domain != dom || got[i].Tokens != windows*T || math.Abs(got[i].Perplexity-want) > 1e-4*want {
+			t.Errorf("domain %s: got %+v, want perplexity %.4f over %d tokens", dom, got[i], want, windows*T)
+		}
 	}
 }
