@@ -233,10 +233,12 @@ func (s *ModelScorer) WindowsPerplexity(next func() ([]int32, error), T int) (pp
 		mask := make([]float32, B*T)
 		for r := range rows {
 			win := w[r*(T+1) : (r+1)*(T+1)]
-			for t := range T {
-				if int(win[t+1]) >= s.Cfg.VocabReal || int(win[t]) >= s.Cfg.VocabReal || win[t] < 0 || win[t+1] < 0 {
-					return 0, 0, fmt.Errorf("eval: window token %d or %d outside the model's vocabulary %d", win[t], win[t+1], s.Cfg.VocabReal)
+			for t, id := range win {
+				if id < 0 || int(id) >= s.Cfg.VocabReal {
+					return 0, 0, fmt.Errorf("eval: token %d of window %d: tokenizer id %d outside the model's vocabulary %d", t, r, id, s.Cfg.VocabReal)
 				}
+			}
+			for t := range T {
 				tok[r*T+t], tgt[r*T+t], mask[r*T+t] = win[t], win[t+1], 1
 			}
 		}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"flag"
 	"math"
 	"os"
@@ -9,12 +10,17 @@ import (
 	"strings"
 	"testing"
 
+	"blackmamba/bm"
+	"blackmamba/bm/data"
 	"blackmamba/bm/tokenizer"
+	"blackmamba/bm/weights"
 	"blackmamba/experiments"
 	"blackmamba/experiments/eval"
 
 	"github.com/gomlx/gomlx/backends"
 	_ "github.com/gomlx/gomlx/backends/simplego"
+	. "github.com/gomlx/gomlx/pkg/core/graph"
+	"github.com/gomlx/gomlx/pkg/ml/context"
 )
 
 const fixtureModel = "../../../bm/weights/testdata/fixture"
@@ -118,5 +124,69 @@ func TestEvalCommandErrors(t *testing.T) {
 				t.Errorf("got error %v, want one containing %q", err, c.want)
 			}
 		})
+	}
+}
+
+// TestEvalPerplexityCommand runs "eval -perplexity" on a random tiny checkpoint and the built
+// corpus and checks the report against the scorer called directly.
+func TestEvalPerplexityCommand(t *testing.T) {
+	corpus := filepath.Join(tokenizer.DefaultDataDir(), "corpus-tiny")
+	if _, err := os.Stat(filepath.Join(corpus, "manifest.json")); err != nil {
+		t.Skipf("no tiny corpus in the data folder (blackmamba data build -tiny): %v", err)
+	}
+	backend, err := backends.NewWithConfig("go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := bm.MustPreset("tiny")
+	cfg.MaxSeqLen = 32
+	m, _ := bm.New(cfg)
+	ctx := context.New()
+	if _, err := context.ExecOnce(backend, ctx, func(ctx *context.Context, tok *Node) *Node {
+		return m.Forward(ctx, tok, bm.ForwardOptions{}).Logits
+	}, [][]int32{{1, 2}}); err != nil {
+		t.Fatal(err)
+	}
+	modelDir := t.TempDir()
+	if err := weights.WriteConfig(modelDir, cfg); err != nil {
+		t.Fatal(err)
+	}
+	if err := weights.SaveContext(filepath.Join(modelDir, weights.CheckpointFile), ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(t.TempDir(), "report.json")
+	fs := flag.NewFlagSet("eval", flag.ContinueOnError)
+	if err := runEval(fs, []string{"-model", modelDir, "-perplexity", "-corpus", corpus, "-seq-len", "16",
+		"-max-windows", "3", "-batch", "2", "-backend", "go", "-out", out}); err != nil {
+		t.Fatal(err)
+	}
+	js, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep evalReport
+	if err := json.Unmarshal(js, &rep); err != nil {
+		t.Fatal(err)
+	}
+	c, err := data.Open(corpus)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := eval.NewModelScorer(backend, ctx, cfg, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := s.HeldOutPerplexity(c, 16, 3, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.SeqLen != 16 || len(rep.Perplexity) != len(want) {
+		t.Fatalf("report %+v: want seq_len 16 and %d domains", rep, len(want))
+	}
+	for i, w := range want {
+		g := rep.Perplexity[i]
+		if g.Domain != w.Domain || g.Tokens != w.Tokens || math.Abs(g.Perplexity-w.Perplexity) > 1e-4*w.Perplexity {
+			t.Errorf("domain %d: report %+v, want %+v", i, g, w)
+		}
 	}
 }
