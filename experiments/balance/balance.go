@@ -134,8 +134,19 @@ func moeBlocks(cfg bm.Config) []int {
 	return idx
 }
 
-// seqLener is implemented by loaders that know their window length (bm/data.Loader).
+// seqLener is implemented by batch sources that know their window length T.
 type seqLener interface{ SeqLen() int }
+
+// WithSeqLen returns b with its window length T declared, for sources of batches [B, T+1]
+// whose T differs from the config's MaxSeqLen and that have no SeqLen method.
+func WithSeqLen(b train.Batches, seqLen int) train.Batches { return sized{b, seqLen} }
+
+type sized struct {
+	train.Batches
+	seqLen int
+}
+
+func (s sized) SeqLen() int { return s.seqLen }
 
 // batchShape returns B and T of a flattened [B, T+1] batch of n tokens.
 func batchShape(domain string, b train.Batches, cfg bm.Config, n int) (B, T int, err error) {
@@ -144,7 +155,8 @@ func batchShape(domain string, b train.Batches, cfg bm.Config, n int) (B, T int,
 		T = s.SeqLen()
 	}
 	if T < 1 || n%(T+1) != 0 {
-		return 0, 0, fmt.Errorf("balance: held-out %q: batch of %d tokens is not [B, T+1] with T=%d", domain, n, T)
+		return 0, 0, fmt.Errorf("balance: held-out %q: batch of %d tokens is not [B, T+1] with T=%d "+
+			"(T is the source's SeqLen(), else the config's max_seq_len; declare it with WithSeqLen)", domain, n, T)
 	}
 	return n / (T + 1), T, nil
 }
@@ -152,7 +164,7 @@ func batchShape(domain string, b train.Batches, cfg bm.Config, n int) (B, T int,
 // Analyze routes nBatches batches of each held-out domain through the model whose variables are
 // in ctx (cfg its configuration), once per mode of Modes(cfg), and sums the tokens per expert
 // of each MoE block. Each batch is a flattened [B, T+1] window; its first T tokens are the input
-// (T from the loader's SeqLen() when it has one, else cfg.MaxSeqLen). Results come per mode
+// (T from the source's SeqLen() method when it has one, see WithSeqLen, else cfg.MaxSeqLen). Results come per mode
 // for each domain (sorted) and then for DomainAll. The loaders are put back where they were.
 func Analyze(backend backends.Backend, ctx *context.Context, cfg bm.Config, heldOut map[string]train.Batches, nBatches int) ([]Result, error) {
 	if nBatches < 1 {

@@ -37,7 +37,7 @@ func cpuBackend(t *testing.T) backends.Backend {
 	return testBackend
 }
 
-func close(a, b float64) bool {
+func near(a, b float64) bool {
 	if math.IsNaN(a) || math.IsNaN(b) {
 		return math.IsNaN(a) && math.IsNaN(b)
 	}
@@ -71,7 +71,7 @@ func TestStats(t *testing.T) {
 				g, w float64
 			}{{"MaxShare", got.MaxShare, tc.want.MaxShare}, {"MinShare", got.MinShare, tc.want.MinShare}, {"CV", got.CV, tc.want.CV},
 				{"Entropy", got.Entropy, tc.want.Entropy}, {"NormEntropy", got.NormEntropy, tc.want.NormEntropy}, {"UnderHalf", got.UnderHalf, tc.want.UnderHalf}} {
-				if !close(f.g, f.w) {
+				if !near(f.g, f.w) {
 					t.Errorf("%s = %.15g, want %.15g (±%g)", f.n, f.g, f.w, tol)
 				}
 			}
@@ -102,6 +102,13 @@ func (f *fakeBatches) Restore(s []byte) error {
 	return nil
 }
 func (f *fakeBatches) SeqLen() int { return f.seqLen }
+
+// plainBatches is a fakeBatches without the SeqLen method.
+type plainBatches struct{ f fakeBatches }
+
+func (p *plainBatches) Next() ([]int32, error) { return p.f.Next() }
+func (p *plainBatches) State() []byte          { return p.f.State() }
+func (p *plainBatches) Restore(s []byte) error { return p.f.Restore(s) }
 
 func tinyConfig() bm.Config {
 	cfg := bm.MustPreset("tiny")
@@ -262,6 +269,16 @@ func TestAnalyzeErrors(t *testing.T) {
 	oov := &fakeBatches{seqLen: 2, batches: [][]int32{{1, 500, 3}}}
 	if _, err := Analyze(backend, ctx, cfg, map[string]train.Batches{"x": oov}, 1); err == nil {
 		t.Error("token 500 with vocabulary 97: no error")
+	}
+	// Without a SeqLen method T is cfg.MaxSeqLen (256); WithSeqLen declares another.
+	plain := &plainBatches{fakeBatches{batches: [][]int32{make([]int32, 2*9)}}}
+	if _, err := Analyze(backend, ctx, cfg, map[string]train.Batches{"x": plain}, 1); err == nil {
+		t.Error("batch of 18 tokens with max_seq_len 256: no error")
+	}
+	plain.f.pos = 0
+	rs, err := Analyze(backend, ctx, cfg, map[string]train.Batches{"x": WithSeqLen(plain, 8)}, 1)
+	if err != nil || rs[0].Tokens != 16 {
+		t.Errorf("WithSeqLen(8) on 2×9 tokens: %v, want 16 tokens", err)
 	}
 	if _, err := RouteText(backend, ctx, cfg, []int{1, -1}); err == nil {
 		t.Error("negative token id: no error")
