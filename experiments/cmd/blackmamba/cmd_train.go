@@ -1,0 +1,108 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"blackmamba/bm"
+	"blackmamba/bm/data"
+	"blackmamba/bm/tokenizer"
+	"blackmamba/experiments"
+	"blackmamba/experiments/training"
+	"blackmamba/xla"
+)
+
+func init() {
+	register(&command{
+		name:    "train",
+		summary: "train a model on the corpus, with checkpoints, resume and held-out evaluation per domain",
+		run:     runTrain,
+	})
+}
+
+// openCorpus opens dir, or the default corpus of the data folder when dir is empty, checking
+// it against the tokenizer of the data folder when that file exists.
+func openCorpus(dir string) (*data.Corpus, error) {
+	dataDir := tokenizer.DefaultDataDir()
+	if dir == "" {
+		dir = experiments.DefaultCorpusDir(dataDir)
+	}
+	tok := filepath.Join(dataDir, "tokenizer", "20B_tokenizer.json")
+	if _, err := os.Stat(tok); err == nil {
+		return data.OpenFor(dir, tok)
+	}
+	return data.Open(dir)
+}
+
+func runTrain(fs *flag.FlagSet, args []string) error {
+	backendFlag := xla.AddFlag(fs)
+	cfgName := fs.String("config", "tiny", "model preset or JSON config file")
+	corpusDir := fs.String("corpus", "", "corpus directory (default data/corpus if built, else data/corpus-tiny)")
+	steps := fs.Int("steps", 1000, "optimizer steps in total (including those before a resume)")
+	batch := fs.Int("batch", 8, "batch size B")
+	seq := fs.Int("seq", 512, "sequence length T")
+	lr := fs.Float64("lr", 1e-3, "peak learning rate (warmup, then cosine decay to lr/10)")
+	warmup := fs.Int("warmup", -1, "warmup steps (-1: 1% of steps)")
+	dtype := fs.String("dtype", "", `compute dtype "float32" or "bfloat16" (default: the config's)`)
+	routing := fs.String("routing", "", "training-time routing of MoE blocks (default: the config's): "+
+		bm.RoutingSinkhorn+", "+bm.RoutingSinkhornVanilla+", "+bm.RoutingArgmax+", "+bm.RoutingSwitch)
+	dir := fs.String("dir", "", "run directory for checkpoints and metrics.jsonl (required)")
+	resume := fs.Bool("resume", false, "continue from the newest checkpoint in -dir")
+	logEvery := fs.Int("log-every", 10, "steps per metrics record and progress line")
+	evalEvery := fs.Int("eval-every", 0, "steps between held-out evaluations, a multiple of -log-every (0: only at the end)")
+	evalBatches := fs.Int("eval-batches", 8, "held-out batches per domain and evaluation")
+	ckptEvery := fs.Int("checkpoint-every", 0, "steps between checkpoints, a multiple of -log-every (0: only at the end)")
+	seed := fs.Int64("seed", 1, "seed of the initialization and of the data order")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %v", fs.Args())
+	}
+	if *dir == "" {
+		return fmt.Errorf("-dir (run directory) is required")
+	}
+	cfg, err := bm.LoadConfig(*cfgName)
+	if err != nil {
+		return err
+	}
+	if *dtype != "" {
+		cfg.ComputeDType = *dtype
+	}
+	if *routing != "" {
+		cfg.Routing = *routing
+	}
+	if err := cfg.Validate(); err != nil {
+		return fmt.Errorf("config %s: %w", *cfgName, err)
+	}
+	corpus, err := openCorpus(*corpusDir)
+	if err != nil {
+		return err
+	}
+	backend, choice, err := xla.New(*backendFlag)
+	if err != nil {
+		return err
+	}
+	total, active := cfg.ParamCounts()
+	_, trn := cfg.FLOPsPerToken(*seq)
+	fmt.Fprintf(os.Stderr, "backend: %s\nmodel %s (pattern %s, %s compute, routing %s): %.1fM params, %.1fM active, %.3g training FLOPs/token\ncorpus %s, %d steps of %d x %d tokens\n",
+		choice, cfg.Name, cfg.Pattern, cfg.ComputeDType, cfg.Routing, float64(total)/1e6, float64(active)/1e6, trn, corpus.Dir, *steps, *batch, *seq)
+	t, err := training.Train(backend, training.Spec{Cfg: cfg, Corpus: corpus, SeqLen: *seq, Batch: *batch, Steps: *steps,
+		LR: *lr, Warmup: *warmup, Seed: *seed, Dir: *dir, Resume: *resume, LogEvery: *logEvery, EvalEvery: *evalEvery,
+		CheckpointEvery: *ckptEvery, EvalBatches: *evalBatches})
+	if err != nil {
+		return err
+	}
+	s := t.Summary
+	fmt.Printf("trained %s: %d steps (resumed from %d), %d tokens in %.1fs; final training loss %.4f\n",
+		cfg.Name, s.Steps, s.ResumedFrom, t.Tokens, t.Wall.Seconds(), s.Loss)
+	for _, d := range corpus.Domains() {
+		if v, ok := s.HeldOut[d]; ok {
+			fmt.Printf("  held-out %-10s %.4f\n", d, v)
+		}
+	}
+	fmt.Printf("metrics: %s\ncheckpoint: %s\n", s.Metrics, s.LastCheckpoint)
+	return nil
+}

@@ -1,0 +1,319 @@
+package training
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"blackmamba/bm"
+	"blackmamba/bm/data"
+	"blackmamba/experiments/results"
+
+	"github.com/gomlx/gomlx/backends"
+)
+
+// Architectures are the preset-name suffixes of the comparison, appended to the family name
+// ("small" + "-mamba" = "small-mamba"): BlackMamba, dense Mamba and Transformer matched on
+// active parameters, Transformer-MoE, and dense Mamba matched on BlackMamba's total parameters.
+var Architectures = []string{"", "-mamba", "-transformer", "-transformer-moe", "-mamba-total"}
+
+// AblationRoutings are the extra routing algorithms BlackMamba is trained with in the routing
+// ablation (its own Sinkhorn run of the comparison is the reference variant).
+var AblationRoutings = []string{bm.RoutingSinkhornVanilla, bm.RoutingArgmax, bm.RoutingSwitch}
+
+// Options configures Run.
+type Options struct {
+	// Family is the preset size ("tiny", "small", "1.5b", "2.8b").
+	Family string
+	// Architectures are preset suffixes (default Architectures); Ablation adds BlackMamba runs
+	// with each of AblationRoutings.
+	Architectures []string
+	Ablation      bool
+	Corpus        *data.Corpus
+	SeqLen, Batch int
+	// Tokens is the training-token budget of each run; steps = Tokens / (Batch·SeqLen).
+	Tokens int64
+	LR     float64
+	Seed   int64
+	// DType overrides the compute dtype ("" keeps the presets').
+	DType string
+	// Workdir holds one run directory per run (removed first: every run starts fresh).
+	Workdir                          string
+	LogEvery, EvalEvery, EvalBatches int
+	// Threshold is the held-out mean loss for FLOPs-to-reach (0: the worst final mean loss
+	// among the non-ablation runs, so every one of them reaches it).
+	Threshold float64
+	// BalanceBatches is the number of held-out batches per domain of the routing analysis of
+	// MoE runs.
+	BalanceBatches int
+	Progress       io.Writer
+	// Log receives one line per run (nil: standard error).
+	Log io.Writer
+}
+
+// Size returns the options of a named size: "gpu" (the small family at T=512, B=16, bf16,
+// 3.5M tokens per run, for one H200 job of about nine minutes) or "cpu-smoke" (the tiny
+// family on a few steps, for CI and notebooks on the pure-Go backend).
+func Size(name string) (Options, error) {
+	switch name {
+	case "gpu":
+		return Options{Family: "small", SeqLen: 512, Batch: 16, Tokens: 3_500_000, LR: 1e-3, Seed: 1,
+			DType: "bfloat16", LogEvery: 10, EvalEvery: 50, EvalBatches: 4, BalanceBatches: 4, Ablation: true}, nil
+	case "cpu-smoke":
+		return Options{Family: "tiny", SeqLen: 64, Batch: 4, Tokens: 30 * 4 * 64, LR: 3e-3, Seed: 1,
+			LogEvery: 5, EvalEvery: 10, EvalBatches: 2, BalanceBatches: 2, Ablation: true}, nil
+	}
+	return Options{}, fmt.Errorf("training: size %q: want \"gpu\" or \"cpu-smoke\"", name)
+}
+
+// Result is the output of Run (written as JSON).
+type Result struct {
+	Family      string   `json:"family"`
+	SeqLen      int      `json:"seq_len"`
+	Batch       int      `json:"batch"`
+	TokenBudget int64    `json:"token_budget"`
+	Steps       int      `json:"steps"`
+	Seed        int64    `json:"seed"`
+	LR          float64  `json:"lr"`
+	DType       string   `json:"dtype,omitempty"`
+	Corpus      string   `json:"corpus"`
+	Backend     string   `json:"backend"`
+	Domains     []string `json:"domains"`
+	// Threshold is the held-out mean loss of the FLOPs-to-reach comparison.
+	Threshold float64     `json:"threshold"`
+	Runs      []RunResult `json:"runs"`
+}
+
+// RunResult is one trained model.
+type RunResult struct {
+	// Label names the run in plots: the config name, plus the routing for ablation runs.
+	Label        string `json:"label"`
+	Config       string `json:"config"`
+	Pattern      string `json:"pattern"`
+	Routing      string `json:"routing"`
+	MoE          bool   `json:"moe"`
+	Ablation     bool   `json:"ablation"`
+	ParamsTotal  int64  `json:"params_total"`
+	ParamsActive int64  `json:"params_active"`
+	// ForwardFLOPsPerToken and TrainFLOPsPerToken at the run's sequence length.
+	ForwardFLOPsPerToken float64 `json:"forward_flops_per_token"`
+	TrainFLOPsPerToken   float64 `json:"train_flops_per_token"`
+	Tokens               int64   `json:"tokens"`
+	Steps                int     `json:"steps"`
+	WallSeconds          float64 `json:"wall_s"`
+	TokensPerSec         float64 `json:"tokens_per_sec"`
+	// FinalHeldOut is the last evaluation's loss per domain; FinalHeldOutMean their mean.
+	FinalHeldOut     map[string]float64 `json:"final_held_out"`
+	FinalHeldOutMean float64            `json:"final_held_out_mean"`
+	// FLOPsToThreshold is the training compute at the first evaluation whose mean held-out
+	// loss is at or below Result.Threshold; Reached is false if it never was.
+	FLOPsToThreshold float64 `json:"flops_to_threshold"`
+	Reached          bool    `json:"reached"`
+	// Records are the metrics records (with expert counts and balance per MoE layer).
+	Records []results.TrainRecord `json:"records"`
+	// Balance is the routing analysis of an MoE run on held-out data (experiments/balance).
+	Balance json.RawMessage `json:"balance,omitempty"`
+}
+
+// runPlan is one run to do.
+type runPlan struct {
+	label    string
+	cfg      bm.Config
+	ablation bool
+}
+
+func (o Options) plan() ([]runPlan, error) {
+	archs := o.Architectures
+	if len(archs) == 0 {
+		archs = Architectures
+	}
+	var out []runPlan
+	for _, a := range archs {
+		cfg, err := bm.Preset(o.Family + a)
+		if err != nil {
+			return nil, err
+		}
+		if o.DType != "" {
+			cfg.ComputeDType = o.DType
+		}
+		out = append(out, runPlan{label: cfg.Name, cfg: cfg})
+	}
+	if o.Ablation {
+		for _, r := range AblationRoutings {
+			cfg, err := bm.Preset(o.Family)
+			if err != nil {
+				return nil, err
+			}
+			if o.DType != "" {
+				cfg.ComputeDType = o.DType
+			}
+			cfg.Routing = r
+			out = append(out, runPlan{label: cfg.Name + " " + r, cfg: cfg, ablation: true})
+		}
+	}
+	return out, nil
+}
+
+// Steps returns the number of steps per run of the token budget.
+func (o Options) Steps() int { return int(max(1, o.Tokens/int64(o.Batch*o.SeqLen))) }
+
+// Estimate returns the total training FLOPs of all runs, and the seconds they take at
+// flopsPerSec plus compileS per run.
+func (o Options) Estimate(flopsPerSec, compileS float64) (flops, seconds float64, err error) {
+	plans, err := o.plan()
+	if err != nil {
+		return 0, 0, err
+	}
+	tokens := float64(o.Steps() * o.Batch * o.SeqLen)
+	for _, p := range plans {
+		_, trn := p.cfg.FLOPsPerToken(o.SeqLen)
+		flops += trn * tokens
+	}
+	return flops, flops/flopsPerSec + compileS*float64(len(plans)), nil
+}
+
+// Run trains every planned architecture on the same data, token budget and seed.
+func Run(backend backends.Backend, o Options) (*Result, error) {
+	if o.Corpus == nil {
+		return nil, fmt.Errorf("training: no corpus")
+	}
+	if o.Batch < 1 || o.SeqLen < 1 || o.Tokens < 1 {
+		return nil, fmt.Errorf("training: batch %d, seq_len %d and tokens %d must be >= 1", o.Batch, o.SeqLen, o.Tokens)
+	}
+	if o.Workdir == "" {
+		return nil, fmt.Errorf("training: Workdir is required")
+	}
+	logw := o.Log
+	if logw == nil {
+		logw = os.Stderr
+	}
+	plans, err := o.plan()
+	if err != nil {
+		return nil, err
+	}
+	steps := o.Steps()
+	res := &Result{Family: o.Family, SeqLen: o.SeqLen, Batch: o.Batch, TokenBudget: o.Tokens, Steps: steps,
+		Seed: o.Seed, LR: o.LR, DType: o.DType, Corpus: o.Corpus.Dir, Backend: backend.Name(), Domains: o.Corpus.Domains()}
+	for i, p := range plans {
+		dir := filepath.Join(o.Workdir, fmt.Sprintf("%02d-%s", i, strings.ReplaceAll(p.label, " ", "-")))
+		if err := os.RemoveAll(dir); err != nil {
+			return nil, err
+		}
+		fmt.Fprintf(logw, "training: run %d/%d %s (pattern %s, routing %s), %d steps\n", i+1, len(plans), p.label, p.cfg.Pattern, p.cfg.Routing, steps)
+		t, err := Train(backend, Spec{Cfg: p.cfg, Corpus: o.Corpus, SeqLen: o.SeqLen, Batch: o.Batch, Steps: steps,
+			LR: o.LR, Warmup: -1, Seed: o.Seed, Dir: dir, LogEvery: o.LogEvery, EvalEvery: o.EvalEvery,
+			EvalBatches: o.EvalBatches, Progress: o.Progress})
+		if err != nil {
+			return nil, err
+		}
+		recs, err := results.ReadTrainLog(t.Summary.Metrics)
+		if err != nil {
+			return nil, err
+		}
+		total, active := p.cfg.ParamCounts()
+		rr := RunResult{Label: p.label, Config: p.cfg.Name, Pattern: p.cfg.Pattern, Routing: p.cfg.Routing,
+			MoE: p.cfg.NumMoE() > 0, Ablation: p.ablation, ParamsTotal: total, ParamsActive: active,
+			ForwardFLOPsPerToken: t.FLOPsTok[0], TrainFLOPsPerToken: t.FLOPsTok[1], Tokens: t.Tokens,
+			Steps: t.Summary.Steps, WallSeconds: t.Wall.Seconds(), FinalHeldOut: t.Summary.HeldOut,
+			FinalHeldOutMean: meanHeldOut(t.Summary.HeldOut), Records: recs}
+		if n := len(recs); n > 0 {
+			// Throughput of the last record window (steps only, compilation excluded).
+			var sum float64
+			var k int
+			for _, r := range recs {
+				if r.TokensPerSec > 0 {
+					sum += r.TokensPerSec
+					k++
+				}
+			}
+			if k > 0 {
+				rr.TokensPerSec = sum / float64(k)
+			}
+		}
+		if rr.MoE {
+			// Routing analysis of the trained model on held-out data (package
+			// experiments/balance), enabled once that package is available:
+			//
+			//	br, err := balance.Analyze(backend, t.Trainer.Context(), p.cfg, t.HeldOut, o.BalanceBatches)
+			//	if err != nil {
+			//		return nil, fmt.Errorf("training: balance analysis of %s: %w", p.label, err)
+			//	}
+			//	if rr.Balance, err = json.Marshal(br); err != nil {
+			//		return nil, err
+			//	}
+		}
+		fmt.Fprintf(logw, "training: %s: held-out mean %.4f after %d tokens in %.1fs\n", p.label, rr.FinalHeldOutMean, rr.Tokens, rr.WallSeconds)
+		res.Runs = append(res.Runs, rr)
+	}
+	res.Threshold = o.Threshold
+	if res.Threshold == 0 {
+		for _, r := range res.Runs {
+			if !r.Ablation && r.FinalHeldOutMean > res.Threshold {
+				res.Threshold = r.FinalHeldOutMean
+			}
+		}
+	}
+	res.SetThreshold(res.Threshold)
+	return res, nil
+}
+
+// SetThreshold recomputes every run's FLOPs to reach a mean held-out loss of thr.
+func (r *Result) SetThreshold(thr float64) {
+	r.Threshold = thr
+	for i := range r.Runs {
+		r.Runs[i].FLOPsToThreshold, r.Runs[i].Reached = results.FLOPsToReach(withMean(r.Runs[i].Records), thr, MeanDomain)
+	}
+}
+
+// MeanDomain is the pseudo-domain of the mean held-out loss in plots.
+const MeanDomain = "mean"
+
+// withMean returns copies of recs whose HeldOut maps also hold the mean over domains.
+func withMean(recs []results.TrainRecord) []results.TrainRecord {
+	out := make([]results.TrainRecord, len(recs))
+	for i, r := range recs {
+		out[i] = r
+		if len(r.HeldOut) > 0 {
+			h := make(map[string]float64, len(r.HeldOut)+1)
+			for k, v := range r.HeldOut {
+				h[k] = v
+			}
+			h[MeanDomain] = meanHeldOut(r.HeldOut)
+			out[i].HeldOut = h
+		}
+	}
+	return out
+}
+
+// WriteJSON writes r to path (indented).
+func (r *Result) WriteJSON(path string) error {
+	b, err := json.MarshalIndent(r, "", " ")
+	if err != nil {
+		return err
+	}
+	if err := ensureDir(filepath.Dir(path)); err != nil {
+		return err
+	}
+	return os.WriteFile(path, append(b, '\n'), 0o644)
+}
+
+// ReadResult reads a result written by WriteJSON.
+func ReadResult(path string) (*Result, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("training result: %w", err)
+	}
+	var r Result
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, fmt.Errorf("training result %s: %w", path, err)
+	}
+	if len(r.Runs) == 0 {
+		return nil, fmt.Errorf("training result %s: no runs", path)
+	}
+	sort.SliceStable(r.Runs, func(i, j int) bool { return !r.Runs[i].Ablation && r.Runs[j].Ablation })
+	return &r, nil
+}
