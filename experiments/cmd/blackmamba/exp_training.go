@@ -1,0 +1,111 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"blackmamba/experiments/training"
+	"blackmamba/xla"
+)
+
+func init() {
+	registerExperiment(&command{
+		name: "training",
+		summary: "train BlackMamba, dense Mamba, Transformer, Transformer-MoE and a total-matched Mamba on the same " +
+			"data and token budget, plus BlackMamba with other routings (ablation); write JSON and plots",
+		run: runTrainingExperiment,
+	})
+}
+
+func runTrainingExperiment(fs *flag.FlagSet, args []string) error {
+	backendFlag := xla.AddFlag(fs)
+	size := fs.String("size", "cpu-smoke", `"gpu" (small family, T=512, B=16, bf16, one H200 job) or "cpu-smoke" (tiny family, a few steps)`)
+	corpusDir := fs.String("corpus", "", "corpus directory (default data/corpus if built, else data/corpus-tiny)")
+	tokens := fs.Int64("tokens", 0, "training tokens per run (0: the size's budget)")
+	steps := fs.Int("steps", 0, "steps per run, overriding -tokens (0: from -tokens)")
+	archs := fs.String("archs", "", `comma-separated preset suffixes of the family, "" for BlackMamba itself, e.g. ",-mamba" (default: all five)`)
+	ablation := fs.Bool("ablation", true, "also train BlackMamba with the routings "+strings.Join(training.AblationRoutings, ", "))
+	family := fs.String("family", "", "preset family (default: the size's)")
+	threshold := fs.Float64("threshold", 0, "mean held-out loss for the FLOPs-to-reach comparison (0: the worst final loss)")
+	workdir := fs.String("workdir", filepath.Join(os.TempDir(), "blackmamba-training"), "parent folder of the run directories")
+	out := fs.String("out", "experiments/results/training.json", "result JSON")
+	plotDir := fs.String("plots", "plots/training", "folder for the figures (PNG and SVG)")
+	plotOnly := fs.Bool("plot-only", false, "only render the figures of the result -in")
+	in := fs.String("in", "experiments/results/training.json", "result JSON read by -plot-only")
+	tflops := fs.Float64("assume-tflops", 60, "sustained training TFLOP/s assumed by the time estimate")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *plotOnly {
+		r, err := training.ReadResult(*in)
+		if err != nil {
+			return err
+		}
+		if *threshold > 0 {
+			r.SetThreshold(*threshold)
+		}
+		paths, err := training.PlotAll(r, *plotDir)
+		for _, p := range paths {
+			fmt.Println(p)
+		}
+		return err
+	}
+	o, err := training.Size(*size)
+	if err != nil {
+		return err
+	}
+	if *family != "" {
+		o.Family = *family
+	}
+	if *tokens > 0 {
+		o.Tokens = *tokens
+	}
+	if *steps > 0 {
+		o.Tokens = int64(*steps) * int64(o.Batch*o.SeqLen)
+	}
+	if *archs != "" {
+		o.Architectures = strings.Split(*archs, ",")
+	}
+	o.Ablation = *ablation
+	o.Threshold = *threshold
+	o.Workdir = *workdir
+	if o.Corpus, err = openCorpus(*corpusDir); err != nil {
+		return err
+	}
+	flops, secs, err := o.Estimate(*tflops*1e12, 25)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "training experiment: family %s, %d steps of %d x %d per run, %.3g training FLOPs in all; "+
+		"at %.0f TFLOP/s and 25 s compilation per run about %.0f s\n", o.Family, o.Steps(), o.Batch, o.SeqLen, flops, *tflops, secs)
+	backend, choice, err := xla.New(*backendFlag)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "backend: %s\n", choice)
+	r, err := training.Run(backend, o)
+	if err != nil {
+		return err
+	}
+	if err := r.WriteJSON(*out); err != nil {
+		return err
+	}
+	fmt.Printf("%-28s %10s %10s %12s %10s %10s %12s\n", "run", "params", "active", "tokens/s", "wall s", "held-out", "FLOPs@thr")
+	for _, run := range r.Runs {
+		reach := "not reached"
+		if run.Reached {
+			reach = fmt.Sprintf("%.3g", run.FLOPsToThreshold)
+		}
+		fmt.Printf("%-28s %9.1fM %9.1fM %12.0f %10.1f %10.4f %12s\n", run.Label, float64(run.ParamsTotal)/1e6,
+			float64(run.ParamsActive)/1e6, run.TokensPerSec, run.WallSeconds, run.FinalHeldOutMean, reach)
+	}
+	fmt.Printf("threshold %.4f; result %s\n", r.Threshold, *out)
+	paths, err := training.PlotAll(r, *plotDir)
+	for _, p := range paths {
+		fmt.Println(p)
+	}
+	return err
+}

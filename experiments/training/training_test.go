@@ -1,0 +1,199 @@
+package training
+
+import (
+	"math"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"blackmamba/bm"
+	"blackmamba/bm/data"
+	"blackmamba/bm/tokenizer"
+	"blackmamba/experiments/results"
+	"blackmamba/experiments/train"
+
+	"github.com/gomlx/gomlx/backends"
+	_ "github.com/gomlx/gomlx/backends/simplego"
+)
+
+func tinyCorpus(t *testing.T) *data.Corpus {
+	t.Helper()
+	dir := filepath.Join(tokenizer.DefaultDataDir(), "corpus-tiny")
+	if _, err := os.Stat(filepath.Join(dir, "manifest.json")); err != nil {
+		t.Skipf("no tiny corpus at %s (build it with: blackmamba data build -tiny)", dir)
+	}
+	c, err := data.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// TestRunSmoke trains two tiny architectures for a few steps through Run and checks the
+// result's bookkeeping: tokens and FLOPs follow from the batch shape and the FLOPs per token,
+// losses are finite and start near ln(vocab), the threshold is the worst final loss (so every
+// run reaches it), and the figures render.
+func TestRunSmoke(t *testing.T) {
+	c := tinyCorpus(t)
+	backend := goBackend(t)
+	o, err := Size("cpu-smoke")
+	if err != nil {
+		t.Fatal(err)
+	}
+	o.Architectures = []string{"", "-mamba"}
+	o.Ablation = false
+	o.SeqLen, o.Batch, o.Tokens = 16, 1, 3*16
+	o.LogEvery, o.EvalEvery, o.EvalBatches = 1, 1, 1
+	o.Corpus = c
+	o.Workdir = t.TempDir()
+	o.Progress, o.Log = testWriter{t}, testWriter{t}
+	r, err := Run(backend, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Runs) != 2 || r.Steps != 3 {
+		t.Fatalf("got %d runs of %d steps, want 2 of 3", len(r.Runs), r.Steps)
+	}
+	worst := 0.0
+	for _, run := range r.Runs {
+		if run.Tokens != 3*16 || run.Steps != 3 || len(run.Records) != 3 {
+			t.Errorf("%s: tokens %d steps %d records %d, want 48, 3, 3", run.Label, run.Tokens, run.Steps, len(run.Records))
+		}
+		last := run.Records[len(run.Records)-1]
+		if want := float64(run.Tokens) * run.TrainFLOPsPerToken; math.Abs(last.FLOPs-want) > 1e-9*want {
+			t.Errorf("%s: cumulative FLOPs %g, want tokens x FLOPs/token = %g", run.Label, last.FLOPs, want)
+		}
+		if l0 := run.Records[0].Loss; math.Abs(l0-math.Log(50277)) > 0.5 {
+			t.Errorf("%s: first loss %.3f, want within 0.5 of ln(50277) = %.3f", run.Label, l0, math.Log(50277))
+		}
+		if len(run.FinalHeldOut) != len(c.Domains()) || math.IsNaN(run.FinalHeldOutMean) {
+			t.Errorf("%s: final held-out %v", run.Label, run.FinalHeldOut)
+		}
+		if run.MoE != (run.Config == "tiny") {
+			t.Errorf("%s: moe = %v", run.Label, run.MoE)
+		}
+		worst = max(worst, run.FinalHeldOutMean)
+	}
+	if r.Threshold != worst {
+		t.Errorf("threshold %g, want worst final mean %g", r.Threshold, worst)
+	}
+	for _, run := range r.Runs {
+		if !run.Reached || run.FLOPsToThreshold <= 0 {
+			t.Errorf("%s: did not reach the threshold (%v, %g)", run.Label, run.Reached, run.FLOPsToThreshold)
+		}
+	}
+	out := filepath.Join(t.TempDir(), "training.json")
+	if err := r.WriteJSON(out); err != nil {
+		t.Fatal(err)
+	}
+	back, err := ReadResult(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	paths, err := PlotAll(back, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(paths) < 6 {
+		t.Errorf("PlotAll wrote %v, want at least the 3 comparison figures as PNG and SVG", paths)
+	}
+}
+
+// TestResumeMatchesUninterrupted trains the tiny BlackMamba 4 steps with a checkpoint at step
+// 2, then resumes a copy of the run from step 2 (as after a kill) and checks that steps 3-4
+// reproduce the uninterrupted losses (tolerance 1e-5 relative: same graphs, same data).
+func TestResumeMatchesUninterrupted(t *testing.T) {
+	c := tinyCorpus(t)
+	if testing.Short() {
+		t.Skip("short mode")
+	}
+	backend := goBackend(t)
+	o, _ := Size("cpu-smoke")
+	cfgSpec := func(dir string, resume bool) Spec {
+		cfg := mustPreset(t, "tiny")
+		return Spec{Cfg: cfg, Corpus: c, SeqLen: 16, Batch: 1, Steps: 4, LR: o.LR, Warmup: 1, Seed: 3,
+			Dir: dir, Resume: resume, LogEvery: 1, CheckpointEvery: 2, EvalEvery: 0, EvalBatches: 1, Progress: testWriter{t}}
+	}
+	full := t.TempDir()
+	if _, err := Train(backend, cfgSpec(full, false)); err != nil {
+		t.Fatal(err)
+	}
+	want, err := results.ReadTrainLog(filepath.Join(full, train.MetricsFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The interrupted run: the state of the full run at its step-2 checkpoint.
+	cut := t.TempDir()
+	paths, steps, err := train.ListCheckpoints(full)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var kept bool
+	for i, p := range paths {
+		if steps[i] == 2 {
+			b, err := os.ReadFile(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(cut, filepath.Base(p)), b, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			kept = true
+		}
+	}
+	if !kept {
+		t.Fatalf("no step-2 checkpoint among %v", steps)
+	}
+	m, err := os.ReadFile(filepath.Join(full, train.MetricsFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(cut, train.MetricsFile), m, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tr, err := Train(backend, cfgSpec(cut, true))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tr.Summary.ResumedFrom != 2 {
+		t.Fatalf("resumed from step %d, want 2", tr.Summary.ResumedFrom)
+	}
+	got, err := results.ReadTrainLog(filepath.Join(cut, train.MetricsFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != len(want) {
+		t.Fatalf("resumed log has %d records, uninterrupted %d", len(got), len(want))
+	}
+	for i := range want {
+		if got[i].Step != want[i].Step || math.Abs(got[i].Loss-want[i].Loss) > 1e-5*math.Abs(want[i].Loss) {
+			t.Errorf("record %d: resumed step %d loss %.6f, uninterrupted step %d loss %.6f",
+				i, got[i].Step, got[i].Loss, want[i].Step, want[i].Loss)
+		}
+	}
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(string(p))
+	return len(p), nil
+}
+
+func mustPreset(t *testing.T, name string) bm.Config {
+	t.Helper()
+	c, err := bm.Preset(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func goBackend(t *testing.T) backends.Backend {
+	t.Helper()
+	b, err := backends.NewWithConfig("go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
