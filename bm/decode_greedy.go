@@ -211,3 +211,26 @@ func (d *GreedyDecoder) WarmUpGreedy(promptLen, upTo int) error {
 	d.states, d.pos, d.kvLen = nil, 0, 0
 	return nil
 }
+
+// Release frees the device memory held by the decoder: the states of the current sequence and
+// the compiled graphs. The variables in the context are not touched. The decoder must not be
+// used afterwards.
+func (d *GreedyDecoder) Release() {
+	for _, s := range d.states {
+		s.FinalizeAll()
+	}
+	d.states, d.pos, d.kvLen = nil, 0, 0
+	if d.greedyStep != nil {
+		d.greedyStep.Finalize()
+	}
+	if d.argmax != nil {
+		d.argmax.Finalize()
+	}
+	d.step.Finalize()
+	for _, e := range d.prefill {
+		e.Finalize()
+	}
+	for _, e := range d.extend {
+		e.Finalize()
+	}
+}

@@ -1,0 +1,93 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+
+	"blackmamba/experiments/latency"
+	"blackmamba/xla"
+)
+
+func init() {
+	c := &command{
+		name: "latency",
+		summary: "time greedy generation (batch 1, one-token prompt) of BlackMamba and its baselines at lengths " +
+			"up to -max-len; writes a JSON result, plots and a Markdown table",
+		run: runLatency,
+	}
+	register(c)
+	registerExperiment(c)
+}
+
+func runLatency(fs *flag.FlagSet, args []string) error {
+	family := fs.String("family", "1.5b", "architecture family: 1.5b, 2.8b or tiny (the CPU-size table)")
+	archs := fs.String("archs", "", "comma-separated config presets to time instead of the family's four (e.g. add 1.5b-mamba-total)")
+	maxLen := fs.Int("max-len", 0, "longest generation in tokens (default 16384; 128 for -family tiny)")
+	minLen := fs.Int("min-len", 0, "shortest reported length; lengths double from it (default 128; 8 for tiny)")
+	reps := fs.Int("reps", 0, "timed passes per architecture, medians and min/max reported (default 3; 1 for tiny)")
+	seed := fs.Int64("seed", 1, "seed of the random weights")
+	out := fs.String("out", "experiments/results/latency.json", "result JSON to write")
+	plotDir := fs.String("plots", "plots/latency", "directory for the PNG and SVG figures (empty: no plots)")
+	plotOnly := fs.Bool("plot-only", false, "do not measure: plot and tabulate the result in -in")
+	in := fs.String("in", "", "result JSON to read with -plot-only (default: -out)")
+	mdPath := fs.String("md", "", "also write the Markdown tables to this file (they are always printed)")
+	backendFlag := xla.AddFlag(fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("latency: unexpected arguments %q", fs.Args())
+	}
+	var res *latency.Result
+	if *plotOnly {
+		path := *in
+		if path == "" {
+			path = *out
+		}
+		var err error
+		if res, err = latency.Load(path); err != nil {
+			return err
+		}
+	} else {
+		backend, choice, err := xla.New(*backendFlag)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(os.Stderr, "backend: %s\n", choice)
+		opts := latency.Options{Family: *family, MaxLen: *maxLen, MinLen: *minLen, Reps: *reps, Seed: *seed, Log: os.Stderr}
+		if *archs != "" {
+			opts.Archs = strings.Split(*archs, ",")
+		}
+		res, err = latency.Run(backend, opts)
+		if res != nil && len(res.Archs) > 0 {
+			if serr := latency.Save(res, *out); serr != nil {
+				return serr
+			}
+			fmt.Fprintf(os.Stderr, "wrote %s\n", *out)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	if *plotDir != "" {
+		paths, err := latency.PlotAll(res, *plotDir)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(os.Stderr, "wrote %s\n", strings.Join(paths, ", "))
+	}
+	if err := latency.WriteMarkdown(os.Stdout, res); err != nil {
+		return err
+	}
+	if *mdPath != "" {
+		f, err := os.Create(*mdPath)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		return latency.WriteMarkdown(f, res)
+	}
+	return nil
+}

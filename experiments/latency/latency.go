@@ -1,0 +1,303 @@
+// Package latency measures autoregressive generation time of the BlackMamba architecture and its
+// baselines (dense Mamba, Transformer, Transformer-MoE): batch 1, a one-token prompt, greedy
+// decoding kept on the device, random weights (timing does not depend on their values), matmul
+// operands in bfloat16. One pass to the longest length gives the cumulative time to generate
+// every shorter length L, and the per-token latency just before L.
+package latency
+
+import (
+	"fmt"
+	"io"
+	"runtime"
+	"slices"
+	"sort"
+	"time"
+
+	"github.com/gomlx/gomlx/backends"
+	"github.com/gomlx/gomlx/pkg/core/tensors"
+	"github.com/gomlx/gomlx/pkg/ml/context"
+	"github.com/gomlx/gomlx/pkg/ml/context/initializers"
+
+	"blackmamba/bm"
+	"blackmamba/xla"
+)
+
+// Families maps a family name to its architecture presets, in plotting order: BlackMamba,
+// dense Mamba, Transformer, Transformer-MoE. The baselines are matched to BlackMamba on ACTIVE
+// parameters (the "-mamba-total" presets match total parameters instead and can be added with
+// Options.Archs).
+var Families = map[string][]string{
+	"1.5b": {"1.5b", "1.5b-mamba", "1.5b-transformer", "1.5b-transformer-moe"},
+	"2.8b": {"2.8b", "2.8b-mamba", "2.8b-transformer", "2.8b-transformer-moe"},
+	"tiny": {"tiny", "tiny-mamba", "tiny-transformer", "tiny-transformer-moe"},
+}
+
+// Options configure Run. Zero values take the defaults noted.
+type Options struct {
+	Family string   // key of Families; default "1.5b"
+	Archs  []string // presets to time; default Families[Family]
+	MaxLen int      // longest generation, in tokens; default 16384 (128 for the tiny family)
+	MinLen int      // shortest length reported; lengths are MinLen·2^k <= MaxLen; default 128 (8 for tiny)
+	Reps   int      // timed passes per architecture; default 3 (1 for the tiny family)
+	Seed   int64    // weight initialisation seed; default 1
+	Log    io.Writer
+}
+
+// Stat is a median with the spread over repetitions.
+type Stat struct {
+	Median float64 `json:"median"`
+	Min    float64 `json:"min"`
+	Max    float64 `json:"max"`
+}
+
+// Point holds the times at one generation length L.
+type Point struct {
+	L int `json:"L"`
+	// TotalMS: milliseconds to generate L tokens from the one-token prompt (prefill included).
+	TotalMS Stat `json:"total_ms"`
+	// PerTokenMS: milliseconds per token over the Window steps that end at token L.
+	PerTokenMS Stat `json:"per_token_ms"`
+	Window     int  `json:"window"`
+}
+
+// Arch is the measurement of one architecture.
+type Arch struct {
+	Config       string  `json:"config"`
+	Pattern      string  `json:"pattern"`
+	Blocks       int     `json:"blocks"`
+	Dim          int     `json:"dim"`
+	TotalParams  int64   `json:"total_params"`
+	ActiveParams int64   `json:"active_params"`
+	ComputeDType string  `json:"compute_dtype"`
+	CompileS     float64 `json:"compile_s"` // warm-up: weight initialisation + compiling every graph the sweep runs
+	FirstTokenMS Stat    `json:"first_token_ms"`
+	Points       []Point `json:"points"`
+	// TokensRepeat reports whether every repetition produced the same tokens at the checkpoints.
+	TokensRepeat bool `json:"tokens_repeat"`
+	// PeakMemoryBytes is the process's device-memory high-water mark after this architecture
+	// (architectures run in order in one process, so it is cumulative); -1 when not measured.
+	PeakMemoryBytes int64 `json:"peak_memory_bytes"`
+}
+
+// Result is the output of Run, written as JSON.
+type Result struct {
+	Family   string `json:"family"`
+	Backend  string `json:"backend"`
+	Matching string `json:"matching"`
+	Batch    int    `json:"batch"`
+	Prompt   int    `json:"prompt_tokens"`
+	MaxLen   int    `json:"max_len"`
+	Reps     int    `json:"reps"`
+	Method   string `json:"method"`
+	Created  string `json:"created"`
+	Archs    []Arch `json:"archs"`
+}
+
+// Lengths returns the reported generation lengths minLen·2^k <= maxLen (and maxLen itself when
+// it is not of that form).
+func Lengths(minLen, maxLen int) []int {
+	var ls []int
+	for l := minLen; l <= maxLen; l *= 2 {
+		ls = append(ls, l)
+	}
+	if len(ls) == 0 || ls[len(ls)-1] != maxLen {
+		ls = append(ls, maxLen)
+	}
+	return ls
+}
+
+// Window returns the number of steps before length L over which the per-token latency is
+// averaged: min(128, L/4), at least 1.
+func Window(L int) int { return max(1, min(128, L/4)) }
+
+func (o *Options) defaults() error {
+	if o.Family == "" {
+		o.Family = "1.5b"
+	}
+	if len(o.Archs) == 0 {
+		archs, ok := Families[o.Family]
+		if !ok {
+			return fmt.Errorf("latency: unknown family %q (known: 1.5b, 2.8b, tiny)", o.Family)
+		}
+		o.Archs = archs
+	}
+	tiny := o.Family == "tiny"
+	if o.MaxLen == 0 {
+		o.MaxLen = 16384
+		if tiny {
+			o.MaxLen = 128
+		}
+	}
+	if o.MinLen == 0 {
+		o.MinLen = 128
+		if tiny {
+			o.MinLen = 8
+		}
+	}
+	if o.Reps == 0 {
+		o.Reps = 3
+		if tiny {
+			o.Reps = 1
+		}
+	}
+	if o.Seed == 0 {
+		o.Seed = 1
+	}
+	if o.MaxLen < 2 || o.MinLen < 1 || o.Reps < 1 {
+		return fmt.Errorf("latency: max-len (%d) must be >= 2, min-len (%d) and reps (%d) >= 1", o.MaxLen, o.MinLen, o.Reps)
+	}
+	if o.Log == nil {
+		o.Log = io.Discard
+	}
+	return nil
+}
+
+// Run times every architecture of opts on backend and returns the result.
+func Run(backend backends.Backend, opts Options) (*Result, error) {
+	if err := opts.defaults(); err != nil {
+		return nil, err
+	}
+	res := &Result{
+		Family: opts.Family, Backend: backend.Name(), Batch: 1, Prompt: 1, MaxLen: opts.MaxLen, Reps: opts.Reps,
+		Matching: "baselines matched to BlackMamba on active parameters (presets <size>-mamba-total match total parameters)",
+		Method: "random weights, bfloat16 matmul operands (float32 weights converted in the graph), greedy argmax on the device; " +
+			"total_ms(L) is the wall time from the prefill call to the L-th token being available on the host, " +
+			"per_token_ms(L) is the wall time of the window steps ending at token L divided by the window; " +
+			"graphs are compiled for all KV-cache lengths before timing; median/min/max over reps",
+		Created: time.Now().UTC().Format(time.RFC3339),
+	}
+	for _, name := range opts.Archs {
+		cfg, err := bm.Preset(name)
+		if err != nil {
+			return res, fmt.Errorf("latency: -archs: %w", err)
+		}
+		a, err := runArch(backend, cfg, opts)
+		if err != nil {
+			return res, fmt.Errorf("latency: %s: %w", name, err)
+		}
+		res.Archs = append(res.Archs, *a)
+	}
+	return res, nil
+}
+
+func runArch(backend backends.Backend, cfg bm.Config, opts Options) (*Arch, error) {
+	cfg.ComputeDType = "bfloat16"
+	cfg.MaxSeqLen = max(cfg.MaxSeqLen, opts.MaxLen)
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	total, active := cfg.ParamCounts()
+	a := &Arch{Config: cfg.Name, Pattern: cfg.Pattern, Blocks: len(cfg.Blocks()), Dim: cfg.Dim,
+		TotalParams: total, ActiveParams: active, ComputeDType: cfg.ComputeDType, PeakMemoryBytes: -1, TokensRepeat: true}
+	fmt.Fprintf(opts.Log, "%s: %d blocks, d=%d, %.3gB total / %.3gB active parameters\n",
+		cfg.Name, a.Blocks, cfg.Dim, float64(total)/1e9, float64(active)/1e9)
+
+	ctx := context.New()
+	ctx.SetParam(initializers.ParamInitialSeed, opts.Seed)
+	defer ctx.Finalize()
+	dec, err := bm.NewDecoder(backend, ctx, cfg, 1, opts.MaxLen)
+	if err != nil {
+		return nil, err
+	}
+	g := bm.NewGreedyDecoder(dec)
+	defer g.Release()
+
+	start := time.Now()
+	if err := g.WarmUpGreedy(1, opts.MaxLen); err != nil {
+		return nil, fmt.Errorf("warm-up: %w", err)
+	}
+	a.CompileS = time.Since(start).Seconds()
+	fmt.Fprintf(opts.Log, "  warm-up (weights + compilation): %.1fs\n", a.CompileS)
+
+	lengths := Lengths(opts.MinLen, opts.MaxLen)
+	marks := map[int]bool{1: true}
+	for _, L := range lengths {
+		marks[L], marks[L-Window(L)] = true, true
+	}
+	var firsts []float64
+	at := make([][]float64, opts.Reps) // at[r][n]: ms when n tokens were available, for the marks
+	var refTokens map[int]int32
+	for r := range opts.Reps {
+		times, toks, err := timePass(g, opts.MaxLen, marks)
+		if err != nil {
+			return nil, fmt.Errorf("repetition %d: %w", r+1, err)
+		}
+		at[r] = times
+		firsts = append(firsts, times[1])
+		if refTokens == nil {
+			refTokens = toks
+		} else {
+			for n, t := range toks {
+				if refTokens[n] != t {
+					a.TokensRepeat = false
+				}
+			}
+		}
+		fmt.Fprintf(opts.Log, "  rep %d: %d tokens in %.0f ms\n", r+1, opts.MaxLen, times[opts.MaxLen])
+		runtime.GC()
+	}
+	a.FirstTokenMS = stat(firsts)
+	for _, L := range lengths {
+		w := Window(L)
+		var tot, per []float64
+		for r := range opts.Reps {
+			tot = append(tot, at[r][L])
+			per = append(per, (at[r][L]-at[r][L-w])/float64(w))
+		}
+		p := Point{L: L, TotalMS: stat(tot), PerTokenMS: stat(per), Window: w}
+		a.Points = append(a.Points, p)
+		fmt.Fprintf(opts.Log, "  L=%-6d total %9.1f ms [%.1f, %.1f]  per token %.3f ms\n", L, p.TotalMS.Median, p.TotalMS.Min, p.TotalMS.Max, p.PerTokenMS.Median)
+	}
+	if xla.MemoryIsHighWater() {
+		a.PeakMemoryBytes = xla.DeviceMemoryUsed()
+	}
+	return a, nil
+}
+
+// timePass generates n tokens greedily from a one-token prompt and returns, for each count in
+// marks, the milliseconds from the start until that many tokens were on the host (the token at
+// a mark is copied to the host, which waits for the device), and the tokens at the marks. The
+// other tokens stay on the device until the pass ends.
+func timePass(g *bm.GreedyDecoder, n int, marks map[int]bool) ([]float64, map[int]int32, error) {
+	times := make([]float64, n+1)
+	toks := map[int]int32{}
+	held := make([]*tensors.Tensor, 0, n)
+	defer func() {
+		for _, t := range held {
+			t.FinalizeAll()
+		}
+	}()
+	start := time.Now()
+	tok, err := g.PrefillGreedy([][]int{{1}})
+	if err != nil {
+		return nil, nil, err
+	}
+	for count := 1; ; count++ {
+		held = append(held, tok)
+		if marks[count] {
+			v, err := tensors.CopyFlatData[int32](tok)
+			if err != nil {
+				return nil, nil, err
+			}
+			times[count] = float64(time.Since(start).Nanoseconds()) / 1e6
+			toks[count] = v[0]
+		}
+		if count == n {
+			return times, toks, nil
+		}
+		if tok, err = g.StepGreedy(tok); err != nil {
+			return nil, nil, err
+		}
+	}
+}
+
+// stat returns the median, minimum and maximum of xs (non-empty).
+func stat(xs []float64) Stat {
+	s := slices.Clone(xs)
+	sort.Float64s(s)
+	m := s[len(s)/2]
+	if len(s)%2 == 0 {
+		m = (s[len(s)/2-1] + s[len(s)/2]) / 2
+	}
+	return Stat{Median: m, Min: s[0], Max: s[len(s)-1]}
+}

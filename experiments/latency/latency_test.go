@@ -1,0 +1,146 @@
+package latency
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/gomlx/gomlx/backends"
+	_ "github.com/gomlx/gomlx/backends/simplego"
+)
+
+func cpuBackend(t *testing.T) backends.Backend {
+	t.Helper()
+	b, err := backends.NewWithConfig("go")
+	if err != nil {
+		t.Fatalf("cannot create the pure-Go backend: %v", err)
+	}
+	return b
+}
+
+func TestLengthsAndWindow(t *testing.T) {
+	for _, tc := range []struct {
+		min, max int
+		want     []int
+	}{
+		{128, 16384, []int{128, 256, 512, 1024, 2048, 4096, 8192, 16384}},
+		{8, 64, []int{8, 16, 32, 64}},
+		{128, 1000, []int{128, 256, 512, 1000}},
+		{128, 64, []int{64}},
+	} {
+		if got := Lengths(tc.min, tc.max); !slices.Equal(got, tc.want) {
+			t.Errorf("Lengths(%d, %d) = %v, want %v", tc.min, tc.max, got, tc.want)
+		}
+	}
+	for _, tc := range []struct{ L, w int }{{2, 1}, {8, 2}, {128, 32}, {512, 128}, {16384, 128}} {
+		if got := Window(tc.L); got != tc.w {
+			t.Errorf("Window(%d) = %d, want %d", tc.L, got, tc.w)
+		}
+	}
+}
+
+func TestStat(t *testing.T) {
+	for _, tc := range []struct {
+		xs   []float64
+		want Stat
+	}{
+		{[]float64{3}, Stat{3, 3, 3}},
+		{[]float64{5, 1, 3}, Stat{3, 1, 5}},
+		{[]float64{4, 1, 2, 10}, Stat{3, 1, 10}},
+	} {
+		if got := stat(tc.xs); got != tc.want {
+			t.Errorf("stat(%v) = %+v, want %+v", tc.xs, got, tc.want)
+		}
+	}
+}
+
+// TestRunTinyAndReport runs a short sweep of two tiny architectures on the CPU backend and
+// checks the structure of the result (lengths, monotone totals, spreads around medians,
+// repeatable tokens), the JSON round trip, the figures and the Markdown table.
+func TestRunTinyAndReport(t *testing.T) {
+	backend := cpuBackend(t)
+	res, err := Run(backend, Options{Family: "tiny", Archs: []string{"tiny", "tiny-transformer"}, MaxLen: 8, MinLen: 4, Reps: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Archs) != 2 {
+		t.Fatalf("got %d architectures, want 2", len(res.Archs))
+	}
+	for _, a := range res.Archs {
+		if a.ActiveParams <= 0 || a.TotalParams < a.ActiveParams || a.ComputeDType != "bfloat16" {
+			t.Errorf("%s: params %d/%d, dtype %q", a.Config, a.ActiveParams, a.TotalParams, a.ComputeDType)
+		}
+		if !a.TokensRepeat {
+			t.Errorf("%s: repetitions produced different tokens", a.Config)
+		}
+		var ls []int
+		prev := 0.0
+		for _, p := range a.Points {
+			ls = append(ls, p.L)
+			for _, s := range []Stat{p.TotalMS, p.PerTokenMS} {
+				if !(s.Min <= s.Median && s.Median <= s.Max && s.Min > 0) {
+					t.Errorf("%s L=%d: bad stat %+v", a.Config, p.L, s)
+				}
+			}
+			if p.TotalMS.Median <= prev || p.TotalMS.Median < a.FirstTokenMS.Min {
+				t.Errorf("%s L=%d: total %g ms not above the previous length's %g or the first token's", a.Config, p.L, p.TotalMS.Median, prev)
+			}
+			prev = p.TotalMS.Median
+		}
+		if !slices.Equal(ls, []int{4, 8}) {
+			t.Errorf("%s: lengths %v, want [4 8]", a.Config, ls)
+		}
+	}
+	dir := t.TempDir()
+	path := filepath.Join(dir, "r", "latency.json")
+	if err := Save(res, path); err != nil {
+		t.Fatal(err)
+	}
+	back, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if back.Archs[1].Points[1] != res.Archs[1].Points[1] {
+		t.Errorf("JSON round trip: %+v, want %+v", back.Archs[1].Points[1], res.Archs[1].Points[1])
+	}
+	paths, err := PlotAll(back, filepath.Join(dir, "plots"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range paths {
+		if st, err := os.Stat(p); err != nil || st.Size() < 1000 {
+			t.Errorf("figure %s missing or too small: %v", p, err)
+		}
+	}
+	var md strings.Builder
+	if err := WriteMarkdown(&md, back); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"| 4 |", "| 8 |", "tiny-transformer", "warm-up s"} {
+		if !strings.Contains(md.String(), want) {
+			t.Errorf("Markdown table lacks %q:\n%s", want, md.String())
+		}
+	}
+}
+
+func TestLoadErrors(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct{ name, body, want string }{
+		{"bad.json", "{", "bad.json"},
+		{"empty.json", `{"archs": []}`, "archs is empty"},
+		{"zero.json", `{"archs": [{"config": "x", "points": [{"L": 4, "total_ms": {"median": 0}, "per_token_ms": {"median": 1}}]}]}`, "archs[0].points[0]"},
+	} {
+		p := filepath.Join(dir, tc.name)
+		if err := os.WriteFile(p, []byte(tc.body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := Load(p); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("Load(%s): error %v, want one containing %q", tc.name, err, tc.want)
+		}
+	}
+	if _, err := Run(cpuBackend(t), Options{Family: "7b"}); err == nil || !strings.Contains(err.Error(), "7b") {
+		t.Errorf("unknown family: error %v", err)
+	}
+}
