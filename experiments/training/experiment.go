@@ -210,29 +210,9 @@ func Run(backend backends.Backend, o Options) (*Result, error) {
 		if err != nil {
 			return nil, err
 		}
-		recs, err := results.ReadTrainLog(t.Summary.Metrics)
+		rr, err := RunResultOf(p.cfg, p.label, p.ablation, t)
 		if err != nil {
 			return nil, err
-		}
-		total, active := p.cfg.ParamCounts()
-		rr := RunResult{Label: p.label, Config: p.cfg.Name, Pattern: p.cfg.Pattern, Routing: p.cfg.Routing,
-			MoE: p.cfg.NumMoE() > 0, Ablation: p.ablation, ParamsTotal: total, ParamsActive: active,
-			ForwardFLOPsPerToken: t.FLOPsTok[0], TrainFLOPsPerToken: t.FLOPsTok[1], Tokens: t.Tokens,
-			Steps: t.Summary.Steps, WallSeconds: t.Wall.Seconds(), FinalHeldOut: t.Summary.HeldOut,
-			FinalHeldOutMean: meanHeldOut(t.Summary.HeldOut), Records: recs}
-		if n := len(recs); n > 0 {
-			// Throughput of the last record window (steps only, compilation excluded).
-			var sum float64
-			var k int
-			for _, r := range recs {
-				if r.TokensPerSec > 0 {
-					sum += r.TokensPerSec
-					k++
-				}
-			}
-			if k > 0 {
-				rr.TokensPerSec = sum / float64(k)
-			}
 		}
 		if rr.MoE {
 			// Routing analysis of the trained model on held-out data (package
@@ -316,4 +296,32 @@ func ReadResult(path string) (*Result, error) {
 	}
 	sort.SliceStable(r.Runs, func(i, j int) bool { return !r.Runs[i].Ablation && r.Runs[j].Ablation })
 	return &r, nil
+}
+
+// RunResultOf summarizes a finished training run of cfg (its metrics file included).
+func RunResultOf(cfg bm.Config, label string, ablation bool, t *Trained) (RunResult, error) {
+	recs, err := results.ReadTrainLog(t.Summary.Metrics)
+	if err != nil {
+		return RunResult{}, err
+	}
+	total, active := cfg.ParamCounts()
+	rr := RunResult{Label: label, Config: cfg.Name, Pattern: cfg.Pattern, Routing: cfg.Routing,
+		MoE: cfg.NumMoE() > 0, Ablation: ablation, ParamsTotal: total, ParamsActive: active,
+		ForwardFLOPsPerToken: t.FLOPsTok[0], TrainFLOPsPerToken: t.FLOPsTok[1], Tokens: t.Tokens,
+		Steps: t.Summary.Steps, WallSeconds: t.Wall.Seconds(), FinalHeldOut: t.Summary.HeldOut,
+		FinalHeldOutMean: meanHeldOut(t.Summary.HeldOut), Records: recs}
+	// Mean throughput over the records (steps only: compilation, evaluation and checkpoints
+	// are excluded by the trainer).
+	var sum float64
+	k := 0
+	for _, r := range recs {
+		if r.TokensPerSec > 0 {
+			sum += r.TokensPerSec
+			k++
+		}
+	}
+	if k > 0 {
+		rr.TokensPerSec = sum / float64(k)
+	}
+	return rr, nil
 }
