@@ -66,3 +66,6 @@ func fileExists(p string) bool {
 	st, err := os.Stat(p)
 	return err == nil && !st.IsDir()
 }
+
+// SeqLen returns T of the loader's [B, T+1] batches.
+func (b LoaderBatches) SeqLen() int { return b.L.SeqLen() }

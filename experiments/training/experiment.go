@@ -11,6 +11,7 @@ import (
 
 	"blackmamba/bm"
 	"blackmamba/bm/data"
+	"blackmamba/experiments/balance"
 	"blackmamba/experiments/results"
 
 	"github.com/gomlx/gomlx/backends"
@@ -116,7 +117,9 @@ type RunResult struct {
 	// Records are the metrics records (with expert counts and balance per MoE layer).
 	Records []results.TrainRecord `json:"records"`
 	// Balance is the routing analysis of an MoE run on held-out data (experiments/balance).
-	Balance json.RawMessage `json:"balance,omitempty"`
+	// It is the JSON of []balance.Result; BalanceError says why it is missing.
+	Balance      json.RawMessage `json:"balance,omitempty"`
+	BalanceError string          `json:"balance_error,omitempty"`
 }
 
 // runPlan is one run to do.
@@ -214,17 +217,17 @@ func Run(backend backends.Backend, o Options) (*Result, error) {
 		if err != nil {
 			return nil, err
 		}
-		if rr.MoE {
-			// Routing analysis of the trained model on held-out data (package
-			// experiments/balance), enabled once that package is available:
-			//
-			//	br, err := balance.Analyze(backend, t.Trainer.Context(), p.cfg, t.HeldOut, o.BalanceBatches)
-			//	if err != nil {
-			//		return nil, fmt.Errorf("training: balance analysis of %s: %w", p.label, err)
-			//	}
-			//	if rr.Balance, err = json.Marshal(br); err != nil {
-			//		return nil, err
-			//	}
+		if rr.MoE && o.BalanceBatches > 0 {
+			// Routing analysis of the trained model on held-out data. A failure is recorded
+			// in the run instead of discarding the whole experiment.
+			br, err := balance.Analyze(backend, t.Trainer.Context(), p.cfg, t.HeldOut, o.BalanceBatches)
+			if err == nil {
+				rr.Balance, err = json.Marshal(br)
+			}
+			if err != nil {
+				rr.Balance, rr.BalanceError = nil, err.Error()
+				fmt.Fprintf(logw, "training: %s: balance analysis failed: %v\n", p.label, err)
+			}
 		}
 		fmt.Fprintf(logw, "training: %s: held-out mean %.4f after %d tokens in %.1fs\n", p.label, rr.FinalHeldOutMean, rr.Tokens, rr.WallSeconds)
 		res.Runs = append(res.Runs, rr)

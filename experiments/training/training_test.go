@@ -43,7 +43,7 @@ func TestRunSmoke(t *testing.T) {
 	o.Architectures = []string{"", "-mamba"}
 	o.Ablation = false
 	o.SeqLen, o.Batch, o.Tokens = 16, 1, 3*16
-	o.LogEvery, o.EvalEvery, o.EvalBatches = 1, 1, 1
+	o.LogEvery, o.EvalEvery, o.EvalBatches, o.BalanceBatches = 1, 1, 1, 1
 	o.Corpus = c
 	o.Workdir = t.TempDir()
 	o.Progress, o.Log = testWriter{t}, testWriter{t}
@@ -71,6 +71,12 @@ func TestRunSmoke(t *testing.T) {
 		}
 		if run.MoE != (run.Config == "tiny") {
 			t.Errorf("%s: moe = %v", run.Label, run.MoE)
+		}
+		if run.MoE && (len(run.Balance) == 0 || run.BalanceError != "") {
+			t.Errorf("%s: no balance analysis (error %q)", run.Label, run.BalanceError)
+		}
+		if run.MoE && len(last.ExpertCounts) != 2 {
+			t.Errorf("%s: expert counts for %d layers, want 2", run.Label, len(last.ExpertCounts))
 		}
 		worst = max(worst, run.FinalHeldOutMean)
 	}
