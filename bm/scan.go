@@ -53,6 +53,25 @@ const (
 	OutputRecompute = "recompute"
 )
 
+// Backward variants for ScanOptions.Backward (hand-written backward of the chunked method).
+const (
+	// BackwardFused computes all gradient terms in one pass that runs the adjoint recurrence
+	// (reverse) and the state recurrence (forward) side by side, using e_t = g_t ⊙ a_t ⊙ h_{t−1}.
+	BackwardFused = "fused"
+	// BackwardTwoChain removes the coupling of the two recurrences: with
+	// e_t = Σ_{τ≥t} (u_τ ⊙ h_τ − b_τ ⊙ g_τ) (u_τ = dy_τ ⊗ C_τ, b_τ = (Δ_τ ⊙ x_τ) ⊗ B_τ), every
+	// gradient term is a product of one recurrence with known inputs, so one reverse pass over
+	// the adjoint and one forward pass over the state compute all of them; dΔ's decay term is a
+	// reverse cumulative sum over time of a [B, T, D] tensor and dA a weighted sum with the
+	// prefix sums of Δ.
+	BackwardTwoChain = "twochain"
+	// BackwardStacked uses the formulas of BackwardTwoChain but stacks the adjoint states and
+	// the recomputed states of every step into two [B, T, D, N] tensors and computes each
+	// gradient as one large reduction over them: it writes two full state tensors and reads
+	// them a few times, in exchange for reductions that need no per-step fusion.
+	BackwardStacked = "stacked"
+)
+
 // DefaultScanChunk is the chunk length L used when ScanOptions.Chunk is 0.
 const DefaultScanChunk = 16
 
@@ -72,7 +91,29 @@ type ScanOptions struct {
 	// Autodiff differentiates the chunked forward graph automatically instead of using the
 	// hand-written backward pass (for comparison; it stores every unrolled intermediate).
 	Autodiff bool
+	// Backward is the hand-written backward pass: BackwardFused (""), BackwardTwoChain or
+	// BackwardStacked.
+	Backward string
+	// BackwardChunk is the chunk length of the backward pass (0 means Chunk). It must be a
+	// multiple of Chunk; when the number of forward chunks is not a multiple of
+	// BackwardChunk/Chunk, the backward uses Chunk. Only BackwardTwoChain and BackwardStacked use
+	// it.
+	BackwardChunk int
+	// Link selects how the inputs' gradients are attached: LinkConcat ("") or LinkCached.
+	Link string
 }
+
+// Link variants for ScanOptions.Link.
+const (
+	// LinkConcat passes the concatenation of the flattened outputs and inputs through one
+	// IdentityWithCustomGradient node, whose gradient function returns all input gradients.
+	LinkConcat = "concat"
+	// LinkCached gives each output and each input its own IdentityWithCustomGradient node, tied
+	// together by a scalar that the compiler folds away; the outputs' gradient functions record
+	// the cotangents, and the first input's gradient function builds the backward once for all
+	// five inputs. No concatenation of full-size tensors is built.
+	LinkCached = "cached"
+)
 
 // String describes the options compactly, e.g. "chunked/L16/auto/correction".
 func (o ScanOptions) String() string {
@@ -83,6 +124,16 @@ func (o ScanOptions) String() string {
 	s := fmt.Sprintf("%s/L%d/%s/%s", o.Method, o.Chunk, o.Across, o.Output)
 	if o.Autodiff {
 		s += "/autodiff"
+	} else {
+		if o.Backward != BackwardFused {
+			s += "/bwd-" + o.Backward
+		}
+		if o.BackwardChunk != o.Chunk {
+			s += fmt.Sprintf("/bL%d", o.BackwardChunk)
+		}
+		if o.Link != LinkConcat {
+			s += "/" + o.Link
+		}
 	}
 	return s
 }
@@ -99,6 +150,15 @@ func (o ScanOptions) withDefaults() ScanOptions {
 	}
 	if o.Output == "" {
 		o.Output = OutputCorrection
+	}
+	if o.Backward == "" {
+		o.Backward = BackwardFused
+	}
+	if o.BackwardChunk == 0 || o.Backward == BackwardFused {
+		o.BackwardChunk = o.Chunk
+	}
+	if o.Link == "" {
+		o.Link = LinkConcat
 	}
 	return o
 }
@@ -125,6 +185,20 @@ func (o ScanOptions) Validate() error {
 	default:
 		return fmt.Errorf("bm.ScanOptions.Output: unknown output variant %q (want %q or %q)", o.Output, OutputCorrection, OutputRecompute)
 	}
+	switch o.Backward {
+	case BackwardFused, BackwardTwoChain, BackwardStacked:
+	default:
+		return fmt.Errorf("bm.ScanOptions.Backward: unknown backward variant %q (want %q, %q or %q)",
+			o.Backward, BackwardFused, BackwardTwoChain, BackwardStacked)
+	}
+	if o.BackwardChunk < 1 || o.BackwardChunk%o.Chunk != 0 {
+		return fmt.Errorf("bm.ScanOptions.BackwardChunk: must be a positive multiple of Chunk=%d, got %d", o.Chunk, o.BackwardChunk)
+	}
+	switch o.Link {
+	case LinkConcat, LinkCached:
+	default:
+		return fmt.Errorf("bm.ScanOptions.Link: unknown link %q (want %q or %q)", o.Link, LinkConcat, LinkCached)
+	}
 	return nil
 }
 
@@ -147,10 +221,13 @@ func SelectiveScan(x, delta, A, Bm, Cm *Node, opts ScanOptions) (y, hT *Node) {
 		f := chunkedForward(x, delta, A, Bm, Cm, opts)
 		return f.y, f.hT
 	}
+	f := chunkedForward(StopGradient(x), StopGradient(delta), StopGradient(A), StopGradient(Bm), StopGradient(Cm), opts)
+	if opts.Link == LinkCached {
+		return cachedLink(f, []*Node{x, delta, A, Bm, Cm})
+	}
 	// Multi-input custom gradient: the forward is built on stop-gradient inputs; the outputs
 	// (also stop-gradient) and the inputs travel through one identity node whose gradient
 	// function returns the inputs' gradients.
-	f := chunkedForward(StopGradient(x), StopGradient(delta), StopGradient(A), StopGradient(Bm), StopGradient(Cm), opts)
 	parts := []*Node{StopGradient(f.y), StopGradient(f.hT), x, delta, A, Bm, Cm}
 	sizes := make([]int, len(parts))
 	flat := make([]*Node, len(parts))
@@ -161,7 +238,7 @@ func SelectiveScan(x, delta, A, Bm, Cm *Node, opts ScanOptions) (y, hT *Node) {
 	packed := IdentityWithCustomGradient(Concatenate(flat, 0), func(_, v *Node) *Node {
 		dy := Reshape(SliceAxis(v, 0, AxisRange(0, sizes[0])), f.y.Shape().Dimensions...)
 		dhT := Reshape(SliceAxis(v, 0, AxisRange(sizes[0], sizes[0]+sizes[1])), f.hT.Shape().Dimensions...)
-		grads := chunkedBackward(f, dy, dhT)
+		grads := scanBackward(f, dy, dhT)
 		out := []*Node{Zeros(v.Graph(), shapes.Make(v.DType(), sizes[0]+sizes[1]))}
 		for _, gr := range grads {
 			out = append(out, Reshape(gr, gr.Shape().Size()))
@@ -171,6 +248,63 @@ func SelectiveScan(x, delta, A, Bm, Cm *Node, opts ScanOptions) (y, hT *Node) {
 	y = Reshape(SliceAxis(packed, 0, AxisRange(0, sizes[0])), f.y.Shape().Dimensions...)
 	hT = Reshape(SliceAxis(packed, 0, AxisRange(sizes[0], sizes[0]+sizes[1])), f.hT.Shape().Dimensions...)
 	return y, hT
+}
+
+// cachedLink attaches the hand-written backward of f to the inputs (x, delta, A, Bm, Cm) with
+// one IdentityWithCustomGradient node per output and per input. The outputs depend on the
+// wrapped inputs only through a scalar "tie" that is multiplied away by a constant select, so
+// the forward computation is unchanged; reverse-mode differentiation visits the outputs before
+// the inputs (they come later in the graph), so the outputs' gradient functions record dy and
+// dhT, and the first input reached builds the backward for all five.
+func cachedLink(f *chunkState, inputs []*Node) (y, hT *Node) {
+	g := f.y.Graph()
+	var dy, dhT *Node
+	var grads []*Node
+	wrapped := make([]*Node, len(inputs))
+	var tie *Node
+	for i, in := range inputs {
+		wrapped[i] = IdentityWithCustomGradient(in, func(_, _ *Node) *Node {
+			if grads == nil {
+				if dy == nil {
+					dy = ZerosLike(f.y)
+				}
+				if dhT == nil {
+					dhT = ZerosLike(f.hT)
+				}
+				grads = scanBackward(f, dy, dhT)
+				dy, dhT = nil, nil
+			}
+			return grads[i]
+		})
+		first := Reshape(SliceAxis(Reshape(wrapped[i], in.Shape().Size()), 0, AxisElem(0)))
+		if tie == nil {
+			tie = first
+		} else {
+			tie = Add(tie, first)
+		}
+	}
+	zero := Where(Const(g, false), tie, ZerosLike(tie))
+	y = IdentityWithCustomGradient(Add(StopGradient(f.y), zero), func(_, v *Node) *Node {
+		dy, grads = v, nil
+		return v
+	})
+	hT = IdentityWithCustomGradient(Add(StopGradient(f.hT), zero), func(_, v *Node) *Node {
+		dhT, grads = v, nil
+		return v
+	})
+	return y, hT
+}
+
+// scanBackward returns the gradients of x, delta, A, Bm, Cm given dy [B, T, D] and dhT [B, D, N],
+// with the backward variant of s.opts.
+func scanBackward(s *chunkState, dy, dhT *Node) []*Node {
+	switch s.opts.Backward {
+	case BackwardTwoChain:
+		return decoupledBackward(s, dy, dhT, false)
+	case BackwardStacked:
+		return decoupledBackward(s, dy, dhT, true)
+	}
+	return chunkedBackward(s, dy, dhT)
 }
 
 // checkScanShapes panics with a message naming the offending input.
@@ -567,5 +701,152 @@ func stackSteps5(vs []*Node) *Node {
 	for i, v := range vs {
 		ex[i] = InsertAxes(v, 2)
 	}
+	if len(ex) == 1 {
+		return ex[0]
+	}
 	return Concatenate(ex, 2)
+}
+
+// decoupledBackward is the hand-written backward of BackwardTwoChain and BackwardStacked (see
+// ScanOptions.Backward). With u_t = dy_t ⊗ C_t, b_t = (Δ_t ⊙ x_t) ⊗ B_t, adjoint g_t and state
+// h_t, the decay term e_t = g_t ⊙ a_t ⊙ h_{t−1} of the fused backward equals
+// Σ_{τ≥t} p_τ with p_τ = u_τ ⊙ h_τ − b_τ ⊙ g_τ (+ ∂L/∂h_T ⊙ h_T at the last step), since
+// g_t ⊙ h_t = e_{t+1} + u_t ⊙ h_t. Hence
+//
+//	dΔ_t = x_t ⊙ Σ_n g_t B_t + Σ_{τ≥t} q_τ,   q_τ = dy_τ ⊙ Σ_n A C_τ h_τ − (Δ_τ ⊙ x_τ) ⊙ Σ_n A B_τ g_τ
+//	dA   = Σ_{b,τ} (Σ_{t≤τ} Δ_t) ⊗ 1 ⊙ p_τ
+//
+// and every per-step term is a product of one recurrence (g or h) with known inputs.
+func decoupledBackward(s *chunkState, dy, dhT *Node, stacked bool) []*Node {
+	g := dy.Graph()
+	batch, D, N := s.batch, s.D, s.N
+	L, C := s.L, s.C
+	x, dt, dx, bm, cm, hIn := s.x, s.dt, s.dx, s.bm, s.cm, s.hIn
+	if k := s.opts.BackwardChunk / s.opts.Chunk; k > 1 && L == s.opts.Chunk && C%k == 0 {
+		// Regroup k forward chunks into one backward chunk; the entering states are those of
+		// every k-th forward chunk.
+		L, C = L*k, C/k
+		re := func(v *Node) *Node { return Reshape(v, batch, C, L, v.Shape().Dimensions[3]) }
+		x, dt, dx, bm, cm = re(x), re(dt), re(dx), re(bm), re(cm)
+		hIn = Reshape(SliceAxis(Reshape(hIn, batch, C, k, D, N), 2, AxisElem(0)), batch, C, D, N)
+	}
+	dyc := toChunks(dy, C*L, C, L) // [B, C, L, D]
+	A4 := s.A4
+	decay := func(l int) *Node { return Exp(Mul(chunkStep(dt, l, true), A4)) } // [B, C, D, N]
+	flatStep := func(v *Node, l int) *Node { return Reshape(SliceAxis(v, 2, AxisElem(l)), batch, C, D) }
+	dhTc := Reshape(dhT, batch, 1, D, N)
+	if C > 1 {
+		dhTc = Concatenate([]*Node{Zeros(g, shapes.Make(dhT.DType(), batch, C-1, D, N)), dhTc}, 1)
+	}
+	u := func(l int) *Node {
+		v := Mul(chunkStep(dyc, l, true), chunkStep(cm, l, false))
+		if l == L-1 {
+			v = Add(v, dhTc)
+		}
+		return v
+	}
+
+	// Adjoint entering each chunk's end from later chunks, as in the fused backward.
+	var gl *Node
+	for l := L - 1; l >= 0; l-- {
+		if gl == nil {
+			gl = u(l)
+		} else {
+			gl = Add(Mul(decay(l+1), gl), u(l))
+		}
+	}
+	dsum := ReduceSum(dt, 2) // [B, C, D]
+	z := shiftAxis1(scanAcross(dsum, Mul(decay(0), gl), A4, s.opts.Across, true), 1, true)
+
+	// Prefix sums of Δ over the whole sequence: cum_l = (Σ of earlier chunks) + Σ_{k≤l} Δ_k.
+	zeroA := Zeros(g, shapes.Make(dt.DType(), 1, 1, D, 1))
+	run := Reshape(shiftAxis1(scanAcross(ZerosLike(dsum), InsertAxes(dsum, -1), zeroA, s.opts.Across, false), 1, false), batch, C, D)
+	cum := make([]*Node, L)
+	for l := range L {
+		run = Add(run, flatStep(dt, l))
+		cum[l] = run
+	}
+
+	// The two recurrences.
+	gs := make([]*Node, L)
+	gl = nil
+	for l := L - 1; l >= 0; l-- {
+		if gl == nil {
+			gl = Add(u(l), z)
+		} else {
+			gl = Add(Mul(decay(l+1), gl), u(l))
+		}
+		gs[l] = gl
+	}
+	hs := make([]*Node, L)
+	h := hIn
+	for l := range L {
+		h = Add(Mul(decay(l), h), Mul(chunkStep(dx, l, true), chunkStep(bm, l, false)))
+		hs[l] = h
+	}
+
+	var gB, gAB, hAC, dB, dC, dA *Node // [B, C, L, D] ×3, [B, C, L, N] ×2, [D, N]
+	if stacked {
+		G, H := stackSteps5(gs), stackSteps5(hs) // [B, C, L, D, N]
+		A5 := InsertAxes(A4, 0)                  // [1, 1, 1, D, N]
+		B5, C5 := InsertAxes(bm, 3), InsertAxes(cm, 3)
+		dx5, dy5, cum5 := InsertAxes(dx, -1), InsertAxes(dyc, -1), InsertAxes(stackSteps(cum), -1)
+		gB = ReduceSum(Mul(G, B5), -1)
+		gAB = ReduceSum(Mul(G, Mul(A5, B5)), -1)
+		hAC = ReduceSum(Mul(H, Mul(A5, C5)), -1)
+		dB = ReduceSum(Mul(G, dx5), 3)
+		dC = ReduceSum(Mul(H, dy5), 3)
+		dA = ReduceSum(Sub(Mul(Mul(Mul(cum5, dy5), C5), H), Mul(Mul(Mul(cum5, dx5), B5), G)), 0, 1, 2)
+	} else {
+		gBs, gABs, hACs, dBs, dCs := make([]*Node, L), make([]*Node, L), make([]*Node, L), make([]*Node, L), make([]*Node, L)
+		var acc *Node
+		for l := range L {
+			bl, cl := chunkStep(bm, l, false), chunkStep(cm, l, false)  // [B, C, 1, N]
+			dxl, dyl := chunkStep(dx, l, true), chunkStep(dyc, l, true) // [B, C, D, 1]
+			cuml := InsertAxes(cum[l], -1)
+			gBs[l] = ReduceSum(Mul(gs[l], bl), -1)
+			gABs[l] = ReduceSum(Mul(gs[l], Mul(A4, bl)), -1)
+			hACs[l] = ReduceSum(Mul(hs[l], Mul(A4, cl)), -1)
+			dBs[l] = ReduceSum(Mul(gs[l], dxl), 2)
+			dCs[l] = ReduceSum(Mul(hs[l], dyl), 2)
+			p := Sub(Mul(Mul(Mul(cuml, dyl), cl), hs[l]), Mul(Mul(Mul(cuml, dxl), bl), gs[l]))
+			if acc == nil {
+				acc = p
+			} else {
+				acc = Add(acc, p)
+			}
+		}
+		gB, gAB, hAC, dB, dC = stackSteps(gBs), stackSteps(gABs), stackSteps(hACs), stackSteps(dBs), stackSteps(dCs)
+		dA = ReduceSum(acc, 0, 1)
+	}
+
+	// The final-state cotangent's share of p at the last step: ∂L/∂h_T ⊙ h_T.
+	pT := Mul(dhT, s.hT)                                // [B, D, N]
+	qT := ReduceSum(Mul(pT, Reshape(s.A, 1, D, N)), -1) // [B, D]
+	totalDt := Reshape(SliceAxis(run, 1, AxisElem(C-1)), batch, D)
+	dA = Add(dA, ReduceSum(Mul(InsertAxes(totalDt, -1), pT), 0))
+
+	// Σ_{τ≥t} q_τ: reverse sums inside chunks plus the totals of later chunks.
+	q := Sub(Mul(dyc, hAC), Mul(dx, gAB)) // [B, C, L, D]
+	rev := make([]*Node, L)
+	var r *Node
+	for l := L - 1; l >= 0; l-- {
+		if r == nil {
+			r = flatStep(q, l)
+		} else {
+			r = Add(r, flatStep(q, l))
+		}
+		rev[l] = r
+	}
+	later := Reshape(shiftAxis1(scanAcross(ZerosLike(dsum), InsertAxes(r, -1), zeroA, s.opts.Across, true), 1, true), batch, C, 1, D)
+	qTail := Add(later, Reshape(qT, batch, 1, 1, D))
+	ddt := Add(Add(Mul(x, gB), stackSteps(rev)), qTail)
+
+	return []*Node{
+		fromChunks(Mul(dt, gB), s.T),
+		fromChunks(ddt, s.T),
+		dA,
+		fromChunks(dB, s.T),
+		fromChunks(dC, s.T),
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"strings"
 	"testing"
 
 	"github.com/gomlx/gomlx/backends"
@@ -109,6 +110,7 @@ func TestSelectiveScanForward(t *testing.T) {
 		{2, 200, 4, 8, ScanOptions{Chunk: 2, Across: AcrossBlocked}},   // 100 chunks: 10 blocks of 10
 		{2, 300, 4, 16, ScanOptions{}},                                 // default L=16: 19 chunks
 		{2, 300, 4, 16, ScanOptions{Chunk: 32, Output: OutputRecompute, Across: AcrossLogDepth}},
+		{2, 13, 3, 4, ScanOptions{Chunk: 4, Link: LinkCached, Backward: BackwardTwoChain}},
 	}
 	rng := rand.New(rand.NewPCG(3, 4))
 	for _, tc := range cases {
@@ -189,6 +191,18 @@ func TestSelectiveScanGradient(t *testing.T) {
 		{2, 45, 3, 4, ScanOptions{Chunk: 2, Across: AcrossLogDepth}},    // 23 chunks
 		{2, 45, 3, 4, ScanOptions{Chunk: 2, Across: AcrossSequential}},  // 23 chunks
 		{1, 40, 2, 4, ScanOptions{Chunk: 16, Across: AcrossSequential}}, // 3 chunks, padded
+		{2, 3, 3, 4, ScanOptions{Chunk: 4, Backward: BackwardTwoChain}}, // one padded chunk
+		{2, 13, 3, 4, ScanOptions{Chunk: 4, Backward: BackwardTwoChain}},
+		{2, 13, 3, 4, ScanOptions{Chunk: 4, Backward: BackwardStacked}},
+		{2, 13, 3, 4, ScanOptions{Chunk: 4, Link: LinkCached}},
+		{2, 13, 3, 4, ScanOptions{Chunk: 4, Backward: BackwardStacked, Link: LinkCached, Output: OutputRecompute}},
+		{1, 24, 3, 16, ScanOptions{Chunk: 8, Backward: BackwardTwoChain, Link: LinkCached}},
+		{2, 45, 3, 4, ScanOptions{Chunk: 2, Backward: BackwardTwoChain}},                           // 23 chunks: blocked, padded
+		{2, 45, 3, 4, ScanOptions{Chunk: 2, Backward: BackwardStacked, Across: AcrossLogDepth}},    // 23 chunks
+		{2, 40, 3, 4, ScanOptions{Chunk: 4, BackwardChunk: 8, Backward: BackwardTwoChain}},         // 10 chunks, 5 backward chunks
+		{2, 40, 3, 4, ScanOptions{Chunk: 4, BackwardChunk: 20, Backward: BackwardStacked}},         // 10 chunks, 2 backward chunks
+		{2, 40, 3, 4, ScanOptions{Chunk: 4, BackwardChunk: 12, Backward: BackwardTwoChain}},        // 10 chunks: not divisible, uses 4
+		{1, 40, 2, 4, ScanOptions{Chunk: 16, Backward: BackwardStacked, Across: AcrossSequential}}, // 3 chunks, padded
 	}
 	rng := rand.New(rand.NewPCG(5, 6))
 	names := []string{"x", "delta", "A", "Bm", "Cm"}
@@ -332,6 +346,73 @@ func BenchmarkSelectiveScan(b *testing.B) {
 					_ = tensors.ToScalar[float32](outs[len(outs)-1])
 				}
 			})
+		}
+	}
+}
+
+// TestSelectiveScanCachedLinkRepeatedGradient takes two gradients in one graph, of a loss on y
+// only and of a loss on hT only, and checks that LinkCached gives the gradients of LinkConcat
+// (the cached cotangents of one differentiation must not leak into the next).
+func TestSelectiveScanCachedLinkRepeatedGradient(t *testing.T) {
+	backend := cpuBackend(t)
+	rng := rand.New(rand.NewPCG(9, 10))
+	const batch, T, D, N = 2, 21, 3, 4
+	in := newScanInputs(rng, batch, T, D, N)
+	wy, wh := randomWeights(rng, batch, T, D, N)
+	args := append(in.tensors(), tensor3(wy), tensor3(wh))
+	for _, bwd := range []string{BackwardFused, BackwardTwoChain} {
+		build := func(opts ScanOptions) *Exec {
+			return MustNewExec(backend, func(in []*Node) []*Node {
+				y, h := SelectiveScan(in[0], in[1], in[2], in[3], in[4], opts)
+				gy := Gradient(ReduceAllSum(Mul(y, in[5])), in[0], in[1], in[2], in[3], in[4])
+				gh := Gradient(ReduceAllSum(Mul(h, in[6])), in[0], in[1], in[2], in[3], in[4])
+				return append(gy, gh...)
+			})
+		}
+		opts := ScanOptions{Chunk: 4, Backward: bwd}
+		want := build(opts).MustExec(args...)
+		opts.Link = LinkCached
+		got := build(opts).MustExec(args...)
+		for i := range got {
+			w := tensors.MustCopyFlatData[float32](want[i])
+			w64 := make([]float64, len(w))
+			for j, v := range w {
+				w64[j] = float64(v)
+			}
+			g := tensors.MustCopyFlatData[float32](got[i])
+			e := relErrFlat(g, w64)
+			if math.IsNaN(e) { // the gradient is exactly zero (dC of a loss on hT only): compare absolutely
+				e = 0
+				for _, v := range g {
+					e = max(e, math.Abs(float64(v)))
+				}
+			}
+			if !(e <= 1e-6) {
+				t.Errorf("%s: gradient %d of loss %d: error %.3g vs LinkConcat (tolerance 1e-6)", opts, i%5, i/5, e)
+			}
+		}
+	}
+}
+
+func TestScanOptionsValidate(t *testing.T) {
+	cases := []struct {
+		opts ScanOptions
+		want string // substring of the error, "" for valid options
+	}{
+		{ScanOptions{}, ""},
+		{ScanOptions{Backward: BackwardStacked, BackwardChunk: 32, Link: LinkCached}, ""},
+		{ScanOptions{Backward: "bogus"}, "ScanOptions.Backward"},
+		{ScanOptions{Chunk: 16, Backward: BackwardTwoChain, BackwardChunk: 24}, "ScanOptions.BackwardChunk"},
+		{ScanOptions{Link: "bogus"}, "ScanOptions.Link"},
+		{ScanOptions{Across: "bogus"}, "ScanOptions.Across"},
+	}
+	for _, tc := range cases {
+		err := tc.opts.Validate()
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("%+v: unexpected error %v", tc.opts, err)
+		case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+			t.Errorf("%+v: error %v, want one naming %s", tc.opts, err, tc.want)
 		}
 	}
 }
