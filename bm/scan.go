@@ -708,7 +708,11 @@ func stackSteps5(vs []*Node) *Node {
 }
 
 // decoupledBackward is the hand-written backward of BackwardTwoChain and BackwardStacked (see
-// ScanOptions.Backward). With u_t = dy_t ⊗ C_t, b_t = (Δ_t ⊙ x_t) ⊗ B_t, adjoint g_t and state
+// ScanOptions.Backward). Both compute the adjoint states g_t (reverse) and the states h_t
+// (forward) of each chunk from the entering adjoint and state. BackwardStacked stacks them into
+// [B, C, L, D, N] tensors and takes every gradient as one reduction over them, with
+// e_t = g_t ⊙ a_t ⊙ h_{t−1} as in the fused backward. BackwardTwoChain avoids terms that need
+// both recurrences at one step: with u_t = dy_t ⊗ C_t, b_t = (Δ_t ⊙ x_t) ⊗ B_t, adjoint g_t and state
 // h_t, the decay term e_t = g_t ⊙ a_t ⊙ h_{t−1} of the fused backward equals
 // Σ_{τ≥t} p_τ with p_τ = u_τ ⊙ h_τ − b_τ ⊙ g_τ (+ ∂L/∂h_T ⊙ h_T at the last step), since
 // g_t ⊙ h_t = e_{t+1} + u_t ⊙ h_t. Hence
@@ -716,7 +720,10 @@ func stackSteps5(vs []*Node) *Node {
 //	dΔ_t = x_t ⊙ Σ_n g_t B_t + Σ_{τ≥t} q_τ,   q_τ = dy_τ ⊙ Σ_n A C_τ h_τ − (Δ_τ ⊙ x_τ) ⊙ Σ_n A B_τ g_τ
 //	dA   = Σ_{b,τ} (Σ_{t≤τ} Δ_t) ⊗ 1 ⊙ p_τ
 //
-// and every per-step term is a product of one recurrence (g or h) with known inputs.
+// and every per-step term is a product of one recurrence (g or h) with known inputs. The price
+// is precision: the sums over τ cancel (|u_τ ⊙ h_τ| can be much larger than |e_t|), so dΔ and
+// dA carry float32 rounding accumulated over the sequence (relative errors of about 6e-6 and
+// 2e-4 at T = 4096, against 1e-7 and 3e-7 for the fused backward).
 func decoupledBackward(s *chunkState, dy, dhT *Node, stacked bool) []*Node {
 	g := dy.Graph()
 	batch, D, N := s.batch, s.D, s.N
@@ -758,15 +765,6 @@ func decoupledBackward(s *chunkState, dy, dhT *Node, stacked bool) []*Node {
 	dsum := ReduceSum(dt, 2) // [B, C, D]
 	z := shiftAxis1(scanAcross(dsum, Mul(decay(0), gl), A4, s.opts.Across, true), 1, true)
 
-	// Prefix sums of Δ over the whole sequence: cum_l = (Σ of earlier chunks) + Σ_{k≤l} Δ_k.
-	zeroA := Zeros(g, shapes.Make(dt.DType(), 1, 1, D, 1))
-	run := Reshape(shiftAxis1(scanAcross(ZerosLike(dsum), InsertAxes(dsum, -1), zeroA, s.opts.Across, false), 1, false), batch, C, D)
-	cum := make([]*Node, L)
-	for l := range L {
-		run = Add(run, flatStep(dt, l))
-		cum[l] = run
-	}
-
 	// The two recurrences.
 	gs := make([]*Node, L)
 	gl = nil
@@ -785,19 +783,35 @@ func decoupledBackward(s *chunkState, dy, dhT *Node, stacked bool) []*Node {
 		hs[l] = h
 	}
 
-	var gB, gAB, hAC, dB, dC, dA *Node // [B, C, L, D] ×3, [B, C, L, N] ×2, [D, N]
 	if stacked {
-		G, H := stackSteps5(gs), stackSteps5(hs) // [B, C, L, D, N]
-		A5 := InsertAxes(A4, 0)                  // [1, 1, 1, D, N]
-		B5, C5 := InsertAxes(bm, 3), InsertAxes(cm, 3)
-		dx5, dy5, cum5 := InsertAxes(dx, -1), InsertAxes(dyc, -1), InsertAxes(stackSteps(cum), -1)
-		gB = ReduceSum(Mul(G, B5), -1)
-		gAB = ReduceSum(Mul(G, Mul(A5, B5)), -1)
-		hAC = ReduceSum(Mul(H, Mul(A5, C5)), -1)
-		dB = ReduceSum(Mul(G, dx5), 3)
-		dC = ReduceSum(Mul(H, dy5), 3)
-		dA = ReduceSum(Sub(Mul(Mul(Mul(cum5, dy5), C5), H), Mul(Mul(Mul(cum5, dx5), B5), G)), 0, 1, 2)
-	} else {
+		// G [B, C, L, D, N] and Hall [B, C, L+1, D, N] (the entering state, then every step).
+		G := stackSteps5(gs)
+		Hall := stackSteps5(append([]*Node{hIn}, hs...))
+		H, Hprev := SliceAxis(Hall, 2, AxisRange(1, L+1)), SliceAxis(Hall, 2, AxisRange(0, L))
+		A5 := InsertAxes(A4, 0) // [1, 1, 1, D, N]
+		B5 := InsertAxes(bm, 3) // [B, C, L, 1, N]
+		dt5 := InsertAxes(dt, -1)
+		e := Mul(Mul(G, Exp(Mul(dt5, A5))), Hprev)
+		gB := ReduceSum(Mul(G, B5), -1) // [B, C, L, D]
+		return []*Node{
+			fromChunks(Mul(dt, gB), s.T),
+			fromChunks(Add(Mul(x, gB), ReduceSum(Mul(e, A5), -1)), s.T),
+			ReduceSum(Mul(dt5, e), 0, 1, 2),
+			fromChunks(ReduceSum(Mul(G, InsertAxes(dx, -1)), 3), s.T),
+			fromChunks(ReduceSum(Mul(H, InsertAxes(dyc, -1)), 3), s.T),
+		}
+	}
+	// Prefix sums of Δ over the whole sequence: cum_l = (Σ of earlier chunks) + Σ_{k≤l} Δ_k.
+	zeroA := Zeros(g, shapes.Make(dt.DType(), 1, 1, D, 1))
+	run := Reshape(shiftAxis1(scanAcross(ZerosLike(dsum), InsertAxes(dsum, -1), zeroA, s.opts.Across, false), 1, false), batch, C, D)
+	cum := make([]*Node, L)
+	for l := range L {
+		run = Add(run, flatStep(dt, l))
+		cum[l] = run
+	}
+
+	var gB, gAB, hAC, dB, dC, dA *Node // [B, C, L, D] ×3, [B, C, L, N] ×2, [D, N]
+	{
 		gBs, gABs, hACs, dBs, dCs := make([]*Node, L), make([]*Node, L), make([]*Node, L), make([]*Node, L), make([]*Node, L)
 		var acc *Node
 		for l := range L {
