@@ -314,7 +314,8 @@ func BenchmarkSelectiveScan(b *testing.B) {
 	backend := cpuBackend(b)
 	shape := ScanShape{B: 2, T: 256, D: 64, N: 16}
 	variants := []ScanOptions{{}, {Chunk: 32}, {Chunk: 16, Across: AcrossLogDepth}, {Chunk: 16, Output: OutputRecompute},
-		{Chunk: 16, Autodiff: true}, {Method: ScanSequential}}
+		{Chunk: 16, Autodiff: true}, {Method: ScanSequential}, {Link: LinkCached},
+		{Backward: BackwardTwoChain, Link: LinkCached}, {Backward: BackwardStacked, Link: LinkCached}}
 	inputs := randomScanInputsExec(backend, shape, 1).MustExec()
 	for _, opts := range variants {
 		fwd := MustNewExec(backend, func(in []*Node) []*Node {

@@ -64,19 +64,28 @@ type ScanBenchResult struct {
 	Err string
 }
 
-// ScanBenchVariants is the set of variants worth comparing on a GPU: chunk lengths 8–64 with
-// each across-chunk scan and both output variants, plus automatic differentiation of the
-// chunked forward for reference.
+// ScanBenchVariants is the set of variants worth comparing on a GPU (14, so that a run of all
+// of them stays short): the default, automatic differentiation of the chunked forward, chunk
+// lengths 32 and 64 and the log-depth across-chunk scan with the fused backward, then the
+// backward variants (BackwardTwoChain, BackwardStacked, a longer backward chunk) and the
+// per-input custom-gradient link (LinkCached), mostly at L = 16.
 func ScanBenchVariants() []ScanOptions {
-	var v []ScanOptions
-	for _, l := range []int{8, 16, 32, 64} {
-		for _, across := range []string{AcrossAuto, AcrossLogDepth, AcrossSequential} {
-			v = append(v, ScanOptions{Chunk: l, Across: across})
-		}
-		v = append(v, ScanOptions{Chunk: l, Output: OutputRecompute})
+	return []ScanOptions{
+		{},
+		{Chunk: 16, Autodiff: true},
+		{Chunk: 32},
+		{Chunk: 64},
+		{Chunk: 16, Across: AcrossLogDepth},
+		{Chunk: 16, Link: LinkCached},
+		{Chunk: 16, Backward: BackwardTwoChain},
+		{Chunk: 16, Backward: BackwardTwoChain, Link: LinkCached},
+		{Chunk: 16, Backward: BackwardTwoChain, BackwardChunk: 32, Link: LinkCached},
+		{Chunk: 16, Backward: BackwardStacked},
+		{Chunk: 16, Backward: BackwardStacked, Link: LinkCached},
+		{Chunk: 16, Backward: BackwardStacked, BackwardChunk: 32, Link: LinkCached},
+		{Chunk: 8, Backward: BackwardStacked, Link: LinkCached},
+		{Chunk: 32, Backward: BackwardStacked, Link: LinkCached},
 	}
-	v = append(v, ScanOptions{Chunk: 16, Autodiff: true})
-	return v
 }
 
 // randomScanInputsExec returns an executor that draws scan inputs on the device with the
