@@ -294,7 +294,7 @@ func decodePrefillGraph(ctx *context.Context, cfg Config, tokens *Node, kvLen in
 	g := tokens.Graph()
 	P := tokens.Shape().Dim(1)
 	emb := embeddingTable(ctx, cfg, g)
-	x := Gather(emb, InsertAxes(tokens, -1)) // [B, P, d]
+	x := embed(emb, tokens) // [B, P, d]
 	var states []*Node
 	for i, b := range cfg.Blocks() {
 		lctx := layerScope(ctx, i)
@@ -328,7 +328,7 @@ func decodePrefillGraph(ctx *context.Context, cfg Config, tokens *Node, kvLen in
 func decodeStepGraph(ctx *context.Context, cfg Config, token, pos *Node, states []*Node) []*Node {
 	g := token.Graph()
 	emb := embeddingTable(ctx, cfg, g)
-	x := Gather(emb, InsertAxes(token, -1)) // [B, d]
+	x := embed(emb, token) // [B, d]
 	var next []*Node
 	j := 0
 	for i, b := range cfg.Blocks() {

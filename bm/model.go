@@ -75,7 +75,7 @@ func (m *Model) Forward(ctx *context.Context, tokens *Node, opts ForwardOptions)
 	}
 	route := m.routing(ctx, g, opts)
 	emb := embeddingTable(ctx, cfg, g)
-	x := Gather(emb, InsertAxes(ConvertDType(tokens, dtypes.Int32), -1)) // [B, T, d]
+	x := embed(emb, ConvertDType(tokens, dtypes.Int32)) // [B, T, d]
 	var out Output
 	for i, b := range cfg.Blocks() {
 		lctx := layerScope(ctx, i)
@@ -112,6 +112,9 @@ func (m *Model) Forward(ctx *context.Context, tokens *Node, opts ForwardOptions)
 func headLogits(ctx *context.Context, cfg Config, x, emb *Node) (hidden, logits *Node) {
 	hidden = LayerNorm(ctx.In("decoder").In("final_layernorm"), x, cfg.NormEps)
 	dt := ComputeDType(cfg)
+	if v := castVariable(ctx.In("embedding").In("word_embeddings"), headCopyName, cfg.Vocab, cfg.Dim); v != nil {
+		emb = v.ValueGraph(x.Graph()) // the head's copy in the compute dtype (CastWeights)
+	}
 	logits = DotGeneral(ConvertDType(hidden, dt), []int{-1}, nil, ConvertDType(emb, dt), []int{1}, nil)
 	return hidden, ConvertDType(logits, dtypes.Float32)
 }

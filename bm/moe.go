@@ -209,13 +209,21 @@ func moeDispatch(cfg Config, x, choice, oneHot, fc1, fc2 *Node, block int) *Node
 }
 
 // moeGroupedExperts applies expert expert[n] to the rows of group n: xs [G, b, d] with
-// expert [G] int32 → [G, b, d] float32. It gathers each group's fc1 [d, 2F] and fc2 [F, d]
-// (converted to the compute dtype first, so the copies are half size in bfloat16).
+// expert [G] int32 → [G, b, d] float32. It gathers each group's fc1 [d, 2F] and fc2 [F, d] in
+// the compute dtype. With fewer groups than experts (decoding: one group per sequence) it gathers
+// before converting, so only the chosen experts' weights are read; with more (training: one
+// group per dispatch block) it converts first, so the gathered copies are half size in bfloat16.
 func moeGroupedExperts(cfg Config, xs, expert, fc1, fc2 *Node) *Node {
 	dt := ComputeDType(cfg)
 	idx := InsertAxes(expert, -1)
-	w1 := Gather(ConvertDType(fc1, dt), idx) // [G, d, 2F]
-	w2 := Gather(ConvertDType(fc2, dt), idx) // [G, F, d]
+	var w1, w2 *Node
+	if expert.Shape().Dim(0) <= fc1.Shape().Dim(0) {
+		w1 = ConvertDType(Gather(fc1, idx), dt) // [G, d, 2F]
+		w2 = ConvertDType(Gather(fc2, idx), dt) // [G, F, d]
+	} else {
+		w1 = Gather(ConvertDType(fc1, dt), idx)
+		w2 = Gather(ConvertDType(fc2, dt), idx)
+	}
 	h := ComputeEinsum(cfg, "gbd,gdf->gbf", xs, w1)
 	return ComputeEinsum(cfg, "gbf,gfd->gbd", gatedActivation(cfg, h), w2)
 }

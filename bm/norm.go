@@ -102,6 +102,12 @@ func linearInit(ctx *context.Context, cfg Config, outProj bool) *context.Context
 
 // weightVar creates (or reuses) a float32 weight of the given dimensions in the scope of ctx,
 // initialised as described in linearInit, and returns its value in graph g.
+//
+// A variable of that name and dimensions that already holds another dtype (a bfloat16 copy made
+// by CastWeights for inference) is used as it is.
 func weightVar(ctx *context.Context, g *Graph, cfg Config, name string, outProj bool, dims ...int) *Node {
+	if v := castVariable(ctx, name, dims...); v != nil {
+		return v.ValueGraph(g)
+	}
 	return linearInit(ctx, cfg, outProj).VariableWithShape(name, shapes.Make(dtypes.Float32, dims...)).ValueGraph(g)
 }

@@ -54,6 +54,9 @@ type Options struct {
 	Progress       io.Writer
 	// Log receives one line per run (nil: standard error).
 	Log io.Writer
+	// AfterRun, if set, receives the result so far after each finished run (e.g. to write it,
+	// so that a job stopped by a time limit keeps the runs it finished).
+	AfterRun func(*Result) error
 }
 
 // Size returns the options of a named size: "gpu" (the small family at T=512, B=16, bf16,
@@ -231,17 +234,28 @@ func Run(backend backends.Backend, o Options) (*Result, error) {
 		}
 		fmt.Fprintf(logw, "training: %s: held-out mean %.4f after %d tokens in %.1fs\n", p.label, rr.FinalHeldOutMean, rr.Tokens, rr.WallSeconds)
 		res.Runs = append(res.Runs, rr)
-	}
-	res.Threshold = o.Threshold
-	if res.Threshold == 0 {
-		for _, r := range res.Runs {
-			if !r.Ablation && r.FinalHeldOutMean > res.Threshold {
-				res.Threshold = r.FinalHeldOutMean
+		res.setDefaultThreshold(o.Threshold)
+		if o.AfterRun != nil {
+			if err := o.AfterRun(res); err != nil {
+				return nil, err
 			}
 		}
 	}
-	res.SetThreshold(res.Threshold)
+	res.setDefaultThreshold(o.Threshold)
 	return res, nil
+}
+
+// setDefaultThreshold sets the FLOPs-to-reach threshold: thr if positive, else the worst final
+// mean held-out loss among the non-ablation runs, so that each of them reaches it.
+func (r *Result) setDefaultThreshold(thr float64) {
+	if thr == 0 {
+		for _, run := range r.Runs {
+			if !run.Ablation && run.FinalHeldOutMean > thr {
+				thr = run.FinalHeldOutMean
+			}
+		}
+	}
+	r.SetThreshold(thr)
 }
 
 // SetThreshold recomputes every run's FLOPs to reach a mean held-out loss of thr.

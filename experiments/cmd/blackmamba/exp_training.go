@@ -86,6 +86,7 @@ func runTrainingExperiment(fs *flag.FlagSet, args []string) error {
 		return err
 	}
 	fmt.Fprintf(os.Stderr, "backend: %s\n", choice)
+	o.AfterRun = func(partial *training.Result) error { return partial.WriteJSON(*out) }
 	r, err := training.Run(backend, o)
 	if err != nil {
 		return err

@@ -1,0 +1,126 @@
+package bm
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/gomlx/gomlx/backends"
+	"github.com/gomlx/gomlx/pkg/core/dtypes"
+	. "github.com/gomlx/gomlx/pkg/core/graph"
+	"github.com/gomlx/gomlx/pkg/core/tensors"
+	"github.com/gomlx/gomlx/pkg/ml/context"
+)
+
+// Inference with low-precision weights. Training keeps float32 master weights and converts
+// matmul operands to the compute dtype inside the graph (ComputeEinsum); for generation the
+// conversion would read every float32 weight and write a bfloat16 copy at each step, twice the
+// bytes of reading bfloat16 weights, and decoding at batch 1 is bound by reading weights.
+// CastWeights stores the matmul weights in the compute dtype once, and the blocks use such a
+// variable as it is (see weightVar and embeddingTable).
+
+// castNames are the variables CastWeights converts: the matmul weights of every block kind.
+// The router, the Mamba dt projection, A_log, D, the conv, the norms and the biases stay
+// float32. The tied embedding stays float32 too (its rows enter the float32 residual stream)
+// and gets a copy in the compute dtype, headCopyName, for the output head.
+var castNames = []string{"in_proj", "x_proj", "out_proj", "fc1", "fc2", "wq", "wk", "wv", "wo"}
+
+// headCopyName is the variable, beside the embedding, holding its copy for the head.
+const headCopyName = "weight_head"
+
+// IsCastWeight reports whether the variable scope/name is a block matmul weight that
+// CastWeights converts.
+func IsCastWeight(scope, name string) bool {
+	return strings.Contains(scope, "/mixer") && slices.Contains(castNames, name)
+}
+
+// CastWeights converts, on the backend, the matmul weights of the model in ctx to dtype
+// (normally the config's ComputeDType, "bfloat16") for inference, and adds the head's copy of
+// the embedding in dtype. The model's outputs do not change: the blocks and the head used
+// operands of that dtype already. Variables must already exist (InitWeights, or loaded
+// weights). It returns how many variables were converted or added. Do not train a context
+// after CastWeights: its weights lost precision.
+func CastWeights(backend backends.Backend, ctx *context.Context, dtype dtypes.DType) (int, error) {
+	convert, err := NewExec(backend, func(x *Node) *Node { return ConvertDType(x, dtype) })
+	if err != nil {
+		return 0, err
+	}
+	convert.SetMaxCache(-1)
+	n := 0
+	var emb *context.Variable
+	for v := range ctx.IterVariables() {
+		if v.Scope() == "/embedding/word_embeddings" && v.Name() == "weight" {
+			emb = v
+		}
+		if !IsCastWeight(v.Scope(), v.Name()) || v.Shape().DType == dtype {
+			continue
+		}
+		val, err := v.Value()
+		if err != nil {
+			return n, fmt.Errorf("bm.CastWeights: reading %s: %w", v.ScopeAndName(), err)
+		}
+		outs, err := convert.Exec(val)
+		if err != nil {
+			return n, fmt.Errorf("bm.CastWeights: converting %s: %w", v.ScopeAndName(), err)
+		}
+		if err := v.SetValue(outs[0]); err != nil {
+			return n, fmt.Errorf("bm.CastWeights: %s: %w", v.ScopeAndName(), err)
+		}
+		val.FinalizeAll()
+		n++
+	}
+	if emb != nil {
+		val, err := emb.Value()
+		if err != nil {
+			return n, fmt.Errorf("bm.CastWeights: reading the embedding: %w", err)
+		}
+		outs, err := convert.Exec(val)
+		if err != nil {
+			return n, fmt.Errorf("bm.CastWeights: converting the embedding: %w", err)
+		}
+		ctx.InAbsPath("/embedding/word_embeddings").Checked(false).
+			VariableWithValue(headCopyName, outs[0]).SetTrainable(false)
+		n++
+	}
+	return n, nil
+}
+
+// castVariable returns the variable name of ctx's scope if it exists with the given dimensions
+// and a dtype other than float32 (a CastWeights copy), else nil.
+func castVariable(ctx *context.Context, name string, dims ...int) *context.Variable {
+	v := ctx.InspectVariableIfLoaded(ctx.Scope(), name)
+	if v == nil || v.Shape().DType == dtypes.Float32 || !slices.Equal(v.Shape().Dimensions, dims) {
+		return nil
+	}
+	return v
+}
+
+// embed gathers the embedding rows of ids [...] from emb [V, d] and returns them in float32
+// (the residual stream's dtype), whatever the table's dtype.
+func embed(emb, ids *Node) *Node {
+	return ConvertDType(Gather(emb, InsertAxes(ids, -1)), dtypes.Float32)
+}
+
+// InitWeights creates and initialises every variable of the model cfg in ctx (those already
+// there are kept) by running the forward pass once on a single token.
+func InitWeights(backend backends.Backend, ctx *context.Context, cfg Config) error {
+	m, err := New(cfg)
+	if err != nil {
+		return err
+	}
+	e, err := context.NewExec(backend, ctx.Checked(false), func(ctx *context.Context, tokens *Node) *Node {
+		return ReduceAllSum(m.Forward(ctx, tokens, ForwardOptions{}).Logits)
+	})
+	if err != nil {
+		return err
+	}
+	outs, err := e.Exec(tensors.FromFlatDataAndDimensions([]int32{0}, 1, 1))
+	if err != nil {
+		return fmt.Errorf("bm.InitWeights: %w", err)
+	}
+	for _, o := range outs {
+		o.FinalizeAll()
+	}
+	e.Finalize()
+	return nil
+}

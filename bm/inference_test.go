@@ -1,0 +1,87 @@
+package bm
+
+import (
+	"math/rand/v2"
+	"testing"
+
+	"github.com/gomlx/gomlx/pkg/core/dtypes"
+	. "github.com/gomlx/gomlx/pkg/core/graph"
+	"github.com/gomlx/gomlx/pkg/core/tensors"
+	"github.com/gomlx/gomlx/pkg/ml/context"
+	"github.com/gomlx/gomlx/pkg/ml/context/initializers"
+)
+
+// TestCastWeights checks, for the four architectures with bfloat16 compute, that storing the
+// matmul weights in bfloat16 (CastWeights) leaves the logits exactly as they were with float32
+// master weights (the matmul operands were bf16 already), that exactly the block matmul weights
+// were converted and the head's copy added, and that greedy decoding runs on the cast weights.
+func TestCastWeights(t *testing.T) {
+	backend := cpuBackend(t)
+	for _, cfg := range DecodeCheckConfigs() {
+		t.Run(cfg.Name, func(t *testing.T) {
+			cfg.ComputeDType = "bfloat16"
+			m, err := New(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx := context.New()
+			ctx.SetParam(initializers.ParamInitialSeed, int64(3))
+			if err := InitWeights(backend, ctx, cfg); err != nil {
+				t.Fatal(err)
+			}
+			const T = 7
+			ids := make([]int32, T)
+			rng := rand.New(rand.NewPCG(1, 2))
+			for i := range ids {
+				ids[i] = int32(rng.IntN(cfg.VocabReal))
+			}
+			forward := func() []float32 {
+				out := context.MustExecOnce(backend, ctx.Reuse(), func(ctx *context.Context, tok *Node) *Node {
+					return m.Forward(ctx, tok, ForwardOptions{}).Logits
+				}, tensors.FromFlatDataAndDimensions(ids, 1, T))
+				return tensors.MustCopyFlatData[float32](out)
+			}
+			before := forward()
+			n, err := CastWeights(backend, ctx, dtypes.BFloat16)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := 1 // the head's copy of the embedding
+			for v := range ctx.IterVariables() {
+				if v.Name() == headCopyName {
+					continue
+				}
+				if IsCastWeight(v.Scope(), v.Name()) {
+					want++
+					if v.Shape().DType != dtypes.BFloat16 {
+						t.Errorf("%s is %s after CastWeights", v.ScopeAndName(), v.Shape().DType)
+					}
+				} else if v.Shape().DType == dtypes.BFloat16 {
+					t.Errorf("%s should have stayed float32", v.ScopeAndName())
+				}
+			}
+			if n != want || n == 0 {
+				t.Errorf("CastWeights converted %d variables, want %d (> 0)", n, want)
+			}
+			after := forward()
+			got, ref := make([]float64, len(after)), make([]float64, len(before))
+			for i := range after {
+				got[i], ref[i] = float64(after[i]), float64(before[i])
+			}
+			if e := maxRelErr(got, ref); e != 0 {
+				t.Errorf("logits with bf16 weights differ by %.3g of the largest logit (want identical)", e)
+			}
+			dec, err := NewDecoder(backend, ctx, cfg, 1, T+1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			toks, err := NewGreedyDecoder(dec).GenerateGreedy([]int{int(ids[0])}, 3)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(toks) != 3 {
+				t.Fatalf("generated %d tokens, want 3", len(toks))
+			}
+		})
+	}
+}

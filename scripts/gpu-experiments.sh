@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Runs the paper's experiments on a GPU machine from the bundle (make gpu-bundle) and a corpus
+# sample (blackmamba data build -max-tokens 12000000 -out data/corpus-12m), writing results
+# JSON, figures and logs under OUT (default ./gpu-out). Run from the repository root.
+#
+#   scripts/gpu-experiments.sh BUNDLE_DIR training   experiment 1 (four architectures + dense
+#                                                    Mamba at equal total) and the routing
+#                                                    ablation of experiment 2, in one job
+#   scripts/gpu-experiments.sh BUNDLE_DIR latency    experiment 3 at the 1.5B sizes
+set -uo pipefail
+bundle="$(cd "$1" && pwd)"
+phase="$2"
+out="${OUT:-$PWD/gpu-out}"
+corpus="${CORPUS:-data/corpus-12m}"
+mkdir -p "$out"
+run="$bundle/run.sh"
+export BLACKMAMBA_GPU_MEMORY=grow
+case "$phase" in
+training)
+	timeout -k 10 "${LIMIT:-560}" "$run" blackmamba experiment training -size gpu -corpus "$corpus" \
+		-workdir /tmp/blackmamba-runs -out "$out/training.json" -plots "$out/plots-training" 2>&1 | tee "$out/training.log"
+	;;
+latency)
+	timeout -k 10 "${LIMIT:-300}" "$run" blackmamba latency -family 1.5b -max-len 16384 -reps 3 \
+		-out "$out/latency.json" -plots "$out/plots-latency" 2>&1 | tee "$out/latency.log"
+	;;
+*)
+	echo "unknown phase $phase" >&2
+	exit 2
+	;;
+esac
