@@ -417,3 +417,85 @@ func TestScanOptionsValidate(t *testing.T) {
 		}
 	}
 }
+
+// referenceScanGradients returns the five gradients of L = Σ wy⊙y + Σ wh⊙hT in float64 (flat,
+// in the layouts of x, delta, A, Bm, Cm), by the adjoint recurrence of the header of scan.go.
+func referenceScanGradients(in scanInputs, wy, wh [][][]float64) [5][]float64 {
+	batch, T, D, N := len(in.x), len(in.x[0]), len(in.a), len(in.a[0])
+	var out [5][]float64
+	out[0], out[1] = make([]float64, batch*T*D), make([]float64, batch*T*D)
+	out[2] = make([]float64, D*N)
+	out[3], out[4] = make([]float64, batch*T*N), make([]float64, batch*T*N)
+	for b := range batch {
+		hs := make([][]float64, T+1) // hs[t+1] = h_t, hs[0] = 0
+		hs[0] = make([]float64, D*N)
+		for t := range T {
+			hs[t+1] = make([]float64, D*N)
+			for d := range D {
+				for n := range N {
+					hs[t+1][d*N+n] = math.Exp(in.dt[b][t][d]*in.a[d][n])*hs[t][d*N+n] + in.dt[b][t][d]*in.x[b][t][d]*in.b[b][t][n]
+				}
+			}
+		}
+		g := make([]float64, D*N)
+		for d := range D {
+			copy(g[d*N:(d+1)*N], wh[b][d])
+		}
+		for t := T - 1; t >= 0; t-- {
+			for d := range D {
+				dt, x := in.dt[b][t][d], in.x[b][t][d]
+				for n := range N {
+					k := d*N + n
+					if t < T-1 {
+						g[k] *= math.Exp(in.dt[b][t+1][d] * in.a[d][n])
+					}
+					g[k] += wy[b][t][d] * in.c[b][t][n]
+					e := g[k] * math.Exp(dt*in.a[d][n]) * hs[t][k]
+					gB := g[k] * in.b[b][t][n]
+					out[0][(b*T+t)*D+d] += dt * gB
+					out[1][(b*T+t)*D+d] += x*gB + in.a[d][n]*e
+					out[2][k] += dt * e
+					out[3][(b*T+t)*N+n] += g[k] * dt * x
+					out[4][(b*T+t)*N+n] += wy[b][t][d] * hs[t+1][k]
+				}
+			}
+		}
+	}
+	return out
+}
+
+// TestSelectiveScanGradientLongSequence checks the backward variants against float64 gradients
+// on a long sequence (T = 4096), where float32 rounding accumulates. The fused and stacked
+// backward passes compute the decay term e_t locally; the two-chain backward sums it over the
+// sequence and is allowed larger errors in dΔ and dA (see decoupledBackward).
+func TestSelectiveScanGradientLongSequence(t *testing.T) {
+	if testing.Short() {
+		t.Skip("long sequence")
+	}
+	backend := cpuBackend(t)
+	rng := rand.New(rand.NewPCG(11, 12))
+	const batch, T, D, N = 1, 4096, 4, 16
+	in := newScanInputs(rng, batch, T, D, N)
+	wy, wh := randomWeights(rng, batch, T, D, N)
+	args := append(in.tensors(), tensor3(wy), tensor3(wh))
+	want := referenceScanGradients(in, wy, wh)
+	names := []string{"x", "delta", "A", "Bm", "Cm"}
+	cases := []struct {
+		opts ScanOptions
+		tol  [5]float64
+	}{
+		{ScanOptions{}, [5]float64{1e-5, 1e-5, 1e-5, 1e-5, 1e-5}},
+		{ScanOptions{Backward: BackwardStacked, Link: LinkCached}, [5]float64{1e-5, 1e-5, 1e-5, 1e-5, 1e-5}},
+		{ScanOptions{Backward: BackwardTwoChain, BackwardChunk: 64}, [5]float64{1e-5, 5e-5, 1e-3, 1e-5, 1e-5}},
+	}
+	for _, tc := range cases {
+		got := scanGradExec(backend, tc.opts).MustExec(args...)
+		for i, name := range names {
+			e := relErrFlat(tensors.MustCopyFlatData[float32](got[i]), want[i])
+			t.Logf("%s: gradient of %s: relative error vs float64 %.2g", tc.opts, name, e)
+			if !(e <= tc.tol[i]) {
+				t.Errorf("%s: gradient of %s: relative error vs float64 %.3g > %g", tc.opts, name, e, tc.tol[i])
+			}
+		}
+	}
+}
