@@ -17,7 +17,7 @@ run="$bundle/run.sh"
 export BLACKMAMBA_GPU_MEMORY=grow
 case "$phase" in
 training)
-	timeout -k 10 "${LIMIT:-560}" "$run" blackmamba experiment training -size gpu -corpus "$corpus" \
+	timeout -k 10 "${LIMIT:-560}" "$run" blackmamba experiment training -size gpu -tokens "${TOKENS:-2500000}" -corpus "$corpus" \
 		-workdir /tmp/blackmamba-runs -out "$out/training.json" -plots "$out/plots-training" 2>&1 | tee "$out/training.log"
 	;;
 latency)

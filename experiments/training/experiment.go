@@ -137,7 +137,9 @@ func (o Options) plan() ([]runPlan, error) {
 	if len(archs) == 0 {
 		archs = Architectures
 	}
-	var out []runPlan
+	// Runs at equal total parameters are the slowest: they go last, after the ablation, so that
+	// a job stopped by a time limit has the comparisons at equal active parameters.
+	var out, last []runPlan
 	for _, a := range archs {
 		cfg, err := bm.Preset(o.Family + a)
 		if err != nil {
@@ -145,6 +147,10 @@ func (o Options) plan() ([]runPlan, error) {
 		}
 		if o.DType != "" {
 			cfg.ComputeDType = o.DType
+		}
+		if strings.HasSuffix(a, "-total") {
+			last = append(last, runPlan{label: cfg.Name, cfg: cfg})
+			continue
 		}
 		out = append(out, runPlan{label: cfg.Name, cfg: cfg})
 	}
@@ -161,7 +167,7 @@ func (o Options) plan() ([]runPlan, error) {
 			out = append(out, runPlan{label: cfg.Name + " " + r, cfg: cfg, ablation: true})
 		}
 	}
-	return out, nil
+	return append(out, last...), nil
 }
 
 // Steps returns the number of steps per run of the token budget.
