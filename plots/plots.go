@@ -13,6 +13,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"gonum.org/v1/plot"
@@ -67,11 +68,11 @@ func (a Axes) newPlot() *plot.Plot {
 	p.Y.Label.Text = a.YLabel
 	if a.LogX {
 		p.X.Scale = plot.LogScale{}
-		p.X.Tick.Marker = plot.LogTicks{Prec: -1}
+		p.X.Tick.Marker = logTicks{}
 	}
 	if a.LogY {
 		p.Y.Scale = plot.LogScale{}
-		p.Y.Tick.Marker = plot.LogTicks{Prec: -1}
+		p.Y.Tick.Marker = logTicks{}
 	}
 	p.Add(newGrid())
 	return p
@@ -149,4 +150,46 @@ func checkValues(what, axis string, vs []float64, log bool) error {
 		}
 	}
 	return nil
+}
+
+// logTicks marks a logarithmic axis at 1, 2 and 5 times each power of ten, labelled, so that a
+// range narrower than a decade still has labels (gonum's LogTicks labels powers of ten only).
+type logTicks struct{}
+
+// Ticks returns the ticks between lo and hi (both > 0).
+func (logTicks) Ticks(lo, hi float64) []plot.Tick {
+	if !(lo > 0) || !(hi > lo) {
+		return plot.LogTicks{Prec: -1}.Ticks(lo, hi)
+	}
+	var ticks []plot.Tick
+	for e := math.Floor(math.Log10(lo)); e <= math.Ceil(math.Log10(hi)); e++ {
+		p := math.Pow(10, e)
+		for _, m := range []float64{1, 2, 5} {
+			v := m * p
+			if v >= lo*(1-1e-9) && v <= hi*(1+1e-9) {
+				ticks = append(ticks, plot.Tick{Value: v, Label: strconv.FormatFloat(v, 'g', 3, 64)})
+			}
+		}
+		for m := 2.0; m < 10; m++ { // unlabelled minor ticks
+			if v := m * p; m != 2 && m != 5 && v >= lo && v <= hi {
+				ticks = append(ticks, plot.Tick{Value: v})
+			}
+		}
+	}
+	if len(ticks) == 0 || countLabels(ticks) < 2 {
+		// Narrower than 1-2-5 spacing: label the ends.
+		ticks = append(ticks, plot.Tick{Value: lo, Label: strconv.FormatFloat(lo, 'g', 3, 64)},
+			plot.Tick{Value: hi, Label: strconv.FormatFloat(hi, 'g', 3, 64)})
+	}
+	return ticks
+}
+
+func countLabels(ticks []plot.Tick) int {
+	n := 0
+	for _, t := range ticks {
+		if t.Label != "" {
+			n++
+		}
+	}
+	return n
 }

@@ -11,6 +11,7 @@ import (
 
 	"blackmamba/bm"
 	"blackmamba/bm/data"
+	"blackmamba/experiments"
 	"blackmamba/experiments/balance"
 	"blackmamba/experiments/results"
 
@@ -229,7 +230,10 @@ func Run(backend backends.Backend, o Options) (*Result, error) {
 		if rr.MoE && o.BalanceBatches > 0 {
 			// Routing analysis of the trained model on held-out data. A failure is recorded
 			// in the run instead of discarding the whole experiment.
-			br, err := balance.Analyze(backend, t.Trainer.Context(), p.cfg, t.HeldOut, o.BalanceBatches)
+			// Fresh held-out loaders from the start of each domain: the training loop's own
+			// sources stand wherever its last evaluation left them.
+			heldOut := experiments.HeldOutBatches(o.Corpus, o.SeqLen, o.Batch)
+			br, err := balance.Analyze(backend, t.Trainer.Context(), p.cfg, heldOut, o.BalanceBatches)
 			if err == nil {
 				rr.Balance, err = json.Marshal(br)
 			}
