@@ -26,7 +26,7 @@ func runBench(fs *flag.FlagSet, args []string) error {
 	backendFlag := xla.AddFlag(fs)
 	what := fs.String("what", "scan,moe,train-step", "comma-separated benchmarks: scan, moe, train-step")
 	scanShape := fs.String("scan-shape", "8,2048,1536,16", "scan shape B,T,D,N")
-	scanVariants := fs.String("scan-variants", "all", `"all" (chunk sizes 8-64 and every variant), "quick" (chunk sizes with the default variant, plus the log-depth, recompute and autodiff variants at chunk 16) or "default"`)
+	scanVariants := fs.String("scan-variants", "all", `"all" (bm.ScanBenchVariants: chunk sizes and backward variants), "quick" (the default variant at each chunk size plus the chunk-16 variants) or "default"`)
 	cfgName := fs.String("config", "small", "model preset or JSON config for moe and train-step")
 	dtype := fs.String("dtype", "", `override compute dtype ("float32" or "bfloat16") for moe and train-step`)
 	batch := fs.Int("batch", 8, "train-step batch size")
