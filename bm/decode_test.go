@@ -11,26 +11,8 @@ import (
 	"github.com/gomlx/gomlx/pkg/ml/context/initializers"
 )
 
-// archTestConfig returns a tiny configuration of the given block pattern: vocabulary 97
-// (90 real ids), d = 16, F = 32, N = 4, 2 heads, init std 0.3, dt in [0.05, 1].
-func archTestConfig(name, pattern string) Config {
-	c := MustPreset("tiny")
-	c.Name, c.Pattern = name, pattern
-	c.Vocab, c.VocabReal = 97, 90
-	c.Dim, c.FFN, c.StateSize, c.Heads = 16, 32, 4, 2
-	c.MaxSeqLen = 64
-	// Larger weights and time steps than for training, so that every block changes the logits
-	// substantially and a wrong state shows up well above the tolerance.
-	c.InitStd, c.DtMin, c.DtMax = 0.3, 0.05, 1
-	return c
-}
-
-var archTestConfigs = []Config{
-	archTestConfig("blackmamba", "r8r8"),
-	archTestConfig("mamba", "r1r1"),
-	archTestConfig("transformer", "a1a1"),
-	archTestConfig("transformer-moe", "a8a8"),
-}
+// archTestConfigs are small configurations of the four architectures (see DecodeCheckConfigs).
+var archTestConfigs = DecodeCheckConfigs()
 
 // randomTokens returns [B][T] ids in [0, vocab) from rng.
 func randomTokens(rng *rand.Rand, B, T, vocab int) [][]int {
@@ -56,62 +38,16 @@ func tokensTensor(ids [][]int) *tensors.Tensor {
 
 // TestDecoderMatchesForward checks, for every architecture, that prefill + recurrent steps
 // reproduce the parallel forward's logits at every position, for prompts of 1, 2, 3, 5 and 8
-// tokens (5 runs the bucketed prefill of 4 tokens and one step; attention caches start at 8
-// positions and grow to 16 on the way). Tolerance: 1e-4 of the largest
-// logit magnitude (float32).
+// tokens (5 runs the bucketed prefill of 4 tokens and one step; the KV cache grows past 8), to
+// 1e-4 of the largest logit magnitude: CheckDecode, the same check `blackmamba selfcheck` runs
+// on a GPU.
 func TestDecoderMatchesForward(t *testing.T) {
-	backend := cpuBackend(t)
-	const B, T = 2, 10
-	for _, cfg := range archTestConfigs {
-		t.Run(cfg.Name, func(t *testing.T) {
-			m, err := New(cfg)
-			if err != nil {
-				t.Fatal(err)
-			}
-			ctx := context.New()
-			ctx.SetParam(initializers.ParamInitialSeed, int64(11))
-			ids := randomTokens(rand.New(rand.NewPCG(5, 5)), B, T, cfg.Vocab)
-			full := flat64(context.MustExecOnce(backend, ctx, func(ctx *context.Context, tok *Node) *Node {
-				return m.Forward(ctx, tok, ForwardOptions{}).Logits
-			}, tokensTensor(ids)))
-			V := cfg.Vocab
-			at := func(b, t int) []float64 { return full[(b*T+t)*V : (b*T+t+1)*V] }
-			dec, err := NewDecoder(backend, ctx, cfg, B, 32) // KV caches grow 8 → 16 at position 8
-			if err != nil {
-				t.Fatal(err)
-			}
-			for _, P := range []int{1, 2, 3, 5, 8} {
-				prompts := make([][]int, B)
-				for b := range prompts {
-					prompts[b] = ids[b][:P]
-				}
-				logits, err := dec.Prefill(prompts)
-				if err != nil {
-					t.Fatal(err)
-				}
-				var got, want []float64
-				for tt := P - 1; tt < T; tt++ {
-					if tt >= P {
-						col := []int{ids[0][tt], ids[1][tt]}
-						if logits, err = dec.Step(col); err != nil {
-							t.Fatal(err)
-						}
-					}
-					got = append(got, flat64(logits)...)
-					for b := 0; b < B; b++ {
-						want = append(want, at(b, tt)...)
-					}
-				}
-				if e := maxRelErr(got, want); e > 1e-4 {
-					t.Errorf("prompt %d: decoder vs forward max relative error %.3g > 1e-4", P, e)
-				} else {
-					t.Logf("prompt %d: max relative error %.2g", P, e)
-				}
-			}
-			if dec.Pos() != T {
-				t.Errorf("Pos() = %d, want %d", dec.Pos(), T)
-			}
-		})
+	report, err := CheckDecode(cpuBackend(t))
+	for _, line := range report {
+		t.Log(line)
+	}
+	if err != nil {
+		t.Fatal(err)
 	}
 }
 

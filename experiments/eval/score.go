@@ -2,6 +2,7 @@ package eval
 
 import (
 	"fmt"
+	"slices"
 	"math"
 	"strings"
 	"time"
@@ -44,23 +45,11 @@ func EncodePair(enc Encoder, context, continuation string) Request {
 	}
 	whole := enc.Encode(context + continuation)
 	ctx := enc.Encode(context)
-	if len(ctx) > len(whole) || !equalInts(ctx, whole[:len(ctx)]) {
+	if len(ctx) > len(whole) || !slices.Equal(ctx, whole[:len(ctx)]) {
 		// The context's tokens do not prefix the whole: encode the parts separately.
 		return Request{Context: ctx, Continuation: enc.Encode(continuation)}
 	}
 	return Request{Context: ctx, Continuation: whole[len(ctx):]}
-}
-
-func equalInts(a, b []int) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // Result holds a task's metrics.
