@@ -2,8 +2,8 @@ package eval
 
 import (
 	"fmt"
-	"slices"
 	"math"
+	"slices"
 	"strings"
 	"time"
 )
