@@ -4,7 +4,6 @@ import (
 	"fmt"
 
 	"github.com/gomlx/gomlx/backends"
-	"github.com/gomlx/gomlx/pkg/core/dtypes"
 	. "github.com/gomlx/gomlx/pkg/core/graph"
 	"github.com/gomlx/gomlx/pkg/core/tensors"
 	"github.com/gomlx/gomlx/pkg/ml/context"
@@ -296,27 +295,22 @@ func decodePrefillGraph(ctx *context.Context, cfg Config, tokens *Node, kvLen in
 	emb := embeddingTable(ctx, cfg, g)
 	x := embed(emb, tokens) // [B, P, d]
 	var states []*Node
-	for i, b := range cfg.Blocks() {
-		lctx := layerScope(ctx, i)
-		h := RMSNorm(lctx.In("norm"), x, cfg.NormEps)
-		mctx := lctx.In("mixer")
-		var f *Node
+	x = Residual(ctx, cfg, x, func(_ int, b Block, mctx *context.Context, h *Node) *Node {
 		switch b.Kind {
 		case KindMamba:
-			var conv, ssm *Node
-			f, conv, ssm = MambaPrefill(mctx, cfg, h)
+			f, conv, ssm := MambaPrefill(mctx, cfg, h)
 			states = append(states, conv, ssm)
+			return f
 		case KindAttention:
-			var k, v *Node
-			f, k, v = AttentionPrefill(mctx, cfg, h, kvLen)
+			f, k, v := AttentionPrefill(mctx, cfg, h, kvLen)
 			states = append(states, k, v)
+			return f
 		case KindMLP:
-			f = MLP(mctx, cfg, h)
-		case KindMoE:
-			f, _, _ = MoE(mctx, cfg, b.Experts, h, RoutingArgmax)
+			return MLP(mctx, cfg, h)
 		}
-		x = Add(x, ConvertDType(f, dtypes.Float32))
-	}
+		f, _, _ := MoE(mctx, cfg, b.Experts, h, RoutingArgmax)
+		return f
+	})
 	last := Squeeze(SliceAxis(x, 1, AxisElem(P-1)), 1) // [B, d]
 	_, logits := headLogits(ctx, cfg, last, emb)
 	return append([]*Node{logits}, states...)
@@ -330,28 +324,23 @@ func decodeStepGraph(ctx *context.Context, cfg Config, token, pos *Node, states 
 	emb := embeddingTable(ctx, cfg, g)
 	x := embed(emb, token) // [B, d]
 	var next []*Node
-	j := 0
-	for i, b := range cfg.Blocks() {
-		lctx := layerScope(ctx, i)
-		h := RMSNorm(lctx.In("norm"), x, cfg.NormEps)
-		mctx := lctx.In("mixer")
-		var f *Node
+	x = Residual(ctx, cfg, x, func(_ int, b Block, mctx *context.Context, h *Node) *Node {
+		j := len(next) // each stateful block holds two states, in block order
 		switch b.Kind {
 		case KindMamba:
-			var conv, ssm *Node
-			f, conv, ssm = MambaStep(mctx, cfg, h, states[j], states[j+1])
-			next, j = append(next, conv, ssm), j+2
+			f, conv, ssm := MambaStep(mctx, cfg, h, states[j], states[j+1])
+			next = append(next, conv, ssm)
+			return f
 		case KindAttention:
-			var k, v *Node
-			f, k, v = AttentionStep(mctx, cfg, h, pos, states[j], states[j+1])
-			next, j = append(next, k, v), j+2
+			f, k, v := AttentionStep(mctx, cfg, h, pos, states[j], states[j+1])
+			next = append(next, k, v)
+			return f
 		case KindMLP:
-			f = MLP(mctx, cfg, h)
-		case KindMoE:
-			f, _ = MoEStep(mctx, cfg, b.Experts, h)
+			return MLP(mctx, cfg, h)
 		}
-		x = Add(x, ConvertDType(f, dtypes.Float32))
-	}
+		f, _ := MoEStep(mctx, cfg, b.Experts, h)
+		return f
+	})
 	_, logits := headLogits(ctx, cfg, x, emb)
 	return append([]*Node{logits}, next...)
 }

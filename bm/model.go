@@ -40,6 +40,7 @@ type Output struct {
 	Logits       *Node   // [B, T, V] float32 (padding rows included; Loss masks them)
 	Hidden       *Node   // [B, T, d] float32: the output of the final LayerNorm
 	ExpertCounts []*Node // per MoE block in order: [E] int32, tokens routed to each expert
+	Choices      []*Node // per MoE block in order: [B·T] int32, the expert of each token
 	AuxLoss      *Node   // scalar float32: sum of the blocks' auxiliary losses; nil if none
 }
 
@@ -77,34 +78,42 @@ func (m *Model) Forward(ctx *context.Context, tokens *Node, opts ForwardOptions)
 	emb := embeddingTable(ctx, cfg, g)
 	x := embed(emb, ConvertDType(tokens, dtypes.Int32)) // [B, T, d]
 	var out Output
+	x = Residual(ctx, cfg, x, func(_ int, b Block, mctx *context.Context, h *Node) *Node {
+		switch b.Kind {
+		case KindMamba:
+			return Mamba(mctx, cfg, h)
+		case KindAttention:
+			return Attention(mctx, cfg, h)
+		case KindMLP:
+			return MLP(mctx, cfg, h)
+		}
+		r := MoEWithStats(mctx, cfg, b.Experts, h, route)
+		out.ExpertCounts = append(out.ExpertCounts, r.Counts)
+		out.Choices = append(out.Choices, r.Choice)
+		if r.Aux != nil {
+			if out.AuxLoss == nil {
+				out.AuxLoss = r.Aux
+			} else {
+				out.AuxLoss = Add(out.AuxLoss, r.Aux)
+			}
+		}
+		return r.Out
+	})
+	out.Hidden, out.Logits = headLogits(ctx, cfg, x, emb)
+	return out
+}
+
+// Residual runs the pre-norm residual blocks of cfg on the residual stream x [..., d] float32:
+// for block i, x ← x + mixer(i, block, ctx /decoder/layers/{i}/mixer, RMSNorm_i(x)), the
+// mixer's output converted to float32. The parallel forward, the prefill and the decoding step
+// differ only in the mixer they pass.
+func Residual(ctx *context.Context, cfg Config, x *Node, mixer func(i int, b Block, mctx *context.Context, h *Node) *Node) *Node {
 	for i, b := range cfg.Blocks() {
 		lctx := layerScope(ctx, i)
 		h := RMSNorm(lctx.In("norm"), x, cfg.NormEps)
-		mctx := lctx.In("mixer")
-		var f *Node
-		switch b.Kind {
-		case KindMamba:
-			f = Mamba(mctx, cfg, h)
-		case KindAttention:
-			f = Attention(mctx, cfg, h)
-		case KindMLP:
-			f = MLP(mctx, cfg, h)
-		case KindMoE:
-			var counts, aux *Node
-			f, counts, aux = MoE(mctx, cfg, b.Experts, h, route)
-			out.ExpertCounts = append(out.ExpertCounts, counts)
-			if aux != nil {
-				if out.AuxLoss == nil {
-					out.AuxLoss = aux
-				} else {
-					out.AuxLoss = Add(out.AuxLoss, aux)
-				}
-			}
-		}
-		x = Add(x, ConvertDType(f, dtypes.Float32))
+		x = Add(x, ConvertDType(mixer(i, b, lctx.In("mixer"), h), dtypes.Float32))
 	}
-	out.Hidden, out.Logits = headLogits(ctx, cfg, x, emb)
-	return out
+	return x
 }
 
 // headLogits applies the final LayerNorm to the residual stream x [..., d] and the tied head:

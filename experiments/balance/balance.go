@@ -16,7 +16,6 @@ import (
 	"blackmamba/experiments/train"
 
 	"github.com/gomlx/gomlx/backends"
-	"github.com/gomlx/gomlx/pkg/core/dtypes"
 	. "github.com/gomlx/gomlx/pkg/core/graph"
 	"github.com/gomlx/gomlx/pkg/core/tensors"
 	"github.com/gomlx/gomlx/pkg/ml/context"
@@ -341,7 +340,8 @@ func RouteText(backend backends.Backend, ctx *context.Context, cfg bm.Config, id
 		if err != nil {
 			return err
 		}
-		for _, r := range res {
+		res[len(res)-1].FinalizeAll() // the logits' sum
+		for _, r := range res[:len(res)-1] {
 			var row []int
 			tensors.ConstFlatData(r, func(flat []int32) {
 				row = make([]int, len(flat))
@@ -360,45 +360,12 @@ func RouteText(backend backends.Backend, ctx *context.Context, cfg bm.Config, id
 	return choices, nil
 }
 
-// routeChoices runs the residual stack of bm.Model.Forward up to the last MoE block on tokens
-// [B, T] with argmax routing and returns each MoE block's choices [B·T] int32. It uses the same
-// variable scopes as bm.Model.Forward (see the bm package documentation); the final norm and
-// head are not needed.
+// routeChoices runs the model on tokens [B, T] with argmax routing and returns each MoE
+// block's choices [B·T] int32, plus the sum of the logits (the pure-Go backend needs every
+// computed branch to reach an output).
 func routeChoices(ctx *context.Context, cfg bm.Config, tokens *Node) []*Node {
-	g := tokens.Graph()
-	emb := ctx.In("embedding").In("word_embeddings").GetVariable("weight")
-	if emb == nil {
-		panic(fmt.Errorf("the context has no variable /embedding/word_embeddings/weight: load a model first"))
-	}
-	x := Gather(emb.ValueGraph(g), InsertAxes(ConvertDType(tokens, dtypes.Int32), -1)) // [B, T, d]
-	blocks := cfg.Blocks()
-	last := -1
-	for i, b := range blocks {
-		if b.Kind == bm.KindMoE {
-			last = i
-		}
-	}
-	var choices []*Node
-	for i := 0; i <= last; i++ {
-		lctx := ctx.In("decoder").In("layers").In(fmt.Sprint(i))
-		h := bm.RMSNorm(lctx.In("norm"), x, cfg.NormEps)
-		mctx := lctx.In("mixer")
-		var f *Node
-		switch blocks[i].Kind {
-		case bm.KindMamba:
-			f = bm.Mamba(mctx, cfg, h)
-		case bm.KindAttention:
-			f = bm.Attention(mctx, cfg, h)
-		case bm.KindMLP:
-			f = bm.MLP(mctx, cfg, h)
-		case bm.KindMoE:
-			r := bm.MoEWithStats(mctx, cfg, blocks[i].Experts, h, bm.RoutingArgmax)
-			f = r.Out
-			choices = append(choices, r.Choice)
-		}
-		x = Add(x, ConvertDType(f, dtypes.Float32))
-	}
-	return choices
+	out := (&bm.Model{Cfg: cfg}).Forward(ctx, tokens, bm.ForwardOptions{Routing: bm.RoutingArgmax})
+	return append(out.Choices, ReduceAllSum(out.Logits))
 }
 
 // WriteJSON writes results as indented JSON to path.
