@@ -61,7 +61,9 @@ type Options struct {
 }
 
 // Size returns the options of a named size: "gpu" (the small family at T=512, B=16, bf16,
-// 3.5M tokens per run, for one H200 job of about nine minutes) or "cpu-smoke" (the tiny
+// 3.5M tokens per run; at the throughput measured on an H200, 3.7 to 8.6 TFLOP/s of model
+// FLOPs, the eight runs take about 45 minutes: split them over jobs with Architectures and
+// Ablation) or "cpu-smoke" (the tiny
 // family on a few steps, for CI and notebooks on the pure-Go backend).
 func Size(name string) (Options, error) {
 	switch name {
