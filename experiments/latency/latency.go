@@ -41,6 +41,9 @@ type Options struct {
 	Reps   int      // timed passes per architecture; default 3 (1 for the tiny family)
 	Seed   int64    // weight initialisation seed; default 1
 	Log    io.Writer
+	// AfterArch, if set, receives the result so far after each architecture (e.g. to save it,
+	// so that a run stopped by a time limit keeps the architectures it finished).
+	AfterArch func(*Result) error
 }
 
 // Stat is a median with the spread over repetitions.
@@ -176,6 +179,11 @@ func Run(backend backends.Backend, opts Options) (*Result, error) {
 			return res, fmt.Errorf("latency: %s: %w", name, err)
 		}
 		res.Archs = append(res.Archs, *a)
+		if opts.AfterArch != nil {
+			if err := opts.AfterArch(res); err != nil {
+				return res, err
+			}
+		}
 	}
 	return res, nil
 }

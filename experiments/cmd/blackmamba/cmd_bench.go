@@ -78,11 +78,17 @@ func runBench(fs *flag.FlagSet, args []string) error {
 			default:
 				return fmt.Errorf("-scan-variants %q: want all, quick or default", *scanVariants)
 			}
-			rows, err := bench.Scan(backend, shape, variants, *reps, *check)
-			if err != nil {
-				return fmt.Errorf("scan self-check failed on this backend: %w", err)
+			for _, v := range variants { // one at a time, so that a time limit keeps the rows done
+				rows, err := bench.Scan(backend, shape, []bm.ScanOptions{v}, *reps, *check)
+				if err != nil {
+					return fmt.Errorf("scan self-check failed on this backend: %w", err)
+				}
+				report.Rows = append(report.Rows, rows...)
+				_ = bench.WriteTable(os.Stderr, rows)
+				if err := writeReport(*out, report); err != nil {
+					return err
+				}
 			}
-			report.Rows = append(report.Rows, rows...)
 		case "moe":
 			experts := 8
 			for _, b := range cfg.Blocks() {
@@ -106,18 +112,28 @@ func runBench(fs *flag.FlagSet, args []string) error {
 			}
 		}
 		_ = bench.WriteTable(os.Stderr, report.Rows[max(0, len(report.Rows)-1):])
+		if err := writeReport(*out, report); err != nil {
+			return err
+		}
 	}
 	fmt.Printf("# %s, %s\n", report.Date, report.Hardware)
 	if err := bench.WriteTable(os.Stdout, report.Rows); err != nil {
 		return err
 	}
-	if *out != "" {
-		b, _ := json.MarshalIndent(report, "", "  ")
-		if err := os.WriteFile(*out, append(b, '\n'), 0o644); err != nil {
-			return err
-		}
+	return writeReport(*out, report)
+}
+
+// writeReport writes the report as JSON to path (nothing when path is empty). The benchmarks
+// call it after each measurement, so that a run stopped by a time limit keeps what it measured.
+func writeReport(path string, report bench.Report) error {
+	if path == "" {
+		return nil
 	}
-	return nil
+	b, err := json.MarshalIndent(report, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, append(b, '\n'), 0o644)
 }
 
 func parseScanShape(s string) (bm.ScanShape, error) {

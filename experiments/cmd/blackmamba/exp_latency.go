@@ -60,6 +60,7 @@ func runLatency(fs *flag.FlagSet, args []string) error {
 		if *archs != "" {
 			opts.Archs = strings.Split(*archs, ",")
 		}
+		opts.AfterArch = func(partial *latency.Result) error { return latency.Save(partial, *out) }
 		res, err = latency.Run(backend, opts)
 		if res != nil && len(res.Archs) > 0 {
 			if serr := latency.Save(res, *out); serr != nil {
