@@ -6,6 +6,8 @@
 #   scripts/gpu-experiments.sh BUNDLE_DIR training   experiment 1 (four architectures + dense
 #                                                    Mamba at equal total) and the routing
 #                                                    ablation of experiment 2, in one job
+#   scripts/gpu-experiments.sh BUNDLE_DIR balance    experiment 2: BlackMamba with its four
+#                                                    training routings and their expert balance
 #   scripts/gpu-experiments.sh BUNDLE_DIR latency    experiment 3 at the 1.5B sizes
 set -uo pipefail
 bundle="$(cd "$1" && pwd)"
@@ -19,6 +21,10 @@ case "$phase" in
 training)
 	timeout -k 10 "${LIMIT:-560}" "$run" blackmamba experiment training -size gpu -tokens "${TOKENS:-2500000}" -corpus "$corpus" \
 		-workdir /tmp/blackmamba-runs -out "$out/training.json" -plots "$out/plots-training" 2>&1 | tee "$out/training.log"
+	;;
+balance)
+	timeout -k 10 "${LIMIT:-560}" "$run" blackmamba experiment balance -size gpu -tokens "${TOKENS:-1000000}" -corpus "$corpus" \
+		-workdir /tmp/blackmamba-runs -out "$out/balance.json" -plots "$out/plots-balance" 2>&1 | tee "$out/balance.log"
 	;;
 latency)
 	timeout -k 10 "${LIMIT:-300}" "$run" blackmamba latency -family 1.5b -max-len 16384 -reps 3 \
