@@ -9,10 +9,13 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/gomlx/gomlx/pkg/ml/context"
+
 	"blackmamba/bm"
 	"blackmamba/bm/data"
 	"blackmamba/experiments"
 	"blackmamba/experiments/balance"
+	"blackmamba/experiments/eval"
 	"blackmamba/experiments/results"
 
 	"github.com/gomlx/gomlx/backends"
@@ -55,6 +58,8 @@ type Options struct {
 	Progress       io.Writer
 	// Log receives one line per run (nil: standard error).
 	Log io.Writer
+	// ZeroShot, when it names tasks, evaluates each trained model on them (experiments/eval).
+	ZeroShot ZeroShotOptions
 	// AfterRun, if set, receives the result so far after each finished run (e.g. to write it,
 	// so that a job stopped by a time limit keeps the runs it finished).
 	AfterRun func(*Result) error
@@ -126,6 +131,10 @@ type RunResult struct {
 	// It is the JSON of []balance.Result; BalanceError says why it is missing.
 	Balance      json.RawMessage `json:"balance,omitempty"`
 	BalanceError string          `json:"balance_error,omitempty"`
+	// ZeroShot holds the zero-shot task results of the trained model (Options.ZeroShot);
+	// ZeroShotError says why they are missing.
+	ZeroShot      []eval.Result `json:"zero_shot,omitempty"`
+	ZeroShotError string        `json:"zero_shot_error,omitempty"`
 }
 
 // runPlan is one run to do.
@@ -228,6 +237,14 @@ func Run(backend backends.Backend, o Options) (*Result, error) {
 		rr, err := RunResultOf(p.cfg, p.label, p.ablation, t)
 		if err != nil {
 			return nil, err
+		}
+		if len(o.ZeroShot.Tasks) > 0 {
+			// Zero-shot tasks on the trained model; a failure is recorded in the run.
+			rr.ZeroShot, err = o.ZeroShot.run(backend, t.Trainer.Context(), p.cfg)
+			if err != nil {
+				rr.ZeroShotError = err.Error()
+				fmt.Fprintf(logw, "training: %s: zero-shot evaluation failed: %v\n", p.label, err)
+			}
 		}
 		if rr.MoE && o.BalanceBatches > 0 {
 			// Routing analysis of the trained model on held-out data. A failure is recorded
@@ -353,4 +370,36 @@ func RunResultOf(cfg bm.Config, label string, ablation bool, t *Trained) (RunRes
 		rr.TokensPerSec = sum / float64(k)
 	}
 	return rr, nil
+}
+
+// ZeroShotOptions selects the zero-shot tasks run on each trained model.
+type ZeroShotOptions struct {
+	Tasks   []string     // task names (eval.Known)
+	Dir     string       // folder of the task files
+	Limit   int          // examples per task (0: all)
+	Batch   int          // requests per scoring batch (default 32)
+	Encoder eval.Encoder // the tokenizer
+}
+
+func (z ZeroShotOptions) run(backend backends.Backend, ctx *context.Context, cfg bm.Config) ([]eval.Result, error) {
+	if z.Encoder == nil {
+		return nil, fmt.Errorf("zero-shot evaluation needs a tokenizer")
+	}
+	scorer, err := eval.NewModelScorer(backend, ctx, cfg, max(z.Batch, 1))
+	if err != nil {
+		return nil, err
+	}
+	var out []eval.Result
+	for _, name := range z.Tasks {
+		task, err := eval.Load(z.Dir, name, z.Limit)
+		if err != nil {
+			return out, err
+		}
+		r, err := eval.Run(task, z.Encoder, scorer, max(z.Batch, 1), nil)
+		if err != nil {
+			return out, err
+		}
+		out = append(out, r)
+	}
+	return out, nil
 }

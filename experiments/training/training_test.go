@@ -47,9 +47,24 @@ func TestRunSmoke(t *testing.T) {
 	o.Corpus = c
 	o.Workdir = t.TempDir()
 	o.Progress, o.Log = testWriter{t}, testWriter{t}
+	// Zero-shot evaluation of each trained model on a hand-made task of 3 examples, tokenized
+	// by bytes (ids < 256 fit the tiny model's vocabulary).
+	taskDir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(taskDir, "piqa.jsonl"), []byte(`{"query": "Question: a\n", "choices": ["b", "c"], "gold": 0}
+{"query": "Question: d\n", "choices": ["e", "f"], "gold": 1}
+{"query": "Question: g\n", "choices": ["h", "i"], "gold": 0}
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	o.ZeroShot = ZeroShotOptions{Tasks: []string{"piqa"}, Dir: taskDir, Batch: 4, Encoder: byteEncoder{}}
 	r, err := Run(backend, o)
 	if err != nil {
 		t.Fatal(err)
+	}
+	for _, run := range r.Runs {
+		if run.ZeroShotError != "" || len(run.ZeroShot) != 1 || run.ZeroShot[0].Examples != 3 || run.ZeroShot[0].Chance != 0.5 {
+			t.Errorf("%s: zero-shot results %+v (error %q), want piqa on 3 examples", run.Label, run.ZeroShot, run.ZeroShotError)
+		}
 	}
 	if len(r.Runs) != 2 || r.Steps != 3 {
 		t.Fatalf("got %d runs of %d steps, want 2 of 3", len(r.Runs), r.Steps)
@@ -202,4 +217,15 @@ func goBackend(t *testing.T) backends.Backend {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// byteEncoder tokenizes text as its bytes.
+type byteEncoder struct{}
+
+func (byteEncoder) Encode(s string) []int {
+	ids := make([]int, len(s))
+	for i := range len(s) {
+		ids[i] = int(s[i])
+	}
+	return ids
 }

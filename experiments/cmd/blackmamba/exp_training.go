@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 
+	"blackmamba/bm/tokenizer"
+	"blackmamba/experiments/eval"
 	"blackmamba/experiments/training"
 	"blackmamba/xla"
 )
@@ -36,6 +38,9 @@ func runTrainingExperiment(fs *flag.FlagSet, args []string) error {
 	plotOnly := fs.Bool("plot-only", false, "only render the figures of the result -in")
 	in := fs.String("in", "experiments/results/training.json", "result JSON read by -plot-only")
 	tflops := fs.Float64("assume-tflops", 5, "sustained training TFLOP/s (model FLOPs) assumed by the time estimate; measured on an H200 for the small family: 3.7 (BlackMamba) to 8.6 (dense Mamba)")
+	zsTasks := fs.String("zero-shot", "", `zero-shot tasks to evaluate each trained model on (e.g. "piqa,arc_easy"; "all"); none by default`)
+	zsData := fs.String("zero-shot-data", "", "folder of the zero-shot task files (see blackmamba eval)")
+	zsLimit := fs.Int("zero-shot-limit", 500, "examples per zero-shot task (0: all)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -76,6 +81,19 @@ func runTrainingExperiment(fs *flag.FlagSet, args []string) error {
 	}
 	o.Ablation = *ablation
 	o.Threshold = *threshold
+	if *zsTasks != "" {
+		if o.ZeroShot.Tasks, err = eval.ParseTaskList(*zsTasks); err != nil {
+			return fmt.Errorf("-zero-shot: %w", err)
+		}
+		if *zsData == "" {
+			return fmt.Errorf("-zero-shot needs -zero-shot-data, the folder of the task files")
+		}
+		tok, err := tokenizer.LoadNeoX(tokenizer.DefaultDataDir())
+		if err != nil {
+			return err
+		}
+		o.ZeroShot.Dir, o.ZeroShot.Limit, o.ZeroShot.Encoder = *zsData, *zsLimit, tok
+	}
 	o.Workdir = *workdir
 	if o.Corpus, err = openCorpus(*corpusDir); err != nil {
 		return err
@@ -109,6 +127,11 @@ func runTrainingExperiment(fs *flag.FlagSet, args []string) error {
 			float64(run.ParamsActive)/1e6, run.TokensPerSec, run.WallSeconds, run.FinalHeldOutMean, reach)
 	}
 	fmt.Printf("threshold %.4f; result %s\n", r.Threshold, *out)
+	for _, run := range r.Runs {
+		for _, z := range run.ZeroShot {
+			fmt.Printf("zero-shot %-28s %-14s n=%-5d acc %.3f  acc_norm %.3f  chance %.3f\n", run.Label, z.Task, z.Examples, z.Acc, z.AccNorm, z.Chance)
+		}
+	}
 	paths, err := training.PlotAll(r, *plotDir)
 	for _, p := range paths {
 		fmt.Println(p)
