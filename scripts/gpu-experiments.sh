@@ -19,7 +19,15 @@ run="$bundle/run.sh"
 export BLACKMAMBA_GPU_MEMORY=grow
 case "$phase" in
 training)
-	timeout -k 10 "${LIMIT:-560}" "$run" blackmamba experiment training -size gpu -tokens "${TOKENS:-2500000}" -corpus "$corpus" \
+	# ARCHS selects runs ("blackmamba,-mamba,-transformer,-transformer-moe,-mamba-total");
+	# ABLATION=false leaves out the routing ablation; EVALS names a folder of zero-shot task
+	# files (a copy of the evaluation sets) to evaluate each trained model on.
+	extra=()
+	[[ -n "${ARCHS:-}" ]] && extra+=(-archs "$ARCHS")
+	[[ -n "${ABLATION:-}" ]] && extra+=(-ablation="$ABLATION")
+	[[ -n "${EVALS:-}" ]] && extra+=(-zero-shot piqa,arc_easy,arc_challenge,hellaswag,winogrande,lambada,openbookqa \
+		-zero-shot-data "$EVALS" -zero-shot-limit "${EVAL_LIMIT:-500}")
+	timeout -k 10 "${LIMIT:-560}" "$run" blackmamba experiment training -size gpu -tokens "${TOKENS:-2500000}" -corpus "$corpus" "${extra[@]}" \
 		-workdir /tmp/blackmamba-runs -out "$out/training.json" -plots "$out/plots-training" 2>&1 | tee "$out/training.log"
 	;;
 balance)
