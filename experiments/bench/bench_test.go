@@ -1,0 +1,59 @@
+package bench
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+
+	"github.com/gomlx/gomlx/backends"
+	_ "github.com/gomlx/gomlx/backends/simplego"
+
+	"blackmamba/bm"
+)
+
+// TestBenchmarksRun runs each benchmark at a tiny size on the pure-Go backend and checks that
+// every row was measured (no error, positive times, the derived columns filled) and that the
+// table lists them; the speeds themselves are not asserted.
+func TestBenchmarksRun(t *testing.T) {
+	backend, err := backends.NewWithConfig("go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := bm.MustPreset("tiny")
+	cfg.Vocab, cfg.VocabReal = 97, 90
+	var rows []Row
+	scan, err := Scan(backend, bm.ScanShape{B: 1, T: 20, D: 8, N: 4}, []bm.ScanOptions{{}}, 2, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows = append(rows, scan...)
+	moe := MoE(backend, cfg, 8, 64, 2)
+	rows = append(rows, moe...)
+	step := TrainStep(backend, cfg, 2, 8, 2)
+	rows = append(rows, step)
+	if len(scan) != 2 || len(moe) != 6 {
+		t.Fatalf("got %d scan rows and %d MoE rows, want 2 and 6", len(scan), len(moe))
+	}
+	for _, r := range rows {
+		if r.Err != "" || !(r.Ms > 0) || !(r.MinMs > 0) || r.MinMs > r.Ms {
+			t.Errorf("%s %s: error %q, median %.3g ms, min %.3g ms", r.Bench, r.Variant, r.Err, r.Ms, r.MinMs)
+		}
+	}
+	for _, r := range moe[2:] { // the MoE rows carry their ratio to the dense block
+		if !(r.Extra["x_dense"] > 0) {
+			t.Errorf("%s %s: no ratio to the dense block", r.Bench, r.Variant)
+		}
+	}
+	if !(step.TokensPerS > 0) || !(step.MFU > 0) || !(step.FLOPs > 0) || step.Extra["params_total"] <= 0 {
+		t.Errorf("train-step row %+v lacks throughput, MFU or parameter counts", step)
+	}
+	var buf bytes.Buffer
+	if err := WriteTable(&buf, rows); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"scan-fwd+bwd", "MoE sinkhorn", "train-step"} {
+		if !strings.Contains(buf.String(), want) {
+			t.Errorf("table lacks %q:\n%s", want, buf.String())
+		}
+	}
+}
