@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
-	"sort"
-	"time"
 
 	"github.com/gomlx/gomlx/backends"
 	"github.com/gomlx/gomlx/pkg/core/dtypes"
@@ -77,7 +75,7 @@ func CheckBlocks(backend backends.Backend) (report []string, err error) {
 		outs, e := context.MustNewExec(backend, ctx, func(ctx *context.Context, x *Node) []*Node {
 			r := MoEWithStats(ctx.In("moe"), cfg, experts, x, RoutingArgmax)
 			flat, _ := flattenTokens(x)
-			dense := moeDense(ctx.In("moe").Reuse(), cfg, experts, flat, r.Choice)
+			dense := MoEDense(ctx.In("moe").Reuse(), cfg, experts, flat, r.Choice)
 			return []*Node{Reshape(r.Out, -1, cfg.Dim), dense}
 		}).Exec(x)
 		if e != nil {
@@ -202,10 +200,11 @@ func checkFloats(t *tensors.Tensor) []float64 {
 	return out
 }
 
-// moeDense runs every expert on every token x [T, d] and keeps the chosen one's output, times
-// the gate: E times the FLOPs of MoE. It is the reference of CheckBlocks and a baseline of
-// BenchMoE; choice nil means argmax of the router logits.
-func moeDense(ctx *context.Context, cfg Config, experts int, x, choice *Node) *Node {
+// MoEDense runs every expert on every token x [T, d] and keeps the chosen one's output, times
+// the gate: E times the FLOPs of MoE, with MoE's variables. It is the reference of CheckBlocks
+// and the "run all experts and mask" baseline of the MoE benchmark; choice nil means argmax of
+// the router logits.
+func MoEDense(ctx *context.Context, cfg Config, experts int, x, choice *Node) *Node {
 	w := moeVariables(ctx, x.Graph(), cfg, experts)
 	logits := Add(Einsum("td,de->te", x, w.routerW), InsertAxes(w.routerB, 0))
 	if choice == nil {
@@ -217,88 +216,4 @@ func moeDense(ctx *context.Context, cfg Config, experts int, x, choice *Node) *N
 	gate := ReduceSum(Mul(Sigmoid(logits), oneHot), -1)
 	y := ReduceSum(Mul(ys, InsertAxes(Transpose(oneHot, 0, 1), -1)), 0)
 	return Mul(y, InsertAxes(gate, -1))
-}
-
-// MoEBenchResult is one row of BenchMoE.
-type MoEBenchResult struct {
-	Method string // "blocked" (MoE, automatic block), "per-token" (MoE with block 1), "dense" (all experts, masked)
-	Block  int    // dispatch block size (0 for dense)
-	Tokens int
-	// Median wall times in milliseconds of the forward pass and of forward+backward (gradients
-	// of Σ out² w.r.t. all MoE variables), synchronised by fetching a scalar.
-	ForwardMs, ForwardBackwardMs float64
-	// Expert-matmul FLOPs per call actually run (padding rows included), forward only.
-	ExpertFLOPs float64
-}
-
-// BenchMoE times one MoE block of cfg with the given experts on `tokens` random tokens
-// (argmax routing), for the blocked dispatch, the per-token weight gather and the dense
-// run-all-experts computation, with reps timed repetitions after one warm-up call.
-func BenchMoE(backend backends.Backend, cfg Config, experts, tokens, reps int) ([]MoEBenchResult, error) {
-	reps = max(reps, 1)
-	rng := rand.New(rand.NewPCG(1, 2))
-	v := make([]float32, tokens*cfg.Dim)
-	for i := range v {
-		v[i] = float32(rng.NormFloat64())
-	}
-	x := tensors.FromFlatDataAndDimensions(v, tokens, cfg.Dim)
-	median := func(ts []float64) float64 { sort.Float64s(ts); return ts[len(ts)/2] }
-	var results []MoEBenchResult
-	for _, method := range []string{"blocked", "per-token", "dense"} {
-		ctx := context.New()
-		ctx.SetParam(initializers.ParamInitialSeed, int64(1))
-		r := MoEBenchResult{Method: method, Tokens: tokens}
-		switch method {
-		case "blocked":
-			r.Block = MoEBlockSize(tokens, experts)
-		case "per-token":
-			r.Block = 1
-		}
-		ctx.SetParam(ParamMoEBlock, r.Block)
-		perRow := 6 * float64(cfg.Dim) * float64(cfg.FFN)
-		if method == "dense" {
-			r.ExpertFLOPs = perRow * float64(tokens*experts)
-		} else {
-			r.ExpertFLOPs = perRow * float64(MoEDispatchRows(tokens, experts, r.Block))
-		}
-		forward := func(ctx *context.Context, x *Node) *Node {
-			if method == "dense" {
-				return moeDense(ctx.In("moe"), cfg, experts, x, nil)
-			}
-			out, _, _ := MoE(ctx.In("moe"), cfg, experts, x, RoutingArgmax)
-			return out
-		}
-		fwd := context.MustNewExec(backend, ctx, func(ctx *context.Context, x *Node) *Node {
-			return ReduceAllSum(forward(ctx, x))
-		})
-		bwd := context.MustNewExec(backend, ctx.Reuse(), func(ctx *context.Context, x *Node) *Node {
-			loss := ReduceAllSum(Square(forward(ctx, x)))
-			total := loss
-			for _, g := range ctx.BuildTrainableVariablesGradientsGraph(loss) {
-				total = Add(total, ReduceAllSum(g))
-			}
-			return total
-		})
-		for i, e := range []*context.Exec{fwd, bwd} {
-			var times []float64
-			for rep := 0; rep <= reps; rep++ {
-				start := time.Now()
-				out, err := e.Exec(x)
-				if err != nil {
-					return results, fmt.Errorf("BenchMoE %s: %w", method, err)
-				}
-				_ = checkFloats(out[0])
-				if rep > 0 {
-					times = append(times, float64(time.Since(start).Microseconds())/1000)
-				}
-			}
-			if i == 0 {
-				r.ForwardMs = median(times)
-			} else {
-				r.ForwardBackwardMs = median(times)
-			}
-		}
-		results = append(results, r)
-	}
-	return results, nil
 }

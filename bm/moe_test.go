@@ -303,19 +303,3 @@ func TestCheckBlocks(t *testing.T) {
 		t.Fatal(err)
 	}
 }
-
-// BenchmarkMoE times the MoE dispatch methods on the CPU backend (small sizes); on a GPU,
-// BenchMoE is the function to call with the real sizes.
-func BenchmarkMoE(b *testing.B) {
-	cfg := mtConfig()
-	cfg.Dim, cfg.FFN = 64, 128
-	for b.Loop() {
-		results, err := BenchMoE(mtBackend(b), cfg, 8, 512, 1)
-		if err != nil {
-			b.Fatal(err)
-		}
-		for _, r := range results {
-			b.Logf("%-9s block %3d: forward %.2f ms, forward+backward %.2f ms, expert FLOPs %.3g", r.Method, r.Block, r.ForwardMs, r.ForwardBackwardMs, r.ExpertFLOPs)
-		}
-	}
-}

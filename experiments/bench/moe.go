@@ -16,7 +16,10 @@ import (
 // MoE times one MoE block (E experts, top-1, dropless dispatch) against a dense gated MLP
 // block of the same active size (hidden F, i.e. one expert's worth of weights) on the same
 // tokens [tokens, d], forward and forward+backward (gradients of the input and of every
-// weight). The MoE rows carry the ratio to the dense row of the same pass in Extra["x_dense"].
+// weight). Besides the blocked dispatch it times the per-token weight gather (dispatch block
+// 1) and the "run all experts and mask" computation (bm.MoEDense). The MoE rows carry the
+// ratio to the dense row of the same pass in Extra["x_dense"] and the expert-matmul FLOPs they
+// actually run per call, padding rows included, in Extra["expert_flops"].
 func MoE(backend backends.Backend, cfg bm.Config, experts, tokens, reps int) []Row {
 	rng := rand.New(rand.NewPCG(7, uint64(tokens)))
 	u := make([]float32, tokens*cfg.Dim)
@@ -31,18 +34,26 @@ func MoE(backend backends.Backend, cfg bm.Config, experts, tokens, reps int) []R
 	fwdFLOPs := 2 * 3 * float64(cfg.Dim) * float64(cfg.FFN) * float64(tokens) // one expert per token
 
 	type variant struct {
-		name  string
-		block func(ctx *context.Context, u *Node) *Node
+		name        string
+		dispatch    int     // bm.ParamMoEBlock (0: automatic)
+		expertFLOPs float64 // forward expert-matmul FLOPs actually run
+		block       func(ctx *context.Context, u *Node) *Node
+	}
+	perRow := 2 * 3 * float64(cfg.Dim) * float64(cfg.FFN)
+	blocked := perRow * float64(bm.MoEDispatchRows(tokens, experts, bm.MoEBlockSize(tokens, experts)))
+	moe := func(route string) func(ctx *context.Context, u *Node) *Node {
+		return func(ctx *context.Context, u *Node) *Node {
+			out, _, _ := bm.MoE(ctx, cfg, experts, u, route)
+			return out
+		}
 	}
 	variants := []variant{
-		{"dense MLP (F)", func(ctx *context.Context, u *Node) *Node { return bm.MLP(ctx, cfg, u) }},
-		{"MoE argmax", func(ctx *context.Context, u *Node) *Node {
-			out, _, _ := bm.MoE(ctx, cfg, experts, u, bm.RoutingArgmax)
-			return out
-		}},
-		{"MoE sinkhorn", func(ctx *context.Context, u *Node) *Node {
-			out, _, _ := bm.MoE(ctx, cfg, experts, u, bm.RoutingSinkhorn)
-			return out
+		{"dense MLP (F)", 0, fwdFLOPs, func(ctx *context.Context, u *Node) *Node { return bm.MLP(ctx, cfg, u) }},
+		{"MoE argmax", 0, blocked, moe(bm.RoutingArgmax)},
+		{"MoE sinkhorn", 0, blocked, moe(bm.RoutingSinkhorn)},
+		{"MoE argmax, per-token gather", 1, fwdFLOPs, moe(bm.RoutingArgmax)},
+		{"MoE argmax, all experts masked", 0, float64(experts) * fwdFLOPs, func(ctx *context.Context, u *Node) *Node {
+			return bm.MoEDense(ctx, cfg, experts, u, nil)
 		}},
 	}
 	var rows []Row
@@ -61,6 +72,7 @@ func MoE(backend backends.Backend, cfg bm.Config, experts, tokens, reps int) []R
 			err := catch(func() error {
 				ctx := context.New()
 				ctx.SetParam("initializers_seed", int64(1))
+				ctx.SetParam(bm.ParamMoEBlock, v.dispatch)
 				e, err := context.NewExec(backend, ctx, func(ctx *context.Context, u, w *Node) []*Node {
 					out := v.block(ctx.In("block"), u)
 					loss := ReduceAllSum(Mul(ConvertDType(out, dtypes.Float32), w))
@@ -101,10 +113,11 @@ func MoE(backend backends.Backend, cfg bm.Config, experts, tokens, reps int) []R
 			} else {
 				row.TokensPerS = float64(tokens) / (row.Ms / 1000)
 				row.MFU = row.FLOPs / (row.Ms / 1000) / PeakBF16FLOPs
+				row.Extra = map[string]float64{"expert_flops": v.expertFLOPs}
 				if v.name == variants[0].name {
 					dense[backward] = row.Ms
 				} else if d := dense[backward]; d > 0 {
-					row.Extra = map[string]float64{"x_dense": row.Ms / d}
+					row.Extra["x_dense"] = row.Ms / d
 				}
 			}
 			rows = append(rows, row)
