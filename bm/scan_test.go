@@ -146,20 +146,7 @@ func scanGradExec(backend backends.Backend, opts ScanOptions) *Exec {
 
 // randomWeights returns the projection weights wy [B, T, D] and wh [B, D, N] of the test loss.
 func randomWeights(rng *rand.Rand, batch, T, D, N int) (wy, wh [][][]float64) {
-	gen := func(a, b, c int) [][][]float64 {
-		v := make([][][]float64, a)
-		for i := range v {
-			v[i] = make([][]float64, b)
-			for j := range v[i] {
-				v[i][j] = make([]float64, c)
-				for k := range v[i][j] {
-					v[i][j][k] = rng.NormFloat64()
-				}
-			}
-		}
-		return v
-	}
-	return gen(batch, T, D), gen(batch, D, N)
+	return randomHost3(rng, batch, T, D), randomHost3(rng, batch, D, N)
 }
 
 // refLoss is the test loss computed with the float64 reference scan.

@@ -2,6 +2,7 @@ package experiments
 
 import (
 	"bytes"
+	"slices"
 	"strings"
 	"testing"
 
@@ -40,7 +41,7 @@ func TestGenerateFixture(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(st.Tokens) != 6 || !equal(st.Tokens, streamed) {
+		if len(st.Tokens) != 6 || !slices.Equal(st.Tokens, streamed) {
 			t.Fatalf("generated %v, streamed %v: want 6 equal tokens", st.Tokens, streamed)
 		}
 		return st.Tokens
@@ -53,11 +54,11 @@ func TestGenerateFixture(t *testing.T) {
 		{Temperature: 30, TopK: 50, TopP: 0.9, Seed: 3},
 	} {
 		a, b := gen(o), gen(o)
-		if !equal(a, b) {
+		if !slices.Equal(a, b) {
 			t.Errorf("options %+v: two runs gave %v and %v", o, a, b)
 		}
 		o.Seed++
-		if c := gen(o); equal(a, c) {
+		if c := gen(o); slices.Equal(a, c) {
 			t.Errorf("options %+v: seeds %d and %d both gave %v", o, o.Seed-1, o.Seed, a)
 		}
 	}
@@ -95,7 +96,7 @@ func TestGenerateFixture(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !equal(st.Tokens, greedy[:1]) {
+	if !slices.Equal(st.Tokens, greedy[:1]) {
 		t.Errorf("with EOS %d got %v, want %v", greedy[0], st.Tokens, greedy[:1])
 	}
 }
@@ -160,16 +161,4 @@ func TestTextStreamer(t *testing.T) {
 	if got := w.String(); got != "a é€!\uFFFD" {
 		t.Errorf("after flush: %q", got)
 	}
-}
-
-func equal(a, b []int) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -318,7 +319,7 @@ func PlanBlackMamba(a *TorchArchive, cfg bm.Config, opts ImportOptions) (*Import
 			errs = append(errs, fmt.Errorf("missing tensor %q (config expects shape %v)", s.name, s.dims))
 			return nil
 		}
-		if !equalInts(t.Shape, s.dims) {
+		if !slices.Equal(t.Shape, s.dims) {
 			errs = append(errs, fmt.Errorf("tensor %q has shape %v in the archive, but the config expects %v", s.name, t.Shape, s.dims))
 			return nil
 		}
@@ -432,25 +433,13 @@ func PlanBlackMamba(a *TorchArchive, cfg bm.Config, opts ImportOptions) (*Import
 	return im, nil
 }
 
-func equalInts(a, b []int) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
-}
-
 // checkTied accepts an output_layer.weight only if it equals the embedding (the head is tied).
 func checkTied(head, emb *TorchTensor) error {
-	if !equalInts(head.Shape, emb.Shape) || head.DType != emb.DType {
+	if !slices.Equal(head.Shape, emb.Shape) || head.DType != emb.DType {
 		return fmt.Errorf("tensor \"output_layer.weight\" %s%v differs from the embedding %s%v: untied heads are not supported",
 			head.DType, head.Shape, emb.DType, emb.Shape)
 	}
-	if head.Storage == emb.Storage && head.Offset == emb.Offset && equalInts(head.Strides, emb.Strides) {
+	if head.Storage == emb.Storage && head.Offset == emb.Offset && slices.Equal(head.Strides, emb.Strides) {
 		return nil
 	}
 	hb, err := head.Bytes()
