@@ -3,6 +3,8 @@ package main
 import (
 	"flag"
 	"fmt"
+	"os"
+	"strings"
 	"time"
 
 	"blackmamba/bm"
@@ -20,8 +22,19 @@ func init() {
 
 func runSelfCheck(fs *flag.FlagSet, args []string) error {
 	backendFlag := xla.AddFlag(fs)
+	tf32 := fs.Bool("tf32", false, "keep XLA's default TF32 float32 matmuls on NVIDIA GPUs (their rounding, ~1e-3, exceeds the checks' float32 tolerances)")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if !*tf32 {
+		// Full float32 matmuls: cuBLAS without TF32, and no Triton GEMMs (which use TF32 for
+		// float32 dots). Must be set before the plugin loads.
+		if _, ok := os.LookupEnv("NVIDIA_TF32_OVERRIDE"); !ok {
+			_ = os.Setenv("NVIDIA_TF32_OVERRIDE", "0")
+		}
+		if flags := os.Getenv("XLA_FLAGS"); !strings.Contains(flags, "xla_gpu_enable_triton_gemm") {
+			_ = os.Setenv("XLA_FLAGS", strings.TrimSpace(flags+" --xla_gpu_enable_triton_gemm=false"))
+		}
 	}
 	backend, choice, err := xla.New(*backendFlag)
 	if err != nil {
