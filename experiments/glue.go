@@ -36,3 +36,10 @@ func LossFn(m *bm.Model, opts bm.ForwardOptions) train.LossFn {
 		return loss, extra
 	}
 }
+
+// NoDecay is the model's weight-decay exclusion rule (bm.NoWeightDecay) in the form the
+// optimizer takes: A_log, D, biases and norms get no weight decay.
+func NoDecay(scopeAndName string) bool {
+	scope, name := context.SplitScope(scopeAndName)
+	return bm.NoWeightDecay(scope, name)
+}

@@ -29,8 +29,10 @@ func TrainStep(backend backends.Backend, cfg bm.Config, batch, seqLen, reps int)
 			return err
 		}
 		ctx := context.New()
+		opt := train.DefaultAdamW(1e-3, 1000)
+		opt.NoDecay = experiments.NoDecay
 		tr, err := train.New(backend, ctx, experiments.LossFn(m, bm.ForwardOptions{}), train.Config{
-			Batch: batch, SeqLen: seqLen, Optimizer: train.DefaultAdamW(1e-3, 1000), Dir: "",
+			Batch: batch, SeqLen: seqLen, Optimizer: opt,
 		})
 		if err != nil {
 			return err

@@ -77,6 +77,7 @@ func Train(backend backends.Backend, s Spec) (*Trained, error) {
 	}
 	fwd, trn := s.Cfg.FLOPsPerToken(s.SeqLen)
 	opt := train.DefaultAdamW(s.LR, s.Steps)
+	opt.NoDecay = experiments.NoDecay
 	if s.Warmup >= 0 {
 		opt.Schedule.Warmup = s.Warmup
 	}
