@@ -37,14 +37,7 @@ func randomTensor(rng *rand.Rand, std float64, dims ...int) *tensors.Tensor {
 }
 
 // flat64 returns the values of a float32 tensor as float64.
-func flat64(t *tensors.Tensor) []float64 {
-	v := tensors.MustCopyFlatData[float32](t)
-	out := make([]float64, len(v))
-	for i, x := range v {
-		out[i] = float64(x)
-	}
-	return out
-}
+func flat64(t *tensors.Tensor) []float64 { return checkFloats(t) }
 
 // varValues returns the values of the variables of scope as float64, by name.
 func varValues(ctx *context.Context, scope string, names ...string) map[string][]float64 {

@@ -51,23 +51,10 @@ func mtRandom(rng *rand.Rand, scale float64, dims ...int) (*tensors.Tensor, []fl
 	return tensors.FromFlatDataAndDimensions(f32, dims...), f64
 }
 
-// mtValues returns the values of a float32, bfloat16 or int32 tensor as float64.
+// mtValues returns the values of a float32 or int32 tensor as float64 (checkFloats).
 func mtValues(t testing.TB, x *tensors.Tensor) []float64 {
 	t.Helper()
-	var out []float64
-	switch x.DType() {
-	case dtypes.Float32:
-		for _, v := range tensors.MustCopyFlatData[float32](x) {
-			out = append(out, float64(v))
-		}
-	case dtypes.Int32:
-		for _, v := range tensors.MustCopyFlatData[int32](x) {
-			out = append(out, float64(v))
-		}
-	default:
-		t.Fatalf("mtValues: unsupported dtype %s", x.DType())
-	}
-	return out
+	return checkFloats(x)
 }
 
 // mtVar returns the current value of variable scope/name of ctx as float64.
