@@ -405,7 +405,7 @@ func chunkStep(v *Node, l int, asColumn bool) *Node {
 	return Reshape(s, d[0], d[1], 1, d[3])
 }
 
-// stackSteps stacks L nodes [B, C, k] into [B, C, L, k].
+// stackSteps stacks L nodes [B, C, ...] into [B, C, L, ...] (a new axis 2).
 func stackSteps(vs []*Node) *Node {
 	ex := make([]*Node, len(vs))
 	for i, v := range vs {
@@ -687,7 +687,7 @@ func scanAcrossBlocked(d, S, A4 *Node, reverse bool) *Node {
 	// Block-level scan on the block totals; hIn is the state entering each block.
 	blockEnd := scanAcross(ReduceSum(d4, 2), h, A4, AcrossAuto, reverse) // [B, K, D, N]
 	hIn := InsertAxes(shiftAxis1(blockEnd, 1, reverse), 2)               // [B, K, 1, D, N]
-	locS := stackSteps5(loc)                                             // [B, K, G, D, N]
+	locS := stackSteps(loc)                                             // [B, K, G, D, N]
 	cumS := InsertAxes(stackSteps(cum), -1)                              // [B, K, G, D, 1]
 	out := Add(locS, Mul(Exp(Mul(cumS, A5)), hIn))
 	out = Reshape(out, batch, Cp, D, N)
@@ -695,18 +695,6 @@ func scanAcrossBlocked(d, S, A4 *Node, reverse bool) *Node {
 		out = SliceAxis(out, 1, AxisRange(0, C))
 	}
 	return out
-}
-
-// stackSteps5 stacks nodes [B, K, D, N] into [B, K, G, D, N].
-func stackSteps5(vs []*Node) *Node {
-	ex := make([]*Node, len(vs))
-	for i, v := range vs {
-		ex[i] = InsertAxes(v, 2)
-	}
-	if len(ex) == 1 {
-		return ex[0]
-	}
-	return Concatenate(ex, 2)
 }
 
 // decoupledBackward is the hand-written backward of BackwardTwoChain and BackwardStacked (see
@@ -787,8 +775,8 @@ func decoupledBackward(s *chunkState, dy, dhT *Node, stacked bool) []*Node {
 
 	if stacked {
 		// G [B, C, L, D, N] and Hall [B, C, L+1, D, N] (the entering state, then every step).
-		G := stackSteps5(gs)
-		Hall := stackSteps5(append([]*Node{hIn}, hs...))
+		G := stackSteps(gs)
+		Hall := stackSteps(append([]*Node{hIn}, hs...))
 		H, Hprev := SliceAxis(Hall, 2, AxisRange(1, L+1)), SliceAxis(Hall, 2, AxisRange(0, L))
 		A5 := InsertAxes(A4, 0) // [1, 1, 1, D, N]
 		B5 := InsertAxes(bm, 3) // [B, C, L, 1, N]
