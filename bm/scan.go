@@ -687,7 +687,7 @@ func scanAcrossBlocked(d, S, A4 *Node, reverse bool) *Node {
 	// Block-level scan on the block totals; hIn is the state entering each block.
 	blockEnd := scanAcross(ReduceSum(d4, 2), h, A4, AcrossAuto, reverse) // [B, K, D, N]
 	hIn := InsertAxes(shiftAxis1(blockEnd, 1, reverse), 2)               // [B, K, 1, D, N]
-	locS := stackSteps(loc)                                             // [B, K, G, D, N]
+	locS := stackSteps(loc)                                              // [B, K, G, D, N]
 	cumS := InsertAxes(stackSteps(cum), -1)                              // [B, K, G, D, 1]
 	out := Add(locS, Mul(Exp(Mul(cumS, A5)), hIn))
 	out = Reshape(out, batch, Cp, D, N)
