@@ -33,8 +33,15 @@ const (
 
 // Config configures a training run.
 type Config struct {
-	// Batch and SeqLen give the batch shape [Batch, SeqLen+1].
+	// Batch and SeqLen give the batch shape [Batch, SeqLen+1] (the global batch over all devices).
 	Batch, SeqLen int
+	// Devices is the number of devices of the backend that train data-parallel: each gets
+	// Batch/Devices rows of every batch and a replica of all variables; XLA partitions the step
+	// and all-reduces the gradients, so losses, extras and updates are those of the global batch.
+	// 0 or 1 trains on one device (the default device, without a device mesh). Devices > 1 needs
+	// a backend with at least that many devices (XLA; the pure-Go backend has one) and a Batch
+	// divisible by Devices. Runs may resume with another number of devices.
+	Devices int
 	// Optimizer holds AdamW and its schedule; Optimizer.Schedule.Total is the run's length
 	// in steps.
 	Optimizer AdamW
@@ -96,6 +103,10 @@ func (c Config) Validate() error {
 	switch {
 	case c.Batch < 1 || c.SeqLen < 1:
 		return bad("batch %d and seq_len %d must be >= 1", c.Batch, c.SeqLen)
+	case c.Devices < 0:
+		return bad("devices %d must be >= 0 (0 or 1: one device)", c.Devices)
+	case c.Devices > 1 && c.Batch%c.Devices != 0:
+		return bad("batch %d is not divisible by devices %d (each device takes batch/devices rows)", c.Batch, c.Devices)
 	case c.FLOPsPerToken < 0:
 		return bad("flops per token %g must be >= 0", c.FLOPsPerToken)
 	case c.LogEvery < 1:

@@ -57,7 +57,8 @@ type Trainer struct {
 	cfg     Config
 
 	trainExec, evalExec *context.Exec
-	extraNames          []string // sorted; outputs 3.. of the train step
+	extraNames          []string      // sorted; outputs 3.. of the train step
+	dp                  *dataParallel // nil on one device
 	built               bool
 }
 
@@ -70,7 +71,14 @@ func New(backend backends.Backend, ctx *context.Context, loss LossFn, cfg Config
 	if backend == nil || ctx == nil || loss == nil {
 		return nil, fmt.Errorf("train.New: backend, context and loss function are all required")
 	}
-	return &Trainer{backend: backend, ctx: ctx, loss: loss, cfg: cfg}, nil
+	t := &Trainer{backend: backend, ctx: ctx, loss: loss, cfg: cfg}
+	if cfg.Devices > 1 {
+		var err error
+		if t.dp, err = newDataParallel(backend, cfg.Devices); err != nil {
+			return nil, err
+		}
+	}
+	return t, nil
 }
 
 // Config returns the trainer's configuration with defaults filled in.
@@ -158,6 +166,14 @@ func (t *Trainer) build() error {
 			// Variables given beforehand (e.g. imported weights): let the model reuse them.
 			ctx = ctx.Checked(false)
 		}
+		if t.dp != nil {
+			// On a mesh, the variables are created and initialized on one device first, as on a
+			// single device (same values for the same seed), and replicated from there.
+			if err := t.createVariables(ctx); err != nil {
+				return err
+			}
+			ctx = t.ctx.Reuse()
+		}
 		var err error
 		t.evalExec, err = context.NewExec(t.backend, ctx, func(ctx *context.Context, tokens *Node) *Node {
 			ctx.SetTraining(tokens.Graph(), false)
@@ -171,7 +187,13 @@ func (t *Trainer) build() error {
 			return err
 		}
 		t.evalExec.SetMaxCache(1)
-		if err := t.evalExec.PreCompile(tensors.FromShape(t.tokensShape())); err != nil {
+		if t.dp == nil {
+			err = t.evalExec.PreCompile(tensors.FromShape(t.tokensShape()))
+		} else {
+			t.dp.configure(t.evalExec)
+			err = t.dp.preCompile(t.evalExec, tensors.FromShape(t.tokensShape()))
+		}
+		if err != nil {
 			return err
 		}
 		var trainable []*context.Variable
@@ -193,9 +215,36 @@ func (t *Trainer) build() error {
 			return err
 		}
 		t.trainExec.SetMaxCache(1)
+		if t.dp != nil {
+			t.dp.configure(t.trainExec)
+		}
 		t.built = true
 		return nil
 	})
+}
+
+// createVariables builds the evaluation graph once without compiling it, which creates the
+// model's variables in ctx, and initializes them on the default device.
+func (t *Trainer) createVariables(ctx *context.Context) error {
+	g := NewGraph(t.backend, "create_variables")
+	defer g.Finalize()
+	tokens := Parameter(g, "tokens", t.tokensShape())
+	ctx.SetTraining(g, false)
+	if loss, _ := t.loss(ctx, tokens); loss == nil {
+		return fmt.Errorf("loss function returned no loss")
+	}
+	if err := t.ctx.InitializeVariables(t.backend, nil); err != nil {
+		return fmt.Errorf("initializing variables: %w", err)
+	}
+	return nil
+}
+
+// run executes e on one [B, T+1] batch: directly on one device, split over the mesh otherwise.
+func (t *Trainer) run(e *context.Exec, in *tensors.Tensor) ([]*tensors.Tensor, error) {
+	if t.dp != nil {
+		return t.dp.exec(e, in)
+	}
+	return e.Exec(in)
 }
 
 // initialize compiles the graphs and gives every variable without a value its initial value.
@@ -231,7 +280,7 @@ func (t *Trainer) Step(tokens []int32) (StepResult, error) {
 	var outs []*tensors.Tensor
 	err = catch("training step", func() error {
 		var err error
-		outs, err = t.trainExec.Exec(in)
+		outs, err = t.run(t.trainExec, in)
 		return err
 	})
 	if err != nil {
@@ -288,7 +337,7 @@ func (t *Trainer) EvalLoss(b Batches, n int) (float64, error) {
 		}
 		var out *tensors.Tensor
 		err = catch("evaluation step", func() error {
-			outs, err := t.evalExec.Exec(in)
+			outs, err := t.run(t.evalExec, in)
 			if err == nil {
 				out = outs[0]
 			}

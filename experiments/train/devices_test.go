@@ -1,0 +1,214 @@
+package train
+
+import (
+	"bytes"
+	"math"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/gomlx/gomlx/backends"
+	_ "github.com/gomlx/gomlx/backends/xla"
+	"github.com/gomlx/gomlx/pkg/core/tensors"
+
+	"blackmamba/experiments/results"
+)
+
+// TestDevicesValidation checks the errors for a bad number of devices: negative, not dividing
+// the batch, and more than the backend has (the pure-Go backend has one device).
+func TestDevicesValidation(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		devices int
+		batch   int
+		want    []string
+	}{
+		{"negative", -1, 4, []string{"devices -1", ">= 0"}},
+		{"batch not divisible", 3, 4, []string{"batch 4", "not divisible by devices 3"}},
+		{"more than the backend has", 2, 4, []string{"devices 2 exceeds the 1 device(s) of backend"}},
+	} {
+		cfg := toyConfig("", 10)
+		cfg.Devices, cfg.Batch = tc.devices, tc.batch
+		_, err := New(testBackend, newToyCtx(), toyLoss, cfg)
+		for _, w := range tc.want {
+			if err == nil || !strings.Contains(err.Error(), w) {
+				t.Errorf("%s: got error %v, want one containing %q", tc.name, err, w)
+			}
+		}
+	}
+}
+
+// TestOneDeviceIsDefault runs the toy for 8 steps with Devices 0 (default) and 1: both take the
+// single-device path, so every record (loss, gradient norm, learning rate, extras, counts,
+// held-out loss) and every final variable must be bitwise identical.
+func TestOneDeviceIsDefault(t *testing.T) {
+	const steps = 8
+	var logs [2][]results.TrainRecord
+	var trs [2]*Trainer
+	for i, devices := range []int{0, 1} {
+		dir := t.TempDir()
+		cfg := toyConfig(dir, steps)
+		cfg.Devices = devices
+		tr, err := New(testBackend, newToyCtx(), toyLoss, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tr.Run(newSynth(1, 4, 16)); err != nil {
+			t.Fatalf("devices %d: %v", devices, err)
+		}
+		logs[i], trs[i] = readLog(t, dir), tr
+	}
+	if len(logs[0]) != steps || len(logs[1]) != steps {
+		t.Fatalf("records: %d and %d, want %d each", len(logs[0]), len(logs[1]), steps)
+	}
+	for i := range logs[0] {
+		a, b := logs[0][i], logs[1][i]
+		if a.Loss != b.Loss || a.GradNorm != b.GradNorm || a.LR != b.LR || a.HeldOut["synth"] != b.HeldOut["synth"] ||
+			a.Extras["logit_sq"] != b.Extras["logit_sq"] || !equalFloats(a.ExpertCounts["toy"], b.ExpertCounts["toy"]) {
+			t.Errorf("step %d differs:\n devices 0: %+v\n devices 1: %+v", i+1, a, b)
+		}
+	}
+	for v := range trs[0].Context().IterVariables() {
+		w := trs[1].Context().GetVariableByScopeAndName(v.Scope(), v.Name())
+		if w == nil {
+			t.Fatalf("variable %s missing with devices 1", v.ScopeAndName())
+		}
+		var eq bool
+		v.MustValue().ConstBytes(func(x []byte) { w.MustValue().ConstBytes(func(y []byte) { eq = bytes.Equal(x, y) }) })
+		if !eq {
+			t.Errorf("variable %s differs between devices 0 and 1", v.ScopeAndName())
+		}
+	}
+}
+
+func equalFloats(a, b []float64) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// multiDeviceBackend returns the backend named by $BLACKMAMBA_TEST_BACKEND (e.g.
+// "xla:/path/to/xla_cuda_plugin.so" on a machine with several GPUs), or the pure-Go one.
+func multiDeviceBackend(t *testing.T) backends.Backend {
+	t.Helper()
+	config := os.Getenv("BLACKMAMBA_TEST_BACKEND")
+	if config == "" {
+		return testBackend
+	}
+	b, err := backends.NewWithConfig(config)
+	if err != nil {
+		t.Fatalf("backend %q from $BLACKMAMBA_TEST_BACKEND: %v", config, err)
+	}
+	return b
+}
+
+// TestDataParallelMatchesOneDevice trains the toy for 10 steps at global batch 8 on one device
+// and data-parallel on 2 (and 4 when there are) devices of the test backend, from the same
+// initialization and batches. Per step, the losses must agree within 1e-4 (relative), the
+// gradient norms and the mean squared logits within 1e-3, the prediction counts must sum to the
+// global batch's 8·16 tokens and differ by at most 2% of them in L1; the held-out losses within
+// 1e-4 and the final variables within 1e-3 (absolute, values O(1)). The data-parallel run writes
+// and resumes nothing, but its final checkpoint gathers the replicated variables to the host.
+//
+// It needs a backend with at least 2 devices, so it is skipped on the pure-Go backend; on a GPU
+// machine, run the test binary with BLACKMAMBA_TEST_BACKEND set to the XLA plugin.
+func TestDataParallelMatchesOneDevice(t *testing.T) {
+	backend := multiDeviceBackend(t)
+	n := backend.NumDevices()
+	if n < 2 {
+		t.Skipf("backend %s has %d device: data-parallel comparison needs >= 2 (set BLACKMAMBA_TEST_BACKEND)", backend.Name(), n)
+	}
+	const steps, batch = 10, 8
+	run := func(devices int) ([]results.TrainRecord, *Trainer) {
+		dir := t.TempDir()
+		cfg := toyConfig(dir, steps)
+		cfg.Batch, cfg.Devices = batch, devices
+		cfg.HeldOut = map[string]Batches{"synth": newSynth(7, batch, 16)}
+		tr, err := New(backend, newToyCtx(), toyLoss, cfg)
+		if err != nil {
+			t.Fatalf("devices %d: %v", devices, err)
+		}
+		if _, err := tr.Run(newSynth(1, batch, 16)); err != nil {
+			t.Fatalf("devices %d: %v", devices, err)
+		}
+		return readLog(t, dir), tr
+	}
+	ref, refTr := run(1)
+	for _, devices := range []int{2, 4} {
+		if devices > n {
+			break
+		}
+		got, tr := run(devices)
+		if len(got) != len(ref) {
+			t.Fatalf("devices %d: %d records, want %d", devices, len(got), len(ref))
+		}
+		for i := range ref {
+			a, b := ref[i], got[i]
+			t.Logf("devices %d step %d: loss %.6f vs %.6f, grad norm %.6f vs %.6f", devices, a.Step, a.Loss, b.Loss, a.GradNorm, b.GradNorm)
+			if !relClose(a.Loss, b.Loss, 1e-4) || !relClose(a.GradNorm, b.GradNorm, 1e-3) || a.LR != b.LR ||
+				!relClose(a.Extras["logit_sq"], b.Extras["logit_sq"], 1e-3) {
+				t.Errorf("devices %d, step %d: loss %v / %v, grad norm %v / %v, lr %v / %v, logit_sq %v / %v (1 device / data-parallel)",
+					devices, a.Step, a.Loss, b.Loss, a.GradNorm, b.GradNorm, a.LR, b.LR, a.Extras["logit_sq"], b.Extras["logit_sq"])
+			}
+			ca, cb := a.ExpertCounts["toy"], b.ExpertCounts["toy"]
+			var sum, l1 float64
+			for j := range cb {
+				sum += cb[j]
+				l1 += math.Abs(ca[j] - cb[j])
+			}
+			if len(ca) != len(cb) || sum != batch*16 || l1 > 0.02*batch*16 {
+				t.Errorf("devices %d, step %d: counts %v, want a sum of %d close to %v", devices, a.Step, cb, batch*16, ca)
+			}
+			if ha, hb := a.HeldOut["synth"], b.HeldOut["synth"]; (ha == 0) != (hb == 0) || !relClose(ha, hb, 1e-4) {
+				t.Errorf("devices %d, step %d: held-out %v / %v", devices, a.Step, ha, hb)
+			}
+		}
+		for v := range refTr.Context().IterVariables() {
+			w := tr.Context().GetVariableByScopeAndName(v.Scope(), v.Name())
+			if w == nil {
+				t.Fatalf("devices %d: variable %s missing", devices, v.ScopeAndName())
+			}
+			x, y := flatFloat64(t, v.MustValue()), flatFloat64(t, w.MustValue())
+			for j := range x {
+				if math.Abs(x[j]-y[j]) > 1e-3 {
+					t.Errorf("devices %d: variable %s[%d] = %v, want %v (1 device)", devices, v.ScopeAndName(), j, y[j], x[j])
+					break
+				}
+			}
+		}
+	}
+}
+
+func relClose(a, b, tol float64) bool {
+	return math.Abs(a-b) <= tol*math.Max(1, math.Abs(a))
+}
+
+// flatFloat64 returns a float32, float64 or int64 tensor's values (any rank) as float64.
+func flatFloat64(t *testing.T, x *tensors.Tensor) []float64 {
+	t.Helper()
+	var out []float64
+	err := x.ConstFlatData(func(data any) {
+		switch d := data.(type) {
+		case []float32:
+			for _, f := range d {
+				out = append(out, float64(f))
+			}
+		case []float64:
+			out = append(out, d...)
+		case []int64:
+			for _, f := range d {
+				out = append(out, float64(f))
+			}
+		}
+	})
+	if err != nil || out == nil {
+		t.Fatalf("tensor %s: cannot read it as float64 (%v)", x.Shape(), err)
+	}
+	return out
+}
