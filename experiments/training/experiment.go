@@ -63,6 +63,8 @@ type Options struct {
 	// AfterRun, if set, receives the result so far after each finished run (e.g. to write it,
 	// so that a job stopped by a time limit keeps the runs it finished).
 	AfterRun func(*Result) error
+	// Devices > 1 trains each run data-parallel on that many devices (Batch is the global batch).
+	Devices int
 }
 
 // Size returns the options of a named size: "gpu" (the small family at T=512, B=16, bf16,
@@ -230,7 +232,7 @@ func Run(backend backends.Backend, o Options) (*Result, error) {
 		fmt.Fprintf(logw, "training: run %d/%d %s (pattern %s, routing %s), %d steps\n", i+1, len(plans), p.label, p.cfg.Pattern, p.cfg.Routing, steps)
 		t, err := Train(backend, Spec{Cfg: p.cfg, Corpus: o.Corpus, SeqLen: o.SeqLen, Batch: o.Batch, Steps: steps,
 			LR: o.LR, Warmup: -1, Seed: o.Seed, Dir: dir, LogEvery: o.LogEvery, EvalEvery: o.EvalEvery,
-			EvalBatches: o.EvalBatches, Progress: o.Progress})
+			EvalBatches: o.EvalBatches, Progress: o.Progress, Devices: o.Devices})
 		if err != nil {
 			return nil, err
 		}

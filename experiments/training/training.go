@@ -44,6 +44,9 @@ type Spec struct {
 	LogEvery, EvalEvery, CheckpointEvery, EvalBatches int
 	// Progress receives the trainer's progress lines (nil: standard error).
 	Progress io.Writer
+	// Devices > 1 trains data-parallel on that many devices of the backend (see
+	// train.Config.Devices); Batch is the global batch.
+	Devices int
 }
 
 // Trained is what Train returns: the summary, the trainer (its context holds the trained
@@ -96,7 +99,7 @@ func Train(backend backends.Backend, s Spec) (*Trained, error) {
 		Batch: s.Batch, SeqLen: s.SeqLen, Optimizer: opt, FLOPsPerToken: trn,
 		Dir: s.Dir, Resume: s.Resume, LogEvery: logEvery, CheckpointEvery: s.CheckpointEvery,
 		EvalEvery: s.EvalEvery, EvalBatches: s.EvalBatches, HeldOut: held, Progress: s.Progress,
-		Meta: map[string]string{"config": cfgJSON},
+		Meta: map[string]string{"config": cfgJSON}, Devices: s.Devices,
 	})
 	if err != nil {
 		return nil, err

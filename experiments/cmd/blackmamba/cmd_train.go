@@ -12,6 +12,8 @@ import (
 	"blackmamba/experiments"
 	"blackmamba/experiments/training"
 	"blackmamba/xla"
+
+	"github.com/gomlx/gomlx/backends"
 )
 
 func init() {
@@ -55,6 +57,7 @@ func runTrain(fs *flag.FlagSet, args []string) error {
 	evalBatches := fs.Int("eval-batches", 8, "held-out batches per domain and evaluation")
 	ckptEvery := fs.Int("checkpoint-every", 0, "steps between checkpoints, a multiple of -log-every (0: only at the end)")
 	seed := fs.Int64("seed", 1, "seed of the initialization and of the data order")
+	devices := fs.Int("devices", 1, "train data-parallel on this many devices of the backend (GPUs of one host; -batch is the global batch, split evenly)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -85,13 +88,16 @@ func runTrain(fs *flag.FlagSet, args []string) error {
 	if err != nil {
 		return err
 	}
+	if err := checkDevices(backend, *devices, *batch); err != nil {
+		return err
+	}
 	total, active := cfg.ParamCounts()
 	_, trn := cfg.FLOPsPerToken(*seq)
-	fmt.Fprintf(os.Stderr, "backend: %s\nmodel %s (pattern %s, %s compute, routing %s): %.1fM params, %.1fM active, %.3g training FLOPs/token\ncorpus %s, %d steps of %d x %d tokens\n",
-		choice, cfg.Name, cfg.Pattern, cfg.ComputeDType, cfg.Routing, float64(total)/1e6, float64(active)/1e6, trn, corpus.Dir, *steps, *batch, *seq)
+	fmt.Fprintf(os.Stderr, "backend: %s\nmodel %s (pattern %s, %s compute, routing %s): %.1fM params, %.1fM active, %.3g training FLOPs/token\ncorpus %s, %d steps of %d x %d tokens on %d device(s)\n",
+		choice, cfg.Name, cfg.Pattern, cfg.ComputeDType, cfg.Routing, float64(total)/1e6, float64(active)/1e6, trn, corpus.Dir, *steps, *batch, *seq, max(1, *devices))
 	t, err := training.Train(backend, training.Spec{Cfg: cfg, Corpus: corpus, SeqLen: *seq, Batch: *batch, Steps: *steps,
 		LR: *lr, Warmup: *warmup, Seed: *seed, Dir: *dir, Resume: *resume, LogEvery: *logEvery, EvalEvery: *evalEvery,
-		CheckpointEvery: *ckptEvery, EvalBatches: *evalBatches})
+		CheckpointEvery: *ckptEvery, EvalBatches: *evalBatches, Devices: *devices})
 	if err != nil {
 		return err
 	}
@@ -104,5 +110,18 @@ func runTrain(fs *flag.FlagSet, args []string) error {
 		}
 	}
 	fmt.Printf("metrics: %s\ncheckpoint: %s\n", s.Metrics, s.LastCheckpoint)
+	return nil
+}
+
+// checkDevices checks the -devices flag against the backend and the global batch -batch.
+func checkDevices(backend backends.Backend, devices, batch int) error {
+	switch have := backend.NumDevices(); {
+	case devices < 1:
+		return fmt.Errorf("-devices %d: want >= 1", devices)
+	case batch%devices != 0:
+		return fmt.Errorf("-devices %d: the global batch %d is not divisible by it (each device takes batch/devices rows)", devices, batch)
+	case devices > have:
+		return fmt.Errorf("-devices %d: backend %s has %d device(s)", devices, backend.Name(), have)
+	}
 	return nil
 }

@@ -41,6 +41,7 @@ func runTrainingExperiment(fs *flag.FlagSet, args []string) error {
 	zsTasks := fs.String("zero-shot", "", `zero-shot tasks to evaluate each trained model on (e.g. "piqa,arc_easy"; "all"); none by default`)
 	zsData := fs.String("zero-shot-data", "", "folder of the zero-shot task files (see blackmamba eval)")
 	zsLimit := fs.Int("zero-shot-limit", 500, "examples per zero-shot task (0: all)")
+	devices := fs.Int("devices", 1, "train each run data-parallel on this many devices of the backend (the size's batch is the global batch)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -109,6 +110,10 @@ func runTrainingExperiment(fs *flag.FlagSet, args []string) error {
 		return err
 	}
 	fmt.Fprintf(os.Stderr, "backend: %s\n", choice)
+	if err := checkDevices(backend, *devices, o.Batch); err != nil {
+		return err
+	}
+	o.Devices = *devices
 	o.AfterRun = func(partial *training.Result) error { return partial.WriteJSON(*out) }
 	r, err := training.Run(backend, o)
 	if err != nil {
