@@ -17,3 +17,19 @@ func DeviceMemoryUsed() int64 {
 // MemoryIsHighWater reports whether DeviceMemoryUsed measures the high-water mark (the growing
 // allocator is on).
 func MemoryIsHighWater() bool { return os.Getenv(GPUMemoryEnv) == "grow" }
+
+// DevicesMemoryUsed returns the memory in use on each NVIDIA GPU, in bytes, in nvidia-smi's
+// index order (GPU i of the machine at position i), or nil when unknown. With
+// BLACKMAMBA_GPU_MEMORY=grow each entry is the high-water mark on that GPU, as for
+// DeviceMemoryUsed, which is its first entry.
+func DevicesMemoryUsed() []int64 {
+	gpus, _ := nvidiaSMI()
+	if len(gpus) == 0 {
+		return nil
+	}
+	used := make([]int64, len(gpus))
+	for i, g := range gpus {
+		used[i] = g.MemoryUsed
+	}
+	return used
+}

@@ -16,13 +16,29 @@ import (
 // update, in one compiled graph) of cfg at [batch, seqLen] on random tokens, and reports
 // tokens/s and the model FLOPs utilisation against PeakBF16FLOPs.
 func TrainStep(backend backends.Backend, cfg bm.Config, batch, seqLen, reps int) Row {
-	row := Row{Bench: "train-step", Variant: fmt.Sprintf("%s %s routing=%s", cfg.Name, cfg.ComputeDType, cfg.Routing),
-		Shape: fmt.Sprintf("batch %d x %d", batch, seqLen), Reps: reps, PeakBytes: -1}
+	return TrainStepDevices(backend, cfg, batch, seqLen, reps, 1)
+}
+
+// TrainStepDevices is TrainStep data-parallel on devices devices of the backend (see
+// train.Config.Devices): batch is the global batch, split into batch/devices rows per device.
+// Tokens/s counts the global batch; the MFU is per device (against devices × PeakBF16FLOPs).
+// devices <= 1 is TrainStep on one device.
+func TrainStepDevices(backend backends.Backend, cfg bm.Config, batch, seqLen, reps, devices int) Row {
+	variant := fmt.Sprintf("%s %s routing=%s", cfg.Name, cfg.ComputeDType, cfg.Routing)
+	shape := fmt.Sprintf("batch %d x %d", batch, seqLen)
+	if devices > 1 {
+		variant += fmt.Sprintf(" devices=%d", devices)
+		shape += fmt.Sprintf(" (%d per device)", batch/devices)
+	}
+	row := Row{Bench: "train-step", Variant: variant, Shape: shape, Reps: reps, PeakBytes: -1}
 	_, trainPerToken := cfg.FLOPsPerToken(seqLen)
 	tokensPerStep := float64(batch * seqLen)
 	row.FLOPs = trainPerToken * tokensPerStep
 	total, active := cfg.ParamCounts()
 	row.Extra = map[string]float64{"params_total": float64(total), "params_active": float64(active)}
+	if devices > 1 {
+		row.Extra["devices"] = float64(devices)
+	}
 	err := catch(func() error {
 		m, err := bm.New(cfg)
 		if err != nil {
@@ -32,7 +48,7 @@ func TrainStep(backend backends.Backend, cfg bm.Config, batch, seqLen, reps int)
 		opt := train.DefaultAdamW(1e-3, 1000)
 		opt.NoDecay = experiments.NoDecay
 		tr, err := train.New(backend, ctx, experiments.LossFn(m, bm.ForwardOptions{}), train.Config{
-			Batch: batch, SeqLen: seqLen, Optimizer: opt,
+			Batch: batch, SeqLen: seqLen, Optimizer: opt, Devices: devices,
 		})
 		if err != nil {
 			return err
@@ -62,6 +78,6 @@ func TrainStep(backend backends.Backend, cfg bm.Config, batch, seqLen, reps int)
 		return row
 	}
 	row.TokensPerS = tokensPerStep / (row.Ms / 1000)
-	row.MFU = row.FLOPs / (row.Ms / 1000) / PeakBF16FLOPs
+	row.MFU = row.FLOPs / (row.Ms / 1000) / (PeakBF16FLOPs * float64(max(1, devices)))
 	return row
 }

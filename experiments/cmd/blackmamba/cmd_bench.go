@@ -33,6 +33,7 @@ func runBench(fs *flag.FlagSet, args []string) error {
 	seqLen := fs.Int("seq", 2048, "train-step sequence length")
 	moeTokens := fs.Int("moe-tokens", 16384, "tokens through the MoE block")
 	reps := fs.Int("reps", 10, "timed repetitions after warm-up (the median is reported)")
+	devices := fs.Int("devices", 1, "train-step: data-parallel on this many devices of the backend (-batch is the global batch)")
 	out := fs.String("json", "", "write the report as JSON to this file")
 	check := fs.Bool("check", false, "check the scan variants against the float64 reference before timing them")
 	if err := fs.Parse(args); err != nil {
@@ -43,6 +44,11 @@ func runBench(fs *flag.FlagSet, args []string) error {
 		return err
 	}
 	fmt.Fprintf(os.Stderr, "backend: %s\n", choice)
+	if strings.Contains(*what, "train-step") {
+		if err := checkDevices(backend, *devices, *batch); err != nil {
+			return err
+		}
+	}
 	desc := xla.Describe(backend)
 	report := bench.Report{Date: time.Now().UTC().Format(time.RFC3339), Backend: desc.Summary, Hardware: hardware(desc)}
 	cfg, err := bm.LoadConfig(*cfgName)
@@ -98,7 +104,15 @@ func runBench(fs *flag.FlagSet, args []string) error {
 			}
 			report.Rows = append(report.Rows, bench.MoE(backend, cfg, experts, *moeTokens, *reps)...)
 		case "train-step":
-			report.Rows = append(report.Rows, bench.TrainStep(backend, cfg, *batch, *seqLen, *reps))
+			row := bench.TrainStepDevices(backend, cfg, *batch, *seqLen, *reps, *devices)
+			if *devices > 1 && xla.MemoryIsHighWater() {
+				for i, used := range xla.DevicesMemoryUsed() {
+					if i < *devices {
+						row.Extra[fmt.Sprintf("peak_gib_gpu%d", i)] = float64(used) / (1 << 30)
+					}
+				}
+			}
+			report.Rows = append(report.Rows, row)
 		case "":
 		default:
 			return fmt.Errorf("-what: unknown benchmark %q (want scan, moe, train-step)", w)
