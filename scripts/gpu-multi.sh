@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Data-parallel training on the GPUs of one host, from the bundle (make gpu-bundle, plus the test
+# binary of experiments/train as train.test when available) and a corpus sample
+# (data/corpus-12m). Run from the repository root; logs, JSON and metrics go under OUT (default
+# ./gpu-out). Each step has its own time limit so a slow step cannot take the others down; each
+# phase stays under about nine minutes on two H200s.
+#
+#   scripts/gpu-multi.sh BUNDLE_DIR test    the data-parallel test of experiments/train (train.test)
+#   scripts/gpu-multi.sh BUNDLE_DIR small   the small preset's train step (bf16, global batch
+#                                           16 x 2048) on 1 and 2 GPUs: tokens/s, peak memory per GPU
+#   scripts/gpu-multi.sh BUNDLE_DIR loss    20 steps of `blackmamba train` on 1 and 2 GPUs (same
+#                                           seed and global batch), metrics and their comparison
+#   scripts/gpu-multi.sh BUNDLE_DIR [dp]    test, small and loss (about 8 minutes)
+#   scripts/gpu-multi.sh BUNDLE_DIR 1.5b    the 1.5b train step (bf16, global batch 4 x 2048) on
+#                                           1 and 2 GPUs
+#
+# Environment: DEVICES (default 2), CORPUS (default data/corpus-12m), LOSS_CONFIG (default tiny),
+# LOSS_BATCH (8), LOSS_SEQ (256), LOSS_STEPS (20), SMALL_BATCH (16).
+set -uo pipefail
+bundle="$(cd "$1" && pwd)"
+phase="${2:-dp}"
+out="${OUT:-$PWD/gpu-out}"
+corpus="${CORPUS:-data/corpus-12m}"
+devices="${DEVICES:-2}"
+work="${WORKDIR:-/tmp/blackmamba-multi}"
+mkdir -p "$out"
+run="$bundle/run.sh"
+counts=(1) # device counts to run: 1 and DEVICES
+((devices > 1)) && counts+=("$devices")
+step() { # step NAME SECONDS CMD...: run with a time limit, log to $out/NAME.log
+	local name="$1" limit="$2"
+	shift 2
+	echo "=== $name (limit ${limit}s)" | tee -a "$out/summary.txt"
+	local t0=$SECONDS
+	timeout -k 10 "$limit" "$@" >"$out/$name.log" 2>&1
+	local rc=$?
+	tail -n 40 "$out/$name.log" >>"$out/summary.txt"
+	echo "--- $name rc=$rc in $((SECONDS - t0))s" | tee -a "$out/summary.txt"
+}
+export NCCL_NVLS_ENABLE=0 # NVLink multicast (NVLS) off for NCCL collectives
+export BLACKMAMBA_GPU_MEMORY=grow
+nvidia-smi --query-gpu=index,name,memory.total --format=csv >"$out/gpus.csv" 2>&1 || true
+phase_test() {
+	if [[ -x "$bundle/train.test" ]]; then
+		step dp-test 90 "$run" train.test -test.run 'DataParallel|OneDevice|DevicesValidation' -test.v -test.timeout 80s
+	else
+		echo "=== dp-test skipped: no train.test in $bundle" | tee -a "$out/summary.txt"
+	fi
+}
+phase_small() {
+	local b="${SMALL_BATCH:-16}" d
+	for d in "${counts[@]}"; do
+		step "train-small-${d}dev" 170 "$run" blackmamba bench -what train-step -config small -dtype bfloat16 \
+			-batch "$b" -seq 2048 -reps 5 -devices "$d" -json "$out/bench-train-small-${d}dev.json"
+	done
+}
+phase_loss() {
+	local d
+	rm -rf "$work" && mkdir -p "$work"
+	for d in "${counts[@]}"; do
+		step "loss-${d}dev" 60 "$run" blackmamba train -config "${LOSS_CONFIG:-tiny}" -corpus "$corpus" \
+			-steps "${LOSS_STEPS:-20}" -batch "${LOSS_BATCH:-8}" -seq "${LOSS_SEQ:-256}" -log-every 1 -eval-batches 2 \
+			-seed 1 -devices "$d" -dir "$work/loss-${d}dev"
+		cp "$work/loss-${d}dev/metrics.jsonl" "$out/loss-${d}dev.jsonl"
+	done
+	step loss-compare 20 "$run" blackmamba compare-runs -tol 1e-2 "$out/loss-1dev.jsonl" "$out/loss-${devices}dev.jsonl"
+}
+phase_big() {
+	local d
+	for d in "${counts[@]}"; do
+		step "train-1.5b-${d}dev" 270 "$run" blackmamba bench -what train-step -config 1.5b -dtype bfloat16 \
+			-batch 4 -seq 2048 -reps 5 -devices "$d" -json "$out/bench-train-1.5b-${d}dev.json"
+	done
+}
+case "$phase" in
+test) phase_test ;;
+small) phase_small ;;
+loss) phase_loss ;;
+dp)
+	phase_test
+	phase_small
+	phase_loss
+	;;
+1.5b) phase_big ;;
+*)
+	echo "unknown phase $phase (want test, small, loss, dp or 1.5b)" >&2
+	exit 2
+	;;
+esac
