@@ -76,9 +76,15 @@ gpu-bundle:
 		-o $(BUNDLE)/blackmamba ./experiments/cmd/blackmamba
 	GOOS=linux GOARCH=amd64 CGO_ENABLED=1 $(GO) test -c -trimpath -ldflags="-s -w" \
 		-o $(BUNDLE)/bm.test ./bm
+	GOOS=linux GOARCH=amd64 CGO_ENABLED=1 $(GO) test -c -trimpath -ldflags="-s -w" \
+		-o $(BUNDLE)/train.test ./experiments/train
 	install -m 755 scripts/gpu-run.sh $(BUNDLE)/run.sh
 	$(if $(strip $(BUNDLE_EXTRA)),cp -r $(BUNDLE_EXTRA) $(BUNDLE)/)
 	@du -shc $(BUNDLE)/*
+	@# The same, compressed (about a third of the size), for machines that take a size-limited upload:
+	@# unpack there with tar -xJf gpu-bundle.tar.xz.
+	tar -C $(dir $(BUNDLE)) -cJf $(BUNDLE).tar.xz $(notdir $(BUNDLE))
+	@du -sh $(BUNDLE).tar.xz
 
 clean:
 	rm -rf $(BIN) dist .tools/notebooks-out

@@ -5,7 +5,14 @@
 #
 #   scripts/gpu-bench.sh BUNDLE_DIR check   backends, selfcheck, bm tests on the GPU
 #   scripts/gpu-bench.sh BUNDLE_DIR scan    scan variants at B=8 T=2048 D=1536 N=16, and T=8192
-#   scripts/gpu-bench.sh BUNDLE_DIR train   MoE vs dense block, training steps (small f32/bf16, 1.5b)
+#   scripts/gpu-bench.sh BUNDLE_DIR tests   the bm tests named by BM_TEST_RUN (a -test.run pattern)
+#                                           on the GPU with TF32 off
+#   scripts/gpu-bench.sh BUNDLE_DIR breakdown  each block kind of the small preset timed alone
+#                                           (bf16, 8 x 2048, fwd and fwd+bwd), then the full step
+#   scripts/gpu-bench.sh BUNDLE_DIR moe     the MoE block against a dense block of its active size
+#   scripts/gpu-bench.sh BUNDLE_DIR train-small  small training steps (f32 and bf16, 8 x 2048)
+#   scripts/gpu-bench.sh BUNDLE_DIR train-1.5b   the 1.5b training step (bf16, 4 x 2048)
+#   scripts/gpu-bench.sh BUNDLE_DIR train   moe, train-small and train-1.5b
 set -uo pipefail
 bundle="$(cd "$1" && pwd)"
 phase="$2"
@@ -23,12 +30,35 @@ step() { # step NAME SECONDS CMD...: run with a time limit, log to $out/NAME.log
 	echo "--- $name rc=$rc in $((SECONDS - t0))s" | tee -a "$out/summary.txt"
 }
 export BLACKMAMBA_GPU_MEMORY=grow
-case "$phase" in
-check)
+no_tf32() {
 	# Correctness checks compare float32 results with tight tolerances: turn off TF32 (cuBLAS)
 	# and XLA's Triton GEMMs, which use TF32 for float32 dots by default on NVIDIA GPUs.
 	export NVIDIA_TF32_OVERRIDE=0
 	export XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_triton_gemm=false"
+}
+phase_moe() {
+	step moe 200 "$run" blackmamba bench -what moe -config small -dtype bfloat16 -moe-tokens 16384 -reps 10 -json "$out/bench-moe.json"
+}
+phase_train_small() {
+	step train-small-bf16 200 "$run" blackmamba bench -what train-step -config small -dtype bfloat16 -batch 8 -seq 2048 -reps 10 -json "$out/bench-train-small-bf16.json"
+	step train-small-f32 200 "$run" blackmamba bench -what train-step -config small -dtype float32 -batch 8 -seq 2048 -reps 10 -json "$out/bench-train-small-f32.json"
+}
+phase_train_big() {
+	step train-1.5b 300 "$run" blackmamba bench -what train-step -config 1.5b -dtype bfloat16 -batch 4 -seq 2048 -reps 5 -json "$out/bench-train-1.5b.json"
+}
+case "$phase" in
+tests)
+	no_tf32
+	step bm-tests-part "$((${BM_TEST_LIMIT:-280} + 20))" "$run" bash -c 'BLACKMAMBA_TEST_BACKEND="$GOMLX_BACKEND" exec "$0" -test.run "${BM_TEST_RUN:-.}" -test.timeout "${BM_TEST_LIMIT:-280}s" -test.v' "$bundle/bm.test"
+	;;
+breakdown)
+	step breakdown "${BREAKDOWN_LIMIT:-330}" "$run" blackmamba bench -what breakdown -config small -dtype bfloat16 -batch 8 -seq 2048 -reps 5 -json "$out/bench-breakdown.json"
+	;;
+moe) phase_moe ;;
+train-small) phase_train_small ;;
+train-1.5b) phase_train_big ;;
+check)
+	no_tf32
 	step backends 60 "$run" blackmamba backends
 	step selfcheck 180 "$run" blackmamba selfcheck
 	step bm-tests "$((${BM_TEST_LIMIT:-280} + 20))" "$run" bash -c 'BLACKMAMBA_TEST_BACKEND="$GOMLX_BACKEND" exec "$0" -test.timeout "${BM_TEST_LIMIT:-280}s" -test.v' "$bundle/bm.test"
@@ -38,10 +68,9 @@ scan)
 	step scan-8192 150 "$run" blackmamba bench -what scan -scan-shape 8,8192,1536,16 -scan-variants default -reps 5 -json "$out/bench-scan-8192.json"
 	;;
 train)
-	step moe 200 "$run" blackmamba bench -what moe -config small -dtype bfloat16 -moe-tokens 16384 -reps 10 -json "$out/bench-moe.json"
-	step train-small-f32 200 "$run" blackmamba bench -what train-step -config small -dtype float32 -batch 8 -seq 2048 -reps 10 -json "$out/bench-train-small-f32.json"
-	step train-small-bf16 200 "$run" blackmamba bench -what train-step -config small -dtype bfloat16 -batch 8 -seq 2048 -reps 10 -json "$out/bench-train-small-bf16.json"
-	step train-1.5b 300 "$run" blackmamba bench -what train-step -config 1.5b -dtype bfloat16 -batch 4 -seq 2048 -reps 5 -json "$out/bench-train-1.5b.json"
+	phase_moe
+	phase_train_small
+	phase_train_big
 	;;
 *)
 	echo "unknown phase $phase" >&2

@@ -1,13 +1,19 @@
 package xla
 
-import "os"
+import (
+	"os"
+	"strconv"
+	"strings"
+)
 
-// DeviceMemoryUsed returns the memory in use on the first NVIDIA GPU, in bytes, as nvidia-smi
+// DeviceMemoryUsed returns the memory in use on the first NVIDIA GPU this process sees (the
+// first entry of CUDA_VISIBLE_DEVICES when it is set), in bytes, as nvidia-smi
 // reports it, or -1 when unknown. With BLACKMAMBA_GPU_MEMORY=grow (see GPUMemoryEnv) this is
 // the process's high-water mark of device memory since it started; without it, XLA's initial
 // reservation.
 func DeviceMemoryUsed() int64 {
 	gpus, _ := nvidiaSMI()
+	gpus = visibleGPUs(gpus, os.Getenv("CUDA_VISIBLE_DEVICES"))
 	if len(gpus) == 0 {
 		return -1
 	}
@@ -18,12 +24,14 @@ func DeviceMemoryUsed() int64 {
 // allocator is on).
 func MemoryIsHighWater() bool { return os.Getenv(GPUMemoryEnv) == "grow" }
 
-// DevicesMemoryUsed returns the memory in use on each NVIDIA GPU, in bytes, in nvidia-smi's
-// index order (GPU i of the machine at position i), or nil when unknown. With
+// DevicesMemoryUsed returns the memory in use on each NVIDIA GPU this process sees, in bytes,
+// in the order the process numbers them (nvidia-smi's index order, or the order of
+// CUDA_VISIBLE_DEVICES when it is set), or nil when unknown. With
 // BLACKMAMBA_GPU_MEMORY=grow each entry is the high-water mark on that GPU, as for
 // DeviceMemoryUsed, which is its first entry.
 func DevicesMemoryUsed() []int64 {
 	gpus, _ := nvidiaSMI()
+	gpus = visibleGPUs(gpus, os.Getenv("CUDA_VISIBLE_DEVICES"))
 	if len(gpus) == 0 {
 		return nil
 	}
@@ -32,4 +40,29 @@ func DevicesMemoryUsed() []int64 {
 		used[i] = g.MemoryUsed
 	}
 	return used
+}
+
+// visibleGPUs returns the GPUs named by a CUDA_VISIBLE_DEVICES value (comma-separated indices,
+// in that order), or all of them when the value is empty or not a list of indices (e.g. UUIDs).
+func visibleGPUs(gpus []GPU, visible string) []GPU {
+	visible = strings.TrimSpace(visible)
+	if visible == "" {
+		return gpus
+	}
+	var out []GPU
+	for _, f := range strings.Split(visible, ",") {
+		idx, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil {
+			return gpus
+		}
+		if idx < 0 {
+			break // CUDA stops at the first invalid entry
+		}
+		for _, g := range gpus {
+			if g.Index == idx {
+				out = append(out, g)
+			}
+		}
+	}
+	return out
 }

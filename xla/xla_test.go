@@ -1,6 +1,7 @@
 package xla
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -429,6 +430,30 @@ func TestGPUMemoryEnv(t *testing.T) {
 		t.Setenv(GPUMemoryEnv, tc.v)
 		if got := MemoryIsHighWater(); got != tc.want {
 			t.Errorf("MemoryIsHighWater() with %s=%q = %v, want %v", GPUMemoryEnv, tc.v, got, tc.want)
+		}
+	}
+}
+
+func TestVisibleGPUs(t *testing.T) {
+	gpus := []GPU{{Index: 0, MemoryUsed: 10}, {Index: 1, MemoryUsed: 11}, {Index: 2, MemoryUsed: 12}}
+	for _, tc := range []struct {
+		visible string
+		want    []int64
+	}{
+		{"", []int64{10, 11, 12}},
+		{"1", []int64{11}},
+		{"2,0", []int64{12, 10}},
+		{" 1 , 2 ", []int64{11, 12}},
+		{"GPU-1234", []int64{10, 11, 12}},
+		{"1,-1,2", []int64{11}},
+		{"7", nil},
+	} {
+		var got []int64
+		for _, g := range visibleGPUs(gpus, tc.visible) {
+			got = append(got, g.MemoryUsed)
+		}
+		if fmt.Sprint(got) != fmt.Sprint(tc.want) {
+			t.Errorf("visibleGPUs(%q) = %v, want %v", tc.visible, got, tc.want)
 		}
 	}
 }

@@ -405,3 +405,37 @@ func (z ZeroShotOptions) run(backend backends.Backend, ctx *context.Context, cfg
 	}
 	return out, nil
 }
+
+// Merge combines results of the same experiment run in parts (e.g. different -archs on
+// different GPUs): the settings (family, sequence length, batch, token budget, steps, seed,
+// learning rate, dtype, corpus) must agree; runs are concatenated in order, a later run
+// replacing an earlier one of the same label. The threshold is recomputed: thr if positive,
+// else the worst final loss of the non-ablation runs.
+func Merge(thr float64, parts ...*Result) (*Result, error) {
+	if len(parts) == 0 {
+		return nil, fmt.Errorf("training: nothing to merge")
+	}
+	first := *parts[0]
+	first.Runs = nil
+	key := func(r *Result) string {
+		return fmt.Sprintf("family %s, seq_len %d, batch %d, token budget %d, steps %d, seed %d, lr %g, dtype %s, corpus %s",
+			r.Family, r.SeqLen, r.Batch, r.TokenBudget, r.Steps, r.Seed, r.LR, r.DType, r.Corpus)
+	}
+	index := map[string]int{}
+	for i, p := range parts {
+		if key(p) != key(parts[0]) {
+			return nil, fmt.Errorf("training: result %d has settings (%s) unlike result 1 (%s)", i+1, key(p), key(parts[0]))
+		}
+		for _, run := range p.Runs {
+			if j, ok := index[run.Label]; ok {
+				first.Runs[j] = run
+				continue
+			}
+			index[run.Label] = len(first.Runs)
+			first.Runs = append(first.Runs, run)
+		}
+	}
+	sort.SliceStable(first.Runs, func(i, j int) bool { return !first.Runs[i].Ablation && first.Runs[j].Ablation })
+	first.setDefaultThreshold(thr)
+	return &first, nil
+}

@@ -4,6 +4,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"blackmamba/bm"
@@ -228,4 +229,41 @@ func (byteEncoder) Encode(s string) []int {
 		ids[i] = int(s[i])
 	}
 	return ids
+}
+
+func TestMerge(t *testing.T) {
+	rec := func(loss float64) []results.TrainRecord {
+		return []results.TrainRecord{{Step: 1, Tokens: 100, FLOPs: 1e9, HeldOut: map[string]float64{"a": loss + 1}},
+			{Step: 2, Tokens: 200, FLOPs: 2e9, HeldOut: map[string]float64{"a": loss}}}
+	}
+	base := Result{Family: "small", SeqLen: 512, Batch: 16, TokenBudget: 1000, Steps: 2, Seed: 1, LR: 1e-3, DType: "bfloat16", Corpus: "c"}
+	a, b := base, base
+	a.Runs = []RunResult{{Label: "small", FinalHeldOutMean: 5, Records: rec(5)}, {Label: "small argmax", Ablation: true, FinalHeldOutMean: 7, Records: rec(7)}}
+	b.Runs = []RunResult{{Label: "small-mamba", FinalHeldOutMean: 6, Records: rec(6)}, {Label: "small", FinalHeldOutMean: 4.5, Records: rec(4.5)}}
+	m, err := Merge(0, &a, &b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var labels []string
+	for _, r := range m.Runs {
+		labels = append(labels, r.Label)
+	}
+	if got := strings.Join(labels, ","); got != "small,small-mamba,small argmax" {
+		t.Errorf("merged runs %s, want small,small-mamba,small argmax", got)
+	}
+	if m.Runs[0].FinalHeldOutMean != 4.5 {
+		t.Errorf("the later run of a label must replace the earlier: got loss %g", m.Runs[0].FinalHeldOutMean)
+	}
+	if m.Threshold != 6 {
+		t.Errorf("threshold %g, want the worst non-ablation final loss 6", m.Threshold)
+	}
+	if !m.Runs[0].Reached || m.Runs[2].Reached {
+		t.Errorf("reached: %v %v, want BlackMamba to reach 6 and the ablation (7) not", m.Runs[0].Reached, m.Runs[2].Reached)
+	}
+	c := base
+	c.Batch = 8
+	c.Runs = b.Runs
+	if _, err := Merge(0, &a, &c); err == nil || !strings.Contains(err.Error(), "batch 8") {
+		t.Errorf("merging results of different batch sizes: err %v, want one naming the settings", err)
+	}
 }

@@ -24,7 +24,7 @@ func init() {
 
 func runBench(fs *flag.FlagSet, args []string) error {
 	backendFlag := xla.AddFlag(fs)
-	what := fs.String("what", "scan,moe,train-step", "comma-separated benchmarks: scan, moe, train-step")
+	what := fs.String("what", "scan,moe,train-step", "comma-separated benchmarks: scan, moe, train-step, breakdown (each block kind of -config timed alone at -batch x -seq)")
 	scanShape := fs.String("scan-shape", "8,2048,1536,16", "scan shape B,T,D,N")
 	scanVariants := fs.String("scan-variants", "all", `"all" (bm.ScanBenchVariants: chunk sizes and backward variants), "quick" (the default variant at each chunk size plus the chunk-16 variants) or "default"`)
 	cfgName := fs.String("config", "small", "model preset or JSON config for moe and train-step")
@@ -103,6 +103,10 @@ func runBench(fs *flag.FlagSet, args []string) error {
 				}
 			}
 			report.Rows = append(report.Rows, bench.MoE(backend, cfg, experts, *moeTokens, *reps)...)
+		case "breakdown":
+			rows := bench.Breakdown(backend, cfg, *batch, *seqLen, *reps)
+			report.Rows = append(report.Rows, rows...)
+			_ = bench.WriteTable(os.Stderr, rows)
 		case "train-step":
 			row := bench.TrainStepDevices(backend, cfg, *batch, *seqLen, *reps, *devices)
 			if *devices > 1 && xla.MemoryIsHighWater() {
@@ -115,7 +119,7 @@ func runBench(fs *flag.FlagSet, args []string) error {
 			report.Rows = append(report.Rows, row)
 		case "":
 		default:
-			return fmt.Errorf("-what: unknown benchmark %q (want scan, moe, train-step)", w)
+			return fmt.Errorf("-what: unknown benchmark %q (want scan, moe, train-step, breakdown)", w)
 		}
 		if xla.MemoryIsHighWater() {
 			// The allocator only grows: the device's used memory is this process's high-water mark.

@@ -41,8 +41,31 @@ func runTrainingExperiment(fs *flag.FlagSet, args []string) error {
 	zsTasks := fs.String("zero-shot", "", `zero-shot tasks to evaluate each trained model on (e.g. "piqa,arc_easy"; "all"); none by default`)
 	zsData := fs.String("zero-shot-data", "", "folder of the zero-shot task files (see blackmamba eval)")
 	zsLimit := fs.Int("zero-shot-limit", 500, "examples per zero-shot task (0: all)")
+	merge := fs.String("merge", "", "comma-separated result JSONs of the same experiment run in parts: combine them into -out and plot (no training)")
 	devices := fs.Int("devices", 1, "train each run data-parallel on this many devices of the backend (the size's batch is the global batch)")
 	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *merge != "" {
+		var parts []*training.Result
+		for _, path := range strings.Split(*merge, ",") {
+			r, err := training.ReadResult(strings.TrimSpace(path))
+			if err != nil {
+				return fmt.Errorf("-merge: %w", err)
+			}
+			parts = append(parts, r)
+		}
+		r, err := training.Merge(*threshold, parts...)
+		if err != nil {
+			return fmt.Errorf("-merge: %w", err)
+		}
+		if err := r.WriteJSON(*out); err != nil {
+			return err
+		}
+		paths, err := training.PlotAll(r, *plotDir)
+		for _, p := range append([]string{*out}, paths...) {
+			fmt.Println(p)
+		}
 		return err
 	}
 	if *plotOnly {
