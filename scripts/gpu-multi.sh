@@ -15,7 +15,8 @@
 #                                           1 and 2 GPUs
 #
 # Environment: DEVICES (default 2), CORPUS (default data/corpus-12m), LOSS_CONFIG (default tiny),
-# LOSS_BATCH (8), LOSS_SEQ (256), LOSS_STEPS (20), SMALL_BATCH (16).
+# LOSS_BATCH (8), LOSS_SEQ (256), LOSS_STEPS (20), SMALL_BATCH (16), and the step time limits
+# TEST_LIMIT (90 s), LOSS_LIMIT (60 s per run), SMALL_LIMIT (170 s per run).
 set -uo pipefail
 bundle="$(cd "$1" && pwd)"
 phase="${2:-dp}"
@@ -42,7 +43,7 @@ export BLACKMAMBA_GPU_MEMORY=grow
 nvidia-smi --query-gpu=index,name,memory.total --format=csv >"$out/gpus.csv" 2>&1 || true
 phase_test() {
 	if [[ -x "$bundle/train.test" ]]; then
-		step dp-test 90 "$run" train.test -test.run 'DataParallel|OneDevice|DevicesValidation' -test.v -test.timeout 80s
+		step dp-test "${TEST_LIMIT:-90}" "$run" train.test -test.run 'DataParallel|OneDevice|DevicesValidation' -test.v -test.timeout 80s
 	else
 		echo "=== dp-test skipped: no train.test in $bundle" | tee -a "$out/summary.txt"
 	fi
@@ -50,7 +51,7 @@ phase_test() {
 phase_small() {
 	local b="${SMALL_BATCH:-16}" d
 	for d in "${counts[@]}"; do
-		step "train-small-${d}dev" 170 "$run" blackmamba bench -what train-step -config small -dtype bfloat16 \
+		step "train-small-${d}dev" "${SMALL_LIMIT:-170}" "$run" blackmamba bench -what train-step -config small -dtype bfloat16 \
 			-batch "$b" -seq 2048 -reps 5 -devices "$d" -json "$out/bench-train-small-${d}dev.json"
 	done
 }
@@ -58,7 +59,7 @@ phase_loss() {
 	local d
 	rm -rf "$work" && mkdir -p "$work"
 	for d in "${counts[@]}"; do
-		step "loss-${d}dev" 60 "$run" blackmamba train -config "${LOSS_CONFIG:-tiny}" -corpus "$corpus" \
+		step "loss-${d}dev" "${LOSS_LIMIT:-60}" "$run" blackmamba train -config "${LOSS_CONFIG:-tiny}" -corpus "$corpus" \
 			-steps "${LOSS_STEPS:-20}" -batch "${LOSS_BATCH:-8}" -seq "${LOSS_SEQ:-256}" -log-every 1 -eval-batches 2 \
 			-seed 1 -devices "$d" -dir "$work/loss-${d}dev"
 		cp "$work/loss-${d}dev/metrics.jsonl" "$out/loss-${d}dev.jsonl"
