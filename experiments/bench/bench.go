@@ -45,6 +45,17 @@ type Row struct {
 	Err   string             `json:"error,omitempty"`
 }
 
+// OnRow, when set, is called with each row of MoE and Breakdown as soon as it is measured, so
+// that a caller can print and save partial results of a run that a time limit may stop.
+var OnRow func(Row)
+
+// emit passes a finished row to OnRow.
+func emit(r Row) {
+	if OnRow != nil {
+		OnRow(r)
+	}
+}
+
 // Report is what `blackmamba bench` writes.
 type Report struct {
 	Date     string `json:"date"`

@@ -57,3 +57,41 @@ func TestBenchmarksRun(t *testing.T) {
 		}
 	}
 }
+
+// TestBreakdownAndGraphSize runs the per-block breakdown of a tiny BlackMamba and checks that
+// every piece was measured, that the step-share column covers exactly the model's blocks, and
+// that the graph-size rows count the operations (more for Sinkhorn routing than for argmax,
+// whose graph lacks the unrolled rounds).
+func TestBreakdownAndGraphSize(t *testing.T) {
+	backend, err := backends.NewWithConfig("go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := bm.MustPreset("tiny")
+	cfg.Vocab, cfg.VocabReal = 97, 90
+	rows := Breakdown(backend, cfg, 2, 8, 1)
+	counted := 0
+	for _, r := range rows {
+		if r.Err != "" || !(r.Ms > 0) {
+			t.Errorf("%s %s: error %q, median %.3g ms", r.Bench, r.Variant, r.Err, r.Ms)
+		}
+		if r.Bench == "breakdown-fwd+bwd" {
+			counted += int(r.Extra["count"])
+		}
+	}
+	if want := len(cfg.Blocks()) + 1; counted != want {
+		t.Errorf("the fwd+bwd rows count %d pieces of the step, want %d blocks + the head", counted, want)
+	}
+	sk := GraphSize(backend, cfg, 2, 8)
+	am := cfg
+	am.Routing = bm.RoutingArgmax
+	ag := GraphSize(backend, am, 2, 8)
+	for _, r := range []Row{sk, ag} {
+		if r.Err != "" || !(r.Extra["nodes_total"] > r.Extra["nodes_forward"]) || !(r.Extra["nodes_forward"] > 0) {
+			t.Errorf("graph row %+v: want forward > 0 nodes and more with the gradients", r)
+		}
+	}
+	if !(sk.Extra["nodes_forward"] > ag.Extra["nodes_forward"]) {
+		t.Errorf("Sinkhorn routing graph has %v forward nodes, argmax %v: want more with Sinkhorn", sk.Extra["nodes_forward"], ag.Extra["nodes_forward"])
+	}
+}

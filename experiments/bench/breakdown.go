@@ -183,6 +183,7 @@ func Breakdown(backend backends.Backend, cfg bm.Config, batch, seqLen, reps int)
 				}
 			}
 			rows = append(rows, row)
+			emit(row)
 		}
 	}
 	return rows

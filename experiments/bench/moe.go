@@ -121,6 +121,7 @@ func MoE(backend backends.Backend, cfg bm.Config, experts, tokens, reps int) []R
 				}
 			}
 			rows = append(rows, row)
+			emit(row)
 		}
 	}
 	return rows

@@ -189,7 +189,7 @@ func relClose(a, b, tol float64) bool {
 	return math.Abs(a-b) <= tol*math.Max(1, math.Abs(a))
 }
 
-// flatFloat64 returns a float32, float64 or int64 tensor's values (any rank) as float64.
+// flatFloat64 returns a float32, float64, int64, int32 or uint64 tensor's values (any rank) as float64.
 func flatFloat64(t *testing.T, x *tensors.Tensor) []float64 {
 	t.Helper()
 	var out []float64
@@ -202,6 +202,14 @@ func flatFloat64(t *testing.T, x *tensors.Tensor) []float64 {
 		case []float64:
 			out = append(out, d...)
 		case []int64:
+			for _, f := range d {
+				out = append(out, float64(f))
+			}
+		case []int32:
+			for _, f := range d {
+				out = append(out, float64(f))
+			}
+		case []uint64: // e.g. the random number generator's state; compared through float64
 			for _, f := range d {
 				out = append(out, float64(f))
 			}

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -24,7 +25,7 @@ func init() {
 
 func runBench(fs *flag.FlagSet, args []string) error {
 	backendFlag := xla.AddFlag(fs)
-	what := fs.String("what", "scan,moe,train-step", "comma-separated benchmarks: scan, moe, train-step, breakdown (each block kind of -config timed alone at -batch x -seq)")
+	what := fs.String("what", "scan,moe,train-step", "comma-separated benchmarks: scan, moe, train-step, breakdown (each block kind of -config timed alone at -batch x -seq), graph (operation counts of the training graph, built but not compiled)")
 	scanShape := fs.String("scan-shape", "8,2048,1536,16", "scan shape B,T,D,N")
 	scanVariants := fs.String("scan-variants", "all", `"all" (bm.ScanBenchVariants: chunk sizes and backward variants), "quick" (the default variant at each chunk size plus the chunk-16 variants) or "default"`)
 	cfgName := fs.String("config", "small", "model preset or JSON config for moe and train-step")
@@ -61,7 +62,14 @@ func runBench(fs *flag.FlagSet, args []string) error {
 			return err
 		}
 	}
+	partial := report // rows measured so far by the running MoE or breakdown benchmark
+	bench.OnRow = func(r bench.Row) {
+		partial.Rows = append(partial.Rows, r)
+		_ = bench.WriteTable(os.Stderr, []bench.Row{r})
+		_ = writeReport(*out, partial)
+	}
 	for _, w := range strings.Split(*what, ",") {
+		partial.Rows = slices.Clone(report.Rows)
 		switch strings.TrimSpace(w) {
 		case "scan":
 			shape, err := parseScanShape(*scanShape)
@@ -103,10 +111,10 @@ func runBench(fs *flag.FlagSet, args []string) error {
 				}
 			}
 			report.Rows = append(report.Rows, bench.MoE(backend, cfg, experts, *moeTokens, *reps)...)
+		case "graph":
+			report.Rows = append(report.Rows, bench.GraphSize(backend, cfg, *batch, *seqLen))
 		case "breakdown":
-			rows := bench.Breakdown(backend, cfg, *batch, *seqLen, *reps)
-			report.Rows = append(report.Rows, rows...)
-			_ = bench.WriteTable(os.Stderr, rows)
+			report.Rows = append(report.Rows, bench.Breakdown(backend, cfg, *batch, *seqLen, *reps)...)
 		case "train-step":
 			row := bench.TrainStepDevices(backend, cfg, *batch, *seqLen, *reps, *devices)
 			if *devices > 1 && xla.MemoryIsHighWater() {
@@ -119,7 +127,7 @@ func runBench(fs *flag.FlagSet, args []string) error {
 			report.Rows = append(report.Rows, row)
 		case "":
 		default:
-			return fmt.Errorf("-what: unknown benchmark %q (want scan, moe, train-step, breakdown)", w)
+			return fmt.Errorf("-what: unknown benchmark %q (want scan, moe, train-step, breakdown, graph)", w)
 		}
 		if xla.MemoryIsHighWater() {
 			// The allocator only grows: the device's used memory is this process's high-water mark.
