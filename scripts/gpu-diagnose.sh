@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Finds where XLA spends its compilation time on the training graphs, from the bundle (make
+# gpu-bundle) on a GPU machine. For each case it compiles one training step (bench -what
+# train-step, one timed repetition) under its own time limit, with XLA's compilation statistics
+# and per-phase logging on, and the HLO modules dumped as text (before and after optimisation);
+# the dumps are packed into OUT/hlo-CASE.tar.xz. Cases:
+#
+#   transformer      small-transformer, bf16, 16 x 512 (its step did not compile in 9 minutes)
+#   transformer-at0  the same with XLA's autotuning off (--xla_gpu_autotune_level=0)
+#   transformer-t128 the same at 16 x 128 (how compilation grows with the sequence length)
+#   blackmamba       small BlackMamba, bf16, 16 x 512
+#   blackmamba-sk1   the same with one unrolled Sinkhorn round (sinkhorn_max_iter 1)
+#   mamba            small dense Mamba, bf16, 16 x 512
+#
+#   scripts/gpu-diagnose.sh BUNDLE_DIR [CASE...]     (default: all, in the order above)
+#
+# Environment: LIMIT (seconds per case, default 150).
+set -uo pipefail
+bundle="$(cd "$1" && pwd)"
+shift
+out="${OUT:-$PWD/gpu-out}"
+mkdir -p "$out"
+run="$bundle/run.sh"
+export BLACKMAMBA_GPU_MEMORY=grow
+cases=("$@")
+((${#cases[@]} == 0)) && cases=(transformer transformer-at0 transformer-t128 blackmamba blackmamba-sk1 mamba)
+echo '{"sinkhorn_max_iter": 1}' >"$out/small-sk1.json"
+for c in "${cases[@]}"; do
+	cfg=small seq=512 flags=""
+	case "$c" in
+	transformer) cfg=small-transformer ;;
+	transformer-at0) cfg=small-transformer flags="--xla_gpu_autotune_level=0" ;;
+	transformer-t128) cfg=small-transformer seq=128 ;;
+	blackmamba) ;;
+	blackmamba-sk1) cfg="$out/small-sk1.json" ;;
+	mamba) cfg=small-mamba ;;
+	*)
+		echo "unknown case $c" >&2
+		exit 2
+		;;
+	esac
+	dump="/tmp/hlo-$c"
+	rm -rf "$dump"
+	echo "=== $c: -config $cfg -seq $seq ${flags:+XLA flags $flags} (limit ${LIMIT:-150}s)" | tee -a "$out/summary.txt"
+	t0=$SECONDS
+	XLA_FLAGS="--xla_dump_to=$dump --xla_dump_hlo_as_text --xla_gpu_print_compilation_stats $flags" \
+		TF_CPP_MIN_LOG_LEVEL=0 TF_CPP_VMODULE="gpu_compiler=3,nvptx_compiler=3" \
+		timeout -k 10 "${LIMIT:-150}" "$run" blackmamba bench -what graph,train-step -config "$cfg" -dtype bfloat16 \
+		-batch 16 -seq "$seq" -reps 1 -json "$out/bench-$c.json" >"$out/$c.log" 2>&1
+	echo "--- $c rc=$? in $((SECONDS - t0))s" | tee -a "$out/summary.txt"
+	grep -E "Very slow|took|^train-step|^graph" "$out/$c.log" | tail -n 8 >>"$out/summary.txt"
+	(cd /tmp && tar -cJf "$out/hlo-$c.tar.xz" "hlo-$c" 2>/dev/null) || true
+	xz -f "$out/$c.log"
+done
