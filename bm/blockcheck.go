@@ -190,6 +190,8 @@ func checkFloats(t *tensors.Tensor) []float64 {
 		for _, v := range tensors.MustCopyFlatData[float32](t) {
 			out = append(out, float64(v))
 		}
+	case dtypes.Float64:
+		out = tensors.MustCopyFlatData[float64](t)
 	case dtypes.Int32:
 		for _, v := range tensors.MustCopyFlatData[int32](t) {
 			out = append(out, float64(v))

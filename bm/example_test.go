@@ -3,6 +3,8 @@ package bm_test
 import (
 	"fmt"
 
+	"blackmamba/xla"
+
 	"blackmamba/bm"
 
 	"github.com/gomlx/gomlx/backends"
@@ -23,7 +25,7 @@ func Example() {
 	if err != nil {
 		panic(err)
 	}
-	backend, err := backends.NewWithConfig("go") // the pure-Go CPU backend
+	backend, err := backends.NewWithConfig(xla.CPUConfig) // the pure-Go CPU backend
 	if err != nil {
 		panic(err)
 	}

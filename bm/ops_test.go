@@ -7,6 +7,8 @@ import (
 	"sync"
 	"testing"
 
+	"blackmamba/xla"
+
 	"github.com/gomlx/gomlx/backends"
 	_ "github.com/gomlx/gomlx/backends/simplego"
 	_ "github.com/gomlx/gomlx/backends/xla"
@@ -19,7 +21,7 @@ import (
 func cpuBackend(t testing.TB) backends.Backend {
 	t.Helper()
 	testBackendOnce.Do(func() {
-		config := "go"
+		config := xla.CPUConfig
 		if env := os.Getenv(TestBackendEnv); env != "" {
 			config = env
 		}

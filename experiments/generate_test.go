@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 
+	"blackmamba/xla"
+
 	"blackmamba/bm"
 	"blackmamba/bm/weights"
 
@@ -21,7 +23,7 @@ const fixtureDir = "../bm/weights/testdata/fixture"
 
 func cpuBackend(t *testing.T) backends.Backend {
 	t.Helper()
-	b, err := backends.NewWithConfig("go") // the pure-Go CPU backend
+	b, err := backends.NewWithConfig(xla.CPUConfig) // the pure-Go CPU backend
 	if err != nil {
 		t.Fatal(err)
 	}

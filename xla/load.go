@@ -132,13 +132,24 @@ func newGrowingBackend(config string) (b backends.Backend, err error) {
 	return gomlxxla.NewWithOptions(strings.TrimPrefix(config, BackendXLA+":"), pjrt.NamedValuesMap{"preallocate": false})
 }
 
-// newBackend creates a GoMLX backend from a configuration, turning GoMLX's panics (it panics
-// on unknown backend names) into errors.
+// CPUConfig is the configuration of GoMLX's pure-Go backend that this project uses when asked
+// for "go": operations run one at a time, each still spreading its work over every core.
+// simplego v0.26 otherwise runs independent operations side by side on its worker pool, and
+// matrix multiplications that wait for workers from inside that pool can deadlock it (seen with
+// the several independent DotGenerals of a backward pass on 2 cores). Tests create their CPU
+// backend with it too.
+const CPUConfig = BackendGo + ":ops_sequential"
+
+// newBackend creates a GoMLX backend from a configuration ("go" becomes CPUConfig), turning
+// GoMLX's panics (it panics on unknown backend names) into errors.
 func newBackend(config string) (b backends.Backend, err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			b, err = nil, fmt.Errorf("%v", r)
 		}
 	}()
+	if config == BackendGo {
+		config = CPUConfig
+	}
 	return backends.NewWithConfig(config)
 }

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"testing"
 
+	"blackmamba/xla"
+
 	"blackmamba/bm"
 
 	"github.com/gomlx/gomlx/backends"
@@ -39,7 +41,7 @@ func TestImportFixture(t *testing.T) {
 	if _, err := os.Stat(bin); err != nil {
 		t.Skipf("fixture absent (%v); generate it with: python3 bm/weights/fixture/make_fixture.py", err)
 	}
-	backend, err := backends.NewWithConfig("go")
+	backend, err := backends.NewWithConfig(xla.CPUConfig)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 
+	"blackmamba/xla"
+
 	"github.com/gomlx/gomlx/backends"
 	_ "github.com/gomlx/gomlx/backends/simplego"
 	"github.com/gomlx/gomlx/pkg/core/dtypes"
@@ -161,7 +163,7 @@ func buildVars(ctx *context.Context, scale float32) {
 }
 
 func TestContextRoundTrip(t *testing.T) {
-	backend, err := backends.NewWithConfig("go")
+	backend, err := backends.NewWithConfig(xla.CPUConfig)
 	if err != nil {
 		t.Fatal(err)
 	}

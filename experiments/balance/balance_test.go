@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"testing"
 
+	"blackmamba/xla"
+
 	"blackmamba/bm"
 	"blackmamba/experiments/results"
 	"blackmamba/experiments/train"
@@ -29,7 +31,7 @@ var (
 func cpuBackend(t *testing.T) backends.Backend {
 	t.Helper()
 	if testBackend == nil && testBackendErr == nil {
-		testBackend, testBackendErr = backends.NewWithConfig("go")
+		testBackend, testBackendErr = backends.NewWithConfig(xla.CPUConfig)
 	}
 	if testBackendErr != nil {
 		t.Fatal(testBackendErr)

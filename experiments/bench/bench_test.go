@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 
+	"blackmamba/xla"
+
 	"github.com/gomlx/gomlx/backends"
 	_ "github.com/gomlx/gomlx/backends/simplego"
 
@@ -15,7 +17,7 @@ import (
 // every row was measured (no error, positive times, the derived columns filled) and that the
 // table lists them; the speeds themselves are not asserted.
 func TestBenchmarksRun(t *testing.T) {
-	backend, err := backends.NewWithConfig("go")
+	backend, err := backends.NewWithConfig(xla.CPUConfig)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -63,7 +65,7 @@ func TestBenchmarksRun(t *testing.T) {
 // that the graph-size rows count the operations (more for Sinkhorn routing than for argmax,
 // whose graph lacks the unrolled rounds).
 func TestBreakdownAndGraphSize(t *testing.T) {
-	backend, err := backends.NewWithConfig("go")
+	backend, err := backends.NewWithConfig(xla.CPUConfig)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 
+	"blackmamba/xla"
+
 	"blackmamba/bm"
 	"blackmamba/bm/data"
 	"blackmamba/bm/tokenizer"
@@ -34,7 +36,7 @@ func (modEncoder) Encode(s string) []int {
 // padded vocabulary (Vocab 97, VocabReal 90) and its config.
 func tinyModel(t *testing.T) (backends.Backend, *context.Context, bm.Config) {
 	t.Helper()
-	backend, err := backends.NewWithConfig("go") // the pure-Go CPU backend
+	backend, err := backends.NewWithConfig(xla.CPUConfig) // the pure-Go CPU backend
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -231,7 +233,7 @@ func TestHeldOutPerplexityMatchesForward(t *testing.T) {
 	if c == nil {
 		t.Skip("no built corpus in the data folder (blackmamba data build -tiny)")
 	}
-	backend, err := backends.NewWithConfig("go")
+	backend, err := backends.NewWithConfig(xla.CPUConfig)
 	if err != nil {
 		t.Fatal(err)
 	}

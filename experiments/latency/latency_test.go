@@ -7,13 +7,15 @@ import (
 	"strings"
 	"testing"
 
+	"blackmamba/xla"
+
 	"github.com/gomlx/gomlx/backends"
 	_ "github.com/gomlx/gomlx/backends/simplego"
 )
 
 func cpuBackend(t *testing.T) backends.Backend {
 	t.Helper()
-	b, err := backends.NewWithConfig("go")
+	b, err := backends.NewWithConfig(xla.CPUConfig)
 	if err != nil {
 		t.Fatalf("cannot create the pure-Go backend: %v", err)
 	}

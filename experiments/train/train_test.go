@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 
+	"blackmamba/xla"
+
 	"blackmamba/experiments/results"
 
 	"github.com/gomlx/gomlx/backends"
@@ -25,7 +27,7 @@ import (
 )
 
 var testBackend = func() backends.Backend {
-	b, err := backends.NewWithConfig("go")
+	b, err := backends.NewWithConfig(xla.CPUConfig)
 	if err != nil {
 		panic(err)
 	}

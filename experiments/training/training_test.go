@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 
+	"blackmamba/xla"
+
 	"blackmamba/bm"
 	"blackmamba/bm/data"
 	"blackmamba/bm/tokenizer"
@@ -213,7 +215,7 @@ func mustPreset(t *testing.T, name string) bm.Config {
 
 func goBackend(t *testing.T) backends.Backend {
 	t.Helper()
-	b, err := backends.NewWithConfig("go")
+	b, err := backends.NewWithConfig(xla.CPUConfig)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 
+	"blackmamba/xla"
+
 	"blackmamba/experiments/results"
 
 	"github.com/gomlx/gomlx/backends"
@@ -14,7 +16,7 @@ import (
 
 // TestCheckDevices checks the -devices errors on the pure-Go backend (one device).
 func TestCheckDevices(t *testing.T) {
-	backend, err := backends.NewWithConfig("go")
+	backend, err := backends.NewWithConfig(xla.CPUConfig)
 	if err != nil {
 		t.Fatal(err)
 	}

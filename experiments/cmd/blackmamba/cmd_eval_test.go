@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 
+	"blackmamba/xla"
+
 	"blackmamba/bm"
 	"blackmamba/bm/data"
 	"blackmamba/bm/tokenizer"
@@ -46,7 +48,7 @@ func TestEvalTasksFixture(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "piqa.jsonl"), []byte(piqaRows), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	backend, err := backends.NewWithConfig("go")
+	backend, err := backends.NewWithConfig(xla.CPUConfig)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -134,7 +136,7 @@ func TestEvalPerplexityCommand(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(corpus, "manifest.json")); err != nil {
 		t.Skipf("no tiny corpus in the data folder (blackmamba data build -tiny): %v", err)
 	}
-	backend, err := backends.NewWithConfig("go")
+	backend, err := backends.NewWithConfig(xla.CPUConfig)
 	if err != nil {
 		t.Fatal(err)
 	}
