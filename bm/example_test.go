@@ -3,16 +3,15 @@ package bm_test
 import (
 	"fmt"
 
-	"blackmamba/xla"
-
-	"blackmamba/bm"
-
 	"github.com/gomlx/gomlx/backends"
 	_ "github.com/gomlx/gomlx/backends/simplego"
 	. "github.com/gomlx/gomlx/pkg/core/graph"
 	"github.com/gomlx/gomlx/pkg/core/tensors"
 	"github.com/gomlx/gomlx/pkg/ml/context"
 	"github.com/gomlx/gomlx/pkg/ml/context/initializers"
+
+	"blackmamba/bm"
+	"blackmamba/xla"
 )
 
 // Example builds a tiny BlackMamba, runs the parallel forward on a prompt and continues it

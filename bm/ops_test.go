@@ -7,13 +7,13 @@ import (
 	"sync"
 	"testing"
 
-	"blackmamba/xla"
-
 	"github.com/gomlx/gomlx/backends"
 	_ "github.com/gomlx/gomlx/backends/simplego"
 	_ "github.com/gomlx/gomlx/backends/xla"
 	. "github.com/gomlx/gomlx/pkg/core/graph"
 	"github.com/gomlx/gomlx/pkg/core/tensors"
+
+	"blackmamba/xla"
 )
 
 // cpuBackend returns the backend of the tests of this package: the pure-Go CPU backend, or the

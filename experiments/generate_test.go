@@ -6,17 +6,16 @@ import (
 	"strings"
 	"testing"
 
-	"blackmamba/xla"
-
-	"blackmamba/bm"
-	"blackmamba/bm/weights"
-
 	"github.com/gomlx/gomlx/backends"
 	_ "github.com/gomlx/gomlx/backends/simplego"
 	"github.com/gomlx/gomlx/pkg/core/dtypes"
 	. "github.com/gomlx/gomlx/pkg/core/graph"
 	"github.com/gomlx/gomlx/pkg/core/tensors"
 	"github.com/gomlx/gomlx/pkg/ml/context"
+
+	"blackmamba/bm"
+	"blackmamba/bm/weights"
+	"blackmamba/xla"
 )
 
 const fixtureDir = "../bm/weights/testdata/fixture"

@@ -8,15 +8,14 @@ import (
 	"path/filepath"
 	"testing"
 
-	"blackmamba/xla"
-
-	"blackmamba/bm"
-
 	"github.com/gomlx/gomlx/backends"
 	"github.com/gomlx/gomlx/pkg/core/dtypes"
 	. "github.com/gomlx/gomlx/pkg/core/graph"
 	"github.com/gomlx/gomlx/pkg/core/tensors"
 	"github.com/gomlx/gomlx/pkg/ml/context"
+
+	"blackmamba/bm"
+	"blackmamba/xla"
 )
 
 // refLogits is a reference file written by fixture/make_fixture.py.

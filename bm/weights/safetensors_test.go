@@ -9,8 +9,6 @@ import (
 	"strings"
 	"testing"
 
-	"blackmamba/xla"
-
 	"github.com/gomlx/gomlx/backends"
 	_ "github.com/gomlx/gomlx/backends/simplego"
 	"github.com/gomlx/gomlx/pkg/core/dtypes"
@@ -19,6 +17,8 @@ import (
 	"github.com/gomlx/gomlx/pkg/core/shapes"
 	"github.com/gomlx/gomlx/pkg/core/tensors"
 	"github.com/gomlx/gomlx/pkg/ml/context"
+
+	"blackmamba/xla"
 )
 
 func sampleTensors() map[string]*tensors.Tensor {

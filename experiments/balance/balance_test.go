@@ -8,16 +8,15 @@ import (
 	"path/filepath"
 	"testing"
 
-	"blackmamba/xla"
-
-	"blackmamba/bm"
-	"blackmamba/experiments/results"
-	"blackmamba/experiments/train"
-
 	"github.com/gomlx/gomlx/backends"
 	_ "github.com/gomlx/gomlx/backends/simplego"
 	. "github.com/gomlx/gomlx/pkg/core/graph"
 	"github.com/gomlx/gomlx/pkg/ml/context"
+
+	"blackmamba/bm"
+	"blackmamba/experiments/results"
+	"blackmamba/experiments/train"
+	"blackmamba/xla"
 )
 
 const tol = 1e-12

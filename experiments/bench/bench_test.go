@@ -5,12 +5,11 @@ import (
 	"strings"
 	"testing"
 
-	"blackmamba/xla"
-
 	"github.com/gomlx/gomlx/backends"
 	_ "github.com/gomlx/gomlx/backends/simplego"
 
 	"blackmamba/bm"
+	"blackmamba/xla"
 )
 
 // TestBenchmarksRun runs each benchmark at a tiny size on the pure-Go backend and checks that

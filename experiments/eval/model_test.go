@@ -8,17 +8,16 @@ import (
 	"strings"
 	"testing"
 
-	"blackmamba/xla"
-
-	"blackmamba/bm"
-	"blackmamba/bm/data"
-	"blackmamba/bm/tokenizer"
-
 	"github.com/gomlx/gomlx/backends"
 	_ "github.com/gomlx/gomlx/backends/simplego"
 	. "github.com/gomlx/gomlx/pkg/core/graph"
 	"github.com/gomlx/gomlx/pkg/core/tensors"
 	"github.com/gomlx/gomlx/pkg/ml/context"
+
+	"blackmamba/bm"
+	"blackmamba/bm/data"
+	"blackmamba/bm/tokenizer"
+	"blackmamba/xla"
 )
 
 // modEncoder maps each byte b to 1 + b mod 89: ids within a 90-token real vocabulary.

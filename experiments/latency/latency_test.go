@@ -7,10 +7,10 @@ import (
 	"strings"
 	"testing"
 
-	"blackmamba/xla"
-
 	"github.com/gomlx/gomlx/backends"
 	_ "github.com/gomlx/gomlx/backends/simplego"
+
+	"blackmamba/xla"
 )
 
 func cpuBackend(t *testing.T) backends.Backend {

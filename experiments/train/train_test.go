@@ -5,16 +5,13 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-
-	"blackmamba/xla"
-
-	"blackmamba/experiments/results"
 
 	"github.com/gomlx/gomlx/backends"
 	_ "github.com/gomlx/gomlx/backends/simplego"
@@ -24,6 +21,9 @@ import (
 	"github.com/gomlx/gomlx/pkg/core/tensors"
 	"github.com/gomlx/gomlx/pkg/ml/context"
 	"github.com/gomlx/gomlx/pkg/ml/context/initializers"
+
+	"blackmamba/experiments/results"
+	"blackmamba/xla"
 )
 
 var testBackend = func() backends.Backend {
@@ -553,5 +553,71 @@ func TestCheckpointRoundTrip(t *testing.T) {
 	}
 	if entries, _ := os.ReadDir(dir); len(entries) != 1 {
 		t.Errorf("temporary files left behind: %v", entries)
+	}
+}
+
+// windowSource serves fixed windows [T+1] in batches of up to b rows, then io.EOF.
+type windowSource struct {
+	windows [][]int32
+	b, next int
+}
+
+func (w *windowSource) Next() ([]int32, error) {
+	if w.next >= len(w.windows) {
+		return nil, io.EOF
+	}
+	var out []int32
+	for r := 0; r < w.b && w.next < len(w.windows); r++ {
+		out = append(out, w.windows[w.next]...)
+		w.next++
+	}
+	return out, nil
+}
+func (w *windowSource) State() []byte          { return []byte{byte(w.next)} }
+func (w *windowSource) Restore(s []byte) error { w.next = int(s[0]); return nil }
+
+// TestEvalLossShortSplit checks that a held-out source of 10 windows read in batches of 4 (4, 4,
+// then a short batch of 2, then EOF) is evaluated on all 10 windows: the result equals the mean
+// of the 10 windows' losses computed one at a time (1e-5 relative), whether more batches were
+// asked for than the source has or not, and that an empty source is an error.
+func TestEvalLossShortSplit(t *testing.T) {
+	const T = 16
+	src := newSynth(9, 10, T)
+	flat, _ := src.Next()
+	windows := make([][]int32, 10)
+	for i := range windows {
+		windows[i] = flat[i*(T+1) : (i+1)*(T+1)]
+	}
+	ctx := newToyCtx()
+	cfg := Config{Batch: 4, SeqLen: T, Optimizer: DefaultAdamW(1e-2, 10)}
+	tr, err := New(testBackend, ctx, toyLoss, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	one := cfg
+	one.Batch = 1
+	single, err := New(testBackend, ctx, toyLoss, one)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want float64
+	for i := range windows {
+		l, err := single.EvalLoss(&windowSource{windows: windows[i : i+1], b: 1}, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want += l / float64(len(windows))
+	}
+	for _, n := range []int{3, 8} {
+		got, err := tr.EvalLoss(&windowSource{windows: windows, b: 4}, n)
+		if err != nil {
+			t.Fatalf("EvalLoss(%d batches): %v", n, err)
+		}
+		if math.Abs(got-want) > 1e-5*math.Abs(want) {
+			t.Errorf("EvalLoss(%d batches) over 4+4+2 windows = %.7f, want the mean of the 10 windows %.7f", n, got, want)
+		}
+	}
+	if _, err := tr.EvalLoss(&windowSource{b: 4}, 2); err == nil || !strings.Contains(err.Error(), "no window") {
+		t.Errorf("EvalLoss of an empty source: err %v, want one saying there is no window", err)
 	}
 }

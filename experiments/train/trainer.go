@@ -1,7 +1,9 @@
 package train
 
 import (
+	"errors"
 	"fmt"
+	"io"
 	"math"
 	"sort"
 	"strings"
@@ -186,7 +188,7 @@ func (t *Trainer) build() error {
 		if err != nil {
 			return err
 		}
-		t.evalExec.SetMaxCache(1)
+		t.evalExec.SetMaxCache(2) // full batches, and the short last batch of a held-out split
 		if t.dp == nil {
 			err = t.evalExec.PreCompile(tensors.FromShape(t.tokensShape()))
 		} else {
@@ -317,7 +319,12 @@ func (t *Trainer) Step(tokens []int32) (StepResult, error) {
 }
 
 // EvalLoss returns the mean loss over the next n batches of b, computed without updating any
-// variable (an evaluation graph: ctx.IsTraining(g) is false).
+// variable (an evaluation graph: ctx.IsTraining(g) is false). A source that ends early (io.EOF)
+// or whose last batch is short (a held-out split that is not a whole number of batches) is
+// evaluated on what it has: a short batch runs as its own, smaller shape, and batch means are
+// weighted by their rows, so the result is the mean over every window read. Data-parallel
+// trainers skip a short batch whose rows do not divide over the devices. It is an error if not
+// even one window can be evaluated.
 func (t *Trainer) EvalLoss(b Batches, n int) (float64, error) {
 	if err := t.initialize(); err != nil {
 		return 0, err
@@ -325,16 +332,26 @@ func (t *Trainer) EvalLoss(b Batches, n int) (float64, error) {
 	if n < 1 {
 		return 0, fmt.Errorf("EvalLoss: %d batches, want >= 1", n)
 	}
+	T1 := t.cfg.SeqLen + 1
 	var sum float64
+	var rows int
 	for i := 0; i < n; i++ {
 		tokens, err := b.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
 		if err != nil {
 			return 0, fmt.Errorf("evaluation batch %d: %w", i, err)
 		}
-		in, err := t.batchTensor(tokens)
-		if err != nil {
-			return 0, fmt.Errorf("evaluation batch %d: %w", i, err)
+		r := len(tokens) / T1
+		if len(tokens) == 0 || r*T1 != len(tokens) || r > t.cfg.Batch {
+			return 0, fmt.Errorf("evaluation batch %d has %d tokens, want up to batch %d rows of seq_len %d + 1 = %d tokens",
+				i, len(tokens), t.cfg.Batch, t.cfg.SeqLen, T1)
 		}
+		if r < t.cfg.Batch && t.cfg.Devices > 1 && r%t.cfg.Devices != 0 {
+			break
+		}
+		in := tensors.FromFlatDataAndDimensions(tokens, r, T1)
 		var out *tensors.Tensor
 		err = catch("evaluation step", func() error {
 			outs, err := t.run(t.evalExec, in)
@@ -346,10 +363,17 @@ func (t *Trainer) EvalLoss(b Batches, n int) (float64, error) {
 		if err != nil {
 			return 0, err
 		}
-		sum += float64(tensors.ToScalar[float32](out))
+		sum += float64(r) * float64(tensors.ToScalar[float32](out))
+		rows += r
 		out.FinalizeAll()
+		if r < t.cfg.Batch {
+			break
+		}
 	}
-	mean := sum / float64(n)
+	if rows == 0 {
+		return 0, fmt.Errorf("evaluation: the source has no window of seq_len %d + 1 tokens to evaluate", t.cfg.SeqLen)
+	}
+	mean := sum / float64(rows)
 	if math.IsNaN(mean) || math.IsInf(mean, 0) {
 		return mean, fmt.Errorf("evaluation loss is %v", mean)
 	}

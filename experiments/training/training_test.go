@@ -7,16 +7,15 @@ import (
 	"strings"
 	"testing"
 
-	"blackmamba/xla"
+	"github.com/gomlx/gomlx/backends"
+	_ "github.com/gomlx/gomlx/backends/simplego"
 
 	"blackmamba/bm"
 	"blackmamba/bm/data"
 	"blackmamba/bm/tokenizer"
 	"blackmamba/experiments/results"
 	"blackmamba/experiments/train"
-
-	"github.com/gomlx/gomlx/backends"
-	_ "github.com/gomlx/gomlx/backends/simplego"
+	"blackmamba/xla"
 )
 
 func tinyCorpus(t *testing.T) *data.Corpus {

@@ -6,12 +6,11 @@ import (
 	"strings"
 	"testing"
 
-	"blackmamba/xla"
-
-	"blackmamba/experiments/results"
-
 	"github.com/gomlx/gomlx/backends"
 	_ "github.com/gomlx/gomlx/backends/simplego"
+
+	"blackmamba/experiments/results"
+	"blackmamba/xla"
 )
 
 // TestCheckDevices checks the -devices errors on the pure-Go backend (one device).

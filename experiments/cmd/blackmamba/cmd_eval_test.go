@@ -10,7 +10,10 @@ import (
 	"strings"
 	"testing"
 
-	"blackmamba/xla"
+	"github.com/gomlx/gomlx/backends"
+	_ "github.com/gomlx/gomlx/backends/simplego"
+	. "github.com/gomlx/gomlx/pkg/core/graph"
+	"github.com/gomlx/gomlx/pkg/ml/context"
 
 	"blackmamba/bm"
 	"blackmamba/bm/data"
@@ -18,11 +21,7 @@ import (
 	"blackmamba/bm/weights"
 	"blackmamba/experiments"
 	"blackmamba/experiments/eval"
-
-	"github.com/gomlx/gomlx/backends"
-	_ "github.com/gomlx/gomlx/backends/simplego"
-	. "github.com/gomlx/gomlx/pkg/core/graph"
-	"github.com/gomlx/gomlx/pkg/ml/context"
+	"blackmamba/xla"
 )
 
 const fixtureModel = "../../../bm/weights/testdata/fixture"
