@@ -26,11 +26,12 @@ EXP_ARGS ?=
 # Extra files copied into the GPU bundle (a data sample, a config).
 BUNDLE_EXTRA ?=
 
-.PHONY: help setup test test-data vet unit notebooks build demo data gpu-bundle \
+.PHONY: help setup test test-data vet unit notebooks build demo train data gpu-bundle \
 	exp-training exp-balance exp-latency clean
 
 help:
-	@echo "targets: setup test demo build data gpu-bundle exp-training exp-balance exp-latency clean"
+	@echo "targets: setup test demo build data train gpu-bundle exp-training exp-balance exp-latency clean"
+	@echo "  make train TRAIN_ARGS='-config small -corpus data/corpus -dtype bfloat16 -dir runs/small'"
 
 ## setup: Jupyter's runner (Debian), GoNB and goimports (go.mod tools) and the GoNB kernel.
 setup:
@@ -59,6 +60,11 @@ demo: build test-data
 
 data: build
 	$(BLACKMAMBA) data build
+
+## train: blackmamba train with $(TRAIN_ARGS) (see blackmamba train -h); a killed run continues
+## from its newest checkpoint with the same arguments plus -resume.
+train: build
+	$(BLACKMAMBA) train $(TRAIN_ARGS)
 
 exp-training: build
 	$(BLACKMAMBA) experiment training $(EXP_ARGS)
