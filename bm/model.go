@@ -42,6 +42,9 @@ type Output struct {
 	ExpertCounts []*Node // per MoE block in order: [E] int32, tokens routed to each expert
 	Choices      []*Node // per MoE block in order: [B·T] int32, the expert of each token
 	AuxLoss      *Node   // scalar float32: sum of the blocks' auxiliary losses; nil if none
+	// SinkhornIters has one entry per MoE block in order: the scalar int32 number of Sinkhorn
+	// rounds the block ran, or nil when its route is not a Sinkhorn route.
+	SinkhornIters []*Node
 }
 
 // embeddingTable returns the embedding (and tied head) [V, d] float32.
@@ -90,6 +93,7 @@ func (m *Model) Forward(ctx *context.Context, tokens *Node, opts ForwardOptions)
 		r := MoEWithStats(mctx, cfg, b.Experts, h, route)
 		out.ExpertCounts = append(out.ExpertCounts, r.Counts)
 		out.Choices = append(out.Choices, r.Choice)
+		out.SinkhornIters = append(out.SinkhornIters, r.SinkhornIters)
 		if r.Aux != nil {
 			if out.AuxLoss == nil {
 				out.AuxLoss = r.Aux
