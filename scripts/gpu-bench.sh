@@ -13,6 +13,10 @@
 #   scripts/gpu-bench.sh BUNDLE_DIR train-small  small training steps (f32 and bf16, 8 x 2048)
 #   scripts/gpu-bench.sh BUNDLE_DIR train-1.5b   the 1.5b training step (bf16, 4 x 2048)
 #   scripts/gpu-bench.sh BUNDLE_DIR train   moe, train-small and train-1.5b
+#   scripts/gpu-bench.sh BUNDLE_DIR decode  batch-1 greedy generation of the 1.5b preset (bf16
+#                                           weights, 512 tokens): ms/token, tokens/s, weight GB/s
+#   scripts/gpu-bench.sh BUNDLE_DIR all     every phase without correctness checks: moe,
+#                                           train-small, train-1.5b, decode, breakdown
 set -uo pipefail
 bundle="$(cd "$1" && pwd)"
 phase="$2"
@@ -46,14 +50,19 @@ phase_train_small() {
 phase_train_big() {
 	step train-1.5b 300 "$run" blackmamba bench -what train-step -config 1.5b -dtype bfloat16 -batch 4 -seq 2048 -reps 5 -json "$out/bench-train-1.5b.json"
 }
+phase_decode() {
+	step decode-1.5b "${DECODE_LIMIT:-240}" "$run" blackmamba bench -what decode -config 1.5b -dtype bfloat16 -decode-tokens 512 -reps 5 -json "$out/bench-decode-1.5b.json"
+}
+phase_breakdown() {
+	step breakdown "${BREAKDOWN_LIMIT:-330}" "$run" blackmamba bench -what breakdown -config small -dtype bfloat16 -batch 8 -seq 2048 -reps 5 -json "$out/bench-breakdown.json"
+}
 case "$phase" in
 tests)
 	no_tf32
 	step bm-tests-part "$((${BM_TEST_LIMIT:-280} + 20))" "$run" bash -c 'BLACKMAMBA_TEST_BACKEND="$GOMLX_BACKEND" exec "$0" -test.run "${BM_TEST_RUN:-.}" -test.timeout "${BM_TEST_LIMIT:-280}s" -test.v' "$bundle/bm.test"
 	;;
-breakdown)
-	step breakdown "${BREAKDOWN_LIMIT:-330}" "$run" blackmamba bench -what breakdown -config small -dtype bfloat16 -batch 8 -seq 2048 -reps 5 -json "$out/bench-breakdown.json"
-	;;
+breakdown) phase_breakdown ;;
+decode) phase_decode ;;
 moe) phase_moe ;;
 train-small) phase_train_small ;;
 train-1.5b) phase_train_big ;;
@@ -71,6 +80,13 @@ train)
 	phase_moe
 	phase_train_small
 	phase_train_big
+	;;
+all)
+	phase_moe
+	phase_train_small
+	phase_train_big
+	phase_decode
+	phase_breakdown
 	;;
 *)
 	echo "unknown phase $phase" >&2

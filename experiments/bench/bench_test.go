@@ -2,6 +2,7 @@ package bench
 
 import (
 	"bytes"
+	"math"
 	"strings"
 	"testing"
 
@@ -94,5 +95,51 @@ func TestBreakdownAndGraphSize(t *testing.T) {
 	}
 	if !(sk.Extra["nodes_forward"] > ag.Extra["nodes_forward"]) {
 		t.Errorf("Sinkhorn routing graph has %v forward nodes, argmax %v: want more with Sinkhorn", sk.Extra["nodes_forward"], ag.Extra["nodes_forward"])
+	}
+}
+
+// TestDecodeRuns times greedy decoding of a tiny BlackMamba (float32 and bfloat16 weights) on
+// the pure-Go backend and checks that the row was measured: positive time per token and
+// tokens/s equal to 1000 / ms, the weight bandwidth derived from the active parameters at the
+// dtype's size, greedy passes that repeat their tokens, and the row passed to OnRow.
+func TestDecodeRuns(t *testing.T) {
+	backend, err := backends.NewWithConfig(xla.CPUConfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var emitted []Row
+	OnRow = func(r Row) { emitted = append(emitted, r) }
+	defer func() { OnRow = nil }()
+	for _, c := range []struct {
+		dtype string
+		bytes float64
+	}{{"float32", 4}, {"bfloat16", 2}} {
+		cfg := bm.MustPreset("tiny")
+		cfg.Vocab, cfg.VocabReal = 97, 90
+		cfg.ComputeDType = c.dtype
+		_, active := cfg.ParamCounts()
+		r := Decode(backend, cfg, 6, 2)
+		if r.Err != "" || !(r.Ms > 0) || !(r.MinMs > 0) || r.MinMs > r.Ms || r.Reps != 2 || !(r.CompileS > 0) {
+			t.Fatalf("%s: row %+v: want no error, 0 < min <= median, 2 reps and a compile time", c.dtype, r)
+		}
+		if math.Abs(r.TokensPerS*r.Ms-1000) > 1e-9*1000 {
+			t.Errorf("%s: %.6g tokens/s at %.6g ms per token, want 1000/ms", c.dtype, r.TokensPerS, r.Ms)
+		}
+		wantBytes := float64(active) * c.bytes
+		if r.Extra["weight_bytes"] != wantBytes || r.Extra["params_active"] != float64(active) {
+			t.Errorf("%s: weight_bytes %v and params_active %v, want %v and %d", c.dtype, r.Extra["weight_bytes"], r.Extra["params_active"], wantBytes, active)
+		}
+		if gbs := wantBytes / r.Ms * 1e3 / 1e9; math.Abs(r.Extra["weight_gb_per_s"]-gbs) > 1e-9*gbs {
+			t.Errorf("%s: weight_gb_per_s %v, want %v", c.dtype, r.Extra["weight_gb_per_s"], gbs)
+		}
+		if !(r.Extra["first_token_ms"] > 0) || r.Extra["tokens_repeat"] != 1 || !(r.Extra["bw_util"] > 0) {
+			t.Errorf("%s: extras %v: want a first-token time, repeated tokens and a bandwidth share", c.dtype, r.Extra)
+		}
+	}
+	if len(emitted) != 2 || emitted[1].Bench != "decode" {
+		t.Errorf("OnRow got %d rows, want the 2 decode rows", len(emitted))
+	}
+	if r := Decode(backend, bm.MustPreset("tiny"), 1, 1); !strings.Contains(r.Err, "tokens (1) must be >= 2") {
+		t.Errorf("1 token: error %q, want one naming the token count", r.Err)
 	}
 }

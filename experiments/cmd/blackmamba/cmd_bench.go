@@ -25,14 +25,15 @@ func init() {
 
 func runBench(fs *flag.FlagSet, args []string) error {
 	backendFlag := xla.AddFlag(fs)
-	what := fs.String("what", "scan,moe,train-step", "comma-separated benchmarks: scan, moe, train-step, breakdown (each block kind of -config timed alone at -batch x -seq), graph (operation counts of the training graph, built but not compiled)")
+	what := fs.String("what", "scan,moe,train-step", "comma-separated benchmarks: scan, moe, train-step, breakdown (each block kind of -config timed alone at -batch x -seq), graph (operation counts of the training graph, built but not compiled), decode (batch-1 greedy generation of -decode-tokens tokens with random weights stored in the compute dtype)")
 	scanShape := fs.String("scan-shape", "8,2048,1536,16", "scan shape B,T,D,N")
 	scanVariants := fs.String("scan-variants", "all", `"all" (bm.ScanBenchVariants: chunk sizes and backward variants), "quick" (the default variant at each chunk size plus the chunk-16 variants) or "default"`)
-	cfgName := fs.String("config", "small", "model preset or JSON config for moe and train-step")
-	dtype := fs.String("dtype", "", `override compute dtype ("float32" or "bfloat16") for moe and train-step`)
+	cfgName := fs.String("config", "small", "model preset or JSON config for moe, train-step, breakdown, graph and decode")
+	dtype := fs.String("dtype", "", `override compute dtype ("float32" or "bfloat16") for moe, train-step, breakdown, graph and decode`)
 	batch := fs.Int("batch", 8, "train-step batch size")
 	seqLen := fs.Int("seq", 2048, "train-step sequence length")
 	moeTokens := fs.Int("moe-tokens", 16384, "tokens through the MoE block")
+	decodeTokens := fs.Int("decode-tokens", 256, "decode: tokens generated per timed pass after a one-token prompt (at least 2)")
 	reps := fs.Int("reps", 10, "timed repetitions after warm-up (the median is reported)")
 	devices := fs.Int("devices", 1, "train-step: data-parallel on this many devices of the backend (-batch is the global batch)")
 	out := fs.String("json", "", "write the report as JSON to this file")
@@ -45,6 +46,12 @@ func runBench(fs *flag.FlagSet, args []string) error {
 		return err
 	}
 	fmt.Fprintf(os.Stderr, "backend: %s\n", choice)
+	if strings.Contains(*what, "decode") && *decodeTokens < 2 {
+		return fmt.Errorf("-decode-tokens %d: want at least 2 (the prompt's token and one step)", *decodeTokens)
+	}
+	if *reps < 1 {
+		return fmt.Errorf("-reps %d: want at least 1", *reps)
+	}
 	if strings.Contains(*what, "train-step") {
 		if err := checkDevices(backend, *devices, *batch); err != nil {
 			return err
@@ -115,6 +122,8 @@ func runBench(fs *flag.FlagSet, args []string) error {
 			report.Rows = append(report.Rows, bench.GraphSize(backend, cfg, *batch, *seqLen))
 		case "breakdown":
 			report.Rows = append(report.Rows, bench.Breakdown(backend, cfg, *batch, *seqLen, *reps)...)
+		case "decode":
+			report.Rows = append(report.Rows, bench.Decode(backend, cfg, *decodeTokens, *reps))
 		case "train-step":
 			row := bench.TrainStepDevices(backend, cfg, *batch, *seqLen, *reps, *devices)
 			if *devices > 1 && xla.MemoryIsHighWater() {
@@ -127,7 +136,7 @@ func runBench(fs *flag.FlagSet, args []string) error {
 			report.Rows = append(report.Rows, row)
 		case "":
 		default:
-			return fmt.Errorf("-what: unknown benchmark %q (want scan, moe, train-step, breakdown, graph)", w)
+			return fmt.Errorf("-what: unknown benchmark %q (want scan, moe, train-step, breakdown, graph, decode)", w)
 		}
 		if xla.MemoryIsHighWater() {
 			// The allocator only grows: the device's used memory is this process's high-water mark.

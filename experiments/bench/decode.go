@@ -1,0 +1,154 @@
+package bench
+
+import (
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/gomlx/gomlx/backends"
+	"github.com/gomlx/gomlx/pkg/core/tensors"
+	"github.com/gomlx/gomlx/pkg/ml/context"
+	"github.com/gomlx/gomlx/pkg/ml/context/initializers"
+
+	"blackmamba/bm"
+)
+
+// PeakHBMBytesPerS is the specified HBM3e bandwidth of an H200 (bytes/s), the reference of the
+// bandwidth-utilisation figure of the decode benchmark.
+const PeakHBMBytesPerS = 4.8e12
+
+// Decode times batch-1 greedy generation of cfg with random weights (seed 1; timing does not
+// depend on their values): the matmul weights and the head are stored in cfg's compute dtype
+// (bm.CastWeights), a one-token prompt is prefilled and tokens tokens are generated with the
+// tokens kept on the device (bm.GreedyDecoder). Every graph of the generation is compiled
+// first (CompileS: weight initialisation, casting and compilation); then one untimed pass, then
+// reps timed passes.
+//
+// Ms is the median over the passes of the time per generated token after the first one
+// (the steps only: (time of the last token − time of the first token) / (tokens − 1)), MinMs
+// the fastest pass; TokensPerS = 1000 / Ms. Extra holds first_token_ms (median prefill of the
+// one-token prompt until its token is on the host), params_active, weight_bytes (the active
+// parameters at the compute dtype's size: what one step reads at least), weight_gb_per_s
+// (weight_bytes / Ms, the effective read bandwidth), bw_util (that against PeakHBMBytesPerS)
+// and tokens_repeat (1 when every pass generated the same tokens, as greedy decoding must).
+// tokens must be >= 2 and reps >= 1.
+func Decode(backend backends.Backend, cfg bm.Config, tokens, reps int) Row {
+	row := Row{Bench: "decode", Variant: fmt.Sprintf("%s %s greedy", cfg.Name, cfg.ComputeDType),
+		Shape: fmt.Sprintf("batch 1, prompt 1, %d tokens", tokens), Reps: reps, PeakBytes: -1}
+	if tokens < 2 || reps < 1 {
+		row.Err = fmt.Sprintf("decode: tokens (%d) must be >= 2 and reps (%d) >= 1", tokens, reps)
+		emit(row)
+		return row
+	}
+	_, active := cfg.ParamCounts()
+	dtype := bm.ComputeDType(cfg)
+	weightBytes := float64(active) * float64(dtype.Size())
+	row.Extra = map[string]float64{"params_active": float64(active), "weight_bytes": weightBytes}
+	err := catch(func() error {
+		cfg.MaxSeqLen = max(cfg.MaxSeqLen, tokens)
+		if err := cfg.Validate(); err != nil {
+			return err
+		}
+		ctx := context.New()
+		ctx.SetParam(initializers.ParamInitialSeed, int64(1))
+		defer ctx.Finalize()
+		start := time.Now()
+		if err := bm.InitWeights(backend, ctx, cfg); err != nil {
+			return fmt.Errorf("initialising weights: %w", err)
+		}
+		if _, err := bm.CastWeights(backend, ctx, dtype); err != nil {
+			return err
+		}
+		// The prompt's token and tokens-1 steps: tokens positions in all.
+		dec, err := bm.NewDecoder(backend, ctx, cfg, 1, tokens)
+		if err != nil {
+			return err
+		}
+		g := bm.NewGreedyDecoder(dec)
+		defer g.Release()
+		if err := g.WarmUpGreedy(1, tokens); err != nil {
+			return fmt.Errorf("warm-up: %w", err)
+		}
+		row.CompileS = time.Since(start).Seconds()
+		var perToken, firsts []float64
+		var ref []int32
+		repeat := 1.0
+		for pass := range reps + 1 {
+			p, err := decodePass(g, tokens)
+			if err != nil {
+				return fmt.Errorf("pass %d: %w", pass+1, err)
+			}
+			if pass == 0 { // untimed
+				ref = p.tokens
+				continue
+			}
+			if !slices.Equal(p.tokens, ref) {
+				repeat = 0
+			}
+			perToken = append(perToken, p.stepsMs/float64(tokens-1))
+			firsts = append(firsts, p.firstMs)
+		}
+		slices.Sort(perToken)
+		slices.Sort(firsts)
+		row.Ms, row.MinMs = perToken[len(perToken)/2], perToken[0]
+		row.Extra["first_token_ms"] = firsts[len(firsts)/2]
+		row.Extra["tokens_repeat"] = repeat
+		return nil
+	})
+	if err != nil {
+		row.Err = err.Error()
+		emit(row)
+		return row
+	}
+	row.TokensPerS = 1000 / row.Ms
+	row.Extra["weight_gb_per_s"] = weightBytes / (row.Ms / 1000) / 1e9
+	row.Extra["bw_util"] = weightBytes / (row.Ms / 1000) / PeakHBMBytesPerS
+	emit(row)
+	return row
+}
+
+// decodeResult is one timed generation.
+type decodeResult struct {
+	firstMs float64 // prefill until the first token is on the host
+	stepsMs float64 // from then until the last token is on the host
+	tokens  []int32
+}
+
+// decodePass generates n tokens greedily from a one-token prompt. The first and the last
+// token are copied to the host when they are produced (waiting for the device); the others
+// stay on the device until the pass is timed.
+func decodePass(g *bm.GreedyDecoder, n int) (decodeResult, error) {
+	var r decodeResult
+	held := make([]*tensors.Tensor, 0, n)
+	defer func() { finalize(held) }()
+	start := time.Now()
+	tok, err := g.PrefillGreedy([][]int{{1}})
+	if err != nil {
+		return r, err
+	}
+	held = append(held, tok)
+	if _, err := tensors.CopyFlatData[int32](tok); err != nil {
+		return r, err
+	}
+	afterFirst := time.Now()
+	r.firstMs = float64(afterFirst.Sub(start).Nanoseconds()) / 1e6
+	for len(held) < n {
+		if tok, err = g.StepGreedy(tok); err != nil {
+			return r, err
+		}
+		held = append(held, tok)
+	}
+	if _, err := tensors.CopyFlatData[int32](tok); err != nil {
+		return r, err
+	}
+	r.stepsMs = float64(time.Since(afterFirst).Nanoseconds()) / 1e6
+	r.tokens = make([]int32, len(held))
+	for i, t := range held {
+		v, err := tensors.CopyFlatData[int32](t)
+		if err != nil {
+			return r, fmt.Errorf("reading token %d: %w", i, err)
+		}
+		r.tokens[i] = v[0]
+	}
+	return r, nil
+}
