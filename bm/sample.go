@@ -1,6 +1,7 @@
 package bm
 
 import (
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"sort"
@@ -21,7 +22,23 @@ type SamplerOptions struct {
 	Seed        uint64  // seed of the random stream: equal seeds draw equal sequences
 }
 
-// NewSampler returns a Sampler with the given options.
+// Validate reports options that NewSampler would otherwise read loosely: Temperature must be
+// finite and >= 0 (0 is greedy), TopK >= 0 (0 keeps all), TopP 0 (off) or in (0, 1] (1 keeps
+// all). The error names the field and its value.
+func (o SamplerOptions) Validate() error {
+	switch {
+	case math.IsNaN(o.Temperature) || math.IsInf(o.Temperature, 0) || o.Temperature < 0:
+		return fmt.Errorf("bm: sampler Temperature %v: want a finite value >= 0 (0 is greedy)", o.Temperature)
+	case o.TopK < 0:
+		return fmt.Errorf("bm: sampler TopK %d: want >= 0 (0 keeps all ids)", o.TopK)
+	case math.IsNaN(o.TopP) || o.TopP < 0 || o.TopP > 1:
+		return fmt.Errorf("bm: sampler TopP %v: want a value in (0, 1], or 0 for no nucleus filter", o.TopP)
+	}
+	return nil
+}
+
+// NewSampler returns a Sampler with the given options. It does not validate them (see
+// Validate): a negative temperature is greedy and TopP outside (0, 1) keeps all ids.
 func NewSampler(o SamplerOptions) Sampler {
 	if o.Temperature <= 0 {
 		return greedySampler{}

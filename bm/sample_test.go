@@ -2,6 +2,7 @@ package bm
 
 import (
 	"math"
+	"strings"
 	"testing"
 )
 
@@ -89,5 +90,36 @@ func TestSamplerGreedyAndSeed(t *testing.T) {
 	}
 	if same(a, c) {
 		t.Errorf("seeds 7 and 8 drew the same 64 tokens")
+	}
+}
+
+// TestSamplerOptionsValidate checks the accepted ranges of each option and that an error
+// names the field and the value.
+func TestSamplerOptionsValidate(t *testing.T) {
+	cases := []struct {
+		name string
+		opts SamplerOptions
+		want string // "" = valid
+	}{
+		{"greedy", SamplerOptions{}, ""},
+		{"all options", SamplerOptions{Temperature: 0.7, TopK: 40, TopP: 0.9, Seed: 3}, ""},
+		{"top-p 1", SamplerOptions{Temperature: 1, TopP: 1}, ""},
+		{"tiny top-p", SamplerOptions{Temperature: 1, TopP: 1e-9}, ""},
+		{"negative temperature", SamplerOptions{Temperature: -0.5}, "Temperature -0.5"},
+		{"NaN temperature", SamplerOptions{Temperature: math.NaN()}, "Temperature NaN"},
+		{"infinite temperature", SamplerOptions{Temperature: math.Inf(1)}, "Temperature +Inf"},
+		{"negative top-k", SamplerOptions{Temperature: 1, TopK: -1}, "TopK -1"},
+		{"top-p above 1", SamplerOptions{Temperature: 1, TopP: 1.5}, "TopP 1.5"},
+		{"negative top-p", SamplerOptions{Temperature: 1, TopP: -0.1}, "TopP -0.1"},
+		{"NaN top-p", SamplerOptions{Temperature: 1, TopP: math.NaN()}, "TopP NaN"},
+	}
+	for _, c := range cases {
+		err := c.opts.Validate()
+		switch {
+		case c.want == "" && err != nil:
+			t.Errorf("%s: unexpected error %v", c.name, err)
+		case c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)):
+			t.Errorf("%s: error %v, want one containing %q", c.name, err, c.want)
+		}
 	}
 }
