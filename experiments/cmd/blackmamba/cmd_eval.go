@@ -10,7 +10,6 @@ import (
 
 	"blackmamba/bm/data"
 	"blackmamba/bm/tokenizer"
-	"blackmamba/experiments"
 	"blackmamba/experiments/eval"
 	"blackmamba/xla"
 )
@@ -26,7 +25,9 @@ func init() {
 
 // evalReport is the JSON report of "blackmamba eval".
 type evalReport struct {
-	Model      string                  `json:"model"`
+	Model      string                  `json:"model"`          // the model path, or random:PRESET
+	Seed       int64                   `json:"seed,omitempty"` // weight seed of a random model
+	Params     int64                   `json:"params"`         // total parameters
 	Backend    string                  `json:"backend"`
 	Activation string                  `json:"activation"`
 	Tasks      []eval.Result           `json:"tasks,omitempty"`
@@ -89,6 +90,8 @@ func evalTasks(s eval.Scorer, enc eval.Encoder, dataDir string, names []string, 
 
 func runEval(fs *flag.FlagSet, args []string) error {
 	modelPath := fs.String("model", "", "model: a directory, a .safetensors checkpoint, or a released pytorch_model.bin with config.json beside it")
+	random := fs.String("random", "", "instead of -model: a preset (or JSON config) with random weights seeded by -seed, e.g. 1.5b, to time the evaluation at that size")
+	seed := fs.Int64("seed", 1, "weight seed with -random")
 	tasks := fs.String("tasks", "", "comma-separated tasks ("+fmt.Sprint(eval.TaskNames())+") or all")
 	dataDir := fs.String("data", "", "folder holding the task files (piqa.jsonl, arc_easy.jsonl, …)")
 	limit := fs.Int("limit", 0, "examples per task at most (0 = all)")
@@ -106,8 +109,8 @@ func runEval(fs *flag.FlagSet, args []string) error {
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments %v", fs.Args())
 	}
-	if *modelPath == "" {
-		return fmt.Errorf("-model is required: a model directory, a .safetensors checkpoint or a released pytorch_model.bin")
+	if err := checkModelFlags(*modelPath, *random); err != nil {
+		return err
 	}
 	var names []string
 	if *perplexity {
@@ -132,7 +135,7 @@ func runEval(fs *flag.FlagSet, args []string) error {
 	}
 	fmt.Fprintf(os.Stderr, "backend: %s\n", choice)
 	start := time.Now()
-	m, err := experiments.LoadModel(*modelPath, *activation)
+	m, err := openModel(backend, *modelPath, *random, *activation, *seed)
 	if err != nil {
 		return err
 	}
@@ -140,7 +143,11 @@ func runEval(fs *flag.FlagSet, args []string) error {
 	if err != nil {
 		return err
 	}
-	rep := evalReport{Model: *modelPath, Backend: choice.String(), Activation: m.Cfg.Activation}
+	total, _ := m.Cfg.ParamCounts()
+	rep := evalReport{Model: m.Path, Params: total, Backend: choice.String(), Activation: m.Cfg.Activation}
+	if *random != "" {
+		rep.Seed = *seed
+	}
 	if *perplexity {
 		c, err := data.Open(*corpusDir)
 		if err != nil {

@@ -3,7 +3,13 @@ package main
 import (
 	"flag"
 	"fmt"
+	"math"
 	"os"
+	"time"
+
+	"github.com/gomlx/gomlx/backends"
+	"github.com/gomlx/gomlx/pkg/ml/context"
+	"github.com/gomlx/gomlx/pkg/ml/context/initializers"
 
 	"blackmamba/bm"
 	"blackmamba/bm/tokenizer"
@@ -19,15 +25,75 @@ func init() {
 	})
 }
 
+// checkModelFlags checks that exactly one of -model and -random was given.
+func checkModelFlags(path, random string) error {
+	switch {
+	case path != "" && random != "":
+		return fmt.Errorf("-model %q and -random %q exclude each other: give a model file or a preset for random weights", path, random)
+	case path == "" && random == "":
+		return fmt.Errorf("-model is required: a model directory, a .safetensors checkpoint or a released pytorch_model.bin (or -random PRESET for random weights)")
+	}
+	return nil
+}
+
+// openModel loads the model at path (experiments.LoadModel) or, when random is not empty,
+// builds the preset or JSON config named by random with float32 weights drawn by the model's
+// initialisation from seed, on backend (for timing a model size without its weights).
+// activation, when not empty, overrides the expert activation ("silu" or "gelu").
+func openModel(backend backends.Backend, path, random, activation string, seed int64) (*experiments.LoadedModel, error) {
+	if err := checkModelFlags(path, random); err != nil {
+		return nil, err
+	}
+	if random == "" {
+		return experiments.LoadModel(path, activation)
+	}
+	cfg, err := bm.LoadConfig(random)
+	if err != nil {
+		return nil, fmt.Errorf("-random: %w", err)
+	}
+	switch activation {
+	case "":
+	case "silu", "gelu":
+		cfg.Activation = activation
+	default:
+		return nil, fmt.Errorf("-activation %q: want silu or gelu", activation)
+	}
+	start := time.Now()
+	ctx := context.New()
+	ctx.SetParam(initializers.ParamInitialSeed, seed)
+	if err := bm.InitWeights(backend, ctx, cfg); err != nil {
+		return nil, fmt.Errorf("-random %s: initialising the weights: %w", random, err)
+	}
+	fmt.Fprintf(os.Stderr, "random weights for %s (seed %d) in %.1fs\n", cfg.Name, seed, time.Since(start).Seconds())
+	return &experiments.LoadedModel{Cfg: cfg, Ctx: ctx, Path: "random:" + random}, nil
+}
+
+// checkSampling checks the generation flags: -max-tokens >= 1, -temperature finite and >= 0,
+// -top-k >= 0 and -top-p in (0, 1] (0 also turns the nucleus filter off).
+func checkSampling(maxTokens int, temperature float64, topK int, topP float64) error {
+	switch {
+	case maxTokens < 1:
+		return fmt.Errorf("-max-tokens %d: want at least 1", maxTokens)
+	case math.IsNaN(temperature) || math.IsInf(temperature, 0) || temperature < 0:
+		return fmt.Errorf("-temperature %v: want a finite value >= 0 (0 is greedy)", temperature)
+	case topK < 0:
+		return fmt.Errorf("-top-k %d: want >= 0 (0 keeps all tokens)", topK)
+	case math.IsNaN(topP) || topP < 0 || topP > 1:
+		return fmt.Errorf("-top-p %v: want a value in (0, 1] (1 keeps all tokens; 0 also turns the filter off)", topP)
+	}
+	return nil
+}
+
 func runGenerate(fs *flag.FlagSet, args []string) error {
 	modelPath := fs.String("model", "", "model: a directory (config.json + model.safetensors or pytorch_model.bin), a .safetensors checkpoint, or a released pytorch_model.bin with config.json beside it")
+	random := fs.String("random", "", "instead of -model: a preset (or JSON config) with random weights seeded by -seed, e.g. 1.5b, to time generation at that size")
 	prompt := fs.String("prompt", "", "prompt text (NeoX tokenizer)")
 	promptIDs := fs.String("prompt-ids", "", "prompt as comma-separated token ids instead of -prompt (output printed as ids)")
 	maxTokens := fs.Int("max-tokens", 128, "tokens to generate at most")
 	temperature := fs.Float64("temperature", 0, "sampling temperature; 0 is greedy")
 	topK := fs.Int("top-k", 0, "keep the k most likely tokens; 0 keeps all")
 	topP := fs.Float64("top-p", 1, "nucleus sampling probability; 1 keeps all")
-	seed := fs.Uint64("seed", 1, "random seed of the sampler")
+	seed := fs.Uint64("seed", 1, "random seed of the sampler (and of the weights with -random)")
 	activation := fs.String("activation", "", "override the expert activation: silu (the paper's SwiGLU) or gelu (the released inference code); empty keeps the config's")
 	stopEOS := fs.Bool("stop-eos", true, "stop after the end-of-text token (id 0)")
 	backendFlag := xla.AddFlag(fs)
@@ -37,21 +103,22 @@ func runGenerate(fs *flag.FlagSet, args []string) error {
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments %v", fs.Args())
 	}
-	if *modelPath == "" {
-		return fmt.Errorf("-model is required: a model directory, a .safetensors checkpoint or a released pytorch_model.bin")
+	if err := checkModelFlags(*modelPath, *random); err != nil {
+		return err
 	}
 	if (*prompt == "") == (*promptIDs == "") {
 		return fmt.Errorf("give exactly one of -prompt and -prompt-ids")
 	}
-	if *maxTokens < 1 {
-		return fmt.Errorf("-max-tokens %d must be positive", *maxTokens)
+	if err := checkSampling(*maxTokens, *temperature, *topK, *topP); err != nil {
+		return err
 	}
+	sampler := bm.SamplerOptions{Temperature: *temperature, TopK: *topK, TopP: *topP, Seed: *seed}
 	backend, choice, err := xla.New(*backendFlag)
 	if err != nil {
 		return err
 	}
 	fmt.Fprintf(os.Stderr, "backend: %s\n", choice)
-	m, err := experiments.LoadModel(*modelPath, *activation)
+	m, err := openModel(backend, *modelPath, *random, *activation, int64(*seed))
 	if err != nil {
 		return err
 	}
@@ -88,10 +155,10 @@ func runGenerate(fs *flag.FlagSet, args []string) error {
 	}
 	total, active := m.Cfg.ParamCounts()
 	fmt.Fprintf(os.Stderr, "model %s: %s, %d layers, d=%d, %d parameters (%d active per token); prompt %d tokens\n",
-		*modelPath, m.Cfg.Pattern, len(m.Cfg.Blocks()), m.Cfg.Dim, total, active, len(ids))
+		m.Path, m.Cfg.Pattern, len(m.Cfg.Blocks()), m.Cfg.Dim, total, active, len(ids))
 	st, err := experiments.Generate(backend, m, ids, experiments.GenerateOptions{
 		MaxTokens: *maxTokens,
-		Sampler:   bm.SamplerOptions{Temperature: *temperature, TopK: *topK, TopP: *topP, Seed: *seed},
+		Sampler:   sampler,
 		StopEOS:   *stopEOS,
 		EOS:       0,
 	}, onToken)
