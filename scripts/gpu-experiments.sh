@@ -9,6 +9,13 @@
 #   scripts/gpu-experiments.sh BUNDLE_DIR balance    experiment 2: BlackMamba with its four
 #                                                    training routings and their expert balance
 #   scripts/gpu-experiments.sh BUNDLE_DIR latency    experiment 3 at the 1.5B sizes
+#   scripts/gpu-experiments.sh BUNDLE_DIR eval       PIQA with a random-weight 1.5b model (the
+#                                                    evaluation's runtime at that size); EVALS
+#                                                    names the folder of task files (piqa.jsonl)
+#   scripts/gpu-experiments.sh BUNDLE_DIR generate   generation speed of a random-weight 1.5b
+#                                                    model, greedy and sampled (tokens/s)
+#
+# eval and generate read the NeoX tokenizer from data/tokenizer.
 set -uo pipefail
 bundle="$(cd "$1" && pwd)"
 phase="$2"
@@ -37,6 +44,22 @@ balance)
 latency)
 	timeout -k 10 "${LIMIT:-300}" "$run" blackmamba latency -family 1.5b -max-len 16384 -reps 3 \
 		-out "$out/latency.json" -plots "$out/plots-latency" 2>&1 | tee "$out/latency.log"
+	;;
+eval)
+	if [[ -z "${EVALS:-}" ]]; then
+		echo "eval: set EVALS to the folder of zero-shot task files (piqa.jsonl, …)" >&2
+		exit 2
+	fi
+	timeout -k 10 "${LIMIT:-540}" "$run" blackmamba eval -random 1.5b -tasks piqa -data "$EVALS" -limit "${EVAL_LIMIT:-0}" \
+		-out "$out/eval-piqa-1.5b.json" 2>&1 | tee "$out/eval-piqa-1.5b.log"
+	;;
+generate)
+	# -stop-eos=false: random weights may pick the end-of-text id early; every run makes 256 tokens.
+	prompt="The BlackMamba architecture combines state-space models with a mixture of experts, so that"
+	timeout -k 10 "${LIMIT:-240}" "$run" blackmamba generate -random 1.5b -prompt "$prompt" -max-tokens 256 -stop-eos=false \
+		2>&1 | tee "$out/generate-1.5b-greedy.log"
+	timeout -k 10 "${LIMIT:-240}" "$run" blackmamba generate -random 1.5b -prompt "$prompt" -max-tokens 256 -stop-eos=false \
+		-temperature 0.8 -top-p 0.95 2>&1 | tee "$out/generate-1.5b-sampled.log"
 	;;
 *)
 	echo "unknown phase $phase" >&2
