@@ -380,7 +380,8 @@ func WriteJSON(path string, rs []Result) error {
 	return nil
 }
 
-// ReadJSON reads results written by WriteJSON. Errors name the file and what is wrong.
+// ReadJSON reads results written by WriteJSON. Errors name the file and what is wrong. ReadAny
+// also reads the result file of the balance experiment.
 func ReadJSON(path string) ([]Result, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
@@ -390,12 +391,8 @@ func ReadJSON(path string) ([]Result, error) {
 	if err := json.Unmarshal(b, &rs); err != nil {
 		return nil, fmt.Errorf("balance: %s: malformed results: %w", path, err)
 	}
-	for i, r := range rs {
-		for j, l := range r.Layers {
-			if len(l.Counts) == 0 {
-				return nil, fmt.Errorf("balance: %s: result %d (%s, %s, %s) layer %d: no counts", path, i, r.Model, r.Mode, r.Domain, j)
-			}
-		}
+	if err := checkResults(path, "", rs); err != nil {
+		return nil, err
 	}
 	return rs, nil
 }
