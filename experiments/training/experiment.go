@@ -78,8 +78,8 @@ func Size(name string) (Options, error) {
 		return Options{Family: "small", SeqLen: 512, Batch: 16, Tokens: 3_500_000, LR: 1e-3, Seed: 1,
 			DType: "bfloat16", LogEvery: 10, EvalEvery: 50, EvalBatches: 4, BalanceBatches: 4, Ablation: true}, nil
 	case "cpu-smoke":
-		return Options{Family: "tiny", SeqLen: 64, Batch: 4, Tokens: 30 * 4 * 64, LR: 3e-3, Seed: 1,
-			LogEvery: 5, EvalEvery: 10, EvalBatches: 2, BalanceBatches: 2, Ablation: true}, nil
+		return Options{Family: "tiny", SeqLen: 32, Batch: 2, Tokens: 12 * 2 * 32, LR: 3e-3, Seed: 1,
+			LogEvery: 3, EvalEvery: 6, EvalBatches: 1, BalanceBatches: 1, Ablation: true}, nil
 	}
 	return Options{}, fmt.Errorf("training: size %q: want \"gpu\" or \"cpu-smoke\"", name)
 }
