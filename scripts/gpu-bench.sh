@@ -23,16 +23,8 @@ phase="$2"
 out="${OUT:-$PWD/gpu-out}"
 mkdir -p "$out"
 run="$bundle/run.sh"
-step() { # step NAME SECONDS CMD...: run with a time limit, log to $out/NAME.log
-	local name="$1" limit="$2"
-	shift 2
-	echo "=== $name (limit ${limit}s)" | tee -a "$out/summary.txt"
-	local t0=$SECONDS
-	timeout -k 10 "$limit" "$@" >"$out/$name.log" 2>&1
-	local rc=$?
-	tail -n 40 "$out/$name.log" >>"$out/summary.txt"
-	echo "--- $name rc=$rc in $((SECONDS - t0))s" | tee -a "$out/summary.txt"
-}
+# shellcheck source=gpu-step.sh
+source "$(dirname "${BASH_SOURCE[0]}")/gpu-step.sh"
 export BLACKMAMBA_GPU_MEMORY=grow
 no_tf32() {
 	# Correctness checks compare float32 results with tight tolerances: turn off TF32 (cuBLAS)

@@ -28,16 +28,8 @@ mkdir -p "$out"
 run="$bundle/run.sh"
 counts=(1) # device counts to run: 1 and DEVICES
 ((devices > 1)) && counts+=("$devices")
-step() { # step NAME SECONDS CMD...: run with a time limit, log to $out/NAME.log
-	local name="$1" limit="$2"
-	shift 2
-	echo "=== $name (limit ${limit}s)" | tee -a "$out/summary.txt"
-	local t0=$SECONDS
-	timeout -k 10 "$limit" "$@" >"$out/$name.log" 2>&1
-	local rc=$?
-	tail -n 40 "$out/$name.log" >>"$out/summary.txt"
-	echo "--- $name rc=$rc in $((SECONDS - t0))s" | tee -a "$out/summary.txt"
-}
+# shellcheck source=gpu-step.sh
+source "$(dirname "${BASH_SOURCE[0]}")/gpu-step.sh"
 export NCCL_NVLS_ENABLE=0 # NVLink multicast (NVLS) off for NCCL collectives
 export BLACKMAMBA_GPU_MEMORY=grow
 nvidia-smi --query-gpu=index,name,memory.total --format=csv >"$out/gpus.csv" 2>&1 || true

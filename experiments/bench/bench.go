@@ -14,7 +14,10 @@ import (
 	"time"
 
 	"github.com/gomlx/gomlx/backends"
+	"github.com/gomlx/gomlx/pkg/core/dtypes"
+	. "github.com/gomlx/gomlx/pkg/core/graph"
 	"github.com/gomlx/gomlx/pkg/core/tensors"
+	"github.com/gomlx/gomlx/pkg/ml/context"
 )
 
 // PeakBF16FLOPs is the bf16 dense matrix rate measured on an H200 (FLOP/s), the reference of
@@ -88,6 +91,37 @@ func timeCalls(call func() error, warm, reps int) (compileS, medianMs, minMs flo
 	}
 	slices.Sort(times)
 	return compileS, times[len(times)/2], times[0], nil
+}
+
+// withGradients returns loss plus the sums of squares of its gradients with respect to wrt and
+// to every trainable variable of ctx that the graph uses: one scalar that needs the whole
+// backward pass, so that timing it times forward and backward.
+func withGradients(ctx *context.Context, loss *Node, wrt ...*Node) *Node {
+	g := loss.Graph()
+	for v := range ctx.IterVariables() {
+		if v.Trainable && v.InUseByGraph(g) {
+			wrt = append(wrt, v.ValueGraph(g))
+		}
+	}
+	sum := loss
+	for _, gr := range Gradient(loss, wrt...) {
+		sum = Add(sum, ReduceAllSum(Square(ConvertDType(gr, dtypes.Float32))))
+	}
+	return sum
+}
+
+// timeExec times e on args (see timeCalls); its first output must be a float32 scalar, which
+// is fetched to wait for the device.
+func timeExec(e *context.Exec, args []any, warm, reps int) (compileS, medianMs, minMs float64, err error) {
+	return timeCalls(func() error {
+		outs, err := e.Exec(args...)
+		if err != nil {
+			return err
+		}
+		_ = tensors.ToScalar[float32](outs[0])
+		finalize(outs)
+		return nil
+	}, warm, reps)
 }
 
 // finalize frees device buffers of outputs that are not needed any more.

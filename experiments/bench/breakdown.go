@@ -143,34 +143,16 @@ func Breakdown(backend backends.Backend, cfg bm.Config, batch, seqLen, reps int)
 					if !backward {
 						return []*Node{loss}
 					}
-					for v := range ctx.IterVariables() {
-						if v.Trainable && v.InUseByGraph(g) {
-							wrt = append(wrt, v.ValueGraph(g))
-						}
-					}
-					sum := loss
-					for _, gr := range Gradient(loss, wrt...) {
-						sum = Add(sum, ReduceAllSum(Square(ConvertDType(gr, dtypes.Float32))))
-					}
-					return []*Node{sum}
+					return []*Node{withGradients(ctx, loss, wrt...)}
 				})
 				if err != nil {
 					return err
 				}
-				call := func() error {
-					args := make([]any, len(p.inputs))
-					for i, t := range p.inputs {
-						args[i] = t
-					}
-					outs, err := e.Exec(args...)
-					if err != nil {
-						return err
-					}
-					_ = tensors.ToScalar[float32](outs[0])
-					finalize(outs)
-					return nil
+				args := make([]any, len(p.inputs))
+				for i, t := range p.inputs {
+					args[i] = t
 				}
-				row.CompileS, row.Ms, row.MinMs, err = timeCalls(call, 2, reps)
+				row.CompileS, row.Ms, row.MinMs, err = timeExec(e, args, 2, reps)
 				return err
 			})
 			if err != nil {

@@ -79,33 +79,12 @@ func MoE(backend backends.Backend, cfg bm.Config, experts, tokens, reps int) []R
 					if !backward {
 						return []*Node{loss}
 					}
-					g := u.Graph()
-					wrt := []*Node{u}
-					for vv := range ctx.IterVariables() {
-						if vv.Trainable && vv.InUseByGraph(g) {
-							wrt = append(wrt, vv.ValueGraph(g))
-						}
-					}
-					grads := Gradient(loss, wrt...)
-					sum := loss
-					for _, gr := range grads {
-						sum = Add(sum, ReduceAllSum(Square(ConvertDType(gr, dtypes.Float32))))
-					}
-					return []*Node{sum}
+					return []*Node{withGradients(ctx, loss, u)}
 				})
 				if err != nil {
 					return err
 				}
-				call := func() error {
-					outs, err := e.Exec(uT, wT)
-					if err != nil {
-						return err
-					}
-					_ = tensors.ToScalar[float32](outs[0])
-					finalize(outs)
-					return nil
-				}
-				row.CompileS, row.Ms, row.MinMs, err = timeCalls(call, 3, reps)
+				row.CompileS, row.Ms, row.MinMs, err = timeExec(e, []any{uT, wT}, 3, reps)
 				return err
 			})
 			if err != nil {
