@@ -19,8 +19,8 @@ GO_TEST_FLAGS ?= -p 2 -timeout 30m
 # The command `make demo` runs.
 DEMO_RUN  := $(CURDIR)/.tools/demo-run
 DEMO_CMD ?= $(BLACKMAMBA) backends -no-load && $(BLACKMAMBA) params -config tiny && rm -rf $(DEMO_RUN) && \
-	$(BLACKMAMBA) train -backend go -config tiny -corpus data/corpus-tiny -steps 20 -batch 2 -seq 32 \
-		-log-every 5 -eval-every 10 -eval-batches 1 -checkpoint-every 10 -dir $(DEMO_RUN)
+	$(BLACKMAMBA) train -backend go -config tiny -corpus data/corpus-tiny -steps 60 -batch 4 -seq 64 -lr 1e-2 \
+		-log-every 10 -eval-every 30 -eval-batches 1 -checkpoint-every 30 -dir $(DEMO_RUN)
 # Extra arguments for the experiment targets, e.g. make exp-training EXP_ARGS="-backend cuda".
 EXP_ARGS ?=
 # Extra files copied into the GPU bundle (a data sample, a config).
