@@ -27,11 +27,13 @@ export BLACKMAMBA_GPU_MEMORY=grow
 case "$phase" in
 training)
 	# ARCHS selects runs ("blackmamba,-mamba,-transformer,-transformer-moe,-mamba-total");
+	# PARALLEL trains that many runs side by side on the GPU;
 	# ABLATION=false leaves out the routing ablation; EVALS names a folder of zero-shot task
 	# files (a copy of the evaluation sets) to evaluate each trained model on.
 	extra=()
 	[[ -n "${ARCHS:-}" ]] && extra+=(-archs "$ARCHS")
 	[[ -n "${ABLATION:-}" ]] && extra+=(-ablation="$ABLATION")
+	[[ -n "${PARALLEL:-}" ]] && extra+=(-parallel "$PARALLEL")
 	[[ -n "${EVALS:-}" ]] && extra+=(-zero-shot piqa,arc_easy,arc_challenge,hellaswag,winogrande,lambada,openbookqa \
 		-zero-shot-data "$EVALS" -zero-shot-limit "${EVAL_LIMIT:-500}")
 	timeout -k 10 "${LIMIT:-560}" "$run" blackmamba experiment training -size gpu -tokens "${TOKENS:-2500000}" -corpus "$corpus" "${extra[@]}" \

@@ -1,6 +1,7 @@
 package training
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -8,6 +9,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 
 	"github.com/gomlx/gomlx/pkg/ml/context"
 
@@ -65,6 +67,10 @@ type Options struct {
 	AfterRun func(*Result) error
 	// Devices > 1 trains each run data-parallel on that many devices (Batch is the global batch).
 	Devices int
+	// Parallel > 1 trains that many runs at the same time on the backend (each with its own
+	// model, optimizer and run directory), so that their compilations and small steps overlap;
+	// progress lines are prefixed with the run's label. Results are the same as one at a time.
+	Parallel int
 }
 
 // Size returns the options of a named size: "gpu" (the small family at T=512, B=16, bf16,
@@ -217,6 +223,12 @@ func Run(backend backends.Backend, o Options) (*Result, error) {
 	if logw == nil {
 		logw = os.Stderr
 	}
+	var logMu, progressMu sync.Mutex
+	logf := func(format string, args ...any) {
+		logMu.Lock()
+		defer logMu.Unlock()
+		fmt.Fprintf(logw, format, args...)
+	}
 	plans, err := o.plan()
 	if err != nil {
 		return nil, err
@@ -224,28 +236,29 @@ func Run(backend backends.Backend, o Options) (*Result, error) {
 	steps := o.Steps()
 	res := &Result{Family: o.Family, SeqLen: o.SeqLen, Batch: o.Batch, TokenBudget: o.Tokens, Steps: steps,
 		Seed: o.Seed, LR: o.LR, DType: o.DType, Corpus: o.Corpus.Dir, Backend: backend.Name(), Domains: o.Corpus.Domains()}
-	for i, p := range plans {
+	// runOne trains plan i and summarises it; progress goes to progress.
+	runOne := func(i int, p runPlan, progress io.Writer) (RunResult, error) {
 		dir := filepath.Join(o.Workdir, fmt.Sprintf("%02d-%s", i, strings.ReplaceAll(p.label, " ", "-")))
 		if err := os.RemoveAll(dir); err != nil {
-			return nil, err
+			return RunResult{}, err
 		}
-		fmt.Fprintf(logw, "training: run %d/%d %s (pattern %s, routing %s), %d steps\n", i+1, len(plans), p.label, p.cfg.Pattern, p.cfg.Routing, steps)
+		logf("training: run %d/%d %s (pattern %s, routing %s), %d steps\n", i+1, len(plans), p.label, p.cfg.Pattern, p.cfg.Routing, steps)
 		t, err := Train(backend, Spec{Cfg: p.cfg, Corpus: o.Corpus, SeqLen: o.SeqLen, Batch: o.Batch, Steps: steps,
 			LR: o.LR, Warmup: -1, Seed: o.Seed, Dir: dir, LogEvery: o.LogEvery, EvalEvery: o.EvalEvery,
-			EvalBatches: o.EvalBatches, Progress: o.Progress, Devices: o.Devices})
+			EvalBatches: o.EvalBatches, Progress: progress, Devices: o.Devices})
 		if err != nil {
-			return nil, err
+			return RunResult{}, fmt.Errorf("run %s: %w", p.label, err)
 		}
 		rr, err := RunResultOf(p.cfg, p.label, p.ablation, t)
 		if err != nil {
-			return nil, err
+			return RunResult{}, err
 		}
 		if len(o.ZeroShot.Tasks) > 0 {
 			// Zero-shot tasks on the trained model; a failure is recorded in the run.
 			rr.ZeroShot, err = o.ZeroShot.run(backend, t.Trainer.Context(), p.cfg)
 			if err != nil {
 				rr.ZeroShotError = err.Error()
-				fmt.Fprintf(logw, "training: %s: zero-shot evaluation failed: %v\n", p.label, err)
+				logf("training: %s: zero-shot evaluation failed: %v\n", p.label, err)
 			}
 		}
 		if rr.MoE && o.BalanceBatches > 0 {
@@ -260,17 +273,84 @@ func Run(backend backends.Backend, o Options) (*Result, error) {
 			}
 			if err != nil {
 				rr.Balance, rr.BalanceError = nil, err.Error()
-				fmt.Fprintf(logw, "training: %s: balance analysis failed: %v\n", p.label, err)
+				logf("training: %s: balance analysis failed: %v\n", p.label, err)
 			}
 		}
-		fmt.Fprintf(logw, "training: %s: held-out mean %.4f after %d tokens in %.1fs\n", p.label, rr.FinalHeldOutMean, rr.Tokens, rr.WallSeconds)
-		res.Runs = append(res.Runs, rr)
-		res.setDefaultThreshold(o.Threshold)
-		if o.AfterRun != nil {
-			if err := o.AfterRun(res); err != nil {
+		logf("training: %s: held-out mean %.4f after %d tokens in %.1fs\n", p.label, rr.FinalHeldOutMean, rr.Tokens, rr.WallSeconds)
+		return rr, nil
+	}
+
+	if o.Parallel <= 1 {
+		for i, p := range plans {
+			rr, err := runOne(i, p, o.Progress)
+			if err != nil {
 				return nil, err
 			}
+			res.Runs = append(res.Runs, rr)
+			res.setDefaultThreshold(o.Threshold)
+			if o.AfterRun != nil {
+				if err := o.AfterRun(res); err != nil {
+					return nil, err
+				}
+			}
 		}
+		res.setDefaultThreshold(o.Threshold)
+		return res, nil
+	}
+
+	// Parallel runs: o.Parallel workers take the plans in order; the result lists the finished
+	// runs in plan order, and AfterRun sees it after each run that finishes.
+	done := make([]*RunResult, len(plans))
+	var (
+		mu       sync.Mutex
+		firstErr error
+		next     int
+		wg       sync.WaitGroup
+	)
+	for range min(o.Parallel, len(plans)) {
+		wg.Go(func() {
+			for {
+				mu.Lock()
+				if firstErr != nil || next >= len(plans) {
+					mu.Unlock()
+					return
+				}
+				i := next
+				next++
+				mu.Unlock()
+				var progress io.Writer
+				if o.Progress != nil {
+					progress = &prefixWriter{w: o.Progress, mu: &progressMu, prefix: "[" + plans[i].label + "] "}
+				}
+				rr, err := runOne(i, plans[i], progress)
+				mu.Lock()
+				if err != nil {
+					if firstErr == nil {
+						firstErr = err
+					}
+					mu.Unlock()
+					return
+				}
+				done[i] = &rr
+				res.Runs = res.Runs[:0]
+				for _, r := range done {
+					if r != nil {
+						res.Runs = append(res.Runs, *r)
+					}
+				}
+				res.setDefaultThreshold(o.Threshold)
+				if o.AfterRun != nil {
+					if err := o.AfterRun(res); err != nil && firstErr == nil {
+						firstErr = err
+					}
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	if firstErr != nil {
+		return nil, firstErr
 	}
 	res.setDefaultThreshold(o.Threshold)
 	return res, nil
@@ -438,4 +518,31 @@ func Merge(thr float64, parts ...*Result) (*Result, error) {
 	sort.SliceStable(first.Runs, func(i, j int) bool { return !first.Runs[i].Ablation && first.Runs[j].Ablation })
 	first.setDefaultThreshold(thr)
 	return &first, nil
+}
+
+// prefixWriter writes each line with a prefix, whole lines at a time under a shared mutex, so
+// that the progress of runs trained side by side stays readable.
+type prefixWriter struct {
+	w      io.Writer
+	mu     *sync.Mutex
+	prefix string
+	buf    []byte
+}
+
+func (p *prefixWriter) Write(b []byte) (int, error) {
+	p.buf = append(p.buf, b...)
+	for {
+		i := bytes.IndexAny(p.buf, "\n\r")
+		if i < 0 {
+			return len(b), nil
+		}
+		line := append([]byte(p.prefix), p.buf[:i+1]...)
+		p.buf = p.buf[i+1:]
+		p.mu.Lock()
+		_, err := p.w.Write(line)
+		p.mu.Unlock()
+		if err != nil {
+			return len(b), err
+		}
+	}
 }

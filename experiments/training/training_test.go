@@ -1,10 +1,13 @@
 package training
 
 import (
+	"bytes"
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/gomlx/gomlx/backends"
@@ -266,5 +269,74 @@ func TestMerge(t *testing.T) {
 	c.Runs = b.Runs
 	if _, err := Merge(0, &a, &c); err == nil || !strings.Contains(err.Error(), "batch 8") {
 		t.Errorf("merging results of different batch sizes: err %v, want one naming the settings", err)
+	}
+}
+
+// TestParallelMatchesSequential trains two runs (BlackMamba and dense Mamba) one at a time and
+// then side by side, and checks that the parallel result lists them in plan order with the same
+// per-step and held-out losses (the runs are independent and seeded, so the numbers must be
+// identical), and that AfterRun saw a growing result after each finished run.
+func TestParallelMatchesSequential(t *testing.T) {
+	c := tinyCorpus(t)
+	backend := goBackend(t)
+	o, err := Size("cpu-smoke")
+	if err != nil {
+		t.Fatal(err)
+	}
+	o.Architectures = []string{"", "-mamba"}
+	o.Ablation = false
+	o.SeqLen, o.Batch, o.Tokens = 16, 1, 2*16
+	o.LogEvery, o.EvalEvery, o.EvalBatches, o.BalanceBatches = 1, 2, 1, 0
+	o.Corpus = c
+	o.Log = testWriter{t}
+	runAll := func(parallel int) (*Result, []int) {
+		o := o
+		o.Parallel = parallel
+		o.Workdir = t.TempDir()
+		var seen []int
+		o.AfterRun = func(r *Result) error { seen = append(seen, len(r.Runs)); return nil }
+		var buf bytes.Buffer
+		o.Progress = &buf
+		r, err := Run(backend, o)
+		if err != nil {
+			t.Fatalf("parallel %d: %v", parallel, err)
+		}
+		return r, seen
+	}
+	seq, _ := runAll(1)
+	par, seen := runAll(2)
+	if fmt.Sprint(seen) != "[1 2]" {
+		t.Errorf("AfterRun saw results of %v runs, want [1 2]", seen)
+	}
+	if len(par.Runs) != len(seq.Runs) {
+		t.Fatalf("parallel result has %d runs, sequential %d", len(par.Runs), len(seq.Runs))
+	}
+	for i := range seq.Runs {
+		a, b := seq.Runs[i], par.Runs[i]
+		if a.Label != b.Label || len(a.Records) != len(b.Records) || a.FinalHeldOutMean != b.FinalHeldOutMean {
+			t.Errorf("run %d: sequential %s (%d records, held-out %v), parallel %s (%d records, held-out %v)",
+				i, a.Label, len(a.Records), a.FinalHeldOutMean, b.Label, len(b.Records), b.FinalHeldOutMean)
+			continue
+		}
+		for j := range a.Records {
+			if a.Records[j].Loss != b.Records[j].Loss {
+				t.Errorf("%s step %d: loss %v one at a time, %v two at a time", a.Label, a.Records[j].Step, a.Records[j].Loss, b.Records[j].Loss)
+			}
+		}
+	}
+}
+
+// TestPrefixWriter checks that lines written in pieces come out whole, each with the prefix.
+func TestPrefixWriter(t *testing.T) {
+	var buf bytes.Buffer
+	var mu sync.Mutex
+	w := &prefixWriter{w: &buf, mu: &mu, prefix: "[a] "}
+	for _, s := range []string{"step 1", " loss 2\nstep", " 2\rstep 3\n"} {
+		if _, err := w.Write([]byte(s)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got, want := buf.String(), "[a] step 1 loss 2\n[a] step 2\r[a] step 3\n"; got != want {
+		t.Errorf("got %q, want %q", got, want)
 	}
 }

@@ -42,6 +42,7 @@ func runTrainingExperiment(fs *flag.FlagSet, args []string) error {
 	zsData := fs.String("zero-shot-data", "", "folder of the zero-shot task files (see blackmamba eval)")
 	zsLimit := fs.Int("zero-shot-limit", 500, "examples per zero-shot task (0: all)")
 	merge := fs.String("merge", "", "comma-separated result JSONs of the same experiment run in parts: combine them into -out and plot (no training)")
+	parallel := fs.Int("parallel", 1, "train this many runs at the same time on the backend (their compilations and small steps overlap; same results as one at a time)")
 	devices := fs.Int("devices", 1, "train each run data-parallel on this many devices of the backend (the size's batch is the global batch)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -104,6 +105,10 @@ func runTrainingExperiment(fs *flag.FlagSet, args []string) error {
 		}
 	}
 	o.Ablation = *ablation
+	if *parallel < 1 {
+		return fmt.Errorf("-parallel %d: want at least 1", *parallel)
+	}
+	o.Parallel = *parallel
 	o.Threshold = *threshold
 	if *zsTasks != "" {
 		if o.ZeroShot.Tasks, err = eval.ParseTaskList(*zsTasks); err != nil {
