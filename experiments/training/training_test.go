@@ -34,22 +34,29 @@ func tinyCorpus(t *testing.T) *data.Corpus {
 	return c
 }
 
-// TestRunSmoke trains two tiny architectures for a few steps through Run and checks the
-// result's bookkeeping: tokens and FLOPs follow from the batch shape and the FLOPs per token,
-// losses are finite and start near ln(vocab), the threshold is the worst final loss (so every
-// run reaches it), and the figures render.
-func TestRunSmoke(t *testing.T) {
+// twoRunOptions returns the cpu-smoke options shrunk to BlackMamba and dense Mamba on the tiny
+// corpus, batch 1 × 16, for the given number of steps.
+func twoRunOptions(t *testing.T, steps int) (Options, *data.Corpus) {
 	c := tinyCorpus(t)
-	backend := goBackend(t)
 	o, err := Size("cpu-smoke")
 	if err != nil {
 		t.Fatal(err)
 	}
 	o.Architectures = []string{"", "-mamba"}
 	o.Ablation = false
-	o.SeqLen, o.Batch, o.Tokens = 16, 1, 3*16
+	o.SeqLen, o.Batch, o.Tokens = 16, 1, int64(steps*16)
 	o.LogEvery, o.EvalEvery, o.EvalBatches, o.BalanceBatches = 1, 1, 1, 1
 	o.Corpus = c
+	return o, c
+}
+
+// TestRunSmoke trains two tiny architectures for a few steps through Run and checks the
+// result's bookkeeping: tokens and FLOPs follow from the batch shape and the FLOPs per token,
+// losses are finite and start near ln(vocab), the threshold is the worst final loss (so every
+// run reaches it), and the figures render.
+func TestRunSmoke(t *testing.T) {
+	backend := goBackend(t)
+	o, c := twoRunOptions(t, 3)
 	o.Workdir = t.TempDir()
 	o.Progress, o.Log = testWriter{t}, testWriter{t}
 	// Zero-shot evaluation of each trained model on a hand-made task of 3 examples, tokenized
@@ -277,17 +284,9 @@ func TestMerge(t *testing.T) {
 // per-step and held-out losses (the runs are independent and seeded, so the numbers must be
 // identical), and that AfterRun saw a growing result after each finished run.
 func TestParallelMatchesSequential(t *testing.T) {
-	c := tinyCorpus(t)
 	backend := goBackend(t)
-	o, err := Size("cpu-smoke")
-	if err != nil {
-		t.Fatal(err)
-	}
-	o.Architectures = []string{"", "-mamba"}
-	o.Ablation = false
-	o.SeqLen, o.Batch, o.Tokens = 16, 1, 2*16
-	o.LogEvery, o.EvalEvery, o.EvalBatches, o.BalanceBatches = 1, 2, 1, 0
-	o.Corpus = c
+	o, _ := twoRunOptions(t, 2)
+	o.EvalEvery, o.BalanceBatches = 2, 0
 	o.Log = testWriter{t}
 	runAll := func(parallel int) (*Result, []int) {
 		o := o
