@@ -47,7 +47,7 @@ func runTrain(fs *flag.FlagSet, args []string) error {
 	seq := fs.Int("seq", 512, "sequence length T")
 	lr := fs.Float64("lr", 1e-3, "peak learning rate (warmup, then cosine decay to lr/10)")
 	warmup := fs.Int("warmup", -1, "warmup steps (-1: 1% of steps)")
-	dtype := fs.String("dtype", "", `compute dtype "float32" or "bfloat16" (default: the config's)`)
+	dtype := fs.String("dtype", "", `compute dtype "float32" or "bfloat16" (default: bfloat16 on a CUDA GPU, where matmuls in bfloat16 run on the tensor cores (weights, scan state and residual stay float32), else the config's)`)
 	routing := fs.String("routing", "", "training-time routing of MoE blocks (default: the config's): "+
 		bm.RoutingSinkhorn+", "+bm.RoutingSinkhornVanilla+", "+bm.RoutingArgmax+", "+bm.RoutingSwitch)
 	dir := fs.String("dir", "", "run directory for checkpoints and metrics.jsonl (required)")
@@ -90,6 +90,9 @@ func runTrain(fs *flag.FlagSet, args []string) error {
 	}
 	if err := checkDevices(backend, *devices, *batch); err != nil {
 		return err
+	}
+	if *dtype == "" && choice.Plugin != nil && choice.Plugin.CUDA {
+		cfg.ComputeDType = "bfloat16" // mixed precision by default on the GPU
 	}
 	total, active := cfg.ParamCounts()
 	_, trn := cfg.FLOPsPerToken(*seq)
