@@ -520,8 +520,12 @@ func isTerminal(w io.Writer) bool {
 // line per record otherwise.
 func printProgress(w io.Writer, term bool, r results.TrainRecord, total int, stepSeconds float64) {
 	var b strings.Builder
-	fmt.Fprintf(&b, "step %d/%d  loss %.4f  lr %.3g  gnorm %.3g  %s tok/s  ETA %s",
-		r.Step, total, r.Loss, r.LR, r.GradNorm, humanCount(r.TokensPerSec),
+	speed := humanCount(r.TokensPerSec) + " tok/s"
+	if r.TokensPerSec == 0 {
+		speed = "tok/s after the first step" // the first step includes compilation and is not timed
+	}
+	fmt.Fprintf(&b, "step %d/%d  loss %.4f  lr %.3g  gnorm %.3g  %s  ETA %s",
+		r.Step, total, r.Loss, r.LR, r.GradNorm, speed,
 		time.Duration(float64(total-r.Step)*stepSeconds*float64(time.Second)).Round(time.Second))
 	if len(r.HeldOut) > 0 {
 		names := make([]string, 0, len(r.HeldOut))
