@@ -78,17 +78,14 @@ func SinkhornRoute(logits *Node, variant string, maxIter int, tol float64) (choi
 	default:
 		panic(fmt.Sprintf("bm.SinkhornRoute: unknown variant %q (want %q or %q)", variant, RoutingSinkhorn, RoutingSinkhornVanilla))
 	}
-	epsT := BroadcastToDims(Scalar(g, dtypes.Float32, sinkhornLogEps), numT)
-	epsE := BroadcastToDims(Scalar(g, dtypes.Float32, sinkhornLogEps), numE)
-
 	done := Const(g, false)
 	iters = ScalarZero(g, dtypes.Int32)
 	one := Scalar(g, dtypes.Int32, 1)
 	for range maxIter {
 		// log d0_t = −log T − log(Σ_j d1_j C_tj + 1e-8)
-		logD0 := Neg(AddScalar(LogAddExp(logSumExp(Add(logC, InsertAxes(logD1, 0)), 1), epsT), logT))
+		logD0 := Neg(AddScalar(logAddExpConst(logSumExpFinite(Add(logC, InsertAxes(logD1, 0)), 1), sinkhornLogEps), logT))
 		// log d1_j = −log E − log(Σ_t d0_t C_tj + 1e-8)
-		newD1 := Neg(AddScalar(LogAddExp(logSumExp(Add(logC, InsertAxes(logD0, -1)), 0), epsE), logE))
+		newD1 := Neg(AddScalar(logAddExpConst(logSumExpFinite(Add(logC, InsertAxes(logD0, -1)), 0), sinkhornLogEps), logE))
 		delta := ReduceAllMean(Abs(Sub(Exp(newD1), Exp(logD1))))
 		logD1 = Where(done, logD1, newD1)
 		iters = Add(iters, Where(done, ZerosLike(one), one))
@@ -96,6 +93,20 @@ func SinkhornRoute(logits *Node, variant string, maxIter int, tol float64) (choi
 	}
 	choice = ArgMax(Add(logC, InsertAxes(logD1, 0)), 1, dtypes.Int32)
 	return choice, iters
+}
+
+// logSumExpFinite is logSumExp for finite x, without the guard for rows of −∞: inside the
+// Sinkhorn rounds every term is finite (finite logits, and log d0, log d1 bounded by the 1e-8
+// stabilisers), and the unrolled rounds are a large part of the training graph.
+func logSumExpFinite(x *Node, axis int) *Node {
+	m := ReduceAndKeep(x, ReduceMax, axis)
+	return Squeeze(Add(Log(ReduceAndKeep(Exp(Sub(x, m)), ReduceSum, axis)), m), axis)
+}
+
+// logAddExpConst returns log(exp(x) + exp(c)) for finite x and a constant c:
+// max(x, c) + log1p(exp(−|x − c|)).
+func logAddExpConst(x *Node, c float64) *Node {
+	return Add(MaxScalar(x, c), Log1p(Exp(Neg(Abs(AddScalar(x, -c))))))
 }
 
 // logSumExp returns log Σ exp(x) over axis, with the maximum subtracted first. Rows that are
