@@ -44,7 +44,13 @@ balance)
 		-workdir /tmp/blackmamba-runs -out "$out/balance.json" -plots "$out/plots-balance" 2>&1 | tee "$out/balance.log"
 	;;
 latency)
-	timeout -k 10 "${LIMIT:-300}" "$run" blackmamba latency -family 1.5b -max-len 16384 -reps 3 \
+	# One pass per repeat to MAX_LEN tokens per architecture, after about a minute of warm-up each:
+	# at 16384 tokens and 3 repeats the four 1.5B architectures need about 15 minutes, so one
+	# 10-minute job takes MAX_LEN=8192 REPS=2 (about 7 minutes) or a subset in LAT_ARCHS
+	# (comma-separated presets, e.g. "1.5b-transformer,1.5b-transformer-moe").
+	lat=()
+	[[ -n "${LAT_ARCHS:-}" ]] && lat+=(-archs "$LAT_ARCHS")
+	timeout -k 10 "${LIMIT:-560}" "$run" blackmamba latency -family 1.5b -max-len "${MAX_LEN:-16384}" -reps "${REPS:-3}" "${lat[@]}" \
 		-out "$out/latency.json" -plots "$out/plots-latency" 2>&1 | tee "$out/latency.log"
 	;;
 eval)
