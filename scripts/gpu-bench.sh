@@ -34,6 +34,7 @@ no_tf32() {
 }
 phase_moe() {
 	step moe 200 "$run" blackmamba bench -what moe -config small -dtype bfloat16 -moe-tokens 16384 -reps 10 -json "$out/bench-moe.json"
+	step router 100 "$run" blackmamba bench -what router -config small -moe-tokens 16384 -reps 10 -json "$out/bench-router.json"
 }
 phase_train_small() {
 	step train-small-bf16 200 "$run" blackmamba bench -what train-step -config small -dtype bfloat16 -batch 8 -seq 2048 -reps 10 -json "$out/bench-train-small-bf16.json"

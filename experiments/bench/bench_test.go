@@ -143,3 +143,29 @@ func TestDecodeRuns(t *testing.T) {
 		t.Errorf("1 token: error %q, want one naming the token count", r.Err)
 	}
 }
+
+// TestRouter checks the router rows: all measured, Sinkhorn rows report at least one round,
+// and on the skewed logits both Sinkhorns spread the tokens more evenly than argmax.
+func TestRouter(t *testing.T) {
+	backend, err := backends.NewWithConfig(xla.CPUConfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := bm.MustPreset("tiny")
+	rows := Router(backend, cfg, 8, 512, 1)
+	if len(rows) != 3 {
+		t.Fatalf("got %d router rows, want 3", len(rows))
+	}
+	for _, r := range rows {
+		if r.Err != "" || !(r.Ms > 0) {
+			t.Errorf("%s: error %q, median %.3g ms", r.Variant, r.Err, r.Ms)
+		}
+	}
+	argmax := rows[0].Extra["max_share"]
+	for _, r := range rows[1:] {
+		if r.Extra["rounds"] < 1 || !(r.Extra["max_share"] < argmax) {
+			t.Errorf("%s: %v rounds, largest share %.3f (argmax %.3f): want >= 1 round and a smaller share",
+				r.Variant, r.Extra["rounds"], r.Extra["max_share"], argmax)
+		}
+	}
+}

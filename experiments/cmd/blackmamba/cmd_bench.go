@@ -25,7 +25,7 @@ func init() {
 
 func runBench(fs *flag.FlagSet, args []string) error {
 	backendFlag := xla.AddFlag(fs)
-	what := fs.String("what", "scan,moe,train-step", "comma-separated benchmarks: scan, moe, train-step, breakdown (each block kind of -config timed alone at -batch x -seq), graph (operation counts of the training graph, built but not compiled), decode (batch-1 greedy generation of -decode-tokens tokens with random weights stored in the compute dtype)")
+	what := fs.String("what", "scan,moe,train-step", "comma-separated benchmarks: scan, moe, train-step, breakdown (each block kind of -config timed alone at -batch x -seq), graph (operation counts of the training graph, built but not compiled), router (the expert choice alone: argmax and both Sinkhorns on -moe-tokens logits), decode (batch-1 greedy generation of -decode-tokens tokens with random weights stored in the compute dtype)")
 	scanShape := fs.String("scan-shape", "8,2048,1536,16", "scan shape B,T,D,N")
 	scanVariants := fs.String("scan-variants", "all", `"all" (bm.ScanBenchVariants: chunk sizes and backward variants), "quick" (the default variant at each chunk size plus the chunk-16 variants) or "default"`)
 	cfgName := fs.String("config", "small", "model preset or JSON config for moe, train-step, breakdown, graph and decode")
@@ -118,6 +118,14 @@ func runBench(fs *flag.FlagSet, args []string) error {
 				}
 			}
 			report.Rows = append(report.Rows, bench.MoE(backend, cfg, experts, *moeTokens, *reps)...)
+		case "router":
+			experts := 8
+			for _, b := range cfg.Blocks() {
+				if b.Kind == bm.KindMoE {
+					experts = b.Experts
+				}
+			}
+			report.Rows = append(report.Rows, bench.Router(backend, cfg, experts, *moeTokens, *reps)...)
 		case "graph":
 			report.Rows = append(report.Rows, bench.GraphSize(backend, cfg, *batch, *seqLen))
 		case "breakdown":
@@ -136,7 +144,7 @@ func runBench(fs *flag.FlagSet, args []string) error {
 			report.Rows = append(report.Rows, row)
 		case "":
 		default:
-			return fmt.Errorf("-what: unknown benchmark %q (want scan, moe, train-step, breakdown, graph, decode)", w)
+			return fmt.Errorf("-what: unknown benchmark %q (want scan, moe, router, train-step, breakdown, graph, decode)", w)
 		}
 		if xla.MemoryIsHighWater() {
 			// The allocator only grows: the device's used memory is this process's high-water mark.
