@@ -61,7 +61,7 @@ type Config struct {
 	Activation string `json:"activation"`  // "silu" (default) or "gelu" for experts and dense MLPs
 
 	Routing         string  `json:"routing"`           // training-time expert choice, see Routing* constants
-	SinkhornMaxIter int     `json:"sinkhorn_max_iter"` // maximum Sinkhorn rounds
+	SinkhornMaxIter int     `json:"sinkhorn_max_iter"` // maximum Sinkhorn rounds; 0: automatic (SinkhornRounds)
 	SinkhornTol     float64 `json:"sinkhorn_tol"`      // stop when mean|Δd1| < tol
 	SwitchAuxWeight float64 `json:"switch_aux_weight"` // weight of the load-balancing loss for RoutingSwitch
 
@@ -89,7 +89,7 @@ func base(name, pattern string, d, f int) Config {
 	return Config{
 		Name: name, Pattern: pattern, Dim: d, Vocab: NeoXVocabPadded, VocabReal: NeoXVocabReal,
 		StateSize: 16, ConvKernel: 4, Expand: 2, FFN: f, Heads: max(1, d/64), MaxSeqLen: 2048,
-		Activation: "silu", Routing: RoutingSinkhorn, SinkhornMaxIter: 100, SinkhornTol: 1e-4,
+		Activation: "silu", Routing: RoutingSinkhorn, SinkhornMaxIter: 0, SinkhornTol: 1e-4,
 		SwitchAuxWeight: 0.01, NormEps: 1e-5, RopeBase: 10000, InitStd: 0.02,
 		DtMin: 0.001, DtMax: 0.1, DtFloor: 1e-4, ComputeDType: "float32",
 	}
@@ -343,8 +343,8 @@ func (c Config) Validate() error {
 	default:
 		return bad("routing %q: want %s, %s, %s or %s", c.Routing, RoutingSinkhorn, RoutingSinkhornVanilla, RoutingArgmax, RoutingSwitch)
 	}
-	if c.SinkhornMaxIter < 1 || c.SinkhornTol <= 0 {
-		return bad("need sinkhorn_max_iter >= 1 (%d) and sinkhorn_tol > 0 (%g)", c.SinkhornMaxIter, c.SinkhornTol)
+	if c.SinkhornMaxIter < 0 || c.SinkhornTol <= 0 {
+		return bad("need sinkhorn_max_iter >= 0 (%d; 0 is automatic) and sinkhorn_tol > 0 (%g)", c.SinkhornMaxIter, c.SinkhornTol)
 	}
 	if c.NormEps <= 0 {
 		return bad("norm_eps must be positive, got %g", c.NormEps)

@@ -72,7 +72,7 @@ type MoEResult struct {
 //
 // The gate is sigmoid(ℓ_{t,e*}) for every route, so a model trained with any route is run at
 // inference with argmax and the same gate. The Sinkhorn routes work on the detached logits of
-// all tokens of the call, and run at most min(cfg.SinkhornMaxIter, SinkhornUnrollMax) rounds.
+// all tokens of the call, and run at most SinkhornRounds(cfg, route) rounds.
 func MoE(ctx *context.Context, cfg Config, experts int, u *Node, route string) (out, counts, aux *Node) {
 	r := MoEWithStats(ctx, cfg, experts, u, route)
 	return r.Out, r.Counts, r.Aux
@@ -101,7 +101,7 @@ func MoEWithStats(ctx *context.Context, cfg Config, experts int, u *Node, route 
 	case RoutingArgmax:
 		r.Choice = ArgMax(logits, -1, dtypes.Int32)
 	case RoutingSinkhorn, RoutingSinkhornVanilla:
-		r.Choice, r.SinkhornIters = SinkhornRoute(logits, route, min(max(cfg.SinkhornMaxIter, 1), SinkhornUnrollMax), cfg.SinkhornTol)
+		r.Choice, r.SinkhornIters = SinkhornRoute(logits, route, SinkhornRounds(cfg, route), cfg.SinkhornTol)
 	case RoutingSwitch:
 		r.Choice = ArgMax(logits, -1, dtypes.Int32)
 	default:

@@ -212,7 +212,7 @@ func TestMoERoutes(t *testing.T) {
 				aux *= cfg.SwitchAuxWeight * experts
 				mtAssertClose(t, "switch aux loss", mtValues(t, outs[2]), []float64{aux}, 0, 1e-5)
 			default:
-				refChoice, _, _ := SinkhornReference(rows, route, min(cfg.SinkhornMaxIter, SinkhornUnrollMax), cfg.SinkhornTol)
+				refChoice, _, _ := SinkhornReference(rows, route, SinkhornRounds(cfg, route), cfg.SinkhornTol)
 				for i := range refChoice {
 					if refChoice[i] != choice[i] {
 						t.Fatalf("token %d: MoE chose %d, Sinkhorn reference %d", i, choice[i], refChoice[i])

@@ -114,7 +114,7 @@ func TestLossFnSinkhornIters(t *testing.T) {
 			if len(recs) != steps {
 				t.Fatalf("%d records, want %d", len(recs), steps)
 			}
-			maxIter := float64(min(cfg.SinkhornMaxIter, bm.SinkhornUnrollMax))
+			maxIter := float64(bm.SinkhornRounds(cfg, c.routing))
 			for _, r := range recs {
 				for _, l := range moe {
 					var tot float64

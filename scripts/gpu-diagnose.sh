@@ -8,7 +8,7 @@
 #   transformer      small-transformer, bf16, 16 x 512 (its step did not compile in 9 minutes)
 #   transformer-at0  the same with XLA's autotuning off (--xla_gpu_autotune_level=0)
 #   transformer-t128 the same at 16 x 128 (how compilation grows with the sequence length)
-#   blackmamba       small BlackMamba, bf16, 16 x 512
+#   blackmamba       small BlackMamba, bf16, 16 x 512 (4 unrolled Sinkhorn rounds, the default)
 #   blackmamba-sk1   the same with one unrolled Sinkhorn round (sinkhorn_max_iter 1)
 #   mamba            small dense Mamba, bf16, 16 x 512
 #

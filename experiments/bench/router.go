@@ -14,7 +14,7 @@ import (
 
 // Router times the expert choice alone on router logits [tokens, experts]: argmax (inference
 // and the Switch route), BlackMamba's Sinkhorn and Megatron's (vanilla) Sinkhorn, each unrolled
-// to min(cfg.SinkhornMaxIter, bm.SinkhornUnrollMax) rounds. The logits are drawn with a skew
+// to bm.SinkhornRounds(cfg, route) rounds (Extra["unrolled"]). The logits are drawn with a skew
 // (expert 0 favoured by one standard deviation), the regime where balancing matters. Each
 // Sinkhorn row reports the rounds its stopping test needed in Extra["rounds"] and the largest
 // expert share of its choice in Extra["max_share"] (argmax: its own share).
@@ -28,8 +28,7 @@ func Router(backend backends.Backend, cfg bm.Config, experts, tokens, reps int) 
 		}
 	}
 	logits := tensors.FromFlatDataAndDimensions(l, tokens, experts)
-	maxIter := min(max(cfg.SinkhornMaxIter, 1), bm.SinkhornUnrollMax)
-	shape := fmt.Sprintf("tokens=%d E=%d, up to %d rounds", tokens, experts, maxIter)
+	shape := fmt.Sprintf("tokens=%d E=%d", tokens, experts)
 	var rows []Row
 	for _, route := range []string{bm.RoutingArgmax, bm.RoutingSinkhorn, bm.RoutingSinkhornVanilla} {
 		row := Row{Bench: "router", Variant: route, Shape: shape, Reps: reps, PeakBytes: -1}
@@ -40,7 +39,7 @@ func Router(backend backends.Backend, cfg bm.Config, experts, tokens, reps int) 
 				if route == bm.RoutingArgmax {
 					choice, iters = ArgMax(l, -1, dtypes.Int32), ScalarZero(l.Graph(), dtypes.Int32)
 				} else {
-					choice, iters = bm.SinkhornRoute(l, route, maxIter, cfg.SinkhornTol)
+					choice, iters = bm.SinkhornRoute(l, route, bm.SinkhornRounds(cfg, route), cfg.SinkhornTol)
 				}
 				share := ReduceAllMax(ReduceSum(OneHot(choice, experts, dtypes.Float32), 0))
 				return []*Node{DivScalar(share, float64(tokens)), ConvertDType(iters, dtypes.Float32)}
@@ -68,6 +67,7 @@ func Router(backend backends.Backend, cfg bm.Config, experts, tokens, reps int) 
 			row.Extra = map[string]float64{"max_share": maxShare}
 			if route != bm.RoutingArgmax {
 				row.Extra["rounds"] = rounds
+				row.Extra["unrolled"] = float64(bm.SinkhornRounds(cfg, route))
 			}
 		}
 		rows = append(rows, row)
