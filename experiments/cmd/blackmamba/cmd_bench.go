@@ -111,21 +111,9 @@ func runBench(fs *flag.FlagSet, args []string) error {
 				}
 			}
 		case "moe":
-			experts := 8
-			for _, b := range cfg.Blocks() {
-				if b.Kind == bm.KindMoE {
-					experts = b.Experts
-				}
-			}
-			report.Rows = append(report.Rows, bench.MoE(backend, cfg, experts, *moeTokens, *reps)...)
+			report.Rows = append(report.Rows, bench.MoE(backend, cfg, moeExperts(cfg), *moeTokens, *reps)...)
 		case "router":
-			experts := 8
-			for _, b := range cfg.Blocks() {
-				if b.Kind == bm.KindMoE {
-					experts = b.Experts
-				}
-			}
-			report.Rows = append(report.Rows, bench.Router(backend, cfg, experts, *moeTokens, *reps)...)
+			report.Rows = append(report.Rows, bench.Router(backend, cfg, moeExperts(cfg), *moeTokens, *reps)...)
 		case "graph":
 			report.Rows = append(report.Rows, bench.GraphSize(backend, cfg, *batch, *seqLen))
 		case "breakdown":
@@ -164,6 +152,18 @@ func runBench(fs *flag.FlagSet, args []string) error {
 		return err
 	}
 	return writeReport(*out, report)
+}
+
+// moeExperts returns the expert count of cfg's MoE blocks (the last one's), or 8 for a config
+// without MoE blocks (the MoE and router benchmarks then use BlackMamba's count).
+func moeExperts(cfg bm.Config) int {
+	experts := 8
+	for _, b := range cfg.Blocks() {
+		if b.Kind == bm.KindMoE {
+			experts = b.Experts
+		}
+	}
+	return experts
 }
 
 // writeReport writes the report as JSON to path (nothing when path is empty). The benchmarks
