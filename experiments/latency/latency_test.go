@@ -1,6 +1,7 @@
 package latency
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -144,5 +145,35 @@ func TestLoadErrors(t *testing.T) {
 	}
 	if _, err := Run(cpuBackend(t), Options{Family: "7b"}); err == nil || !strings.Contains(err.Error(), "7b") {
 		t.Errorf("unknown family: error %v", err)
+	}
+}
+
+// TestMerge checks that parts of one measurement combine in order, that an architecture timed
+// twice keeps its later result, and that parts with other settings are refused with both
+// settings named.
+func TestMerge(t *testing.T) {
+	arch := func(name string, ms float64) Arch {
+		return Arch{Config: name, Points: []Point{{L: 8, TotalMS: Stat{Median: ms}, PerTokenMS: Stat{Median: ms / 8}, Window: 4}}}
+	}
+	base := Result{Family: "tiny", Batch: 1, Prompt: 1, MaxLen: 8, Reps: 1, Method: "m"}
+	a, b := base, base
+	a.Archs = []Arch{arch("tiny", 10), arch("tiny-mamba", 9)}
+	b.Archs = []Arch{arch("tiny-transformer", 12), arch("tiny", 11)}
+	m, err := Merge(&a, &b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, x := range m.Archs {
+		got = append(got, fmt.Sprintf("%s=%g", x.Config, x.Points[0].TotalMS.Median))
+	}
+	if s := strings.Join(got, " "); s != "tiny=11 tiny-mamba=9 tiny-transformer=12" {
+		t.Errorf("merged %s, want tiny=11 tiny-mamba=9 tiny-transformer=12", s)
+	}
+	c := base
+	c.MaxLen = 16
+	c.Archs = b.Archs
+	if _, err := Merge(&a, &c); err == nil || !strings.Contains(err.Error(), "max_len 16") {
+		t.Errorf("merging results of different lengths: err %v, want one naming both settings", err)
 	}
 }

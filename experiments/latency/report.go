@@ -155,3 +155,36 @@ func WriteMarkdown(w io.Writer, r *Result) error {
 	_, err := io.WriteString(w, b.String())
 	return err
 }
+
+// Merge combines results of the same measurement run in parts (architectures timed in separate
+// jobs or on separate GPUs): family, batch, prompt length, lengths and repeats must agree, and
+// an architecture timed twice keeps its later result. The backend and creation time are the
+// first part's; Method notes the merge.
+func Merge(parts ...*Result) (*Result, error) {
+	if len(parts) == 0 {
+		return nil, fmt.Errorf("latency: nothing to merge")
+	}
+	key := func(r *Result) string {
+		return fmt.Sprintf("family %s, batch %d, prompt %d tokens, max_len %d, reps %d", r.Family, r.Batch, r.Prompt, r.MaxLen, r.Reps)
+	}
+	out := *parts[0]
+	out.Archs = nil
+	index := map[string]int{}
+	for i, p := range parts {
+		if key(p) != key(parts[0]) {
+			return nil, fmt.Errorf("latency: result %d has settings (%s) unlike result 1 (%s)", i+1, key(p), key(parts[0]))
+		}
+		for _, a := range p.Archs {
+			if j, ok := index[a.Config]; ok {
+				out.Archs[j] = a
+				continue
+			}
+			index[a.Config] = len(out.Archs)
+			out.Archs = append(out.Archs, a)
+		}
+	}
+	if len(parts) > 1 {
+		out.Method = strings.TrimSpace(out.Method + fmt.Sprintf(" (merged from %d results)", len(parts)))
+	}
+	return &out, nil
+}

@@ -32,6 +32,7 @@ func runLatency(fs *flag.FlagSet, args []string) error {
 	plotDir := fs.String("plots", "plots/latency", "directory for the PNG and SVG figures (empty: no plots)")
 	plotOnly := fs.Bool("plot-only", false, "do not measure: plot and tabulate the result in -in")
 	in := fs.String("in", "", "result JSON to read with -plot-only (default: -out)")
+	merge := fs.String("merge", "", "comma-separated result JSONs of the same measurement run in parts (e.g. architectures on different GPUs): combine them into -out, then plot and tabulate (no timing)")
 	mdPath := fs.String("md", "", "also write the Markdown tables to this file (they are always printed)")
 	backendFlag := xla.AddFlag(fs)
 	if err := fs.Parse(args); err != nil {
@@ -41,7 +42,24 @@ func runLatency(fs *flag.FlagSet, args []string) error {
 		return fmt.Errorf("latency: unexpected arguments %q", fs.Args())
 	}
 	var res *latency.Result
-	if *plotOnly {
+	if *merge != "" {
+		var parts []*latency.Result
+		for _, path := range strings.Split(*merge, ",") {
+			r, err := latency.Load(strings.TrimSpace(path))
+			if err != nil {
+				return fmt.Errorf("-merge: %w", err)
+			}
+			parts = append(parts, r)
+		}
+		var err error
+		if res, err = latency.Merge(parts...); err != nil {
+			return fmt.Errorf("-merge: %w", err)
+		}
+		if err := latency.Save(res, *out); err != nil {
+			return err
+		}
+		fmt.Fprintf(os.Stderr, "wrote %s\n", *out)
+	} else if *plotOnly {
 		path := *in
 		if path == "" {
 			path = *out
