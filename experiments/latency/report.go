@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"blackmamba/experiments/results"
 	"blackmamba/plots"
 )
 
@@ -161,28 +162,17 @@ func WriteMarkdown(w io.Writer, r *Result) error {
 // an architecture timed twice keeps its later result. The backend and creation time are the
 // first part's; Method notes the merge.
 func Merge(parts ...*Result) (*Result, error) {
-	if len(parts) == 0 {
-		return nil, fmt.Errorf("latency: nothing to merge")
-	}
-	key := func(r *Result) string {
-		return fmt.Sprintf("family %s, batch %d, prompt %d tokens, max_len %d, reps %d", r.Family, r.Batch, r.Prompt, r.MaxLen, r.Reps)
+	archs, err := results.MergeParts("latency", parts,
+		func(r *Result) string {
+			return fmt.Sprintf("family %s, batch %d, prompt %d tokens, max_len %d, reps %d", r.Family, r.Batch, r.Prompt, r.MaxLen, r.Reps)
+		},
+		func(r *Result) []Arch { return r.Archs },
+		func(a Arch) string { return a.Config })
+	if err != nil {
+		return nil, err
 	}
 	out := *parts[0]
-	out.Archs = nil
-	index := map[string]int{}
-	for i, p := range parts {
-		if key(p) != key(parts[0]) {
-			return nil, fmt.Errorf("latency: result %d has settings (%s) unlike result 1 (%s)", i+1, key(p), key(parts[0]))
-		}
-		for _, a := range p.Archs {
-			if j, ok := index[a.Config]; ok {
-				out.Archs[j] = a
-				continue
-			}
-			index[a.Config] = len(out.Archs)
-			out.Archs = append(out.Archs, a)
-		}
-	}
+	out.Archs = archs
 	if len(parts) > 1 {
 		out.Method = strings.TrimSpace(out.Method + fmt.Sprintf(" (merged from %d results)", len(parts)))
 	}

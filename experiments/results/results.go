@@ -135,3 +135,29 @@ func Domains(recs []TrainRecord) []string {
 	sort.Strings(out)
 	return out
 }
+
+// MergeParts combines the items of a result run in parts (e.g. architectures on different GPUs):
+// every part's settings, as described by settings, must equal the first part's, and the items
+// are concatenated in part order, a later item replacing an earlier one with the same key. what
+// names the results in errors.
+func MergeParts[P, T any](what string, parts []P, settings func(P) string, items func(P) []T, key func(T) string) ([]T, error) {
+	if len(parts) == 0 {
+		return nil, fmt.Errorf("%s: nothing to merge", what)
+	}
+	var out []T
+	index := map[string]int{}
+	for i, p := range parts {
+		if settings(p) != settings(parts[0]) {
+			return nil, fmt.Errorf("%s: result %d has settings (%s) unlike result 1 (%s)", what, i+1, settings(p), settings(parts[0]))
+		}
+		for _, item := range items(p) {
+			if j, ok := index[key(item)]; ok {
+				out[j] = item
+				continue
+			}
+			index[key(item)] = len(out)
+			out = append(out, item)
+		}
+	}
+	return out, nil
+}
