@@ -280,26 +280,10 @@ func Run(backend backends.Backend, o Options) (*Result, error) {
 		return rr, nil
 	}
 
-	if o.Parallel <= 1 {
-		for i, p := range plans {
-			rr, err := runOne(i, p, o.Progress)
-			if err != nil {
-				return nil, err
-			}
-			res.Runs = append(res.Runs, rr)
-			res.setDefaultThreshold(o.Threshold)
-			if o.AfterRun != nil {
-				if err := o.AfterRun(res); err != nil {
-					return nil, err
-				}
-			}
-		}
-		res.setDefaultThreshold(o.Threshold)
-		return res, nil
-	}
-
-	// Parallel runs: o.Parallel workers take the plans in order; the result lists the finished
-	// runs in plan order, and AfterRun sees it after each run that finishes.
+	// o.Parallel workers (one by default) take the plans in order; the result lists the finished
+	// runs in plan order, and AfterRun sees it after each run that finishes. Side by side, each
+	// run's progress lines carry its label.
+	workers := min(max(o.Parallel, 1), len(plans))
 	done := make([]*RunResult, len(plans))
 	var (
 		mu       sync.Mutex
@@ -307,7 +291,7 @@ func Run(backend backends.Backend, o Options) (*Result, error) {
 		next     int
 		wg       sync.WaitGroup
 	)
-	for range min(o.Parallel, len(plans)) {
+	for range workers {
 		wg.Go(func() {
 			for {
 				mu.Lock()
@@ -318,8 +302,8 @@ func Run(backend backends.Backend, o Options) (*Result, error) {
 				i := next
 				next++
 				mu.Unlock()
-				var progress io.Writer
-				if o.Progress != nil {
+				progress := o.Progress
+				if progress != nil && workers > 1 {
 					progress = &prefixWriter{w: o.Progress, mu: &progressMu, prefix: "[" + plans[i].label + "] "}
 				}
 				rr, err := runOne(i, plans[i], progress)
@@ -492,29 +476,18 @@ func (z ZeroShotOptions) run(backend backends.Backend, ctx *context.Context, cfg
 // replacing an earlier one of the same label. The threshold is recomputed: thr if positive,
 // else the worst final loss of the non-ablation runs.
 func Merge(thr float64, parts ...*Result) (*Result, error) {
-	if len(parts) == 0 {
-		return nil, fmt.Errorf("training: nothing to merge")
+	runs, err := results.MergeParts("training", parts,
+		func(r *Result) string {
+			return fmt.Sprintf("family %s, seq_len %d, batch %d, token budget %d, steps %d, seed %d, lr %g, dtype %s, corpus %s",
+				r.Family, r.SeqLen, r.Batch, r.TokenBudget, r.Steps, r.Seed, r.LR, r.DType, r.Corpus)
+		},
+		func(r *Result) []RunResult { return r.Runs },
+		func(run RunResult) string { return run.Label })
+	if err != nil {
+		return nil, err
 	}
 	first := *parts[0]
-	first.Runs = nil
-	key := func(r *Result) string {
-		return fmt.Sprintf("family %s, seq_len %d, batch %d, token budget %d, steps %d, seed %d, lr %g, dtype %s, corpus %s",
-			r.Family, r.SeqLen, r.Batch, r.TokenBudget, r.Steps, r.Seed, r.LR, r.DType, r.Corpus)
-	}
-	index := map[string]int{}
-	for i, p := range parts {
-		if key(p) != key(parts[0]) {
-			return nil, fmt.Errorf("training: result %d has settings (%s) unlike result 1 (%s)", i+1, key(p), key(parts[0]))
-		}
-		for _, run := range p.Runs {
-			if j, ok := index[run.Label]; ok {
-				first.Runs[j] = run
-				continue
-			}
-			index[run.Label] = len(first.Runs)
-			first.Runs = append(first.Runs, run)
-		}
-	}
+	first.Runs = runs
 	sort.SliceStable(first.Runs, func(i, j int) bool { return !first.Runs[i].Ablation && first.Runs[j].Ablation })
 	first.setDefaultThreshold(thr)
 	return &first, nil
