@@ -38,17 +38,6 @@ func CheckBlocks(backend backends.Backend) (report []string, err error) {
 		report = append(report, line)
 	}
 	rng := rand.New(rand.NewPCG(3, 4))
-	randomTensor := func(scale float64, dims ...int) *tensors.Tensor {
-		n := 1
-		for _, d := range dims {
-			n *= d
-		}
-		v := make([]float32, n)
-		for i := range v {
-			v[i] = float32(rng.NormFloat64() * scale)
-		}
-		return tensors.FromFlatDataAndDimensions(v, dims...)
-	}
 	relDiff := func(a, b *tensors.Tensor) float64 {
 		x, y := checkFloats(a), checkFloats(b)
 		if len(x) != len(y) {
@@ -67,7 +56,7 @@ func CheckBlocks(backend backends.Backend) (report []string, err error) {
 
 	// MoE dispatch against the dense run-all-experts computation.
 	const experts = 8
-	x := randomTensor(1, 2, 256, cfg.Dim)
+	x := RandomTensor(rng, 1, 2, 256, cfg.Dim)
 	for _, block := range []int{0, 1} {
 		ctx := context.New()
 		ctx.SetParam(initializers.ParamInitialSeed, int64(5))
@@ -86,7 +75,7 @@ func CheckBlocks(backend backends.Backend) (report []string, err error) {
 
 	// Sinkhorn against the float64 reference.
 	const numT, numE = 1024, 8
-	logits := randomTensor(1, numT, numE)
+	logits := RandomTensor(rng, 1, numT, numE)
 	lv := checkFloats(logits)
 	rows := make([][]float64, numT)
 	for t := range rows {
@@ -115,7 +104,7 @@ func CheckBlocks(backend backends.Backend) (report []string, err error) {
 
 	// Attention decoding against the full forward, with both cache writes.
 	const numB, seqLen = 2, 16
-	u := randomTensor(1, numB, seqLen, cfg.Dim)
+	u := RandomTensor(rng, 1, numB, seqLen, cfg.Dim)
 	uv := checkFloats(u)
 	var caches [2][2]*tensors.Tensor
 	for mi, method := range []string{"auto", "masked"} {
@@ -182,7 +171,21 @@ func relDiffRows(got, full []float64, numB, numT, d, p int) float64 {
 	return diff / max(scale, 1e-30)
 }
 
-// checkFloats returns the values of a float32 or int32 tensor as float64.
+// RandomTensor returns a [dims...] float32 tensor of N(0, std²) values drawn from rng: the
+// inputs of the self-checks and benchmarks (never all zeros).
+func RandomTensor(rng *rand.Rand, std float64, dims ...int) *tensors.Tensor {
+	n := 1
+	for _, d := range dims {
+		n *= d
+	}
+	v := make([]float32, n)
+	for i := range v {
+		v[i] = float32(rng.NormFloat64() * std)
+	}
+	return tensors.FromFlatDataAndDimensions(v, dims...)
+}
+
+// checkFloats returns the values of a float32, float64 or int32 tensor as float64.
 func checkFloats(t *tensors.Tensor) []float64 {
 	var out []float64
 	switch t.DType() {

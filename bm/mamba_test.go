@@ -23,19 +23,6 @@ func mambaTestConfig() Config {
 	return c
 }
 
-// randomTensor returns a [dims...] float32 tensor of N(0, std²) values from rng.
-func randomTensor(rng *rand.Rand, std float64, dims ...int) *tensors.Tensor {
-	n := 1
-	for _, d := range dims {
-		n *= d
-	}
-	v := make([]float32, n)
-	for i := range v {
-		v[i] = float32(rng.NormFloat64() * std)
-	}
-	return tensors.FromFlatDataAndDimensions(v, dims...)
-}
-
 // flat64 returns the values of a float32 tensor as float64.
 func flat64(t *tensors.Tensor) []float64 { return checkFloats(t) }
 
@@ -140,7 +127,7 @@ func TestMambaMatchesReference(t *testing.T) {
 			ctx := context.New()
 			ctx.SetParam(initializers.ParamInitialSeed, int64(7))
 			rng := rand.New(rand.NewPCG(1, uint64(T)))
-			u := randomTensor(rng, 1, 2, T, cfg.Dim)
+			u := RandomTensor(rng, 1, 2, T, cfg.Dim)
 			got := context.MustExecOnce(backend, ctx, func(ctx *context.Context, u *Node) *Node {
 				return Mamba(ctx.In("mixer"), cfg, u)
 			}, u)
@@ -165,7 +152,7 @@ func TestMambaPrefillStep(t *testing.T) {
 	ctx := context.New()
 	ctx.SetParam(initializers.ParamInitialSeed, int64(3))
 	rng := rand.New(rand.NewPCG(2, 2))
-	u := randomTensor(rng, 1, B, T, cfg.Dim)
+	u := RandomTensor(rng, 1, B, T, cfg.Dim)
 	full := flat64(context.MustExecOnce(backend, ctx, func(ctx *context.Context, u *Node) *Node {
 		return Mamba(ctx.In("mixer"), cfg, u)
 	}, u))

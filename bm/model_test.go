@@ -143,7 +143,7 @@ func TestCrossEntropy(t *testing.T) {
 	backend := cpuBackend(t)
 	const M, V, real = 6, 11, 8
 	rng := rand.New(rand.NewPCG(4, 4))
-	logits := randomTensor(rng, 3, 2, 3, V)
+	logits := RandomTensor(rng, 3, 2, 3, V)
 	targets := make([]int32, M)
 	for i := range targets {
 		targets[i] = int32(rng.IntN(real))

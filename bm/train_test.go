@@ -25,8 +25,8 @@ func TestMambaGradient(t *testing.T) {
 	cfg.ConvKernel = 3
 	const B, T = 2, 6
 	rng := rand.New(rand.NewPCG(8, 8))
-	u := randomTensor(rng, 1, B, T, cfg.Dim)
-	w := randomTensor(rng, 1, B, T, cfg.Dim)
+	u := RandomTensor(rng, 1, B, T, cfg.Dim)
+	w := RandomTensor(rng, 1, B, T, cfg.Dim)
 	ctx := context.New()
 	ctx.SetParam(initializers.ParamInitialSeed, int64(5))
 	lossOf := func(ctx *context.Context, u, w *Node) *Node {

@@ -26,17 +26,7 @@ func Breakdown(backend backends.Backend, cfg bm.Config, batch, seqLen, reps int)
 	d := cfg.Dim
 	n := batch * seqLen
 	rng := rand.New(rand.NewPCG(11, uint64(n)))
-	randT := func(dims ...int) *tensors.Tensor {
-		size := 1
-		for _, x := range dims {
-			size *= x
-		}
-		v := make([]float32, size)
-		for i := range v {
-			v[i] = float32(rng.NormFloat64())
-		}
-		return tensors.FromFlatDataAndDimensions(v, dims...)
-	}
+	randT := func(dims ...int) *tensors.Tensor { return bm.RandomTensor(rng, 1, dims...) }
 	xT := randT(batch, seqLen, d)
 	wT := randT(batch, seqLen, d)
 	toks := make([]int32, batch*(seqLen+1))
