@@ -12,12 +12,10 @@ import (
 // the process's high-water mark of device memory since it started; without it, XLA's initial
 // reservation.
 func DeviceMemoryUsed() int64 {
-	gpus, _ := nvidiaSMI()
-	gpus = visibleGPUs(gpus, os.Getenv("CUDA_VISIBLE_DEVICES"))
-	if len(gpus) == 0 {
-		return -1
+	if used := DevicesMemoryUsed(); len(used) > 0 {
+		return used[0]
 	}
-	return gpus[0].MemoryUsed
+	return -1
 }
 
 // MemoryIsHighWater reports whether DeviceMemoryUsed measures the high-water mark (the growing

@@ -55,9 +55,9 @@ func (dp *dataParallel) configure(e *context.Exec) *context.Exec {
 // and returns the outputs of the first device (all outputs are replicated). The other devices'
 // copies and the input shards are freed.
 func (dp *dataParallel) exec(e *context.Exec, in *tensors.Tensor) ([]*tensors.Tensor, error) {
-	sharded, err := distributed.ShardTensor(dp.batch, in)
+	sharded, err := dp.shard(in)
 	if err != nil {
-		return nil, fmt.Errorf("splitting the batch %s over %d devices: %w", in.Shape(), dp.devices, err)
+		return nil, err
 	}
 	defer func() { _ = sharded.FinalizeAll() }()
 	outs, err := e.Exec(sharded)
@@ -76,10 +76,19 @@ func (dp *dataParallel) exec(e *context.Exec, in *tensors.Tensor) ([]*tensors.Te
 
 // preCompile compiles e for batches shaped like in, split over the mesh.
 func (dp *dataParallel) preCompile(e *context.Exec, in *tensors.Tensor) error {
-	sharded, err := distributed.ShardTensor(dp.batch, in)
+	sharded, err := dp.shard(in)
 	if err != nil {
-		return fmt.Errorf("splitting the batch %s over %d devices: %w", in.Shape(), dp.devices, err)
+		return err
 	}
 	defer func() { _ = sharded.FinalizeAll() }()
 	return e.PreCompile(sharded)
+}
+
+// shard splits the batch in ([B, T+1] on the host) into one shard of B/N rows per device.
+func (dp *dataParallel) shard(in *tensors.Tensor) (*distributed.Tensor, error) {
+	sharded, err := distributed.ShardTensor(dp.batch, in)
+	if err != nil {
+		return nil, fmt.Errorf("splitting the batch %s over %d devices: %w", in.Shape(), dp.devices, err)
+	}
+	return sharded, nil
 }
