@@ -14,7 +14,8 @@
 #
 #   scripts/gpu-diagnose.sh BUNDLE_DIR [CASE...]     (default: all, in the order above)
 #
-# Environment: LIMIT (seconds per case, default 150).
+# Environment: LIMIT (seconds per case, default 150), BATCH and SEQ (default 16 and 512; a case
+# that names its own length keeps it).
 set -uo pipefail
 bundle="$(cd "$1" && pwd)"
 shift
@@ -26,7 +27,7 @@ cases=("$@")
 ((${#cases[@]} == 0)) && cases=(transformer transformer-at0 transformer-t128 blackmamba blackmamba-sk1 mamba)
 echo '{"sinkhorn_max_iter": 1}' >"$out/small-sk1.json"
 for c in "${cases[@]}"; do
-	cfg=small seq=512 flags=""
+	cfg=small seq="${SEQ:-512}" flags=""
 	case "$c" in
 	transformer) cfg=small-transformer ;;
 	transformer-at0) cfg=small-transformer flags="--xla_gpu_autotune_level=0" ;;
@@ -41,12 +42,12 @@ for c in "${cases[@]}"; do
 	esac
 	dump="/tmp/hlo-$c"
 	rm -rf "$dump"
-	echo "=== $c: -config $cfg -seq $seq ${flags:+XLA flags $flags} (limit ${LIMIT:-150}s)" | tee -a "$out/summary.txt"
+	echo "=== $c: -config $cfg -batch ${BATCH:-16} -seq $seq ${flags:+XLA flags $flags} (limit ${LIMIT:-150}s)" | tee -a "$out/summary.txt"
 	t0=$SECONDS
 	XLA_FLAGS="--xla_dump_to=$dump --xla_dump_hlo_as_text --xla_gpu_print_compilation_stats $flags" \
 		TF_CPP_MIN_LOG_LEVEL=0 TF_CPP_VMODULE="gpu_compiler=3,nvptx_compiler=3" \
 		timeout -k 10 "${LIMIT:-150}" "$run" blackmamba bench -what graph,train-step -config "$cfg" -dtype bfloat16 \
-		-batch 16 -seq "$seq" -reps 1 -json "$out/bench-$c.json" >"$out/$c.log" 2>&1
+		-batch "${BATCH:-16}" -seq "$seq" -reps 1 -json "$out/bench-$c.json" >"$out/$c.log" 2>&1
 	echo "--- $c rc=$? in $((SECONDS - t0))s" | tee -a "$out/summary.txt"
 	grep -E "Very slow|took|^train-step|^graph" "$out/$c.log" | tail -n 8 >>"$out/summary.txt"
 	(cd /tmp && tar -cJf "$out/hlo-$c.tar.xz" "hlo-$c" 2>/dev/null) || true
