@@ -93,10 +93,7 @@ func mambaSequence(ctx *context.Context, cfg Config, u *Node) (out, conv, ssm *N
 	xc := Add(conv1dTaps(padded, w.convW, T), ExpandLeftToRank(w.convB, 3))
 	xc = activations.Swish(xc) // [B, T, D]
 
-	xdbl := ComputeEinsum(cfg, "btc,ce->bte", xc, w.xProj) // [B, T, R+2N]
-	dt := SliceAxis(xdbl, -1, AxisRange(0, R))
-	bm := SliceAxis(xdbl, -1, AxisRange(R, R+N))
-	cm := SliceAxis(xdbl, -1, AxisRange(R+N, R+2*N))
+	dt, bm, cm := xProjections(cfg, "btc,ce->bte", xc, w.xProj, R, N) // [B, T, R], [B, T, N] ×2
 	delta := Softplus(Add(ComputeEinsum(cfg, "btr,rc->btc", dt, w.dtProj), ExpandLeftToRank(w.dtBias, 3))) // [B, T, D]
 	A := Neg(Exp(w.aLog))                                                                                  // [D, N]
 
@@ -108,6 +105,23 @@ func mambaSequence(ctx *context.Context, cfg Config, u *Node) (out, conv, ssm *N
 	// Decode state: the last K rows of the zero-padded input, as [B, D, K].
 	conv = TransposeAllDims(SliceAxis(padded, 1, AxisRange(T-1, T+K-1)), 0, 2, 1)
 	return out, conv, hT
+}
+
+// xProjections splits x_proj [D, R+2N] into the low-rank Δ input (R columns, a matmul in the
+// compute dtype) and the scan's B and C (N columns each), which are computed by their own
+// matmuls with float32 activations and accumulation: they feed the float32 scan directly, and as separate matmul outputs they
+// are not slices of a bfloat16 product, which XLA otherwise fused into the scan's reduction
+// kernels (on the H200, one such kernel of the training step at T = 2048 took about 3 minutes
+// of code generation). The equation maps xc's layout to the output's (e is the column axis).
+func xProjections(cfg Config, equation string, xc, xProj *Node, R, N int) (dt, bm, cm *Node) {
+	dt = ComputeEinsum(cfg, equation, xc, SliceAxis(xProj, -1, AxisRange(0, R)))
+	// The weights are rounded to the compute dtype as every other matmul's are, so that
+	// weights stored in that dtype (CastWeights) give identical results.
+	w := ConvertDType(ConvertDType(xProj, ComputeDType(cfg)), dtypes.Float32)
+	xc = ConvertDType(xc, dtypes.Float32)
+	bm = Einsum(equation, xc, SliceAxis(w, -1, AxisRange(R, R+N)))
+	cm = Einsum(equation, xc, SliceAxis(w, -1, AxisRange(R+N, R+2*N)))
+	return dt, bm, cm
 }
 
 // conv1dTaps returns Σ_k w[k] ⊙ padded[:, k : k+T, :] for padded [B, T+K−1, D] and w [K, D]:
@@ -146,10 +160,7 @@ func MambaStep(ctx *context.Context, cfg Config, u, conv, ssm *Node) (out, conv2
 	}
 	xc := activations.Swish(Add(Einsum("bck,kc->bc", conv2, w.convW), ExpandLeftToRank(w.convB, 2))) // [B, D]
 
-	xdbl := ComputeEinsum(cfg, "bc,ce->be", xc, w.xProj) // [B, R+2N]
-	dt := SliceAxis(xdbl, -1, AxisRange(0, R))
-	bm := SliceAxis(xdbl, -1, AxisRange(R, R+N))
-	cm := SliceAxis(xdbl, -1, AxisRange(R+N, R+2*N))
+	dt, bm, cm := xProjections(cfg, "bc,ce->be", xc, w.xProj, R, N) // [B, R], [B, N] ×2
 	delta := Softplus(Add(ComputeEinsum(cfg, "br,rc->bc", dt, w.dtProj), ExpandLeftToRank(w.dtBias, 2))) // [B, D]
 	A := Neg(Exp(w.aLog))                                                                                // [D, N]
 

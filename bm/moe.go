@@ -31,9 +31,10 @@ import (
 //     (ScatterSum into zeros; its gradient is a Gather).
 //  3. The buffer is cut into R/b blocks of b rows; each block belongs to one expert, found by
 //     comparing the block start with the group ends. The expert matmuls are batched matmuls
-//     over blocks, [blocks, b, d] × Gather(fc1, blockExpert) [blocks, d, 2F], and the same for
-//     fc2: every row is multiplied by its own expert's weights only, and each block reads its
-//     expert's weights once.
+//     over blocks, [blocks, b, d] × fc1[blockExpert] [blocks, d, 2F], and the same for fc2
+//     (the per-block weights are selected by a one-hot matmul, see moeGroupedExperts): every
+//     row is multiplied by its own expert's weights only, and each block reads its expert's
+//     weights once.
 //  4. Outputs are gathered back to token order (Gather; its gradient is a ScatterSum).
 //
 // Costs: matmul FLOPs are 6·d·F per buffer row, i.e. per token times R/T ≤ 1 + E·(b−1)/T (the
@@ -212,7 +213,8 @@ func moeDispatch(cfg Config, x, choice, oneHot, fc1, fc2 *Node, block int) *Node
 // expert [G] int32 → [G, b, d] float32. It gathers each group's fc1 [d, 2F] and fc2 [F, d] in
 // the compute dtype. With fewer groups than experts (decoding: one group per sequence) it gathers
 // before converting, so only the chosen experts' weights are read; with more (training: one
-// group per dispatch block) it converts first, so the gathered copies are half size in bfloat16.
+// group per dispatch block) it converts first, so the copies are half size in bfloat16, and
+// selects with a one-hot matmul, whose gradient is a matmul rather than a colliding ScatterSum.
 func moeGroupedExperts(cfg Config, xs, expert, fc1, fc2 *Node) *Node {
 	dt := ComputeDType(cfg)
 	idx := InsertAxes(expert, -1)
@@ -221,8 +223,13 @@ func moeGroupedExperts(cfg Config, xs, expert, fc1, fc2 *Node) *Node {
 		w1 = ConvertDType(Gather(fc1, idx), dt) // [G, d, 2F]
 		w2 = ConvertDType(Gather(fc2, idx), dt) // [G, F, d]
 	} else {
-		w1 = Gather(ConvertDType(fc1, dt), idx)
-		w2 = Gather(ConvertDType(fc2, dt), idx)
+		// Selecting by a one-hot matmul instead of a Gather: the forward is the same copy (one
+		// non-zero term per output, exact in any dtype), but the weights' gradient becomes a
+		// matmul that sums the groups of each expert, where a Gather's gradient is a ScatterSum
+		// of G full weight matrices into E slots (atomic adds that collide G/E times each).
+		sel := OneHot(expert, fc1.Shape().Dim(0), dt) // [G, E]
+		w1 = Einsum("ge,edf->gdf", sel, ConvertDType(fc1, dt))
+		w2 = Einsum("ge,efd->gfd", sel, ConvertDType(fc2, dt))
 	}
 	h := ComputeEinsum(cfg, "gbd,gdf->gbf", xs, w1)
 	return ComputeEinsum(cfg, "gbf,gfd->gbd", gatedActivation(cfg, h), w2)
