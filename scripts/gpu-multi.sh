@@ -7,7 +7,8 @@
 #
 #   scripts/gpu-multi.sh BUNDLE_DIR test    the data-parallel test of experiments/train (train.test)
 #   scripts/gpu-multi.sh BUNDLE_DIR small   the small preset's train step (bf16, global batch
-#                                           16 x 2048) on 1 and 2 GPUs: tokens/s, peak memory per GPU
+#                                           SMALL_BATCH x SMALL_SEQ, default 16 x 2048) on 1 and 2
+#                                           GPUs: tokens/s, peak memory per GPU
 #   scripts/gpu-multi.sh BUNDLE_DIR loss    20 steps of `blackmamba train` on 1 and 2 GPUs (same
 #                                           seed and global batch), metrics and their comparison
 #   scripts/gpu-multi.sh BUNDLE_DIR [dp]    test, small and loss (about 8 minutes)
@@ -15,7 +16,7 @@
 #                                           1 and 2 GPUs
 #
 # Environment: DEVICES (default 2), CORPUS (default data/corpus-12m), LOSS_CONFIG (default tiny),
-# LOSS_BATCH (8), LOSS_SEQ (256), LOSS_STEPS (20), SMALL_BATCH (16), and the step time limits
+# LOSS_BATCH (8), LOSS_SEQ (256), LOSS_STEPS (20), SMALL_BATCH (16), SMALL_SEQ (2048), and the step time limits
 # TEST_LIMIT (90 s), LOSS_LIMIT (60 s per run), SMALL_LIMIT (170 s per run).
 set -uo pipefail
 bundle="$(cd "$1" && pwd)"
@@ -44,7 +45,7 @@ phase_small() {
 	local b="${SMALL_BATCH:-16}" d
 	for d in "${counts[@]}"; do
 		step "train-small-${d}dev" "${SMALL_LIMIT:-170}" "$run" blackmamba bench -what train-step -config small -dtype bfloat16 \
-			-batch "$b" -seq 2048 -reps 5 -devices "$d" -json "$out/bench-train-small-${d}dev.json"
+			-batch "$b" -seq "${SMALL_SEQ:-2048}" -reps 5 -devices "$d" -json "$out/bench-train-small-${d}dev.json"
 	done
 }
 phase_loss() {

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -36,10 +37,11 @@ var AblationRoutings = []string{bm.RoutingSinkhornVanilla, bm.RoutingArgmax, bm.
 type Options struct {
 	// Family is the preset size ("tiny", "small", "1.5b", "2.8b").
 	Family string
-	// Architectures are preset suffixes (default Architectures); Ablation adds BlackMamba runs
-	// with each of AblationRoutings.
+	// Architectures are preset suffixes (default Architectures; NoArchitectures for none);
+	// Ablation adds BlackMamba runs with each of Routings (default AblationRoutings).
 	Architectures []string
 	Ablation      bool
+	Routings      []string
 	Corpus        *data.Corpus
 	SeqLen, Batch int
 	// Tokens is the training-token budget of each run; steps = Tokens / (Batch·SeqLen).
@@ -152,10 +154,18 @@ type runPlan struct {
 	ablation bool
 }
 
+// NoArchitectures as Options.Architectures trains no architecture run (the routing ablation
+// alone, e.g. for a job that runs only part of the experiment).
+var NoArchitectures = []string{}
+
 func (o Options) plan() ([]runPlan, error) {
 	archs := o.Architectures
-	if len(archs) == 0 {
+	if archs == nil {
 		archs = Architectures
+	}
+	routings := o.Routings
+	if len(routings) == 0 {
+		routings = AblationRoutings
 	}
 	// Runs at equal total parameters are the slowest: they go last, after the ablation, so that
 	// a job stopped by a time limit has the comparisons at equal active parameters.
@@ -175,7 +185,10 @@ func (o Options) plan() ([]runPlan, error) {
 		out = append(out, runPlan{label: cfg.Name, cfg: cfg})
 	}
 	if o.Ablation {
-		for _, r := range AblationRoutings {
+		for _, r := range routings {
+			if !slices.Contains(AblationRoutings, r) {
+				return nil, fmt.Errorf("training: ablation routing %q: want one of %s", r, strings.Join(AblationRoutings, ", "))
+			}
 			cfg, err := bm.Preset(o.Family)
 			if err != nil {
 				return nil, err
@@ -187,7 +200,11 @@ func (o Options) plan() ([]runPlan, error) {
 			out = append(out, runPlan{label: cfg.Name + " " + r, cfg: cfg, ablation: true})
 		}
 	}
-	return append(out, last...), nil
+	out = append(out, last...)
+	if len(out) == 0 {
+		return nil, fmt.Errorf("training: no runs (no architectures and no ablation)")
+	}
+	return out, nil
 }
 
 // Steps returns the number of steps per run of the token budget.

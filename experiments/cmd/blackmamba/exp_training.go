@@ -28,7 +28,8 @@ func runTrainingExperiment(fs *flag.FlagSet, args []string) error {
 	corpusDir := fs.String("corpus", "", "corpus directory (default data/corpus if built, else data/corpus-tiny)")
 	tokens := fs.Int64("tokens", 0, "training tokens per run (0: the size's budget)")
 	steps := fs.Int("steps", 0, "steps per run, overriding -tokens (0: from -tokens)")
-	archs := fs.String("archs", "", `comma-separated preset suffixes of the family, "blackmamba" (or "") for BlackMamba itself, e.g. "blackmamba,-mamba" (default: all five)`)
+	archs := fs.String("archs", "", `comma-separated preset suffixes of the family, "blackmamba" (or "") for BlackMamba itself, e.g. "blackmamba,-mamba" (default: all five); "none" for the ablation alone`)
+	routings := fs.String("ablation-routings", "", "comma-separated routings of the ablation runs (default: all of "+strings.Join(training.AblationRoutings, ", ")+")")
 	ablation := fs.Bool("ablation", true, "also train BlackMamba with the routings "+strings.Join(training.AblationRoutings, ", "))
 	family := fs.String("family", "", "preset family (default: the size's)")
 	threshold := fs.Float64("threshold", 0, "mean held-out loss for the FLOPs-to-reach comparison (0: the worst final loss)")
@@ -96,7 +97,9 @@ func runTrainingExperiment(fs *flag.FlagSet, args []string) error {
 	if *steps > 0 {
 		o.Tokens = int64(*steps) * int64(o.Batch*o.SeqLen)
 	}
-	if *archs != "" {
+	if *archs == "none" {
+		o.Architectures = training.NoArchitectures
+	} else if *archs != "" {
 		for _, a := range strings.Split(*archs, ",") {
 			if a == "blackmamba" { // the family's own preset (suffix "")
 				a = ""
@@ -105,6 +108,9 @@ func runTrainingExperiment(fs *flag.FlagSet, args []string) error {
 		}
 	}
 	o.Ablation = *ablation
+	if *routings != "" {
+		o.Routings = strings.Split(*routings, ",")
+	}
 	if *parallel < 1 {
 		return fmt.Errorf("-parallel %d: want at least 1", *parallel)
 	}

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Runs the paper's experiments on one 4-GPU host in a single job each, from the bundle (make
+# gpu-bundle) and a corpus sample (data/corpus-12m); run from the repository root. Every lane
+# is one GPU (CUDA_VISIBLE_DEVICES, scripts/gpu-lanes.sh) with its own time limit; the lanes'
+# partial results are merged on the machine into one result per experiment, with its figures,
+# so that the committed JSON and figures come from one run of this script.
+#
+#   scripts/gpu-paper.sh BUNDLE_DIR training    experiment 1 (the five runs of the architecture
+#                                               comparison) and the routing ablation of
+#                                               experiment 2 (three more BlackMamba runs), eight
+#                                               runs on four GPUs; then training.json,
+#                                               plots-training/, and the balance figures and
+#                                               ablation table (plots-balance/, balance.txt)
+#   scripts/gpu-paper.sh BUNDLE_DIR inference   experiment 3 (latency of the four 1.5B-size
+#                                               architectures, two GPUs), the PIQA runtime and
+#                                               generation speed of a random-weight 1.5b model
+#                                               (one GPU), and data-parallel training on the
+#                                               last two GPUs (scripts/gpu-multi.sh)
+#
+# Everything lands in OUT (default ./gpu-out) and is packed into OUT/paper-PHASE.tar.xz.
+# Environment: SIZE (the training experiment's -size, default gpu; cpu-smoke tries the script
+# on a machine without a GPU), TOKENS (training tokens per run, default 5000000 at size gpu), LIMIT (seconds per lane,
+# default 480), MAX_LEN and REPS (latency, default 16384 and 2), EVALS (folder of the zero-shot
+# task files, for the inference phase's PIQA run and, when set, the training runs' zero-shot
+# scores), DP_PHASES (gpu-multi.sh phases, default "small test"; the small preset's step at a
+# global batch of 32 x 512, whose compilation takes about a minute, where 2048-token sequences
+# take about four).
+set -uo pipefail
+bundle="$(cd "$1" && pwd)"
+phase="$2"
+out="${OUT:-$PWD/gpu-out}"
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+run="$bundle/run.sh"
+corpus="${CORPUS:-data/corpus-12m}"
+limit="${LIMIT:-480}"
+mkdir -p "$out"
+export BLACKMAMBA_GPU_MEMORY=grow
+nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv >"$out/gpus.csv" 2>&1 || true
+
+case "$phase" in
+training)
+	zs=""
+	[[ -n "${EVALS:-}" ]] && zs="-zero-shot all -zero-shot-data $EVALS -zero-shot-limit ${EVAL_LIMIT:-500}"
+	size="${SIZE:-gpu}" tokens=""
+	[[ "$size" == gpu || -n "${TOKENS:-}" ]] && tokens="-tokens ${TOKENS:-5000000}"
+	exp="timeout -k 10 $limit $run blackmamba experiment training -size $size $tokens -corpus $corpus $zs"
+	# Lanes balanced by measured speed on an H200 at 16 x 512 (BlackMamba 93K tokens/s, dense
+	# Mamba 124K, Transformer 346K): the slow dense Mamba at equal total parameters alone.
+	"$here/gpu-lanes.sh" \
+		"$exp -archs blackmamba,-mamba -ablation=false -workdir /tmp/runs0 -out \$OUT/training.json -plots \$OUT/plots" \
+		"$exp -archs -transformer,-transformer-moe -ablation-routings switch -workdir /tmp/runs1 -out \$OUT/training.json -plots \$OUT/plots" \
+		"$exp -archs -mamba-total -ablation=false -workdir /tmp/runs2 -out \$OUT/training.json -plots \$OUT/plots" \
+		"$exp -archs none -ablation-routings sinkhorn-vanilla,argmax -workdir /tmp/runs3 -out \$OUT/training.json -plots \$OUT/plots"
+	parts=$(ls "$out"/lane*/training.json 2>/dev/null | paste -sd, -)
+	if [[ -n "$parts" ]]; then
+		"$run" blackmamba experiment training -merge "$parts" -out "$out/training.json" -plots "$out/plots-training" 2>&1 | tee "$out/merge.log"
+		"$run" blackmamba experiment balance -plot-only -in "$out/training.json" -plots "$out/plots-balance" 2>&1 | tee "$out/balance.txt"
+	fi
+	;;
+inference)
+	lat="timeout -k 10 $limit $run blackmamba latency -family 1.5b -max-len ${MAX_LEN:-16384} -reps ${REPS:-2}"
+	rest="true"
+	if [[ -n "${EVALS:-}" ]]; then
+		rest="timeout -k 10 300 $run blackmamba eval -random 1.5b -tasks piqa -data $EVALS -out \$OUT/eval-piqa-1.5b.json"
+	fi
+	prompt="The BlackMamba architecture combines state-space models with a mixture of experts, so that"
+	gen="timeout -k 10 120 $run blackmamba generate -random 1.5b -prompt '$prompt' -max-tokens 256 -stop-eos=false"
+	"$here/gpu-lanes.sh" \
+		"$lat -archs 1.5b,1.5b-mamba -out \$OUT/latency.json -plots \$OUT/plots" \
+		"$lat -archs 1.5b-transformer,1.5b-transformer-moe -out \$OUT/latency.json -plots \$OUT/plots" \
+		"$rest; $gen >\$OUT/generate-greedy.log 2>&1; $gen -temperature 0.8 -top-p 0.95 >\$OUT/generate-sampled.log 2>&1" \
+		"2,3: for p in ${DP_PHASES:-small test}; do SMALL_BATCH=32 SMALL_SEQ=512 $here/gpu-multi.sh $bundle \$p; done"
+	parts=$(ls "$out"/lane0/latency.json "$out"/lane1/latency.json 2>/dev/null | paste -sd, -)
+	if [[ -n "$parts" ]]; then
+		"$run" blackmamba latency -merge "$parts" -out "$out/latency.json" -plots "$out/plots-latency" 2>&1 | tee "$out/latency-merge.log"
+	fi
+	;;
+*)
+	echo "unknown phase $phase (want training or inference)" >&2
+	exit 2
+	;;
+esac
+# At most a few files come back from some machines: pack everything into one archive.
+tmp="$(mktemp -d)"
+tar -C "$out" --exclude="paper-*.tar.xz" -cJf "$tmp/paper-$phase.tar.xz" . && mv "$tmp/paper-$phase.tar.xz" "$out/"
+ls -la "$out/paper-$phase.tar.xz"
