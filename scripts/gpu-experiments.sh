@@ -36,7 +36,7 @@ training)
 	[[ -n "${PARALLEL:-}" ]] && extra+=(-parallel "$PARALLEL")
 	[[ -n "${EVALS:-}" ]] && extra+=(-zero-shot piqa,arc_easy,arc_challenge,hellaswag,winogrande,lambada,openbookqa \
 		-zero-shot-data "$EVALS" -zero-shot-limit "${EVAL_LIMIT:-500}")
-	timeout -k 10 "${LIMIT:-560}" "$run" blackmamba experiment training -size gpu -tokens "${TOKENS:-2500000}" -corpus "$corpus" "${extra[@]}" \
+	timeout -k 10 "${LIMIT:-560}" "$run" blackmamba experiment training -size gpu -tokens "${TOKENS:-5000000}" -corpus "$corpus" "${extra[@]}" \
 		-workdir /tmp/blackmamba-runs -out "$out/training.json" -plots "$out/plots-training" 2>&1 | tee "$out/training.log"
 	;;
 balance)

@@ -76,14 +76,15 @@ type Options struct {
 }
 
 // Size returns the options of a named size: "gpu" (the small family at T=512, B=16, bf16,
-// 3.5M tokens per run; at the throughput measured on an H200, 3.7 to 8.6 TFLOP/s of model
-// FLOPs, the eight runs take about 45 minutes: split them over jobs with Architectures and
-// Ablation) or "cpu-smoke" (the tiny
-// family on a few steps, for CI and notebooks on the pure-Go backend).
+// 5M tokens per run; with the step speeds measured on an H200, 33 to 44 TFLOP/s of model
+// FLOPs for BlackMamba and dense Mamba, and about a minute of compilation per run, the eight
+// runs need roughly a quarter of an hour one after the other: split them over GPUs with
+// Architectures, Routings and Ablation) or "cpu-smoke" (the tiny family on a few steps, for CI
+// and notebooks on the pure-Go backend).
 func Size(name string) (Options, error) {
 	switch name {
 	case "gpu":
-		return Options{Family: "small", SeqLen: 512, Batch: 16, Tokens: 3_500_000, LR: 1e-3, Seed: 1,
+		return Options{Family: "small", SeqLen: 512, Batch: 16, Tokens: 5_000_000, LR: 1e-3, Seed: 1,
 			DType: "bfloat16", LogEvery: 10, EvalEvery: 50, EvalBatches: 4, BalanceBatches: 4, Ablation: true}, nil
 	case "cpu-smoke":
 		return Options{Family: "tiny", SeqLen: 32, Batch: 2, Tokens: 12 * 2 * 32, LR: 3e-3, Seed: 1,

@@ -24,7 +24,7 @@ func init() {
 
 func runTrainingExperiment(fs *flag.FlagSet, args []string) error {
 	backendFlag := xla.AddFlag(fs)
-	size := fs.String("size", "cpu-smoke", `"gpu" (small family, T=512, B=16, bf16; about 45 minutes on an H200 for all runs: split with -archs and -ablation) or "cpu-smoke" (tiny family, a few steps)`)
+	size := fs.String("size", "cpu-smoke", `"gpu" (small family, T=512, B=16, bf16, 5M tokens per run; roughly a quarter of an hour on one H200 for all eight runs: split them with -archs, -ablation and -ablation-routings) or "cpu-smoke" (tiny family, a few steps)`)
 	corpusDir := fs.String("corpus", "", "corpus directory (default data/corpus if built, else data/corpus-tiny)")
 	tokens := fs.Int64("tokens", 0, "training tokens per run (0: the size's budget)")
 	steps := fs.Int("steps", 0, "steps per run, overriding -tokens (0: from -tokens)")
@@ -38,7 +38,7 @@ func runTrainingExperiment(fs *flag.FlagSet, args []string) error {
 	plotDir := fs.String("plots", "plots/training", "folder for the figures (PNG and SVG)")
 	plotOnly := fs.Bool("plot-only", false, "only render the figures of the result -in")
 	in := fs.String("in", "experiments/results/training.json", "result JSON read by -plot-only")
-	tflops := fs.Float64("assume-tflops", 5, "sustained training TFLOP/s (model FLOPs) assumed by the time estimate; measured on an H200 for the small family: 3.7 (BlackMamba) to 8.6 (dense Mamba)")
+	tflops := fs.Float64("assume-tflops", 30, "sustained training TFLOP/s (model FLOPs) assumed by the time estimate; measured on an H200 for the small family at 16 x 512: 33 (BlackMamba) and 44 (dense Mamba)")
 	zsTasks := fs.String("zero-shot", "", `zero-shot tasks to evaluate each trained model on (e.g. "piqa,arc_easy"; "all"); none by default`)
 	zsData := fs.String("zero-shot-data", "", "folder of the zero-shot task files (see blackmamba eval)")
 	zsLimit := fs.Int("zero-shot-limit", 500, "examples per zero-shot task (0: all)")
@@ -133,12 +133,12 @@ func runTrainingExperiment(fs *flag.FlagSet, args []string) error {
 	if o.Corpus, err = openCorpus(*corpusDir); err != nil {
 		return err
 	}
-	flops, secs, err := o.Estimate(*tflops*1e12, 25)
+	flops, secs, err := o.Estimate(*tflops*1e12, 60)
 	if err != nil {
 		return err
 	}
 	fmt.Fprintf(os.Stderr, "training experiment: family %s, %d steps of %d x %d per run, %.3g training FLOPs in all; "+
-		"at %.0f TFLOP/s and 25 s compilation per run about %.0f s\n", o.Family, o.Steps(), o.Batch, o.SeqLen, flops, *tflops, secs)
+		"at %.0f TFLOP/s and 60 s compilation per run about %.0f s\n", o.Family, o.Steps(), o.Batch, o.SeqLen, flops, *tflops, secs)
 	backend, choice, err := xla.New(*backendFlag)
 	if err != nil {
 		return err
