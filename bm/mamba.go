@@ -113,6 +113,7 @@ func mambaSequence(ctx *context.Context, cfg Config, u *Node) (out, conv, ssm *N
 // are not slices of a bfloat16 product, which XLA otherwise fused into the scan's reduction
 // kernels (on the H200, one such kernel of the training step at T = 2048 took about 3 minutes
 // of code generation). The equation maps xc's layout to the output's (e is the column axis).
+// MambaStep keeps one matmul for all three parts.
 func xProjections(cfg Config, equation string, xc, xProj *Node, R, N int) (dt, bm, cm *Node) {
 	dt = ComputeEinsum(cfg, equation, xc, SliceAxis(xProj, -1, AxisRange(0, R)))
 	// The weights are rounded to the compute dtype as every other matmul's are, so that
@@ -160,7 +161,13 @@ func MambaStep(ctx *context.Context, cfg Config, u, conv, ssm *Node) (out, conv2
 	}
 	xc := activations.Swish(Add(Einsum("bck,kc->bc", conv2, w.convW), ExpandLeftToRank(w.convB, 2))) // [B, D]
 
-	dt, bm, cm := xProjections(cfg, "bc,ce->be", xc, w.xProj, R, N) // [B, R], [B, N] ×2
+	// One matmul for the three parts here (a decode step is bound by its kernel count, and the
+	// slow kernel xProjections avoids only arises in the sequence form); in float32 its values
+	// equal the sequence form's.
+	xdbl := ComputeEinsum(cfg, "bc,ce->be", xc, w.xProj) // [B, R+2N]
+	dt := SliceAxis(xdbl, -1, AxisRange(0, R))
+	bm := SliceAxis(xdbl, -1, AxisRange(R, R+N))
+	cm := SliceAxis(xdbl, -1, AxisRange(R+N, R+2*N))
 	delta := Softplus(Add(ComputeEinsum(cfg, "br,rc->bc", dt, w.dtProj), ExpandLeftToRank(w.dtBias, 2))) // [B, D]
 	A := Neg(Exp(w.aLog))                                                                                // [D, N]
 

@@ -11,6 +11,10 @@
 #   blackmamba       small BlackMamba, bf16, 16 x 512 (4 unrolled Sinkhorn rounds, the default)
 #   blackmamba-sk1   the same with one unrolled Sinkhorn round (sinkhorn_max_iter 1)
 #   mamba            small dense Mamba, bf16, 16 x 512
+#   decode           batch-1 greedy decoding of the 1.5b preset (bf16 weights, 128 tokens): the
+#                    kernels (thunks) per decode step, read from the dumped thunk sequence
+#   decode-cmdbuf    the same with XLA's command buffers (CUDA graphs) allowed for every kind of
+#                    kernel and graphs of any size, against per-kernel launch overhead
 #
 #   scripts/gpu-diagnose.sh BUNDLE_DIR [CASE...]     (default: all, in the order above)
 #
@@ -35,6 +39,7 @@ for c in "${cases[@]}"; do
 	blackmamba) ;;
 	blackmamba-sk1) cfg="$out/small-sk1.json" ;;
 	mamba) cfg=small-mamba ;;
+	decode | decode-cmdbuf) ;;
 	*)
 		echo "unknown case $c" >&2
 		exit 2
@@ -44,6 +49,24 @@ for c in "${cases[@]}"; do
 	rm -rf "$dump"
 	echo "=== $c: -config $cfg -batch ${BATCH:-16} -seq $seq ${flags:+XLA flags $flags} (limit ${LIMIT:-150}s)" | tee -a "$out/summary.txt"
 	t0=$SECONDS
+	if [[ "$c" == decode* ]]; then
+		[[ "$c" == decode-cmdbuf ]] && flags="--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,COLLECTIVES,CONDITIONAL,WHILE --xla_gpu_graph_min_graph_size=1"
+		echo "=== $c: 1.5b decode, bf16, 128 tokens ${flags:+XLA flags $flags} (limit ${LIMIT:-150}s)" | tee -a "$out/summary.txt"
+		XLA_FLAGS="--xla_dump_to=$dump --xla_dump_hlo_as_text $flags" \
+			timeout -k 10 "${LIMIT:-150}" "$run" blackmamba bench -what decode -config 1.5b -dtype bfloat16 \
+			-decode-tokens 128 -reps 3 -json "$out/bench-$c.json" >"$out/$c.log" 2>&1
+		echo "--- $c rc=$? in $((SECONDS - t0))s" | tee -a "$out/summary.txt"
+		grep -E "^decode" "$out/$c.log" | tail -n 2 >>"$out/summary.txt"
+		# Kernels per executable: the thunks of each module's thunk sequence (the decode step is
+		# the module with the most parameters).
+		for f in "$dump"/*thunk_sequence.txt; do
+			[[ -e "$f" ]] || continue
+			echo "$(grep -c -E '^[0-9]+: k' "$f") thunks: $(basename "$f")"
+		done | sort -rn | head -n 5 >>"$out/summary.txt"
+		(cd /tmp && tar -cJf "$out/hlo-$c.tar.xz" "hlo-$c" 2>/dev/null) || true
+		xz -f "$out/$c.log"
+		continue
+	fi
 	XLA_FLAGS="--xla_dump_to=$dump --xla_dump_hlo_as_text --xla_gpu_print_compilation_stats $flags" \
 		TF_CPP_MIN_LOG_LEVEL=0 TF_CPP_VMODULE="gpu_compiler=3,nvptx_compiler=3" \
 		timeout -k 10 "${LIMIT:-150}" "$run" blackmamba bench -what graph,train-step -config "$cfg" -dtype bfloat16 \
