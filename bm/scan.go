@@ -38,7 +38,7 @@ const (
 
 // Across-chunk scan variants for ScanOptions.Across.
 const (
-	AcrossAuto       = "auto"       // sequential for up to AcrossUnrollMax chunks, blocked otherwise
+	AcrossAuto       = "auto"       // sequential for up to 16 chunks, blocked otherwise
 	AcrossSequential = "sequential" // unrolled over the chunks
 	AcrossBlocked    = "blocked"    // two levels: blocks of about √C chunks, then across blocks
 	AcrossLogDepth   = "logdepth"   // Hillis–Steele: ⌈log₂ C⌉ passes over [B, C, D, N]
@@ -73,11 +73,6 @@ const (
 	// reductions that need no per-step fusion.
 	BackwardStacked = "stacked"
 )
-
-// AcrossUnrollMax is the longest chain of dependent steps the automatic across-chunk scan
-// unrolls in one piece (the sequential scan's length, the blocked scan's block size, applied
-// again to the block ends): short chains keep the fused kernels XLA generates small.
-const AcrossUnrollMax = 8
 
 // DefaultScanChunk is the chunk length L used when ScanOptions.Chunk is 0.
 const DefaultScanChunk = 16
@@ -605,7 +600,7 @@ func scanAcross(d, S, A4 *Node, method string, reverse bool) *Node {
 	}
 	if method == AcrossAuto {
 		method = AcrossSequential
-		if C > AcrossUnrollMax {
+		if C > 16 {
 			method = AcrossBlocked
 		}
 	}
@@ -652,13 +647,12 @@ func scanAcrossLogDepth(d, S, A4 *Node, reverse bool) *Node {
 	return S
 }
 
-// scanAcrossBlocked groups the C elements in K blocks of G = min(⌈√C⌉, AcrossUnrollMax), scans
-// inside blocks (unrolled), scans the K block ends (recursively, with the automatic method), and
-// corrects each element with the state entering its block.
+// scanAcrossBlocked groups the C elements in K blocks of G ≈ √C, scans inside blocks
+// (unrolled), scans the block ends, and corrects each element with the state entering its block.
 func scanAcrossBlocked(d, S, A4 *Node, reverse bool) *Node {
 	dims := S.Shape().Dimensions
 	batch, C, D, N := dims[0], dims[1], dims[2], dims[3]
-	G := min(int(math.Ceil(math.Sqrt(float64(C)))), AcrossUnrollMax)
+	G := int(math.Ceil(math.Sqrt(float64(C))))
 	K := (C + G - 1) / G
 	if K == 1 {
 		return scanAcrossSequential(d, S, A4, reverse)
