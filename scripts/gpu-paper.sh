@@ -12,19 +12,23 @@
 #                                               plots-training/, and the balance figures and
 #                                               ablation table (plots-balance/, balance.txt)
 #   scripts/gpu-paper.sh BUNDLE_DIR inference   experiment 3 (latency of the four 1.5B-size
-#                                               architectures, two GPUs), the PIQA runtime and
-#                                               generation speed of a random-weight 1.5b model
-#                                               (one GPU), and data-parallel training on the
-#                                               last two GPUs (scripts/gpu-multi.sh)
+#                                               architectures: BlackMamba and dense Mamba on one
+#                                               GPU, each Transformer on its own), then the PIQA
+#                                               runtime and generation speed of a random-weight
+#                                               1.5b model on the fourth GPU
+#   scripts/gpu-paper.sh BUNDLE_DIR multi       data-parallel training on two GPUs
+#                                               (scripts/gpu-multi.sh: the small preset's step on
+#                                               1 and 2 GPUs, then the data-parallel test)
 #
 # Everything lands in OUT (default ./gpu-out) and is packed into OUT/paper-PHASE.tar.xz.
 # Environment: SIZE (the training experiment's -size, default gpu; cpu-smoke tries the script
 # on a machine without a GPU), TOKENS (training tokens per run, default 5000000 at size gpu), LIMIT (seconds per lane,
-# default 480), MAX_LEN and REPS (latency, default 16384 and 2), EVALS (folder of the zero-shot
+# default 480), FAMILY (inference: the preset family, default 1.5b; tiny tries it on a CPU),
+# MAX_LEN and REPS (latency, default 16384 and 2), EVAL_LIMIT (PIQA examples, 0 = all), EVALS (folder of the zero-shot
 # task files, for the inference phase's PIQA run and, when set, the training runs' zero-shot
-# scores), DP_PHASES (gpu-multi.sh phases, default "small test"; the small preset's step at a
-# global batch of 32 x 512, whose compilation takes about a minute, where 2048-token sequences
-# take about four).
+# scores), DP_PHASES (multi: gpu-multi.sh phases, default "small test"; the small preset's step
+# at a global batch of SMALL_BATCH x SMALL_SEQ, default 32 x 512, whose compilation takes about
+# a minute, where 2048-token sequences take about four).
 set -uo pipefail
 bundle="$(cd "$1" && pwd)"
 phase="$2"
@@ -58,25 +62,31 @@ training)
 	fi
 	;;
 inference)
-	lat="timeout -k 10 $limit $run blackmamba latency -family 1.5b -max-len ${MAX_LEN:-16384} -reps ${REPS:-2}"
+	f="${FAMILY:-1.5b}"
+	lat="timeout -k 10 $limit $run blackmamba latency -family $f -max-len ${MAX_LEN:-16384} -reps ${REPS:-2}"
 	rest="true"
 	if [[ -n "${EVALS:-}" ]]; then
-		rest="timeout -k 10 300 $run blackmamba eval -random 1.5b -tasks piqa -data $EVALS -out \$OUT/eval-piqa-1.5b.json"
+		rest="timeout -k 10 300 $run blackmamba eval -random $f -tasks piqa -data $EVALS -limit ${EVAL_LIMIT:-0} -out \$OUT/eval-piqa-1.5b.json >\$OUT/eval-piqa-1.5b.log 2>&1"
 	fi
 	prompt="The BlackMamba architecture combines state-space models with a mixture of experts, so that"
-	gen="timeout -k 10 120 $run blackmamba generate -random 1.5b -prompt '$prompt' -max-tokens 256 -stop-eos=false"
+	gen="timeout -k 10 120 $run blackmamba generate -random $f -prompt '$prompt' -max-tokens 256 -stop-eos=false"
 	"$here/gpu-lanes.sh" \
-		"$lat -archs 1.5b,1.5b-mamba -out \$OUT/latency.json -plots \$OUT/plots" \
-		"$lat -archs 1.5b-transformer,1.5b-transformer-moe -out \$OUT/latency.json -plots \$OUT/plots" \
-		"$rest; $gen >\$OUT/generate-greedy.log 2>&1; $gen -temperature 0.8 -top-p 0.95 >\$OUT/generate-sampled.log 2>&1" \
-		"2,3: for p in ${DP_PHASES:-small test}; do SMALL_BATCH=32 SMALL_SEQ=512 $here/gpu-multi.sh $bundle \$p; done"
-	parts=$(ls "$out"/lane0/latency.json "$out"/lane1/latency.json 2>/dev/null | paste -sd, -)
+		"$lat -archs $f,$f-mamba -out \$OUT/latency.json -plots \$OUT/plots" \
+		"$lat -archs $f-transformer -out \$OUT/latency.json -plots \$OUT/plots" \
+		"$lat -archs $f-transformer-moe -out \$OUT/latency.json -plots \$OUT/plots" \
+		"$rest; $gen >\$OUT/generate-greedy.log 2>&1; $gen -temperature 0.8 -top-p 0.95 >\$OUT/generate-sampled.log 2>&1"
+	parts=$(ls "$out"/lane[012]/latency.json 2>/dev/null | paste -sd, -)
 	if [[ -n "$parts" ]]; then
 		"$run" blackmamba latency -merge "$parts" -out "$out/latency.json" -plots "$out/plots-latency" 2>&1 | tee "$out/latency-merge.log"
 	fi
 	;;
+multi)
+	for p in ${DP_PHASES:-small test}; do
+		SMALL_BATCH="${SMALL_BATCH:-32}" SMALL_SEQ="${SMALL_SEQ:-512}" "$here/gpu-multi.sh" "$bundle" "$p"
+	done
+	;;
 *)
-	echo "unknown phase $phase (want training or inference)" >&2
+	echo "unknown phase $phase (want training, inference or multi)" >&2
 	exit 2
 	;;
 esac
