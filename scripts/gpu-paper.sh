@@ -66,10 +66,10 @@ inference)
 	lat="timeout -k 10 $limit $run blackmamba latency -family $f -max-len ${MAX_LEN:-16384} -reps ${REPS:-2}"
 	rest="true"
 	if [[ -n "${EVALS:-}" ]]; then
-		rest="timeout -k 10 300 $run blackmamba eval -random $f -tasks piqa -data $EVALS -limit ${EVAL_LIMIT:-0} -out \$OUT/eval-piqa-1.5b.json >\$OUT/eval-piqa-1.5b.log 2>&1"
+		rest="timeout -k 10 300 $run blackmamba eval -random $f -tasks piqa -data $EVALS -limit ${EVAL_LIMIT:-0} -out \$OUT/eval-piqa-$f.json >\$OUT/eval-piqa-$f.log 2>&1"
 	fi
 	prompt="The BlackMamba architecture combines state-space models with a mixture of experts, so that"
-	gen="timeout -k 10 120 $run blackmamba generate -random $f -prompt '$prompt' -max-tokens 256 -stop-eos=false"
+	gen="timeout -k 10 90 $run blackmamba generate -random $f -prompt '$prompt' -max-tokens 256 -stop-eos=false"
 	"$here/gpu-lanes.sh" \
 		"$lat -archs $f,$f-mamba -out \$OUT/latency.json -plots \$OUT/plots" \
 		"$lat -archs $f-transformer -out \$OUT/latency.json -plots \$OUT/plots" \
