@@ -93,7 +93,8 @@ func mambaSequence(ctx *context.Context, cfg Config, u *Node) (out, conv, ssm *N
 	xc := Add(conv1dTaps(padded, w.convW, T), ExpandLeftToRank(w.convB, 3))
 	xc = activations.Swish(xc) // [B, T, D]
 
-	dt, bm, cm := xProjections(cfg, "btc,ce->bte", xc, w.xProj, R, N) // [B, T, R], [B, T, N] ×2
+	// dt [B, T, R]; bm, cm [B, T, N].
+	dt, bm, cm := xProjections(cfg, "btc,ce->bte", xc, w.xProj, R, N)
 	delta := Softplus(Add(ComputeEinsum(cfg, "btr,rc->btc", dt, w.dtProj), ExpandLeftToRank(w.dtBias, 3))) // [B, T, D]
 	A := Neg(Exp(w.aLog))                                                                                  // [D, N]
 
