@@ -11,6 +11,7 @@ import (
 	"math"
 	"os"
 	"sort"
+	"strings"
 )
 
 // TrainRecord is one line of a training run's metrics file (JSON Lines). A record summarizes
@@ -134,6 +135,20 @@ func Domains(recs []TrainRecord) []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// ReadParts reads the result files named in list (comma-separated, spaces around names
+// ignored), in order, with read: the parts that MergeParts combines.
+func ReadParts[P any](list string, read func(path string) (P, error)) ([]P, error) {
+	var parts []P
+	for _, path := range strings.Split(list, ",") {
+		p, err := read(strings.TrimSpace(path))
+		if err != nil {
+			return nil, err
+		}
+		parts = append(parts, p)
+	}
+	return parts, nil
 }
 
 // MergeParts combines the items of a result run in parts (e.g. architectures on different GPUs):

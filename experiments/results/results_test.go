@@ -1,6 +1,7 @@
 package results
 
 import (
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
@@ -65,5 +66,28 @@ func TestBalanceAndThresholds(t *testing.T) {
 	}
 	if d := Domains(recs); len(d) != 2 || d[0] != "code" || d[1] != "prose" {
 		t.Errorf("Domains = %v", d)
+	}
+}
+
+// TestReadParts checks that the listed files are read in order with spaces trimmed, and that a
+// failing read stops with its error.
+func TestReadParts(t *testing.T) {
+	var seen []string
+	read := func(path string) (string, error) {
+		if path == "bad" {
+			return "", fmt.Errorf("reading %s: no such file", path)
+		}
+		seen = append(seen, path)
+		return "<" + path + ">", nil
+	}
+	parts, err := ReadParts("a.json, b.json ,c.json", read)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(parts, "") != "<a.json><b.json><c.json>" || len(seen) != 3 {
+		t.Errorf("parts %q (read %q), want a.json, b.json, c.json in order", parts, seen)
+	}
+	if _, err := ReadParts("a.json,bad,c.json", read); err == nil || !strings.Contains(err.Error(), "reading bad") {
+		t.Errorf("error %v, want the failing read's", err)
 	}
 }

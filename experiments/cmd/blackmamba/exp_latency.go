@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"blackmamba/experiments/latency"
+	"blackmamba/experiments/results"
 	"blackmamba/xla"
 )
 
@@ -43,15 +44,10 @@ func runLatency(fs *flag.FlagSet, args []string) error {
 	}
 	var res *latency.Result
 	if *merge != "" {
-		var parts []*latency.Result
-		for _, path := range strings.Split(*merge, ",") {
-			r, err := latency.Load(strings.TrimSpace(path))
-			if err != nil {
-				return fmt.Errorf("-merge: %w", err)
-			}
-			parts = append(parts, r)
+		parts, err := results.ReadParts(*merge, latency.Load)
+		if err != nil {
+			return fmt.Errorf("-merge: %w", err)
 		}
-		var err error
 		if res, err = latency.Merge(parts...); err != nil {
 			return fmt.Errorf("-merge: %w", err)
 		}

@@ -9,6 +9,7 @@ import (
 
 	"blackmamba/bm/tokenizer"
 	"blackmamba/experiments/eval"
+	"blackmamba/experiments/results"
 	"blackmamba/experiments/training"
 	"blackmamba/xla"
 )
@@ -49,13 +50,9 @@ func runTrainingExperiment(fs *flag.FlagSet, args []string) error {
 		return err
 	}
 	if *merge != "" {
-		var parts []*training.Result
-		for _, path := range strings.Split(*merge, ",") {
-			r, err := training.ReadResult(strings.TrimSpace(path))
-			if err != nil {
-				return fmt.Errorf("-merge: %w", err)
-			}
-			parts = append(parts, r)
+		parts, err := results.ReadParts(*merge, training.ReadResult)
+		if err != nil {
+			return fmt.Errorf("-merge: %w", err)
 		}
 		r, err := training.Merge(*threshold, parts...)
 		if err != nil {
