@@ -31,7 +31,7 @@ cases=("$@")
 ((${#cases[@]} == 0)) && cases=(transformer transformer-at0 transformer-t128 blackmamba blackmamba-sk1 mamba)
 echo '{"sinkhorn_max_iter": 1}' >"$out/small-sk1.json"
 for c in "${cases[@]}"; do
-	cfg=small seq="${SEQ:-512}" flags=""
+	cfg=small seq="${SEQ:-512}" flags="" decode=false
 	case "$c" in
 	transformer) cfg=small-transformer ;;
 	transformer-at0) cfg=small-transformer flags="--xla_gpu_autotune_level=0" ;;
@@ -39,40 +39,41 @@ for c in "${cases[@]}"; do
 	blackmamba) ;;
 	blackmamba-sk1) cfg="$out/small-sk1.json" ;;
 	mamba) cfg=small-mamba ;;
-	decode | decode-cmdbuf) ;;
+	decode) decode=true ;;
+	decode-cmdbuf)
+		decode=true
+		flags="--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,COLLECTIVES,CONDITIONAL,WHILE --xla_gpu_graph_min_graph_size=1"
+		;;
 	*)
 		echo "unknown case $c" >&2
 		exit 2
 		;;
 	esac
+	if $decode; then
+		what="1.5b decode, bf16, 128 tokens" lines="^decode"
+		bench=(-what decode -config 1.5b -dtype bfloat16 -decode-tokens 128 -reps 3)
+	else
+		what="-config $cfg -batch ${BATCH:-16} -seq $seq" lines="Very slow|took|^train-step|^graph"
+		bench=(-what graph,train-step -config "$cfg" -dtype bfloat16 -batch "${BATCH:-16}" -seq "$seq" -reps 1)
+		flags="--xla_gpu_print_compilation_stats $flags"
+	fi
 	dump="/tmp/hlo-$c"
 	rm -rf "$dump"
-	echo "=== $c: -config $cfg -batch ${BATCH:-16} -seq $seq ${flags:+XLA flags $flags} (limit ${LIMIT:-150}s)" | tee -a "$out/summary.txt"
+	echo "=== $c: $what ${flags:+XLA flags $flags} (limit ${LIMIT:-150}s)" | tee -a "$out/summary.txt"
 	t0=$SECONDS
-	if [[ "$c" == decode* ]]; then
-		[[ "$c" == decode-cmdbuf ]] && flags="--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,COLLECTIVES,CONDITIONAL,WHILE --xla_gpu_graph_min_graph_size=1"
-		echo "=== $c: 1.5b decode, bf16, 128 tokens ${flags:+XLA flags $flags} (limit ${LIMIT:-150}s)" | tee -a "$out/summary.txt"
-		XLA_FLAGS="--xla_dump_to=$dump --xla_dump_hlo_as_text $flags" \
-			timeout -k 10 "${LIMIT:-150}" "$run" blackmamba bench -what decode -config 1.5b -dtype bfloat16 \
-			-decode-tokens 128 -reps 3 -json "$out/bench-$c.json" >"$out/$c.log" 2>&1
-		echo "--- $c rc=$? in $((SECONDS - t0))s" | tee -a "$out/summary.txt"
-		grep -E "^decode" "$out/$c.log" | tail -n 2 >>"$out/summary.txt"
+	XLA_FLAGS="--xla_dump_to=$dump --xla_dump_hlo_as_text $flags" \
+		TF_CPP_MIN_LOG_LEVEL=0 TF_CPP_VMODULE="gpu_compiler=3,nvptx_compiler=3" \
+		timeout -k 10 "${LIMIT:-150}" "$run" blackmamba bench "${bench[@]}" -json "$out/bench-$c.json" >"$out/$c.log" 2>&1
+	echo "--- $c rc=$? in $((SECONDS - t0))s" | tee -a "$out/summary.txt"
+	grep -E "$lines" "$out/$c.log" | tail -n 8 >>"$out/summary.txt"
+	if $decode; then
 		# Kernels per executable: the thunks of each module's thunk sequence (the decode step is
-		# the module with the most parameters).
+		# the one with the most).
 		for f in "$dump"/*thunk_sequence.txt; do
 			[[ -e "$f" ]] || continue
 			echo "$(grep -c -E '^[0-9]+: k' "$f") thunks: $(basename "$f")"
 		done | sort -rn | head -n 5 >>"$out/summary.txt"
-		(cd /tmp && tar -cJf "$out/hlo-$c.tar.xz" "hlo-$c" 2>/dev/null) || true
-		xz -f "$out/$c.log"
-		continue
 	fi
-	XLA_FLAGS="--xla_dump_to=$dump --xla_dump_hlo_as_text --xla_gpu_print_compilation_stats $flags" \
-		TF_CPP_MIN_LOG_LEVEL=0 TF_CPP_VMODULE="gpu_compiler=3,nvptx_compiler=3" \
-		timeout -k 10 "${LIMIT:-150}" "$run" blackmamba bench -what graph,train-step -config "$cfg" -dtype bfloat16 \
-		-batch "${BATCH:-16}" -seq "$seq" -reps 1 -json "$out/bench-$c.json" >"$out/$c.log" 2>&1
-	echo "--- $c rc=$? in $((SECONDS - t0))s" | tee -a "$out/summary.txt"
-	grep -E "Very slow|took|^train-step|^graph" "$out/$c.log" | tail -n 8 >>"$out/summary.txt"
 	(cd /tmp && tar -cJf "$out/hlo-$c.tar.xz" "hlo-$c" 2>/dev/null) || true
 	xz -f "$out/$c.log"
 done
