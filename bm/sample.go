@@ -1,10 +1,11 @@
 package bm
 
 import (
+	"cmp"
 	"fmt"
 	"math"
 	"math/rand/v2"
-	"sort"
+	"slices"
 )
 
 // Sampler draws the next token from the logits of one position. The decoder passes only the
@@ -64,56 +65,139 @@ func argmaxF32(v []float32) int {
 }
 
 type randomSampler struct {
-	opts SamplerOptions
-	rng  *rand.Rand
-	idx  []int
-	p    []float64
+	opts  SamplerOptions
+	rng   *rand.Rand
+	e     []float64 // exp((logit - max logit) / T) per id
+	b     []uint16  // bucket per id (see sampleBuckets)
+	count [sampleBuckets]int
+	mass  [sampleBuckets]float64
+	part  []int
 }
 
+// The sampler orders ids by logit without sorting the vocabulary: each id goes into a bucket
+// by its scaled log-probability d = (logit - max) / T ≤ 0, bucket ⌊-d·sampleBucketsPerUnit⌋
+// (the last bucket also takes everything below, and NaN). Buckets are ordered as the logits
+// are, so the ids of the buckets below some bucket are exactly the most likely ones; only the
+// bucket in which the top-k or top-p boundary falls is sorted (by logit, then lower id).
+const (
+	sampleBuckets        = 2048
+	sampleBucketsPerUnit = 16
+)
+
 // Sample implements Sampler: softmax(logits/T) restricted to the top-k and top-p candidates,
-// renormalised, then one draw.
+// renormalised, then one draw. The set kept is the one a full sort by logit (ties: lower id
+// first) would give; the draw walks it in id order, the boundary bucket's ids last.
 func (s *randomSampler) Sample(logits []float32) int {
-	n := len(logits)
-	s.idx = s.idx[:0]
-	for i := 0; i < n; i++ {
-		s.idx = append(s.idx, i)
-	}
-	// Most likely first (ties: lower id first), so that top-k and top-p are prefixes.
-	sort.SliceStable(s.idx, func(a, b int) bool { return logits[s.idx[a]] > logits[s.idx[b]] })
-	keep := n
-	if k := s.opts.TopK; k > 0 && k < keep {
-		keep = k
-	}
-	invT := 1 / s.opts.Temperature
-	top := float64(logits[s.idx[0]])
-	s.p = s.p[:0]
+	cut, part := s.keep(logits)
 	var sum float64
-	for _, i := range s.idx[:keep] {
-		e := math.Exp((float64(logits[i]) - top) * invT)
-		s.p = append(s.p, e)
-		sum += e
+	for b := 0; b < cut; b++ {
+		sum += s.mass[b]
+	}
+	for _, i := range part {
+		sum += s.e[i]
+	}
+	r := s.rng.Float64() * sum
+	last := -1
+	if cut > 0 {
+		for i, b := range s.b[:len(logits)] {
+			if int(b) < cut {
+				if r < s.e[i] {
+					return i
+				}
+				r -= s.e[i]
+				last = i
+			}
+		}
+	}
+	for _, i := range part {
+		if r < s.e[i] {
+			return i
+		}
+		r -= s.e[i]
+		last = i
+	}
+	if last < 0 { // nothing kept has a weight (every logit NaN or -Inf)
+		return argmaxF32(logits)
+	}
+	return last // rounding at the end of the walk
+}
+
+// keep computes the weights and buckets of logits and returns the candidate set: every id of
+// the buckets below cut, and part, the most likely ids of bucket cut in order.
+func (s *randomSampler) keep(logits []float32) (cut int, part []int) {
+	n := len(logits)
+	if cap(s.e) < n {
+		s.e, s.b = make([]float64, n), make([]uint16, n)
+	}
+	s.e, s.b = s.e[:n], s.b[:n]
+	clear(s.count[:])
+	clear(s.mass[:])
+	top := float64(logits[argmaxF32(logits)])
+	invT := 1 / s.opts.Temperature
+	for i, l := range logits {
+		d := (float64(l) - top) * invT
+		e, b := 0.0, sampleBuckets-1
+		if !math.IsNaN(d) {
+			e = math.Exp(d)
+			if x := -d * sampleBucketsPerUnit; x < sampleBuckets-1 {
+				b = int(x)
+			}
+		}
+		s.e[i], s.b[i] = e, uint16(b)
+		s.count[b]++
+		s.mass[b] += e
+	}
+	cut = sampleBuckets // all kept
+	if k := s.opts.TopK; k > 0 && k < n {
+		before := 0
+		for b := range sampleBuckets {
+			if before+s.count[b] >= k {
+				cut, part = b, s.sortedBucket(logits, b)[:k-before]
+				break
+			}
+			before += s.count[b]
+		}
 	}
 	if tp := s.opts.TopP; tp > 0 && tp < 1 {
+		var total float64
+		for b := 0; b < cut; b++ {
+			total += s.mass[b]
+		}
+		for _, i := range part {
+			total += s.e[i]
+		}
+		target := tp * total
 		var cum float64
-		for j, e := range s.p {
-			cum += e / sum
-			if cum >= tp {
-				keep = j + 1
+		for b := 0; b < cut; b++ {
+			if cum+s.mass[b] >= target { // the nucleus ends in bucket b
+				cut, part = b, s.sortedBucket(logits, b)
+				break
+			}
+			cum += s.mass[b]
+		}
+		for j, i := range part {
+			if cum += s.e[i]; cum >= target {
+				part = part[:j+1]
 				break
 			}
 		}
-		s.p = s.p[:keep]
-		sum = 0
-		for _, e := range s.p {
-			sum += e
+	}
+	return cut, part
+}
+
+// sortedBucket returns the ids of bucket b, most likely first (ties: lower id first).
+func (s *randomSampler) sortedBucket(logits []float32, b int) []int {
+	s.part = s.part[:0]
+	for i, bi := range s.b {
+		if int(bi) == b {
+			s.part = append(s.part, i)
 		}
 	}
-	r := s.rng.Float64() * sum
-	for j, e := range s.p {
-		if r < e {
-			return s.idx[j]
+	slices.SortFunc(s.part, func(x, y int) int {
+		if c := cmp.Compare(logits[y], logits[x]); c != 0 {
+			return c
 		}
-		r -= e
-	}
-	return s.idx[len(s.p)-1]
+		return cmp.Compare(x, y)
+	})
+	return s.part
 }

@@ -2,6 +2,8 @@ package bm
 
 import (
 	"math"
+	"math/rand/v2"
+	"sort"
 	"strings"
 	"testing"
 )
@@ -121,5 +123,109 @@ func TestSamplerOptionsValidate(t *testing.T) {
 		case c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)):
 			t.Errorf("%s: error %v, want one containing %q", c.name, err, c.want)
 		}
+	}
+}
+
+// referenceKept is the candidate set of the sampler's definition, by a full sort: ids by logit,
+// ties lower id first; the first TopK; then the shortest prefix whose renormalised
+// probability reaches TopP.
+func referenceKept(logits []float32, o SamplerOptions) map[int]bool {
+	idx := make([]int, len(logits))
+	for i := range idx {
+		idx[i] = i
+	}
+	sort.SliceStable(idx, func(a, b int) bool { return logits[idx[a]] > logits[idx[b]] })
+	keep := len(idx)
+	if o.TopK > 0 && o.TopK < keep {
+		keep = o.TopK
+	}
+	top := float64(logits[idx[0]])
+	var p []float64
+	var sum float64
+	for _, i := range idx[:keep] {
+		e := math.Exp((float64(logits[i]) - top) / o.Temperature)
+		p = append(p, e)
+		sum += e
+	}
+	if o.TopP > 0 && o.TopP < 1 {
+		var cum float64
+		for j, e := range p {
+			if cum += e / sum; cum >= o.TopP {
+				keep = j + 1
+				break
+			}
+		}
+	}
+	set := map[int]bool{}
+	for _, i := range idx[:keep] {
+		set[i] = true
+	}
+	return set
+}
+
+// TestSamplerKeepsTheSortedSet compares the sampler's candidate set (bucketed, one bucket
+// sorted) with the full sort's on vocabulary-sized random logits: continuous ones, and
+// quantised ones with many ties at the boundaries, at several temperatures, top-k and top-p.
+func TestSamplerKeepsTheSortedSet(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	for trial := range 60 {
+		n := 50277
+		if trial%3 == 0 {
+			n = 37
+		}
+		logits := make([]float32, n)
+		scale := []float64{0.5, 2, 8}[trial%3]
+		for i := range logits {
+			v := rng.NormFloat64() * scale
+			if trial%2 == 1 {
+				v = math.Round(v*4) / 4 // ties
+			}
+			logits[i] = float32(v)
+		}
+		opts := SamplerOptions{Temperature: []float64{1, 0.7, 1.3, 0.05}[trial%4], Seed: 1}
+		switch trial % 5 {
+		case 1:
+			opts.TopK = 1 + rng.IntN(n)
+		case 2:
+			opts.TopP = rng.Float64()
+		case 3:
+			opts.TopK, opts.TopP = 1+rng.IntN(200), 0.5+rng.Float64()/2
+		case 4:
+			opts.TopP = 0.999
+		}
+		want := referenceKept(logits, opts)
+		s := NewSampler(opts).(*randomSampler)
+		cut, part := s.keep(logits)
+		got := map[int]bool{}
+		for i, b := range s.b {
+			if int(b) < cut {
+				got[i] = true
+			}
+		}
+		for _, i := range part {
+			got[i] = true
+		}
+		if len(got) != len(want) {
+			t.Fatalf("trial %d (n %d, %+v): kept %d ids, the full sort keeps %d", trial, n, opts, len(got), len(want))
+		}
+		for i := range want {
+			if !got[i] {
+				t.Fatalf("trial %d (n %d, %+v): id %d (logit %v) not kept", trial, n, opts, i, logits[i])
+			}
+		}
+	}
+}
+
+// BenchmarkSampler times one draw with top-p 0.95 at temperature 0.8 from 50,277 logits of a
+// nearly flat distribution (the worst case: the nucleus holds most of the vocabulary).
+func BenchmarkSampler(b *testing.B) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	logits := make([]float32, 50277)
+	for i := range logits {
+		logits[i] = float32(rng.NormFloat64())
+	}
+	s := NewSampler(SamplerOptions{Temperature: 0.8, TopP: 0.95, Seed: 1})
+	for b.Loop() {
+		s.Sample(logits)
 	}
 }
