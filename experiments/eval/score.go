@@ -165,3 +165,25 @@ func stderr(p, n float64) float64 {
 	}
 	return math.Sqrt(p * (1 - p) / (n - 1))
 }
+
+// Metrics formats the result's metrics for a log line: acc, then acc_norm for the tasks
+// scored by several continuations, or the perplexity for the cloze task (WinoGrande has acc
+// alone).
+func (r Result) Metrics() string {
+	s := fmt.Sprintf("acc %.4f ± %.4f", r.Acc, r.AccErr)
+	switch Known[r.Task].Kind {
+	case MultipleChoice:
+		s += fmt.Sprintf("  acc_norm %.4f ± %.4f", r.AccNorm, r.NormErr)
+	case Cloze:
+		s += fmt.Sprintf("  perplexity %.4g", r.PPL)
+	}
+	return s
+}
+
+// HeadlineValue is the value of the metric usually quoted for the task (Headline).
+func (r Result) HeadlineValue() float64 {
+	if r.Headline == "acc_norm" {
+		return r.AccNorm
+	}
+	return r.Acc
+}

@@ -82,8 +82,7 @@ func evalTasks(s eval.Scorer, enc eval.Encoder, dataDir string, names []string, 
 			return results, err
 		}
 		results = append(results, r)
-		fmt.Fprintf(w, "%-14s %5d examples  acc %.4f ± %.4f  acc_norm %.4f ± %.4f  (chance %.3f, %.1fs)\n",
-			r.Task, r.Examples, r.Acc, r.AccErr, r.AccNorm, r.NormErr, r.Chance, r.Seconds)
+		fmt.Fprintf(w, "%-14s %5d examples  %s  (chance %.3f, %.1fs)\n", r.Task, r.Examples, r.Metrics(), r.Chance, r.Seconds)
 	}
 	return results, nil
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -46,6 +47,7 @@ func runTrainingExperiment(fs *flag.FlagSet, args []string) error {
 	merge := fs.String("merge", "", "comma-separated result JSONs of the same experiment run in parts: combine them into -out and plot (no training)")
 	parallel := fs.Int("parallel", 1, "train this many runs at the same time on the backend (their compilations and small steps overlap; same results as one at a time)")
 	devices := fs.Int("devices", 1, "train each run data-parallel on this many devices of the backend (the size's batch is the global batch)")
+	mdPath := fs.String("md", "", "also write the Markdown tables (printed at the end) to this file")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -65,7 +67,7 @@ func runTrainingExperiment(fs *flag.FlagSet, args []string) error {
 		for _, p := range append([]string{*out}, paths...) {
 			fmt.Println(p)
 		}
-		return err
+		return errors.Join(err, printTrainingTables(r, *mdPath))
 	}
 	if *plotOnly {
 		r, err := training.ReadResult(*in)
@@ -79,7 +81,7 @@ func runTrainingExperiment(fs *flag.FlagSet, args []string) error {
 		for _, p := range paths {
 			fmt.Println(p)
 		}
-		return err
+		return errors.Join(err, printTrainingTables(r, *mdPath))
 	}
 	o, err := training.Size(*size)
 	if err != nil {
@@ -153,24 +155,33 @@ func runTrainingExperiment(fs *flag.FlagSet, args []string) error {
 	if err := r.WriteJSON(*out); err != nil {
 		return err
 	}
-	fmt.Printf("%-28s %10s %10s %12s %10s %10s %12s\n", "run", "params", "active", "tokens/s", "wall s", "held-out", "FLOPs@thr")
-	for _, run := range r.Runs {
-		reach := "not reached"
-		if run.Reached {
-			reach = fmt.Sprintf("%.3g", run.FLOPsToThreshold)
-		}
-		fmt.Printf("%-28s %9.1fM %9.1fM %12.0f %10.1f %10.4f %12s\n", run.Label, float64(run.ParamsTotal)/1e6,
-			float64(run.ParamsActive)/1e6, run.TokensPerSec, run.WallSeconds, run.FinalHeldOutMean, reach)
-	}
-	fmt.Printf("threshold %.4f; result %s\n", r.Threshold, *out)
-	for _, run := range r.Runs {
-		for _, z := range run.ZeroShot {
-			fmt.Printf("zero-shot %-28s %-14s n=%-5d acc %.3f  acc_norm %.3f  chance %.3f\n", run.Label, z.Task, z.Examples, z.Acc, z.AccNorm, z.Chance)
-		}
+	fmt.Printf("result %s\n", *out)
+	if err := printTrainingTables(r, *mdPath); err != nil {
+		return err
 	}
 	paths, err := training.PlotAll(r, *plotDir)
 	for _, p := range paths {
 		fmt.Println(p)
 	}
 	return err
+}
+
+// printTrainingTables prints the result's Markdown tables, and writes them to mdPath if set.
+func printTrainingTables(r *training.Result, mdPath string) error {
+	fmt.Println()
+	if err := r.WriteTables(os.Stdout); err != nil {
+		return err
+	}
+	if mdPath == "" {
+		return nil
+	}
+	f, err := os.Create(mdPath)
+	if err != nil {
+		return err
+	}
+	if err := r.WriteTables(f); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
