@@ -37,8 +37,13 @@ phase_moe() {
 	step router 100 "$run" blackmamba bench -what router -config small -moe-tokens 16384 -reps 10 -json "$out/bench-router.json"
 }
 phase_train_small() {
-	step train-small-bf16 200 "$run" blackmamba bench -what train-step -config small -dtype bfloat16 -batch 8 -seq 2048 -reps 10 -json "$out/bench-train-small-bf16.json"
-	step train-small-f32 200 "$run" blackmamba bench -what train-step -config small -dtype float32 -batch 8 -seq 2048 -reps 10 -json "$out/bench-train-small-f32.json"
+	# TRAIN_SMALL_DTYPES (default "bfloat16 float32") and TRAIN_SMALL_LIMIT (seconds per step,
+	# default 200; compiling the 2048-token step has taken up to four minutes).
+	local dt short
+	for dt in ${TRAIN_SMALL_DTYPES:-bfloat16 float32}; do
+		short="${dt/bfloat16/bf16}" && short="${short/float32/f32}"
+		step "train-small-$short" "${TRAIN_SMALL_LIMIT:-200}" "$run" blackmamba bench -what train-step -config small -dtype "$dt" -batch 8 -seq 2048 -reps 10 -json "$out/bench-train-small-$short.json"
+	done
 }
 phase_train_big() {
 	step train-1.5b 300 "$run" blackmamba bench -what train-step -config 1.5b -dtype bfloat16 -batch 4 -seq 2048 -reps 5 -json "$out/bench-train-1.5b.json"

@@ -85,8 +85,22 @@ multi)
 		SMALL_BATCH="${SMALL_BATCH:-32}" SMALL_SEQ="${SMALL_SEQ:-512}" "$here/gpu-multi.sh" "$bundle" "$p"
 	done
 	;;
+finish)
+	# What a 4-GPU host can still do in one job after training and inference: data-parallel
+	# training on GPUs 0 and 1 (as the multi phase), the dense Mamba at BlackMamba's total
+	# parameters (41 Mamba blocks, whose step compiles for about five minutes, too long to
+	# share a lane of the training phase) on GPU 2, and the MoE and 2048-token step benchmarks
+	# on GPU 3. Merge lane1/training.json into the training phase's result with
+	# `blackmamba experiment training -merge`.
+	size="${SIZE:-gpu}" tokens=""
+	[[ "$size" == gpu || -n "${TOKENS:-}" ]] && tokens="-tokens ${TOKENS:-5000000}"
+	"$here/gpu-lanes.sh" \
+		"0,1: for p in ${DP_PHASES:-small loss test}; do SMALL_BATCH=${SMALL_BATCH:-32} SMALL_SEQ=${SMALL_SEQ:-512} $here/gpu-multi.sh $bundle \$p; done" \
+		"2: timeout -k 10 ${TOTAL_LIMIT:-565} $run blackmamba experiment training -size $size $tokens -corpus $corpus -archs -mamba-total -ablation=false -workdir /tmp/runs2 -out \$OUT/training.json -plots \$OUT/plots" \
+		"3: $here/gpu-bench.sh $bundle moe; TRAIN_SMALL_DTYPES=bfloat16 TRAIN_SMALL_LIMIT=${TRAIN_SMALL_LIMIT:-270} $here/gpu-bench.sh $bundle train-small"
+	;;
 *)
-	echo "unknown phase $phase (want training, inference or multi)" >&2
+	echo "unknown phase $phase (want training, inference, multi or finish)" >&2
 	exit 2
 	;;
 esac
