@@ -19,6 +19,15 @@
 #   scripts/gpu-paper.sh BUNDLE_DIR multi       data-parallel training on two GPUs
 #                                               (scripts/gpu-multi.sh: the small preset's step on
 #                                               1 and 2 GPUs, then the data-parallel test)
+#   scripts/gpu-paper.sh BUNDLE_DIR finish      on a 4-GPU host: data-parallel training on GPUs 0
+#                                               and 1, the dense Mamba at equal total parameters
+#                                               alone on GPU 2, the MoE and 2048-token step
+#                                               benchmarks on GPU 3
+#
+# On an H200 the training phase's lane 2 (dense Mamba at equal total parameters, 41 Mamba
+# blocks) needs about 540 s, some five minutes of it compiling: under the default LIMIT it is cut,
+# and the finish phase trains it alone with a longer limit; merge its lane1/training.json into
+# the training phase's result with `blackmamba experiment training -merge`.
 #
 # Everything lands in OUT (default ./gpu-out) and is packed into OUT/paper-PHASE.tar.xz.
 # Environment: SIZE (the training experiment's -size, default gpu; cpu-smoke tries the script
