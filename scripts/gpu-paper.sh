@@ -19,6 +19,8 @@
 #   scripts/gpu-paper.sh BUNDLE_DIR multi       data-parallel training on two GPUs
 #                                               (scripts/gpu-multi.sh: the small preset's step on
 #                                               1 and 2 GPUs, then the data-parallel test)
+#   scripts/gpu-paper.sh BUNDLE_DIR latency     experiment 3 alone for FAMILY (default 2.8b), one
+#                                               architecture per GPU
 #   scripts/gpu-paper.sh BUNDLE_DIR finish      on a 4-GPU host: data-parallel training on GPUs 0
 #                                               and 1, the dense Mamba at equal total parameters
 #                                               alone on GPU 2, the MoE and 2048-token step
@@ -89,6 +91,23 @@ inference)
 		"$run" blackmamba latency -merge "$parts" -out "$out/latency.json" -plots "$out/plots-latency" 2>&1 | tee "$out/latency-merge.log"
 	fi
 	;;
+latency)
+	# Experiment 3 alone for FAMILY (default 2.8b), one architecture per GPU, so that the larger
+	# family's four sweeps fit the time limit; EXTRA_ARCHS (e.g. "2.8b-mamba-total") are timed
+	# after the Transformer's sweep on its GPU, whose per-token time is the shortest at short L.
+	f="${FAMILY:-2.8b}"
+	lat="timeout -k 10 $limit $run blackmamba latency -family $f -max-len ${MAX_LEN:-16384} -reps ${REPS:-2}"
+	extra="${EXTRA_ARCHS:+,$EXTRA_ARCHS}"
+	"$here/gpu-lanes.sh" \
+		"$lat -archs $f -out \$OUT/latency.json -plots \$OUT/plots" \
+		"$lat -archs $f-mamba -out \$OUT/latency.json -plots \$OUT/plots" \
+		"$lat -archs $f-transformer$extra -out \$OUT/latency.json -plots \$OUT/plots" \
+		"$lat -archs $f-transformer-moe -out \$OUT/latency.json -plots \$OUT/plots"
+	parts=$(ls "$out"/lane[0-3]/latency.json 2>/dev/null | paste -sd, -)
+	if [[ -n "$parts" ]]; then
+		"$run" blackmamba latency -merge "$parts" -out "$out/latency-$f.json" -plots "$out/plots-latency-$f" 2>&1 | tee "$out/latency-merge.log"
+	fi
+	;;
 multi)
 	for p in ${DP_PHASES:-small test}; do
 		SMALL_BATCH="${SMALL_BATCH:-32}" SMALL_SEQ="${SMALL_SEQ:-512}" "$here/gpu-multi.sh" "$bundle" "$p"
@@ -109,7 +128,7 @@ finish)
 		"3: $here/gpu-bench.sh $bundle moe; TRAIN_SMALL_DTYPES=bfloat16 TRAIN_SMALL_LIMIT=${TRAIN_SMALL_LIMIT:-270} $here/gpu-bench.sh $bundle train-small"
 	;;
 *)
-	echo "unknown phase $phase (want training, inference, multi or finish)" >&2
+	echo "unknown phase $phase (want training, inference, latency, multi or finish)" >&2
 	exit 2
 	;;
 esac
