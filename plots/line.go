@@ -3,6 +3,7 @@ package plots
 import (
 	"fmt"
 	"image/color"
+	"math"
 
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
@@ -26,6 +27,7 @@ func LinePlot(series []Series, ax Axes) (*Figure, error) {
 	}
 	p := ax.newPlot()
 	placeLegend(p)
+	named := 0
 	for i, s := range series {
 		what := fmt.Sprintf("line plot %q, series %q", ax.Title, s.Name)
 		if len(s.X) == 0 {
@@ -57,10 +59,118 @@ func LinePlot(series []Series, ax Axes) (*Figure, error) {
 		p.Add(line, points)
 		if s.Name != "" {
 			p.Legend.Add(s.Name, line, points)
+			named++
 		}
+	}
+	var free bool
+	p.Legend.Top, p.Legend.Left, free = legendCorner(series, ax, named)
+	if !free {
+		// Every corner has data under it: raise the top of the y axis so that the data keep
+		// below the legend, top right.
+		addHeadroom(p, series, ax, legendHeight(named))
+	}
+	if p.Legend.Left {
+		p.Legend.XOffs = vg.Points(12)
+	}
+	if !p.Legend.Top {
+		p.Legend.YOffs = vg.Points(4)
 	}
 	w, h := ax.size(DefaultWidth, DefaultHeight)
 	return single(p, w, h), nil
+}
+
+// legendHeight is the share of the data area's height taken by a legend of n entries.
+func legendHeight(n int) float64 { return min(0.07*float64(n)+0.04, 0.9) }
+
+// addHeadroom sets the y axis' range so that the data fill the lower 1-h of it.
+func addHeadroom(p *plot.Plot, series []Series, ax Axes, h float64) {
+	lo, hi := math.Inf(1), math.Inf(-1)
+	for _, s := range series {
+		for _, y := range s.Y {
+			lo, hi = min(lo, y), max(hi, y)
+		}
+	}
+	if !(hi > lo) {
+		return
+	}
+	if ax.LogY {
+		p.Y.Min, p.Y.Max = lo, math.Exp(math.Log(lo)+(math.Log(hi)-math.Log(lo))/(1-h))
+		return
+	}
+	p.Y.Min, p.Y.Max = lo, lo+(hi-lo)/(1-h)
+}
+
+// legendCorner picks the corner of the data area where the legend of n entries covers no data
+// point (the points of the line segments between markers included, sampled), in the order top
+// right, top left, bottom right, bottom left; free is false, with top right, when every corner
+// is covered. The legend is taken to span 45% of the width and legendHeight(n) of the height,
+// in the axes' (log or linear) coordinates of the data's range.
+func legendCorner(series []Series, ax Axes, n int) (top, left, free bool) {
+	if n == 0 {
+		return true, false, true
+	}
+	tx := func(v float64) float64 {
+		if ax.LogX {
+			return math.Log(v)
+		}
+		return v
+	}
+	ty := func(v float64) float64 {
+		if ax.LogY {
+			return math.Log(v)
+		}
+		return v
+	}
+	minX, maxX, minY, maxY := math.Inf(1), math.Inf(-1), math.Inf(1), math.Inf(-1)
+	for _, s := range series {
+		for i := range s.X {
+			x, y := tx(s.X[i]), ty(s.Y[i])
+			minX, maxX, minY, maxY = min(minX, x), max(maxX, x), min(minY, y), max(maxY, y)
+		}
+	}
+	if !(maxX > minX) || !(maxY > minY) {
+		return true, false, true
+	}
+	w, h := 0.45, legendHeight(n)
+	type corner struct{ top, left bool }
+	corners := []corner{{true, false}, {true, true}, {false, false}, {false, true}}
+	counts := make([]int, len(corners))
+	count := func(fx, fy float64) {
+		for k, c := range corners {
+			inX := fx >= 1-w
+			if c.left {
+				inX = fx <= w
+			}
+			inY := fy >= 1-h
+			if !c.top {
+				inY = fy <= h
+			}
+			if inX && inY {
+				counts[k]++
+			}
+		}
+	}
+	const steps = 8 // samples per segment
+	for _, s := range series {
+		for i := range s.X {
+			fx, fy := (tx(s.X[i])-minX)/(maxX-minX), (ty(s.Y[i])-minY)/(maxY-minY)
+			count(fx, fy)
+			if i == 0 {
+				continue
+			}
+			px, py := (tx(s.X[i-1])-minX)/(maxX-minX), (ty(s.Y[i-1])-minY)/(maxY-minY)
+			for j := 1; j < steps; j++ {
+				f := float64(j) / steps
+				count(px+(fx-px)*f, py+(fy-py)*f)
+			}
+		}
+	}
+	for k, c := range corners {
+		if counts[k] == 0 {
+			return c.top, c.left, true
+		}
+	}
+	return true, false, false
 }
 
 // newGrid returns light grid lines.

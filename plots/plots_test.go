@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 
+	"gonum.org/v1/plot"
+
 	"blackmamba/experiments/results"
 )
 
@@ -210,5 +212,34 @@ func TestBadInput(t *testing.T) {
 	}
 	if _, err := Bytes(f, "gif"); err == nil {
 		t.Errorf("Bytes(gif) succeeded")
+	}
+}
+
+func TestLegendCorner(t *testing.T) {
+	rising := []Series{{Name: "a", X: []float64{1, 2, 3, 4}, Y: []float64{1, 2, 3, 4}}}
+	// A rising line crosses the bottom-left and top-right corners: the legend goes top left.
+	if top, left, free := legendCorner(rising, Axes{}, 1); !top || !left || !free {
+		t.Errorf("rising line: legend top=%v left=%v, want top left", top, left)
+	}
+	falling := []Series{{Name: "a", X: []float64{1, 10, 100, 1000}, Y: []float64{4, 3, 2, 1}}}
+	// Falling on a log x axis: the top right is free.
+	if top, left, free := legendCorner(falling, Axes{LogX: true}, 1); !top || left || !free {
+		t.Errorf("falling line: legend top=%v left=%v, want top right", top, left)
+	}
+	// A line across the top and one point at the bottom middle: both top corners are covered,
+	// bottom right comes first in the order top right, top left, bottom right, bottom left.
+	arch := []Series{{Name: "a", X: []float64{0, 2}, Y: []float64{10, 10}}, {Name: "b", X: []float64{1}, Y: []float64{0}}}
+	if top, left, free := legendCorner(arch, Axes{}, 2); top || left || !free {
+		t.Errorf("arch: legend top=%v left=%v, want bottom right", top, left)
+	}
+	// Lines through every corner: none is free, top right with head room.
+	cross := []Series{{Name: "a", X: []float64{0, 1}, Y: []float64{0, 1}}, {Name: "b", X: []float64{0, 1}, Y: []float64{1, 0}}}
+	if top, left, free := legendCorner(cross, Axes{}, 2); !top || left || free {
+		t.Errorf("cross: legend top=%v left=%v free=%v, want top right, not free", top, left, free)
+	}
+	p := plot.New()
+	addHeadroom(p, cross, Axes{}, 0.25)
+	if p.Y.Min != 0 || math.Abs(p.Y.Max-4.0/3) > 1e-12 {
+		t.Errorf("head room: y range [%v, %v], want [0, 4/3]", p.Y.Min, p.Y.Max)
 	}
 }
