@@ -21,6 +21,9 @@
 #                                               1 and 2 GPUs, then the data-parallel test)
 #   scripts/gpu-paper.sh BUNDLE_DIR latency     experiment 3 alone for FAMILY (default 2.8b), one
 #                                               architecture per GPU
+#   scripts/gpu-paper.sh BUNDLE_DIR owed        on a 4-GPU host: the 1.5b step on 1 and 2 GPUs,
+#                                               the scan variants, generation at 1.5b (greedy and
+#                                               sampled) and the decode step's kernel counts
 #   scripts/gpu-paper.sh BUNDLE_DIR finish      on a 4-GPU host: data-parallel training on GPUs 0
 #                                               and 1, the dense Mamba at equal total parameters
 #                                               alone on GPU 2, the MoE and 2048-token step
@@ -110,6 +113,18 @@ latency)
 		"$run" blackmamba latency -merge "$parts" -out "$out/latency-$f.json" -plots "$out/plots-latency-$f" 2>&1 | tee "$out/latency-merge.log"
 	fi
 	;;
+owed)
+	# The remaining single measurements in one 4-GPU job: the 1.5b step on 1 and 2 GPUs (GPUs 0
+	# and 1), the scan variants at T = 2048 and 8192 (GPU 2), and on GPU 3 generation at 1.5b
+	# (greedy, then sampled with temperature and top-p) followed by the decode step's kernel
+	# counts without and with command buffers.
+	prompt="The BlackMamba architecture combines state-space models with a mixture of experts, so that"
+	gen="timeout -k 10 90 $run blackmamba generate -random 1.5b -prompt '$prompt' -max-tokens 256 -stop-eos=false"
+	"$here/gpu-lanes.sh" \
+		"0,1: $here/gpu-multi.sh $bundle 1.5b" \
+		"2: SCAN_VARIANTS=${SCAN_VARIANTS:-all} $here/gpu-bench.sh $bundle scan" \
+		"3: $gen >\$OUT/generate-greedy.log 2>&1; $gen -temperature 0.8 -top-p 0.95 >\$OUT/generate-sampled.log 2>&1; LIMIT=${DECODE_LIMIT:-150} $here/gpu-diagnose.sh $bundle decode decode-cmdbuf"
+	;;
 multi)
 	for p in ${DP_PHASES:-small test}; do
 		SMALL_BATCH="${SMALL_BATCH:-32}" SMALL_SEQ="${SMALL_SEQ:-512}" "$here/gpu-multi.sh" "$bundle" "$p"
@@ -130,7 +145,7 @@ finish)
 		"3: $here/gpu-bench.sh $bundle moe; TRAIN_SMALL_DTYPES=bfloat16 TRAIN_SMALL_LIMIT=${TRAIN_SMALL_LIMIT:-270} $here/gpu-bench.sh $bundle train-small"
 	;;
 *)
-	echo "unknown phase $phase (want training, inference, latency, multi or finish)" >&2
+	echo "unknown phase $phase (want training, inference, latency, owed, multi or finish)" >&2
 	exit 2
 	;;
 esac
