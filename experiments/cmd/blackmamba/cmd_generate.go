@@ -171,5 +171,14 @@ func runGenerate(fs *flag.FlagSet, args []string) error {
 	}
 	fmt.Fprintf(os.Stderr, "%d tokens; time to first token %.3fs (prefill of %d tokens); %.2f tokens/s after it\n",
 		len(st.Tokens), st.TimeToFirst.Seconds(), st.PromptTokens, st.TokensPerSecond)
+	if backend.Name() == xla.BackendXLA {
+		if used := xla.DeviceMemoryUsed(); used > 0 {
+			what := "XLA's reservation; BLACKMAMBA_GPU_MEMORY=grow measures the high-water mark"
+			if xla.MemoryIsHighWater() {
+				what = "high-water mark"
+			}
+			fmt.Fprintf(os.Stderr, "device memory in use: %.2f GiB (%s)\n", float64(used)/(1<<30), what)
+		}
+	}
 	return nil
 }
