@@ -15,11 +15,19 @@
 #                    kernels (thunks) per decode step, read from the dumped thunk sequence
 #   decode-cmdbuf    the same with XLA's command buffers (CUDA graphs) allowed for every kind of
 #                    kernel and graphs of any size, against per-kernel launch overhead
+#   step2048         small BlackMamba, bf16, 8 x 2048: the step whose compilation spends 2.5-3
+#                    minutes in one reduction fusion ("Compiling module input_reduce_fusion.N"),
+#                    and the same with one XLA option changed, to find which part of the
+#                    compiler takes that time:
+#   step2048-fa0       the fusion autotuner off (--xla_gpu_experimental_enable_fusion_autotuner=false)
+#   step2048-at0       all autotuning off (--xla_gpu_autotune_level=0)
+#   step2048-noepi     no reduction epilogue fusion (--xla_gpu_enable_reduction_epilogue_fusion=false)
 #
 #   scripts/gpu-diagnose.sh BUNDLE_DIR [CASE...]     (default: all, in the order above)
 #
 # Environment: LIMIT (seconds per case, default 150), BATCH and SEQ (default 16 and 512; a case
-# that names its own length keeps it).
+# that names its own length keeps it), DUMP (default 1; 0 skips the HLO dumps, which are large at
+# 2048 tokens).
 set -uo pipefail
 bundle="$(cd "$1" && pwd)"
 shift
@@ -31,7 +39,7 @@ cases=("$@")
 ((${#cases[@]} == 0)) && cases=(transformer transformer-at0 transformer-t128 blackmamba blackmamba-sk1 mamba)
 echo '{"sinkhorn_max_iter": 1}' >"$out/small-sk1.json"
 for c in "${cases[@]}"; do
-	cfg=small seq="${SEQ:-512}" flags="" decode=false
+	cfg=small seq="${SEQ:-512}" batch="${BATCH:-16}" flags="" decode=false
 	case "$c" in
 	transformer) cfg=small-transformer ;;
 	transformer-at0) cfg=small-transformer flags="--xla_gpu_autotune_level=0" ;;
@@ -39,6 +47,10 @@ for c in "${cases[@]}"; do
 	blackmamba) ;;
 	blackmamba-sk1) cfg="$out/small-sk1.json" ;;
 	mamba) cfg=small-mamba ;;
+	step2048) batch=8 seq=2048 ;;
+	step2048-fa0) batch=8 seq=2048 flags="--xla_gpu_experimental_enable_fusion_autotuner=false" ;;
+	step2048-at0) batch=8 seq=2048 flags="--xla_gpu_autotune_level=0" ;;
+	step2048-noepi) batch=8 seq=2048 flags="--xla_gpu_enable_reduction_epilogue_fusion=false" ;;
 	decode) decode=true ;;
 	decode-cmdbuf)
 		decode=true
@@ -53,15 +65,17 @@ for c in "${cases[@]}"; do
 		what="1.5b decode, bf16, 128 tokens" lines="^decode"
 		bench=(-what decode -config 1.5b -dtype bfloat16 -decode-tokens 128 -reps 3)
 	else
-		what="-config $cfg -batch ${BATCH:-16} -seq $seq" lines="Very slow|took|^train-step|^graph"
-		bench=(-what graph,train-step -config "$cfg" -dtype bfloat16 -batch "${BATCH:-16}" -seq "$seq" -reps 1)
+		what="-config $cfg -batch $batch -seq $seq" lines="Very slow|took|^train-step|^graph"
+		bench=(-what graph,train-step -config "$cfg" -dtype bfloat16 -batch "$batch" -seq "$seq" -reps 1)
 		flags="--xla_gpu_print_compilation_stats $flags"
 	fi
 	dump="/tmp/hlo-$c"
 	rm -rf "$dump"
 	echo "=== $c: $what ${flags:+XLA flags $flags} (limit ${LIMIT:-150}s)" | tee -a "$out/summary.txt"
 	t0=$SECONDS
-	XLA_FLAGS="--xla_dump_to=$dump --xla_dump_hlo_as_text $flags" \
+	dumpflags="--xla_dump_to=$dump --xla_dump_hlo_as_text"
+	[[ "${DUMP:-1}" == 0 ]] && dumpflags=""
+	XLA_FLAGS="$dumpflags $flags" \
 		TF_CPP_MIN_LOG_LEVEL=0 TF_CPP_VMODULE="gpu_compiler=3,nvptx_compiler=3" \
 		timeout -k 10 "${LIMIT:-150}" "$run" blackmamba bench "${bench[@]}" -json "$out/bench-$c.json" >"$out/$c.log" 2>&1
 	echo "--- $c rc=$? in $((SECONDS - t0))s" | tee -a "$out/summary.txt"
@@ -74,6 +88,6 @@ for c in "${cases[@]}"; do
 			echo "$(grep -c -E '^[0-9]+: k' "$f") thunks: $(basename "$f")"
 		done | sort -rn | head -n 5 >>"$out/summary.txt"
 	fi
-	(cd /tmp && tar -cJf "$out/hlo-$c.tar.xz" "hlo-$c" 2>/dev/null) || true
+	[[ -d "$dump" ]] && { (cd /tmp && tar -cJf "$out/hlo-$c.tar.xz" "hlo-$c" 2>/dev/null) || true; }
 	xz -f "$out/$c.log"
 done

@@ -24,6 +24,8 @@
 #   scripts/gpu-paper.sh BUNDLE_DIR owed        on a 4-GPU host: the 1.5b step on 1 and 2 GPUs,
 #                                               the scan variants, generation at 1.5b (greedy and
 #                                               sampled) and the decode step's kernel counts
+#   scripts/gpu-paper.sh BUNDLE_DIR compile     the 2048-token step compiled with four XLA settings,
+#                                               one per GPU (scripts/gpu-diagnose.sh step2048*)
 #   scripts/gpu-paper.sh BUNDLE_DIR finish      on a 4-GPU host: data-parallel training on GPUs 0
 #                                               and 1, the dense Mamba at equal total parameters
 #                                               alone on GPU 2, the MoE and 2048-token step
@@ -113,6 +115,12 @@ latency)
 		"$run" blackmamba latency -merge "$parts" -out "$out/latency-$f.json" -plots "$out/plots-latency-$f" 2>&1 | tee "$out/latency-merge.log"
 	fi
 	;;
+compile)
+	# Where the 2048-token step's compilation time goes: the step as it is and with one XLA
+	# option changed per GPU (scripts/gpu-diagnose.sh step2048*), without HLO dumps.
+	d="DUMP=0 LIMIT=${COMPILE_LIMIT:-300} $here/gpu-diagnose.sh $bundle"
+	"$here/gpu-lanes.sh" "$d step2048" "$d step2048-fa0" "$d step2048-at0" "$d step2048-noepi"
+	;;
 owed)
 	# The remaining single measurements in one 4-GPU job: the 1.5b step on 1 and 2 GPUs (GPUs 0
 	# and 1), the scan variants at T = 2048 and 8192 (GPU 2), and on GPU 3 generation at 1.5b
@@ -145,7 +153,7 @@ finish)
 		"3: $here/gpu-bench.sh $bundle moe; TRAIN_SMALL_DTYPES=bfloat16 TRAIN_SMALL_LIMIT=${TRAIN_SMALL_LIMIT:-270} $here/gpu-bench.sh $bundle train-small"
 	;;
 *)
-	echo "unknown phase $phase (want training, inference, latency, owed, multi or finish)" >&2
+	echo "unknown phase $phase (want training, inference, latency, owed, compile, multi or finish)" >&2
 	exit 2
 	;;
 esac
