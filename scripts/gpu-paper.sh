@@ -123,14 +123,15 @@ compile)
 	;;
 owed)
 	# The remaining single measurements in one 4-GPU job: the 1.5b step on 1 and 2 GPUs (GPUs 0
-	# and 1), the scan variants at T = 2048 and 8192 (GPU 2), and on GPU 3 generation at 1.5b
+	# and 1), the MoE block with its dispatch block sizes and the scan variants at T = 2048 and
+	# 8192 (GPU 2), and on GPU 3 generation at 1.5b
 	# (greedy, then sampled with temperature and top-p) followed by the decode step's kernel
 	# counts without and with command buffers.
 	prompt="The BlackMamba architecture combines state-space models with a mixture of experts, so that"
 	gen="timeout -k 10 90 $run blackmamba generate -random 1.5b -prompt '$prompt' -max-tokens 256 -stop-eos=false"
 	"$here/gpu-lanes.sh" \
 		"0,1: $here/gpu-multi.sh $bundle 1.5b" \
-		"2: SCAN_VARIANTS=${SCAN_VARIANTS:-all} $here/gpu-bench.sh $bundle scan" \
+		"2: $here/gpu-bench.sh $bundle moe; SCAN_VARIANTS=${SCAN_VARIANTS:-all} $here/gpu-bench.sh $bundle scan" \
 		"3: $gen >\$OUT/generate-greedy.log 2>&1; $gen -temperature 0.8 -top-p 0.95 >\$OUT/generate-sampled.log 2>&1; LIMIT=${DECODE_LIMIT:-150} $here/gpu-diagnose.sh $bundle decode decode-cmdbuf"
 	;;
 multi)

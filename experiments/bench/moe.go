@@ -52,10 +52,22 @@ func MoE(backend backends.Backend, cfg bm.Config, experts, tokens, reps int) []R
 		{"MoE argmax", 0, blocked, moe(bm.RoutingArgmax)},
 		{"MoE sinkhorn", 0, blocked, moe(bm.RoutingSinkhorn)},
 		{"MoE argmax, per-token gather", 1, fwdFLOPs, moe(bm.RoutingArgmax)},
+	}
+	// Larger dispatch blocks than the automatic size: fewer per-block copies of the expert
+	// weights (each block's fc1 and fc2 are materialised for the batched matmul), more padding
+	// rows.
+	for _, b := range []int{2 * bm.MoEBlockSize(tokens, experts), 4 * bm.MoEBlockSize(tokens, experts)} {
+		if b > tokens {
+			continue
+		}
+		variants = append(variants, variant{fmt.Sprintf("MoE argmax, block %d", b), b,
+			perRow * float64(bm.MoEDispatchRows(tokens, experts, b)), moe(bm.RoutingArgmax)})
+	}
+	variants = append(variants, []variant{
 		{"MoE argmax, all experts masked", 0, float64(experts) * fwdFLOPs, func(ctx *context.Context, u *Node) *Node {
 			return bm.MoEDense(ctx, cfg, experts, u, nil)
 		}},
-	}
+	}...)
 	var rows []Row
 	dense := map[bool]float64{}
 	for _, v := range variants {
