@@ -33,8 +33,8 @@ func TestBenchmarksRun(t *testing.T) {
 	rows = append(rows, moe...)
 	step := TrainStep(backend, cfg, 2, 8, 2)
 	rows = append(rows, step)
-	if len(scan) != 2 || len(moe) != 10 {
-		t.Fatalf("got %d scan rows and %d MoE rows, want 2 and 10", len(scan), len(moe))
+	if len(scan) != 2 || len(moe) != 14 { // 7 variants (2 of them larger dispatch blocks), fwd and fwd+bwd
+		t.Fatalf("got %d scan rows and %d MoE rows, want 2 and 14", len(scan), len(moe))
 	}
 	for _, r := range rows {
 		if r.Err != "" || !(r.Ms > 0) || !(r.MinMs > 0) || r.MinMs > r.Ms {
