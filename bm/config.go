@@ -77,6 +77,10 @@ type Config struct {
 	ComputeDType string `json:"compute_dtype"`
 	// ScanChunk is the chunk length of the parallel selective scan (0 picks a default).
 	ScanChunk int `json:"scan_chunk"`
+	// ScanMaxTokens, when > 0, has the parallel scan process the batch in pieces of at most
+	// this many tokens (whole sequences, at least one per piece; ScanOptions.MaxBatch): the
+	// same values, smaller kernels for the compiler. 0 scans the whole batch at once.
+	ScanMaxTokens int `json:"scan_max_tokens,omitempty"`
 }
 
 // NeoX vocabulary sizes (SPEC.md §1).
@@ -356,6 +360,9 @@ func (c Config) Validate() error {
 	}
 	if c.ScanChunk < 0 {
 		return bad("scan_chunk must be >= 0, got %d", c.ScanChunk)
+	}
+	if c.ScanMaxTokens < 0 {
+		return bad("scan_max_tokens must be >= 0 (0: no split), got %d", c.ScanMaxTokens)
 	}
 	return nil
 }

@@ -98,7 +98,7 @@ func mambaSequence(ctx *context.Context, cfg Config, u *Node) (out, conv, ssm *N
 	delta := Softplus(Add(ComputeEinsum(cfg, "btr,rc->btc", dt, w.dtProj), ExpandLeftToRank(w.dtBias, 3))) // [B, T, D]
 	A := Neg(Exp(w.aLog))                                                                                  // [D, N]
 
-	y, hT := SelectiveScan(xc, delta, A, bm, cm, ScanOptions{Chunk: cfg.ScanChunk})
+	y, hT := SelectiveScan(xc, delta, A, bm, cm, ScanOptions{Chunk: cfg.ScanChunk, MaxBatch: scanMaxBatch(cfg, T)})
 	y = Add(y, Mul(xc, ExpandLeftToRank(w.dSkip, 3)))
 	y = Mul(y, activations.Swish(z))
 	out = ComputeEinsum(cfg, "btc,cd->btd", y, w.outProj)
@@ -178,4 +178,13 @@ func MambaStep(ctx *context.Context, cfg Config, u, conv, ssm *Node) (out, conv2
 	y = Mul(y, activations.Swish(z))
 	out = ComputeEinsum(cfg, "bc,cd->bd", y, w.outProj)
 	return out, conv2, ssm2
+}
+
+// scanMaxBatch is the ScanOptions.MaxBatch of cfg.ScanMaxTokens for sequences of T tokens: 0
+// (no split) when it is unset, else as many whole sequences as fit, at least one.
+func scanMaxBatch(cfg Config, T int) int {
+	if cfg.ScanMaxTokens <= 0 {
+		return 0
+	}
+	return max(1, cfg.ScanMaxTokens/T)
 }

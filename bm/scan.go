@@ -103,6 +103,12 @@ type ScanOptions struct {
 	BackwardChunk int
 	// Link selects how the inputs' gradients are attached: LinkConcat ("") or LinkCached.
 	Link string
+	// MaxBatch, when > 0, scans the batch in consecutive pieces of at most MaxBatch sequences
+	// and concatenates the results: the same values (sequences are independent), in smaller
+	// tensors per piece. XLA's GPU compiler took minutes to generate one reduction kernel of the
+	// scan at 16K tokens per device and not at 8K; splitting keeps each piece's kernels at the
+	// smaller size.
+	MaxBatch int
 }
 
 // Link variants for ScanOptions.Link.
@@ -136,6 +142,9 @@ func (o ScanOptions) String() string {
 		if o.Link != LinkConcat {
 			s += "/" + o.Link
 		}
+	}
+	if o.MaxBatch > 0 {
+		s += fmt.Sprintf("/batch%d", o.MaxBatch)
 	}
 	return s
 }
@@ -175,6 +184,9 @@ func (o ScanOptions) Validate() error {
 	}
 	if o.Chunk < 1 {
 		return fmt.Errorf("bm.ScanOptions.Chunk: chunk length must be >= 1, got %d", o.Chunk)
+	}
+	if o.MaxBatch < 0 {
+		return fmt.Errorf("bm.ScanOptions.MaxBatch: must be >= 0 (0: no split), got %d", o.MaxBatch)
 	}
 	switch o.Across {
 	case AcrossAuto, AcrossSequential, AcrossBlocked, AcrossLogDepth:
@@ -216,6 +228,17 @@ func SelectiveScan(x, delta, A, Bm, Cm *Node, opts ScanOptions) (y, hT *Node) {
 	}
 	opts = opts.withDefaults()
 	checkScanShapes(x, delta, A, Bm, Cm)
+	if batch := x.Shape().Dim(0); opts.MaxBatch > 0 && batch > opts.MaxBatch {
+		piece := opts
+		piece.MaxBatch = 0
+		var ys, hTs []*Node
+		for start := 0; start < batch; start += opts.MaxBatch {
+			r := AxisRange(start, min(start+opts.MaxBatch, batch))
+			y, hT := SelectiveScan(SliceAxis(x, 0, r), SliceAxis(delta, 0, r), A, SliceAxis(Bm, 0, r), SliceAxis(Cm, 0, r), piece)
+			ys, hTs = append(ys, y), append(hTs, hT)
+		}
+		return Concatenate(ys, 0), Concatenate(hTs, 0)
+	}
 	if opts.Method == ScanSequential {
 		return sequentialScan(x, delta, A, Bm, Cm)
 	}

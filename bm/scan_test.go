@@ -109,6 +109,7 @@ func TestSelectiveScanForward(t *testing.T) {
 		{2, 70, 3, 4, ScanOptions{Chunk: 4, Across: AcrossSequential}}, // 18 chunks
 		{2, 200, 4, 8, ScanOptions{Chunk: 2, Across: AcrossBlocked}},   // 100 chunks: 10 blocks of 10
 		{2, 300, 4, 16, ScanOptions{}},                                 // default L=16: 19 chunks
+		{3, 13, 3, 4, ScanOptions{Chunk: 4, MaxBatch: 2}},              // batch in pieces of 2 and 1
 		{2, 300, 4, 16, ScanOptions{Chunk: 32, Output: OutputRecompute, Across: AcrossLogDepth}},
 		{2, 13, 3, 4, ScanOptions{Chunk: 4, Link: LinkCached, Backward: BackwardTwoChain}},
 	}
@@ -190,6 +191,8 @@ func TestSelectiveScanGradient(t *testing.T) {
 		{2, 40, 3, 4, ScanOptions{Chunk: 4, BackwardChunk: 20, Backward: BackwardStacked}},         // 10 chunks, 2 backward chunks
 		{2, 40, 3, 4, ScanOptions{Chunk: 4, BackwardChunk: 12, Backward: BackwardTwoChain}},        // 10 chunks: not divisible, uses 4
 		{1, 40, 2, 4, ScanOptions{Chunk: 16, Backward: BackwardStacked, Across: AcrossSequential}}, // 3 chunks, padded
+		{3, 13, 3, 4, ScanOptions{Chunk: 4, MaxBatch: 2}},                                          // batch in pieces of 2 and 1
+		{3, 13, 3, 4, ScanOptions{Chunk: 4, MaxBatch: 1, Link: LinkCached}},
 	}
 	rng := rand.New(rand.NewPCG(5, 6))
 	names := []string{"x", "delta", "A", "Bm", "Cm"}
@@ -393,6 +396,7 @@ func TestScanOptionsValidate(t *testing.T) {
 		{ScanOptions{Chunk: 16, Backward: BackwardTwoChain, BackwardChunk: 24}, "ScanOptions.BackwardChunk"},
 		{ScanOptions{Link: "bogus"}, "ScanOptions.Link"},
 		{ScanOptions{Across: "bogus"}, "ScanOptions.Across"},
+		{ScanOptions{MaxBatch: -1}, "ScanOptions.MaxBatch"},
 	}
 	for _, tc := range cases {
 		err := tc.opts.Validate()

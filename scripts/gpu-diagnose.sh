@@ -22,6 +22,8 @@
 #   step2048-fa0       the fusion autotuner off (--xla_gpu_experimental_enable_fusion_autotuner=false)
 #   step2048-at0       all autotuning off (--xla_gpu_autotune_level=0)
 #   step2048-noepi     no reduction epilogue fusion (--xla_gpu_enable_reduction_epilogue_fusion=false)
+#   step2048-split     the model scanning the batch in pieces of 8192 tokens (scan_max_tokens):
+#                      the slow kernel appeared at 16K tokens per device, not at 8K
 #
 #   scripts/gpu-diagnose.sh BUNDLE_DIR [CASE...]     (default: all, in the order above)
 #
@@ -38,6 +40,7 @@ export BLACKMAMBA_GPU_MEMORY=grow
 cases=("$@")
 ((${#cases[@]} == 0)) && cases=(transformer transformer-at0 transformer-t128 blackmamba blackmamba-sk1 mamba)
 echo '{"sinkhorn_max_iter": 1}' >"$out/small-sk1.json"
+echo '{"scan_max_tokens": 8192}' >"$out/small-split.json"
 for c in "${cases[@]}"; do
 	cfg=small seq="${SEQ:-512}" batch="${BATCH:-16}" flags="" decode=false
 	case "$c" in
@@ -51,6 +54,7 @@ for c in "${cases[@]}"; do
 	step2048-fa0) batch=8 seq=2048 flags="--xla_gpu_experimental_enable_fusion_autotuner=false" ;;
 	step2048-at0) batch=8 seq=2048 flags="--xla_gpu_autotune_level=0" ;;
 	step2048-noepi) batch=8 seq=2048 flags="--xla_gpu_enable_reduction_epilogue_fusion=false" ;;
+	step2048-split) batch=8 seq=2048 cfg="$out/small-split.json" ;;
 	decode) decode=true ;;
 	decode-cmdbuf)
 		decode=true

@@ -24,8 +24,10 @@
 #   scripts/gpu-paper.sh BUNDLE_DIR owed        on a 4-GPU host: the 1.5b step on 1 and 2 GPUs,
 #                                               the scan variants, generation at 1.5b (greedy and
 #                                               sampled) and the decode step's kernel counts
-#   scripts/gpu-paper.sh BUNDLE_DIR compile     the 2048-token step compiled with four XLA settings,
-#                                               one per GPU (scripts/gpu-diagnose.sh step2048*)
+#   scripts/gpu-paper.sh BUNDLE_DIR compile     the 2048-token step compiled four ways, one per
+#                                               GPU: as is, with the scan in 8K-token pieces, with
+#                                               the fusion autotuner off, with autotuning off
+#                                               (scripts/gpu-diagnose.sh step2048*)
 #   scripts/gpu-paper.sh BUNDLE_DIR finish      on a 4-GPU host: data-parallel training on GPUs 0
 #                                               and 1, the dense Mamba at equal total parameters
 #                                               alone on GPU 2, the MoE and 2048-token step
@@ -116,10 +118,11 @@ latency)
 	fi
 	;;
 compile)
-	# Where the 2048-token step's compilation time goes: the step as it is and with one XLA
-	# option changed per GPU (scripts/gpu-diagnose.sh step2048*), without HLO dumps.
+	# Where the 2048-token step's compilation time goes: the step as it is, with the scan split
+	# into pieces of 8K tokens, and with one XLA option changed, one per GPU
+	# (scripts/gpu-diagnose.sh step2048*), without HLO dumps.
 	d="DUMP=0 LIMIT=${COMPILE_LIMIT:-300} $here/gpu-diagnose.sh $bundle"
-	"$here/gpu-lanes.sh" "$d step2048" "$d step2048-fa0" "$d step2048-at0" "$d step2048-noepi"
+	"$here/gpu-lanes.sh" "$d step2048" "$d step2048-split" "$d step2048-fa0" "$d step2048-at0"
 	;;
 owed)
 	# The remaining single measurements in one 4-GPU job: the 1.5b step on 1 and 2 GPUs (GPUs 0
