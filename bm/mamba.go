@@ -160,7 +160,10 @@ func MambaStep(ctx *context.Context, cfg Config, u, conv, ssm *Node) (out, conv2
 	if K > 1 {
 		conv2 = Concatenate([]*Node{SliceAxis(conv, 2, AxisRange(1, K)), conv2}, 2) // [B, D, K]
 	}
-	xc := activations.Swish(Add(Einsum("bck,kc->bc", conv2, w.convW), ExpandLeftToRank(w.convB, 2))) // [B, D]
+	// The two small contractions of the step (over the K conv taps, over the N states) are
+	// written as products and sums, which the compiler can fuse with their neighbours, rather
+	// than as matmuls.
+	xc := activations.Swish(Add(ReduceSum(Mul(conv2, InsertAxes(Transpose(w.convW, 0, 1), 0)), -1), ExpandLeftToRank(w.convB, 2))) // [B, D]
 
 	// One matmul for the three parts here (a decode step is bound by its kernel count, and the
 	// slow kernel xProjections avoids only arises in the sequence form); in float32 its values
@@ -174,7 +177,7 @@ func MambaStep(ctx *context.Context, cfg Config, u, conv, ssm *Node) (out, conv2
 
 	decay := Exp(Mul(InsertAxes(delta, -1), InsertAxes(A, 0)))                          // [B, D, N]
 	ssm2 = Add(Mul(decay, ssm), Mul(InsertAxes(Mul(delta, xc), -1), InsertAxes(bm, 1))) // [B, D, N]
-	y := Add(Einsum("bcn,bn->bc", ssm2, cm), Mul(xc, ExpandLeftToRank(w.dSkip, 2)))
+	y := Add(ReduceSum(Mul(ssm2, InsertAxes(cm, 1)), -1), Mul(xc, ExpandLeftToRank(w.dSkip, 2)))
 	y = Mul(y, activations.Swish(z))
 	out = ComputeEinsum(cfg, "bc,cd->bd", y, w.outProj)
 	return out, conv2, ssm2
