@@ -22,8 +22,8 @@
 #   scripts/gpu-paper.sh BUNDLE_DIR latency     experiment 3 alone for FAMILY (default 2.8b), one
 #                                               architecture per GPU
 #   scripts/gpu-paper.sh BUNDLE_DIR owed        on a 4-GPU host: the 1.5b step on 1 and 2 GPUs,
-#                                               the scan variants, generation at 1.5b (greedy and
-#                                               sampled) and the decode step's kernel counts
+#                                               the MoE and scan variants, the self-checks, sampled
+#                                               generation at 1.5b and the decode kernel counts
 #   scripts/gpu-paper.sh BUNDLE_DIR compile     the 2048-token step compiled four ways, one per
 #                                               GPU: as is, with the scan in 8K-token pieces, with
 #                                               the fusion autotuner off, with autotuning off
@@ -127,15 +127,15 @@ compile)
 owed)
 	# The remaining single measurements in one 4-GPU job: the 1.5b step on 1 and 2 GPUs (GPUs 0
 	# and 1), the MoE block with its dispatch block sizes and the scan variants at T = 2048 and
-	# 8192 (GPU 2), and on GPU 3 generation at 1.5b
-	# (greedy, then sampled with temperature and top-p) followed by the decode step's kernel
-	# counts without and with command buffers.
+	# 8192 (GPU 2), and on GPU 3 the self-checks (the decoder against the parallel forward
+	# among them), sampled generation at 1.5b (temperature and top-p) and the decode step's
+	# kernel counts without and with command buffers.
 	prompt="The BlackMamba architecture combines state-space models with a mixture of experts, so that"
 	gen="timeout -k 10 90 $run blackmamba generate -random 1.5b -prompt '$prompt' -max-tokens 256 -stop-eos=false"
 	"$here/gpu-lanes.sh" \
 		"0,1: $here/gpu-multi.sh $bundle 1.5b" \
 		"2: $here/gpu-bench.sh $bundle moe; SCAN_VARIANTS=${SCAN_VARIANTS:-all} $here/gpu-bench.sh $bundle scan" \
-		"3: $gen >\$OUT/generate-greedy.log 2>&1; $gen -temperature 0.8 -top-p 0.95 >\$OUT/generate-sampled.log 2>&1; LIMIT=${DECODE_LIMIT:-150} $here/gpu-diagnose.sh $bundle decode decode-cmdbuf"
+		"3: timeout -k 10 150 $run blackmamba selfcheck >\$OUT/selfcheck.log 2>&1; $gen -temperature 0.8 -top-p 0.95 >\$OUT/generate-sampled.log 2>&1; LIMIT=${DECODE_LIMIT:-140} $here/gpu-diagnose.sh $bundle decode decode-cmdbuf"
 	;;
 multi)
 	for p in ${DP_PHASES:-small test}; do
