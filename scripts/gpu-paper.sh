@@ -21,6 +21,8 @@
 #                                               1 and 2 GPUs, then the data-parallel test)
 #   scripts/gpu-paper.sh BUNDLE_DIR latency     experiment 3 alone for FAMILY (default 2.8b), one
 #                                               architecture per GPU
+#   scripts/gpu-paper.sh BUNDLE_DIR latency-total  the equal-total dense Mambas of the 1.5b and
+#                                               2.8b families, one per GPU, up to MAX_LEN 4096
 #   scripts/gpu-paper.sh BUNDLE_DIR owed        on a 4-GPU host: the 1.5b step on 1 and 2 GPUs,
 #                                               the MoE and scan variants, the self-checks, sampled
 #                                               generation at 1.5b and the decode kernel counts
@@ -102,20 +104,28 @@ inference)
 	;;
 latency)
 	# Experiment 3 alone for FAMILY (default 2.8b), one architecture per GPU, so that the larger
-	# family's four sweeps fit the time limit; EXTRA_ARCHS (e.g. "2.8b-mamba-total") are timed
-	# after the Transformer's sweep on its GPU, whose per-token time is the shortest at short L.
+	# family's four sweeps fit the time limit.
 	f="${FAMILY:-2.8b}"
 	lat="timeout -k 10 $limit $run blackmamba latency -family $f -max-len ${MAX_LEN:-16384} -reps ${REPS:-2}"
-	extra="${EXTRA_ARCHS:+,$EXTRA_ARCHS}"
 	"$here/gpu-lanes.sh" \
 		"$lat -archs $f -out \$OUT/latency.json -plots \$OUT/plots" \
 		"$lat -archs $f-mamba -out \$OUT/latency.json -plots \$OUT/plots" \
-		"$lat -archs $f-transformer$extra -out \$OUT/latency.json -plots \$OUT/plots" \
+		"$lat -archs $f-transformer -out \$OUT/latency.json -plots \$OUT/plots" \
 		"$lat -archs $f-transformer-moe -out \$OUT/latency.json -plots \$OUT/plots"
 	parts=$(ls "$out"/lane[0-3]/latency.json 2>/dev/null | paste -sd, -)
 	if [[ -n "$parts" ]]; then
 		"$run" blackmamba latency -merge "$parts" -out "$out/latency-$f.json" -plots "$out/plots-latency-$f" 2>&1 | tee "$out/latency-merge.log"
 	fi
+	;;
+latency-total)
+	# Dense Mamba at BlackMamba's total parameters, 1.5b-mamba-total (148 blocks) and
+	# 2.8b-mamba-total (176 blocks), one per GPU: decoding is bound by per-block overhead, about
+	# five times BlackMamba's per token, so the sweep stops at MAX_LEN (default 4096).
+	for f in 1.5b 2.8b; do
+		echo "timeout -k 10 $limit $run blackmamba latency -family $f -archs $f-mamba-total -max-len ${MAX_LEN:-4096} -reps ${REPS:-2} -out \$OUT/latency-total-$f.json -plots \$OUT/plots-$f"
+	done >"$out/lanes.txt"
+	mapfile -t lanes <"$out/lanes.txt"
+	"$here/gpu-lanes.sh" "${lanes[@]}"
 	;;
 compile)
 	# Where the 2048-token step's compilation time goes: the step as it is, with the scan split
@@ -157,7 +167,7 @@ finish)
 		"3: $here/gpu-bench.sh $bundle moe; TRAIN_SMALL_DTYPES=bfloat16 TRAIN_SMALL_LIMIT=${TRAIN_SMALL_LIMIT:-270} $here/gpu-bench.sh $bundle train-small"
 	;;
 *)
-	echo "unknown phase $phase (want training, inference, latency, owed, compile, multi or finish)" >&2
+	echo "unknown phase $phase (want training, inference, latency, latency-total, owed, compile, multi or finish)" >&2
 	exit 2
 	;;
 esac
