@@ -23,13 +23,14 @@
 #                                               architecture per GPU
 #   scripts/gpu-paper.sh BUNDLE_DIR latency-total  the equal-total dense Mambas of the 1.5b and
 #                                               2.8b families, one per GPU, up to MAX_LEN 4096
-#   scripts/gpu-paper.sh BUNDLE_DIR owed        on a 4-GPU host: the 1.5b step on 1 and 2 GPUs,
-#                                               the MoE and scan variants, the self-checks, sampled
-#                                               generation at 1.5b and the decode kernel counts
+#   scripts/gpu-paper.sh BUNDLE_DIR owed        on a 4-GPU host: the 1.5b step on 1 and on 2 GPUs
+#                                               side by side, the MoE and scan variants
 #   scripts/gpu-paper.sh BUNDLE_DIR compile     the 2048-token step compiled four ways, one per
 #                                               GPU: as is, with the scan in 8K-token pieces, with
 #                                               the fusion autotuner off, with autotuning off
-#                                               (scripts/gpu-diagnose.sh step2048*)
+#                                               (scripts/gpu-diagnose.sh step2048*); then the
+#                                               self-checks, sampled generation at 1.5b and the
+#                                               decode kernel counts
 #   scripts/gpu-paper.sh BUNDLE_DIR finish      on a 4-GPU host: data-parallel training on GPUs 0
 #                                               and 1, the dense Mamba at equal total parameters
 #                                               alone on GPU 2, the MoE and 2048-token step
@@ -130,22 +131,28 @@ latency-total)
 compile)
 	# Where the 2048-token step's compilation time goes: the step as it is, with the scan split
 	# into pieces of 8K tokens, and with one XLA option changed, one per GPU
-	# (scripts/gpu-diagnose.sh step2048*), without HLO dumps.
+	# (scripts/gpu-diagnose.sh step2048*), without HLO dumps. After it, each GPU runs one more
+	# single measurement: the self-checks (the decoder against the parallel forward among
+	# them), sampled generation at 1.5b (temperature and top-p), and the decode step's kernel
+	# counts without and with command buffers.
 	d="DUMP=0 LIMIT=${COMPILE_LIMIT:-300} $here/gpu-diagnose.sh $bundle"
-	"$here/gpu-lanes.sh" "$d step2048" "$d step2048-split" "$d step2048-fa0" "$d step2048-at0"
+	prompt="The BlackMamba architecture combines state-space models with a mixture of experts, so that"
+	gen="timeout -k 10 90 $run blackmamba generate -random 1.5b -prompt '$prompt' -max-tokens 256 -stop-eos=false -temperature 0.8 -top-p 0.95"
+	"$here/gpu-lanes.sh" \
+		"$d step2048; timeout -k 10 150 $run blackmamba selfcheck >\$OUT/selfcheck.log 2>&1" \
+		"$d step2048-split; $gen >\$OUT/generate-sampled.log 2>&1" \
+		"$d step2048-fa0; LIMIT=${DECODE_LIMIT:-140} $here/gpu-diagnose.sh $bundle decode" \
+		"$d step2048-at0; LIMIT=${DECODE_LIMIT:-140} $here/gpu-diagnose.sh $bundle decode-cmdbuf"
 	;;
 owed)
-	# The remaining single measurements in one 4-GPU job: the 1.5b step on 1 and 2 GPUs (GPUs 0
-	# and 1), the MoE block with its dispatch block sizes and the scan variants at T = 2048 and
-	# 8192 (GPU 2), and on GPU 3 the self-checks (the decoder against the parallel forward
-	# among them), sampled generation at 1.5b (temperature and top-p) and the decode step's
-	# kernel counts without and with command buffers.
-	prompt="The BlackMamba architecture combines state-space models with a mixture of experts, so that"
-	gen="timeout -k 10 90 $run blackmamba generate -random 1.5b -prompt '$prompt' -max-tokens 256 -stop-eos=false"
+	# The remaining single measurements in one 4-GPU job: the 1.5b training step on one GPU
+	# (GPU 0) and data-parallel on two (GPUs 1 and 2) side by side, as each compiles for about
+	# five minutes; the MoE block with its dispatch block sizes and the scan variants at
+	# T = 2048 and 8192 (GPU 3).
 	"$here/gpu-lanes.sh" \
-		"0,1: $here/gpu-multi.sh $bundle 1.5b" \
-		"2: $here/gpu-bench.sh $bundle moe; SCAN_VARIANTS=${SCAN_VARIANTS:-all} $here/gpu-bench.sh $bundle scan" \
-		"3: timeout -k 10 150 $run blackmamba selfcheck >\$OUT/selfcheck.log 2>&1; $gen -temperature 0.8 -top-p 0.95 >\$OUT/generate-sampled.log 2>&1; LIMIT=${DECODE_LIMIT:-140} $here/gpu-diagnose.sh $bundle decode decode-cmdbuf"
+		"0: COUNTS=1 BIG_LIMIT=${BIG_LIMIT:-330} $here/gpu-multi.sh $bundle 1.5b" \
+		"1,2: COUNTS=2 BIG_LIMIT=${BIG_LIMIT:-330} $here/gpu-multi.sh $bundle 1.5b" \
+		"3: $here/gpu-bench.sh $bundle moe; SCAN_VARIANTS=${SCAN_VARIANTS:-all} $here/gpu-bench.sh $bundle scan"
 	;;
 multi)
 	for p in ${DP_PHASES:-small test}; do
