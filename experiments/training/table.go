@@ -3,6 +3,7 @@ package training
 import (
 	"fmt"
 	"io"
+	"maps"
 	"slices"
 	"strings"
 )
@@ -25,31 +26,17 @@ func (r *Result) WriteTables(w io.Writer) error {
 			run.Routing, float64(run.ParamsTotal)/1e6, float64(run.ParamsActive)/1e6, run.TrainFLOPsPerToken/1e9,
 			run.TokensPerSec, run.WallSeconds, run.FinalHeldOutMean, reach)
 	}
-	var tasks []string
+	chance := map[string]float64{} // by task, as the runs' results state it
 	for _, run := range r.Runs {
 		for _, z := range run.ZeroShot {
-			if !slices.Contains(tasks, z.Task) {
-				tasks = append(tasks, z.Task)
-			}
+			chance[z.Task] = z.Chance
 		}
 	}
-	if len(tasks) > 0 {
-		slices.Sort(tasks)
+	if len(chance) > 0 {
+		tasks := slices.Sorted(maps.Keys(chance))
 		b.WriteString("\nZero-shot, headline metric per task (chance in the header; lambada: accuracy / perplexity)\n\n| run |")
-		var chance []string
 		for _, t := range tasks {
-			c := "?"
-			for _, run := range r.Runs {
-				for _, z := range run.ZeroShot {
-					if z.Task == t {
-						c = fmt.Sprintf("%.2f", z.Chance)
-					}
-				}
-			}
-			chance = append(chance, c)
-		}
-		for i, t := range tasks {
-			fmt.Fprintf(&b, " %s (%s) |", t, chance[i])
+			fmt.Fprintf(&b, " %s (%.2f) |", t, chance[t])
 		}
 		b.WriteString("\n|---|" + strings.Repeat("---:|", len(tasks)) + "\n")
 		for _, run := range r.Runs {

@@ -63,11 +63,8 @@ func runTrainingExperiment(fs *flag.FlagSet, args []string) error {
 		if err := r.WriteJSON(*out); err != nil {
 			return err
 		}
-		paths, err := training.PlotAll(r, *plotDir)
-		for _, p := range append([]string{*out}, paths...) {
-			fmt.Println(p)
-		}
-		return errors.Join(err, printTrainingTables(r, *mdPath))
+		fmt.Println(*out)
+		return reportTraining(r, *plotDir, *mdPath)
 	}
 	if *plotOnly {
 		r, err := training.ReadResult(*in)
@@ -77,11 +74,7 @@ func runTrainingExperiment(fs *flag.FlagSet, args []string) error {
 		if *threshold > 0 {
 			r.SetThreshold(*threshold)
 		}
-		paths, err := training.PlotAll(r, *plotDir)
-		for _, p := range paths {
-			fmt.Println(p)
-		}
-		return errors.Join(err, printTrainingTables(r, *mdPath))
+		return reportTraining(r, *plotDir, *mdPath)
 	}
 	o, err := training.Size(*size)
 	if err != nil {
@@ -156,32 +149,23 @@ func runTrainingExperiment(fs *flag.FlagSet, args []string) error {
 		return err
 	}
 	fmt.Printf("result %s\n", *out)
-	if err := printTrainingTables(r, *mdPath); err != nil {
-		return err
-	}
-	paths, err := training.PlotAll(r, *plotDir)
+	return reportTraining(r, *plotDir, *mdPath)
+}
+
+// reportTraining draws the result's figures into plotDir and prints their paths, then prints
+// the result's Markdown tables and writes them to mdPath if set.
+func reportTraining(r *training.Result, plotDir, mdPath string) error {
+	paths, err := training.PlotAll(r, plotDir)
 	for _, p := range paths {
 		fmt.Println(p)
 	}
+	var tables strings.Builder
+	if terr := r.WriteTables(&tables); terr != nil {
+		return errors.Join(err, terr)
+	}
+	fmt.Printf("\n%s", tables.String())
+	if mdPath != "" {
+		err = errors.Join(err, os.WriteFile(mdPath, []byte(tables.String()), 0o644))
+	}
 	return err
-}
-
-// printTrainingTables prints the result's Markdown tables, and writes them to mdPath if set.
-func printTrainingTables(r *training.Result, mdPath string) error {
-	fmt.Println()
-	if err := r.WriteTables(os.Stdout); err != nil {
-		return err
-	}
-	if mdPath == "" {
-		return nil
-	}
-	f, err := os.Create(mdPath)
-	if err != nil {
-		return err
-	}
-	if err := r.WriteTables(f); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
 }
