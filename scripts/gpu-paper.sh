@@ -63,6 +63,12 @@ limit="${LIMIT:-480}"
 mkdir -p "$out"
 export BLACKMAMBA_GPU_MEMORY=grow
 nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv >"$out/gpus.csv" 2>&1 || true
+# generate PRESET prints the command line of the generation timing: 256 tokens after a fixed
+# prompt, random weights of PRESET, greedy unless flags are appended.
+generate() {
+	local prompt="The BlackMamba architecture combines state-space models with a mixture of experts, so that"
+	echo "timeout -k 10 90 $run blackmamba generate -random $1 -prompt '$prompt' -max-tokens 256 -stop-eos=false"
+}
 
 case "$phase" in
 training)
@@ -91,8 +97,7 @@ inference)
 	if [[ -n "${EVALS:-}" ]]; then
 		rest="timeout -k 10 300 $run blackmamba eval -random $f -tasks piqa -data $EVALS -limit ${EVAL_LIMIT:-0} -out \$OUT/eval-piqa-$f.json >\$OUT/eval-piqa-$f.log 2>&1"
 	fi
-	prompt="The BlackMamba architecture combines state-space models with a mixture of experts, so that"
-	gen="timeout -k 10 90 $run blackmamba generate -random $f -prompt '$prompt' -max-tokens 256 -stop-eos=false"
+	gen="$(generate "$f")"
 	"$here/gpu-lanes.sh" \
 		"$lat -archs $f,$f-mamba -out \$OUT/latency.json -plots \$OUT/plots" \
 		"$lat -archs $f-transformer -out \$OUT/latency.json -plots \$OUT/plots" \
@@ -136,8 +141,7 @@ compile)
 	# them), sampled generation at 1.5b (temperature and top-p), and the decode step's kernel
 	# counts without and with command buffers.
 	d="DUMP=0 LIMIT=${COMPILE_LIMIT:-300} $here/gpu-diagnose.sh $bundle"
-	prompt="The BlackMamba architecture combines state-space models with a mixture of experts, so that"
-	gen="timeout -k 10 90 $run blackmamba generate -random 1.5b -prompt '$prompt' -max-tokens 256 -stop-eos=false -temperature 0.8 -top-p 0.95"
+	gen="$(generate 1.5b) -temperature 0.8 -top-p 0.95"
 	"$here/gpu-lanes.sh" \
 		"$d step2048; timeout -k 10 150 $run blackmamba selfcheck >\$OUT/selfcheck.log 2>&1" \
 		"$d step2048-split; $gen >\$OUT/generate-sampled.log 2>&1" \
