@@ -155,20 +155,8 @@ func TestEvalPerplexityCommand(t *testing.T) {
 	if err := weights.SaveContext(filepath.Join(modelDir, weights.CheckpointFile), ctx, nil); err != nil {
 		t.Fatal(err)
 	}
-	out := filepath.Join(t.TempDir(), "report.json")
-	fs := flag.NewFlagSet("eval", flag.ContinueOnError)
-	if err := runEval(fs, []string{"-model", modelDir, "-perplexity", "-corpus", corpus, "-seq-len", "16",
-		"-max-windows", "3", "-batch", "2", "-backend", "go", "-out", out}); err != nil {
-		t.Fatal(err)
-	}
-	js, err := os.ReadFile(out)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var rep evalReport
-	if err := json.Unmarshal(js, &rep); err != nil {
-		t.Fatal(err)
-	}
+	rep := runEvalReport(t, "-model", modelDir, "-perplexity", "-corpus", corpus, "-seq-len", "16",
+		"-max-windows", "3", "-batch", "2", "-backend", "go")
 	c, err := data.Open(corpus)
 	if err != nil {
 		t.Fatal(err)
@@ -190,4 +178,22 @@ func TestEvalPerplexityCommand(t *testing.T) {
 			t.Errorf("domain %d: report %+v, want %+v", i, g, w)
 		}
 	}
+}
+
+// runEvalReport runs "blackmamba eval" with args and a report file, and returns the report.
+func runEvalReport(t *testing.T, args ...string) evalReport {
+	t.Helper()
+	out := filepath.Join(t.TempDir(), "report.json")
+	if err := runEval(flag.NewFlagSet("eval", flag.ContinueOnError), append(args, "-out", out)); err != nil {
+		t.Fatal(err)
+	}
+	js, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep evalReport
+	if err := json.Unmarshal(js, &rep); err != nil {
+		t.Fatal(err)
+	}
+	return rep
 }

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"flag"
 	"io"
 	"math"
@@ -187,19 +186,7 @@ func TestEvalRandom(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "piqa.jsonl"), []byte(piqaRows), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	out := filepath.Join(t.TempDir(), "report.json")
-	if err := runEval(flag.NewFlagSet("eval", flag.ContinueOnError), []string{
-		"-random", "tiny", "-seed", "3", "-tasks", "piqa", "-data", dir, "-batch", "8", "-backend", "go", "-out", out}); err != nil {
-		t.Fatal(err)
-	}
-	js, err := os.ReadFile(out)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var rep evalReport
-	if err := json.Unmarshal(js, &rep); err != nil {
-		t.Fatal(err)
-	}
+	rep := runEvalReport(t, "-random", "tiny", "-seed", "3", "-tasks", "piqa", "-data", dir, "-batch", "8", "-backend", "go")
 	total, _ := bm.MustPreset("tiny").ParamCounts()
 	if rep.Model != "random:tiny" || rep.Seed != 3 || rep.Params != total || len(rep.Tasks) != 1 || rep.Tasks[0].Examples != 3 {
 		t.Fatalf("report %+v: want random:tiny, seed 3, %d parameters and one task of 3 examples", rep, total)
