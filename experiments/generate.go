@@ -22,6 +22,19 @@ type LoadedModel struct {
 	Path string
 }
 
+// SetActivation replaces cfg's expert activation by activation, "silu" or "gelu"; an empty
+// activation keeps the config's.
+func SetActivation(cfg *bm.Config, activation string) error {
+	switch activation {
+	case "":
+	case "silu", "gelu":
+		cfg.Activation = activation
+	default:
+		return fmt.Errorf("activation %q: want silu or gelu", activation)
+	}
+	return nil
+}
+
 // LoadModel reads a model with weights.LoadAny (a model directory, a .safetensors checkpoint,
 // or a released pytorch_model.bin with its config.json beside it), converts the floats to
 // float32 and puts them into a fresh context. activation, when not empty, overrides the
@@ -31,12 +44,8 @@ func LoadModel(path, activation string) (*LoadedModel, error) {
 	if err != nil {
 		return nil, err
 	}
-	switch activation {
-	case "":
-	case "silu", "gelu":
-		cfg.Activation = activation
-	default:
-		return nil, fmt.Errorf("activation %q: want silu or gelu", activation)
+	if err := SetActivation(&cfg, activation); err != nil {
+		return nil, err
 	}
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)

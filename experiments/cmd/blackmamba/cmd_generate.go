@@ -51,12 +51,8 @@ func openModel(backend backends.Backend, path, random, activation string, seed i
 	if err != nil {
 		return nil, fmt.Errorf("-random: %w", err)
 	}
-	switch activation {
-	case "":
-	case "silu", "gelu":
-		cfg.Activation = activation
-	default:
-		return nil, fmt.Errorf("-activation %q: want silu or gelu", activation)
+	if err := experiments.SetActivation(&cfg, activation); err != nil {
+		return nil, fmt.Errorf("-%w", err) // the flag's name: -activation
 	}
 	start := time.Now()
 	ctx := context.New()
