@@ -29,13 +29,25 @@ type SamplerOptions struct {
 func (o SamplerOptions) Validate() error {
 	switch {
 	case math.IsNaN(o.Temperature) || math.IsInf(o.Temperature, 0) || o.Temperature < 0:
-		return fmt.Errorf("bm: sampler Temperature %v: want a finite value >= 0 (0 is greedy)", o.Temperature)
+		return &SamplerOptionError{"Temperature", o.Temperature, "want a finite value >= 0 (0 is greedy)"}
 	case o.TopK < 0:
-		return fmt.Errorf("bm: sampler TopK %d: want >= 0 (0 keeps all ids)", o.TopK)
+		return &SamplerOptionError{"TopK", o.TopK, "want >= 0 (0 keeps all ids)"}
 	case math.IsNaN(o.TopP) || o.TopP < 0 || o.TopP > 1:
-		return fmt.Errorf("bm: sampler TopP %v: want a value in (0, 1], or 0 for no nucleus filter", o.TopP)
+		return &SamplerOptionError{"TopP", o.TopP, "want a value in (0, 1], or 0 for no nucleus filter"}
 	}
 	return nil
+}
+
+// SamplerOptionError is the error of SamplerOptions.Validate: the field, its value and the
+// range it must be in (so that a command line can name its own flag instead).
+type SamplerOptionError struct {
+	Field string // "Temperature", "TopK" or "TopP"
+	Value any
+	Want  string
+}
+
+func (e *SamplerOptionError) Error() string {
+	return fmt.Sprintf("bm: sampler %s %v: %s", e.Field, e.Value, e.Want)
 }
 
 // NewSampler returns a Sampler with the given options. It does not validate them (see

@@ -1,9 +1,9 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
-	"math"
 	"os"
 	"time"
 
@@ -64,21 +64,22 @@ func openModel(backend backends.Backend, path, random, activation string, seed i
 	return &experiments.LoadedModel{Cfg: cfg, Ctx: ctx, Path: "random:" + random}, nil
 }
 
-// checkSampling checks the generation flags: -max-tokens >= 1, -temperature finite and >= 0,
-// -top-k >= 0 and -top-p in (0, 1] (0 also turns the nucleus filter off).
-func checkSampling(maxTokens int, temperature float64, topK int, topP float64) error {
-	switch {
-	case maxTokens < 1:
+// checkSampling checks the generation flags: -max-tokens >= 1, and the sampler's options by
+// bm.SamplerOptions.Validate, reported under their flags' names.
+func checkSampling(maxTokens int, o bm.SamplerOptions) error {
+	if maxTokens < 1 {
 		return fmt.Errorf("-max-tokens %d: want at least 1", maxTokens)
-	case math.IsNaN(temperature) || math.IsInf(temperature, 0) || temperature < 0:
-		return fmt.Errorf("-temperature %v: want a finite value >= 0 (0 is greedy)", temperature)
-	case topK < 0:
-		return fmt.Errorf("-top-k %d: want >= 0 (0 keeps all tokens)", topK)
-	case math.IsNaN(topP) || topP < 0 || topP > 1:
-		return fmt.Errorf("-top-p %v: want a value in (0, 1] (1 keeps all tokens; 0 also turns the filter off)", topP)
 	}
-	return nil
+	err := o.Validate()
+	var oe *bm.SamplerOptionError
+	if errors.As(err, &oe) {
+		return fmt.Errorf("-%s %v: %s", samplerFlags[oe.Field], oe.Value, oe.Want)
+	}
+	return err
 }
+
+// samplerFlags are the flags of bm.SamplerOptions' fields.
+var samplerFlags = map[string]string{"Temperature": "temperature", "TopK": "top-k", "TopP": "top-p"}
 
 func runGenerate(fs *flag.FlagSet, args []string) error {
 	modelPath := fs.String("model", "", "model: a directory (config.json + model.safetensors or pytorch_model.bin), a .safetensors checkpoint, or a released pytorch_model.bin with config.json beside it")
@@ -105,10 +106,10 @@ func runGenerate(fs *flag.FlagSet, args []string) error {
 	if (*prompt == "") == (*promptIDs == "") {
 		return fmt.Errorf("give exactly one of -prompt and -prompt-ids")
 	}
-	if err := checkSampling(*maxTokens, *temperature, *topK, *topP); err != nil {
+	sampler := bm.SamplerOptions{Temperature: *temperature, TopK: *topK, TopP: *topP, Seed: *seed}
+	if err := checkSampling(*maxTokens, sampler); err != nil {
 		return err
 	}
-	sampler := bm.SamplerOptions{Temperature: *temperature, TopK: *topK, TopP: *topP, Seed: *seed}
 	backend, choice, err := xla.New(*backendFlag)
 	if err != nil {
 		return err

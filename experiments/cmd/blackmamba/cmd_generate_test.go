@@ -63,7 +63,7 @@ func TestModelAndSamplingFlags(t *testing.T) {
 		topK        int
 		topP        float64
 	}{{1, 0, 0, 1}, {128, 0.7, 40, 0.9}, {5, 2, 0, 0}, {5, 1, 1, 1e-6}} {
-		if err := checkSampling(v.maxTokens, v.temperature, v.topK, v.topP); err != nil {
+		if err := checkSampling(v.maxTokens, bm.SamplerOptions{Temperature: v.temperature, TopK: v.topK, TopP: v.topP}); err != nil {
 			t.Errorf("valid flags %+v rejected: %v", v, err)
 		}
 	}
