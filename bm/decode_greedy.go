@@ -20,8 +20,16 @@ import (
 // StepGreedy calls may be mixed.
 type GreedyDecoder struct {
 	*Decoder
-	greedyStep *context.Exec // step graph returning tokens instead of logits
-	argmax     *Exec         // logits [B, V] -> tokens [B]
+	greedyStep *context.Exec         // step graph returning tokens instead of logits
+	multi      map[int]*context.Exec // k unrolled greedy steps in one graph, by k
+	argmax     *Exec                 // logits [B, V] -> tokens [B]
+
+	// Unroll is the number of greedy steps GenerateGreedy and WarmUpGreedy put into one
+	// executable (StepsGreedy); 0 or 1 runs one step per call. A batch-1 step of a large model
+	// is a few thousand small kernels and one call with every weight as an argument: unrolling
+	// k steps pays the per-call cost once per k tokens, at the price of a k times larger graph
+	// to compile.
+	Unroll int
 }
 
 // NewGreedyDecoder returns a greedy decoder over d.
@@ -44,6 +52,39 @@ func (d *GreedyDecoder) greedyExec() (*context.Exec, error) {
 	}
 	e.SetMaxCache(-1)
 	d.greedyStep = e
+	return e, nil
+}
+
+// multiExec returns the executable of k greedy steps unrolled in one graph: inputs token [B],
+// pos (the position of that token) and the states; outputs the k next tokens [B] in order,
+// then the states. One compilation per KV-cache length, like the single step.
+func (d *GreedyDecoder) multiExec(k int) (*context.Exec, error) {
+	if e := d.multi[k]; e != nil {
+		return e, nil
+	}
+	cfg := d.cfg
+	e, err := context.NewExec(d.backend, d.ctx, func(ctx *context.Context, inputs []*Node) []*Node {
+		tok, pos, states := inputs[0], inputs[1], inputs[2:]
+		toks := make([]*Node, k)
+		for i := range k {
+			p := pos
+			if i > 0 {
+				p = AddScalar(pos, float64(i))
+			}
+			outs := decodeStepGraph(ctx, cfg, tok, p, states)
+			tok = greedyArgmax(cfg, outs[0])
+			toks[i], states = tok, outs[1:]
+		}
+		return append(toks, states...)
+	})
+	if err != nil {
+		return nil, err
+	}
+	e.SetMaxCache(-1)
+	if d.multi == nil {
+		d.multi = map[int]*context.Exec{}
+	}
+	d.multi[k] = e
 	return e, nil
 }
 
@@ -90,47 +131,93 @@ func (d *GreedyDecoder) PrefillGreedy(prompts [][]int) (*tensors.Tensor, error) 
 // StepGreedy; it is not consumed) and returns the greedy next tokens [B] int32, left on the
 // device. The KV caches grow as in Step.
 func (d *GreedyDecoder) StepGreedy(tok *tensors.Tensor) (*tensors.Tensor, error) {
+	outs, err := d.steps("StepGreedy", tok, 1)
+	if err != nil {
+		return nil, err
+	}
+	return outs[0], nil
+}
+
+// StepsGreedy is k calls of StepGreedy in one executable: it feeds tok [B] int32 (not
+// consumed) and returns the k greedy tokens [B] int32 that follow, in order, left on the
+// device; the last one feeds the next call. The k positions must fit maxLen; the KV caches grow
+// beforehand to the bucket holding all of them. Each k (and KV-cache length) compiles its own
+// graph, k times the size of the single step.
+func (d *GreedyDecoder) StepsGreedy(tok *tensors.Tensor, k int) ([]*tensors.Tensor, error) {
+	return d.steps("StepsGreedy", tok, k)
+}
+
+func (d *GreedyDecoder) steps(name string, tok *tensors.Tensor, k int) ([]*tensors.Tensor, error) {
 	if d.states == nil && d.pos == 0 {
-		return nil, fmt.Errorf("bm: GreedyDecoder.StepGreedy: call Prefill or PrefillGreedy first")
+		return nil, fmt.Errorf("bm: GreedyDecoder.%s: call Prefill or PrefillGreedy first", name)
+	}
+	if k < 1 {
+		return nil, fmt.Errorf("bm: GreedyDecoder.%s: the number of steps must be positive, got %d", name, k)
 	}
 	if tok == nil || tok.DType() != dtypes.Int32 || tok.Rank() != 1 || tok.Shape().Dim(0) != d.batch {
 		shape := "nil"
 		if tok != nil {
 			shape = tok.Shape().String()
 		}
-		return nil, fmt.Errorf("bm: GreedyDecoder.StepGreedy: tokens must be int32 [%d], got %s", d.batch, shape)
+		return nil, fmt.Errorf("bm: GreedyDecoder.%s: tokens must be int32 [%d], got %s", name, d.batch, shape)
 	}
-	if d.hasAttention && d.pos >= d.maxLen {
-		return nil, fmt.Errorf("bm: GreedyDecoder.StepGreedy: position %d is past maxLen %d (the KV-cache length)", d.pos, d.maxLen)
+	if d.hasAttention && d.pos+k > d.maxLen {
+		if k == 1 {
+			return nil, fmt.Errorf("bm: GreedyDecoder.%s: position %d is past maxLen %d (the KV-cache length)", name, d.pos, d.maxLen)
+		}
+		return nil, fmt.Errorf("bm: GreedyDecoder.%s: positions %d to %d go past maxLen %d (the KV-cache length)", name, d.pos, d.pos+k-1, d.maxLen)
 	}
-	if d.hasAttention && d.pos >= d.kvLen {
-		if err := d.growKV(KVCacheBucket(d.pos+1, d.maxLen)); err != nil {
-			return nil, fmt.Errorf("bm: GreedyDecoder.StepGreedy: growing the KV caches: %w", err)
+	if d.hasAttention && d.pos+k > d.kvLen {
+		if err := d.growKV(KVCacheBucket(d.pos+k, d.maxLen)); err != nil {
+			return nil, fmt.Errorf("bm: GreedyDecoder.%s: growing the KV caches: %w", name, err)
 		}
 	}
-	e, err := d.greedyExec()
+	var e *context.Exec
+	var err error
+	if k == 1 {
+		e, err = d.greedyExec()
+	} else {
+		e, err = d.multiExec(k)
+	}
 	if err != nil {
-		return nil, fmt.Errorf("bm: GreedyDecoder.StepGreedy: %w", err)
+		return nil, fmt.Errorf("bm: GreedyDecoder.%s: %w", name, err)
 	}
 	args := []any{tok, int32(d.pos)}
 	for i, s := range d.states {
 		donated, err := DonateTensorBuffer(s, d.backend, 0)
 		if err != nil {
-			return nil, fmt.Errorf("bm: GreedyDecoder.StepGreedy: donating state %d: %w", i, err)
+			return nil, fmt.Errorf("bm: GreedyDecoder.%s: donating state %d: %w", name, i, err)
 		}
 		args = append(args, donated)
 	}
 	outs, err := e.Exec(args...)
 	if err != nil {
-		return nil, fmt.Errorf("bm: GreedyDecoder.StepGreedy: %w", err)
+		return nil, fmt.Errorf("bm: GreedyDecoder.%s: %w", name, err)
 	}
-	d.states = outs[1:]
-	d.pos++
-	return outs[0], nil
+	d.states = outs[k:]
+	d.pos += k
+	return outs[:k], nil
+}
+
+// NextSteps returns how many greedy steps the next call should take (StepsGreedy) so that the
+// position never passes limit: with Unroll = k > 1, the steps up to the next multiple of k (so
+// that after the first call every call is k steps and ends on a multiple of k), or single steps
+// where that would pass limit; 1 without unrolling.
+func (d *GreedyDecoder) NextSteps(limit int) int {
+	k := d.Unroll
+	if k <= 1 {
+		return 1
+	}
+	s := k - d.pos%k
+	if d.pos+s > limit {
+		return 1
+	}
+	return s
 }
 
 // GenerateGreedy continues one prompt (batch 1) by n greedy tokens on the device and returns
-// them; the tokens are copied to the host only after the last step.
+// them; the tokens are copied to the host only after the last step. Steps run Unroll at a time
+// (NextSteps).
 func (d *GreedyDecoder) GenerateGreedy(prompt []int, n int) ([]int, error) {
 	if d.batch != 1 {
 		return nil, fmt.Errorf("bm: GreedyDecoder.GenerateGreedy needs a decoder of batch 1, this one has batch %d", d.batch)
@@ -152,11 +239,14 @@ func (d *GreedyDecoder) GenerateGreedy(prompt []int, n int) ([]int, error) {
 		return nil, err
 	}
 	toks = append(toks, tok)
+	end := len(prompt) + n - 1 // the position after the last step
 	for len(toks) < n {
-		if tok, err = d.StepGreedy(tok); err != nil {
+		next, err := d.StepsGreedy(tok, d.NextSteps(end))
+		if err != nil {
 			return nil, err
 		}
-		toks = append(toks, tok)
+		toks = append(toks, next...)
+		tok = next[len(next)-1]
 	}
 	out := make([]int, n)
 	for i, t := range toks {
@@ -170,10 +260,11 @@ func (d *GreedyDecoder) GenerateGreedy(prompt []int, n int) ([]int, error) {
 }
 
 // WarmUpGreedy compiles, before any timing, every graph a greedy generation of upTo tokens
-// from a prompt of promptLen tokens will run: the prefill, the argmax, the greedy step for each
-// KV-cache length up to the one holding promptLen+upTo-1 positions, and the cache extensions
-// between them. It runs each step once on scratch states and leaves the decoder without a
-// sequence (call PrefillGreedy next).
+// from a prompt of promptLen tokens will run: the prefill, the argmax, and for each KV-cache
+// length up to the one holding promptLen+upTo-1 positions the single greedy step and, with
+// Unroll = k > 1, the k-step graph and the first call's aligning one (NextSteps), and the cache
+// extensions between them. It runs each graph once on scratch states and leaves the decoder
+// without a sequence (call PrefillGreedy next).
 func (d *GreedyDecoder) WarmUpGreedy(promptLen, upTo int) error {
 	if promptLen < 1 || upTo < 1 {
 		return fmt.Errorf("bm: GreedyDecoder.WarmUpGreedy: promptLen (%d) and upTo (%d) must be positive", promptLen, upTo)
@@ -187,19 +278,57 @@ func (d *GreedyDecoder) WarmUpGreedy(promptLen, upTo int) error {
 	if err != nil {
 		return err
 	}
-	// One step per KV-cache bucket: jump the position to the start of the next bucket, where
-	// StepGreedy grows the caches and runs the step graph of that length.
-	for {
-		next, err := d.StepGreedy(tok)
+	// The step sizes a generation can call: the first call's aligning one (with unrolling, at
+	// the prompt's end), then 1 and the full k.
+	first, sizes := 0, []int{1}
+	if k := d.Unroll; k > 1 {
+		if s := d.NextSteps(last); s > 1 && s < k {
+			first = s
+		}
+		if last-promptLen >= k {
+			sizes = append(sizes, k)
+		}
+	}
+	run := func(s int) error {
+		next, err := d.StepsGreedy(tok, s)
 		tok.FinalizeAll()
 		if err != nil {
 			return err
 		}
-		tok = next
-		if !d.hasAttention || d.kvLen >= KVCacheBucket(last, d.maxLen) {
-			break
+		for _, t := range next[:s-1] {
+			t.FinalizeAll()
 		}
-		d.pos = d.kvLen
+		tok = next[s-1]
+		return nil
+	}
+	if first > 0 {
+		if err := run(first); err != nil {
+			return err
+		}
+	}
+	if !d.hasAttention {
+		for _, s := range sizes {
+			if err := run(s); err != nil {
+				return err
+			}
+		}
+	} else {
+		// Every size in every KV-cache bucket it fits: jump the position so that the call
+		// ends on the bucket's last position, where StepsGreedy grows the caches to that
+		// bucket and runs the graph of that length.
+		for b := KVCacheBucket(promptLen+1, d.maxLen); ; b = KVCacheBucket(b+1, d.maxLen) {
+			for _, s := range sizes {
+				if b-s >= max(promptLen, d.pos) {
+					d.pos = b - s
+					if err := run(s); err != nil {
+						return err
+					}
+				}
+			}
+			if b >= KVCacheBucket(last, d.maxLen) {
+				break
+			}
+		}
 	}
 	if _, err := tensors.CopyFlatData[int32](tok); err != nil {
 		return fmt.Errorf("bm: GreedyDecoder.WarmUpGreedy: %w", err)
@@ -222,6 +351,9 @@ func (d *GreedyDecoder) Release() {
 	d.states, d.pos, d.kvLen = nil, 0, 0
 	if d.greedyStep != nil {
 		d.greedyStep.Finalize()
+	}
+	for _, e := range d.multi {
+		e.Finalize()
 	}
 	if d.argmax != nil {
 		d.argmax.Finalize()

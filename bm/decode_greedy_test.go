@@ -1,7 +1,9 @@
 package bm
 
 import (
+	"fmt"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/gomlx/gomlx/pkg/core/tensors"
@@ -13,48 +15,53 @@ import (
 // device-resident greedy path produces exactly the tokens of Generate with Greedy() (host-side
 // argmax of the same logits), with and without a WarmUpGreedy beforehand, through KV-cache
 // growth 8 → 16 → 24 and for prompts that go through the prefill only (1 token) and through
-// prefill plus steps (5 tokens: prefill bucket 4, then one step).
+// prefill plus steps (5 tokens: prefill bucket 4, then one step); one step per call and
+// unrolled (Unroll 4: an aligning first call of 3 steps after a 1-token prompt and 3 after 5 tokens, then 4 at a time, single steps at
+// the end; Unroll 5 does not divide the KV-cache buckets).
 func TestGenerateGreedyMatchesHostSampling(t *testing.T) {
 	backend := cpuBackend(t)
 	const maxLen = 24
 	for _, cfg := range DecodeCheckConfigs() {
-		t.Run(cfg.Name, func(t *testing.T) {
-			ctx := context.New()
-			ctx.SetParam(initializers.ParamInitialSeed, int64(3))
-			dec, err := NewDecoder(backend, ctx, cfg, 1, maxLen)
-			if err != nil {
-				t.Fatal(err)
-			}
-			g := NewGreedyDecoder(dec)
-			for _, tc := range []struct {
-				prompt []int
-				n      int
-				warm   bool
-			}{
-				{[]int{7}, maxLen, false},
-				{[]int{3, 1, 4, 1, 5}, maxLen - 4, true},
-			} {
-				want, err := dec.Generate(tc.prompt, tc.n, Greedy(), nil)
+		for _, unroll := range []int{1, 4, 5} {
+			t.Run(fmt.Sprintf("%s/unroll%d", cfg.Name, unroll), func(t *testing.T) {
+				ctx := context.New()
+				ctx.SetParam(initializers.ParamInitialSeed, int64(3))
+				dec, err := NewDecoder(backend, ctx, cfg, 1, maxLen)
 				if err != nil {
 					t.Fatal(err)
 				}
-				if tc.warm {
-					if err := g.WarmUpGreedy(len(tc.prompt), tc.n); err != nil {
+				g := NewGreedyDecoder(dec)
+				g.Unroll = unroll
+				for _, tc := range []struct {
+					prompt []int
+					n      int
+					warm   bool
+				}{
+					{[]int{7}, maxLen, false},
+					{[]int{3, 1, 4, 1, 5}, maxLen - 4, true},
+				} {
+					want, err := dec.Generate(tc.prompt, tc.n, Greedy(), nil)
+					if err != nil {
 						t.Fatal(err)
 					}
+					if tc.warm {
+						if err := g.WarmUpGreedy(len(tc.prompt), tc.n); err != nil {
+							t.Fatal(err)
+						}
+					}
+					got, err := g.GenerateGreedy(tc.prompt, tc.n)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if !slices.Equal(got, want) {
+						t.Errorf("prompt %v: device greedy tokens %v, host greedy %v", tc.prompt, got, want)
+					}
+					if len(got) != tc.n {
+						t.Errorf("prompt %v: got %d tokens, want %d", tc.prompt, len(got), tc.n)
+					}
 				}
-				got, err := g.GenerateGreedy(tc.prompt, tc.n)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if !slices.Equal(got, want) {
-					t.Errorf("prompt %v: device greedy tokens %v, host greedy %v", tc.prompt, got, want)
-				}
-				if len(got) != tc.n {
-					t.Errorf("prompt %v: got %d tokens, want %d", tc.prompt, len(got), tc.n)
-				}
-			}
-		})
+			})
+		}
 	}
 }
 
@@ -88,5 +95,16 @@ func TestGreedyDecoderErrors(t *testing.T) {
 	}
 	if err := g.WarmUpGreedy(1, 9); err == nil {
 		t.Error("WarmUpGreedy past maxLen: no error")
+	}
+	if _, err := g.StepsGreedy(tok, 0); err == nil {
+		t.Error("StepsGreedy of 0 steps: no error")
+	}
+	// Position 2 after one step: 7 more steps would use positions 2..8, past maxLen 8.
+	if _, err := g.StepsGreedy(tok, 7); err == nil || !strings.Contains(err.Error(), "past maxLen 8") {
+		t.Errorf("StepsGreedy past maxLen: error %v, want one naming maxLen 8", err)
+	}
+	outs, err := g.StepsGreedy(tok, 6)
+	if err != nil || len(outs) != 6 {
+		t.Errorf("StepsGreedy of 6 steps up to maxLen: %d tokens, error %v", len(outs), err)
 	}
 }
