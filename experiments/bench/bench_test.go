@@ -118,7 +118,7 @@ func TestDecodeRuns(t *testing.T) {
 		cfg.Vocab, cfg.VocabReal = 97, 90
 		cfg.ComputeDType = c.dtype
 		_, active := cfg.ParamCounts()
-		r := Decode(backend, cfg, 6, 2)
+		r := Decode(backend, cfg, 6, 1, 2)
 		if r.Err != "" || !(r.Ms > 0) || !(r.MinMs > 0) || r.MinMs > r.Ms || r.Reps != 2 || !(r.CompileS > 0) {
 			t.Fatalf("%s: row %+v: want no error, 0 < min <= median, 2 reps and a compile time", c.dtype, r)
 		}
@@ -139,7 +139,17 @@ func TestDecodeRuns(t *testing.T) {
 	if len(emitted) != 2 || emitted[1].Bench != "decode" {
 		t.Errorf("OnRow got %d rows, want the 2 decode rows", len(emitted))
 	}
-	if r := Decode(backend, bm.MustPreset("tiny"), 1, 1); !strings.Contains(r.Err, "tokens (1) must be >= 2") {
+	// Unrolled: 4 steps per call after an aligning call of 3; the same greedy tokens every
+	// pass, and the unroll named in the row.
+	cfg := bm.MustPreset("tiny")
+	cfg.Vocab, cfg.VocabReal = 97, 90
+	if r := Decode(backend, cfg, 12, 4, 2); r.Err != "" || !(r.Ms > 0) || r.Extra["unroll"] != 4 || r.Extra["tokens_repeat"] != 1 || !strings.Contains(r.Variant, "unroll 4") {
+		t.Errorf("unroll 4: row %+v: want a time, unroll 4 in the variant and extras, repeated tokens", r)
+	}
+	if r := Decode(backend, bm.MustPreset("tiny"), 8, 0, 1); !strings.Contains(r.Err, "unroll (0)") {
+		t.Errorf("unroll 0: error %q, want one naming the unroll", r.Err)
+	}
+	if r := Decode(backend, bm.MustPreset("tiny"), 1, 1, 1); !strings.Contains(r.Err, "tokens (1) must be >= 2") {
 		t.Errorf("1 token: error %q, want one naming the token count", r.Err)
 	}
 }

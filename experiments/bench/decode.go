@@ -31,19 +31,24 @@ const PeakHBMBytesPerS = 4.8e12
 // parameters at the compute dtype's size: what one step reads at least), weight_gb_per_s
 // (weight_bytes / Ms, the effective read bandwidth), bw_util (that against PeakHBMBytesPerS)
 // and tokens_repeat (1 when every pass generated the same tokens, as greedy decoding must).
-// tokens must be >= 2 and reps >= 1.
-func Decode(backend backends.Backend, cfg bm.Config, tokens, reps int) Row {
-	row := Row{Bench: "decode", Variant: fmt.Sprintf("%s %s greedy", cfg.Name, cfg.ComputeDType),
+// With unroll k > 1 the steps run k per executable call (bm.GreedyDecoder.Unroll; the variant
+// says "unroll k" and Extra holds unroll). tokens must be >= 2, unroll and reps >= 1.
+func Decode(backend backends.Backend, cfg bm.Config, tokens, unroll, reps int) Row {
+	variant := fmt.Sprintf("%s %s greedy", cfg.Name, cfg.ComputeDType)
+	if unroll > 1 {
+		variant += fmt.Sprintf(", unroll %d", unroll)
+	}
+	row := Row{Bench: "decode", Variant: variant,
 		Shape: fmt.Sprintf("batch 1, prompt 1, %d tokens", tokens), Reps: reps, PeakBytes: -1}
-	if tokens < 2 || reps < 1 {
-		row.Err = fmt.Sprintf("decode: tokens (%d) must be >= 2 and reps (%d) >= 1", tokens, reps)
+	if tokens < 2 || reps < 1 || unroll < 1 {
+		row.Err = fmt.Sprintf("decode: tokens (%d) must be >= 2, unroll (%d) and reps (%d) >= 1", tokens, unroll, reps)
 		emit(row)
 		return row
 	}
 	_, active := cfg.ParamCounts()
 	dtype := bm.ComputeDType(cfg)
 	weightBytes := float64(active) * float64(dtype.Size())
-	row.Extra = map[string]float64{"params_active": float64(active), "weight_bytes": weightBytes}
+	row.Extra = map[string]float64{"params_active": float64(active), "weight_bytes": weightBytes, "unroll": float64(unroll)}
 	err := catch(func() error {
 		cfg.MaxSeqLen = max(cfg.MaxSeqLen, tokens)
 		if err := cfg.Validate(); err != nil {
@@ -65,6 +70,7 @@ func Decode(backend backends.Backend, cfg bm.Config, tokens, reps int) Row {
 			return err
 		}
 		g := bm.NewGreedyDecoder(dec)
+		g.Unroll = unroll
 		defer g.Release()
 		if err := g.WarmUpGreedy(1, tokens); err != nil {
 			return fmt.Errorf("warm-up: %w", err)
@@ -114,7 +120,8 @@ type decodeResult struct {
 	tokens  []int32
 }
 
-// decodePass generates n tokens greedily from a one-token prompt. The first and the last
+// decodePass generates n tokens greedily from a one-token prompt, g.Unroll steps per call
+// (bm.GreedyDecoder.NextSteps). The first and the last
 // token are copied to the host when they are produced (waiting for the device); the others
 // stay on the device until the pass is timed.
 func decodePass(g *bm.GreedyDecoder, n int) (decodeResult, error) {
@@ -133,10 +140,12 @@ func decodePass(g *bm.GreedyDecoder, n int) (decodeResult, error) {
 	afterFirst := time.Now()
 	r.firstMs = float64(afterFirst.Sub(start).Nanoseconds()) / 1e6
 	for len(held) < n {
-		if tok, err = g.StepGreedy(tok); err != nil {
+		next, err := g.StepsGreedy(tok, g.NextSteps(n))
+		if err != nil {
 			return r, err
 		}
-		held = append(held, tok)
+		held = append(held, next...)
+		tok = next[len(next)-1]
 	}
 	if _, err := tensors.CopyFlatData[int32](tok); err != nil {
 		return r, err

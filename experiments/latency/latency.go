@@ -40,6 +40,10 @@ type Options struct {
 	MinLen int      // shortest length reported; lengths are MinLen·2^k <= MaxLen; default 128 (8 for tiny)
 	Reps   int      // timed passes per architecture; default 3 (1 for the tiny family)
 	Seed   int64    // weight initialisation seed; default 1
+	// Unroll is the number of greedy steps per executable call (bm.GreedyDecoder.Unroll);
+	// 0 or 1: one call per token. The checkpoints of the timing are multiples of it where it
+	// divides them; elsewhere the pass runs single steps up to the checkpoint.
+	Unroll int
 	Log    io.Writer
 	// AfterArch, if set, receives the result so far after each architecture (e.g. to save it,
 	// so that a run stopped by a time limit keeps the architectures it finished).
@@ -72,7 +76,8 @@ type Arch struct {
 	TotalParams  int64   `json:"total_params"`
 	ActiveParams int64   `json:"active_params"`
 	ComputeDType string  `json:"compute_dtype"`
-	CompileS     float64 `json:"compile_s"` // warm-up: weight initialisation + compiling every graph the sweep runs
+	Unroll       int     `json:"unroll,omitempty"` // greedy steps per executable call (absent: 1)
+	CompileS     float64 `json:"compile_s"`        // warm-up: weight initialisation + compiling every graph the sweep runs
 	FirstTokenMS Stat    `json:"first_token_ms"`
 	Points       []Point `json:"points"`
 	// TokensRepeat reports whether every repetition produced the same tokens at the checkpoints.
@@ -149,6 +154,9 @@ func (o *Options) defaults() error {
 	if o.MaxLen < 2 || o.MinLen < 1 || o.Reps < 1 {
 		return fmt.Errorf("latency: max-len (%d) must be >= 2, min-len (%d) and reps (%d) >= 1", o.MaxLen, o.MinLen, o.Reps)
 	}
+	if o.Unroll < 0 {
+		return fmt.Errorf("latency: unroll (%d) must be >= 0", o.Unroll)
+	}
 	if o.Log == nil {
 		o.Log = io.Discard
 	}
@@ -215,6 +223,10 @@ func runArch(backend backends.Backend, cfg bm.Config, opts Options) (*Arch, erro
 		return nil, err
 	}
 	g := bm.NewGreedyDecoder(dec)
+	g.Unroll = opts.Unroll
+	if opts.Unroll > 1 {
+		a.Unroll = opts.Unroll
+	}
 	defer g.Release()
 
 	if err := g.WarmUpGreedy(1, opts.MaxLen); err != nil {
@@ -271,7 +283,8 @@ func runArch(backend backends.Backend, cfg bm.Config, opts Options) (*Arch, erro
 // timePass generates n tokens greedily from a one-token prompt and returns, for each count in
 // marks, the milliseconds from the start until that many tokens were on the host (the token at
 // a mark is copied to the host, which waits for the device), and the tokens at the marks. The
-// other tokens stay on the device until the pass ends.
+// other tokens stay on the device until the pass ends. Steps run g.Unroll per call, never past
+// the next mark (bm.GreedyDecoder.NextSteps).
 func timePass(g *bm.GreedyDecoder, n int, marks map[int]bool) ([]float64, map[int]int32, error) {
 	times := make([]float64, n+1)
 	toks := map[int]int32{}
@@ -281,13 +294,24 @@ func timePass(g *bm.GreedyDecoder, n int, marks map[int]bool) ([]float64, map[in
 			t.FinalizeAll()
 		}
 	}()
+	var stops []int // the marks in order, then n
+	for m := range marks {
+		if m < n {
+			stops = append(stops, m)
+		}
+	}
+	sort.Ints(stops)
+	stops = append(stops, n)
 	start := time.Now()
 	tok, err := g.PrefillGreedy([][]int{{1}})
 	if err != nil {
 		return nil, nil, err
 	}
-	for count := 1; ; count++ {
-		held = append(held, tok)
+	next, count := []*tensors.Tensor{tok}, 0
+	for {
+		held = append(held, next...)
+		count += len(next)
+		tok = next[len(next)-1]
 		if marks[count] {
 			v, err := tensors.CopyFlatData[int32](tok)
 			if err != nil {
@@ -299,7 +323,12 @@ func timePass(g *bm.GreedyDecoder, n int, marks map[int]bool) ([]float64, map[in
 		if count == n {
 			return times, toks, nil
 		}
-		if tok, err = g.StepGreedy(tok); err != nil {
+		// The steps of this call must not pass the next mark (with a one-token prompt the
+		// decoder's position equals the token count).
+		for stops[0] <= count {
+			stops = stops[1:]
+		}
+		if next, err = g.StepsGreedy(tok, g.NextSteps(stops[0])); err != nil {
 			return nil, nil, err
 		}
 	}

@@ -2,6 +2,7 @@ package latency
 
 import (
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -10,7 +11,10 @@ import (
 
 	"github.com/gomlx/gomlx/backends"
 	_ "github.com/gomlx/gomlx/backends/simplego"
+	"github.com/gomlx/gomlx/pkg/ml/context"
+	"github.com/gomlx/gomlx/pkg/ml/context/initializers"
 
+	"blackmamba/bm"
 	"blackmamba/xla"
 )
 
@@ -175,5 +179,51 @@ func TestMerge(t *testing.T) {
 	c.Archs = b.Archs
 	if _, err := Merge(&a, &c); err == nil || !strings.Contains(err.Error(), "max_len 16") {
 		t.Errorf("merging results of different lengths: err %v, want one naming both settings", err)
+	}
+}
+
+// TestTimePassUnrolled checks that an unrolled pass (4 steps per call, single steps up to
+// checkpoints that are not multiples of 4) produces the same tokens at every checkpoint as the
+// pass of one call per token, and a time at each, for a Mamba and an attention model.
+func TestTimePassUnrolled(t *testing.T) {
+	backend := cpuBackend(t)
+	const n = 40
+	marks := map[int]bool{1: true}
+	for _, L := range Lengths(5, n) { // 5, 10, 20, 40 and their windows' starts
+		marks[L], marks[L-Window(L)] = true, true
+	}
+	for _, name := range []string{"tiny", "tiny-transformer"} {
+		t.Run(name, func(t *testing.T) {
+			var ref map[int]int32
+			for _, unroll := range []int{1, 4} {
+				cfg := bm.MustPreset(name)
+				ctx := context.New()
+				ctx.SetParam(initializers.ParamInitialSeed, int64(5))
+				dec, err := bm.NewDecoder(backend, ctx, cfg, 1, n)
+				if err != nil {
+					t.Fatal(err)
+				}
+				g := bm.NewGreedyDecoder(dec)
+				g.Unroll = unroll
+				if err := g.WarmUpGreedy(1, n); err != nil {
+					t.Fatal(err)
+				}
+				times, toks, err := timePass(g, n, marks)
+				g.Release()
+				if err != nil {
+					t.Fatal(err)
+				}
+				for m := range marks {
+					if !(times[m] > 0) {
+						t.Errorf("unroll %d: no time at checkpoint %d", unroll, m)
+					}
+				}
+				if ref == nil {
+					ref = toks
+				} else if !maps.Equal(toks, ref) {
+					t.Errorf("unroll %d: tokens at the checkpoints %v, one call per token %v", unroll, toks, ref)
+				}
+			}
+		})
 	}
 }

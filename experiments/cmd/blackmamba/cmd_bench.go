@@ -34,6 +34,7 @@ func runBench(fs *flag.FlagSet, args []string) error {
 	seqLen := fs.Int("seq", 2048, "train-step sequence length")
 	moeTokens := fs.Int("moe-tokens", 16384, "tokens through the MoE block")
 	decodeTokens := fs.Int("decode-tokens", 256, "decode: tokens generated per timed pass after a one-token prompt (at least 2)")
+	decodeUnroll := fs.String("decode-unroll", "1", "decode: comma-separated greedy steps per executable call, one row each (1: a call per token; k > 1 unrolls k steps into one graph)")
 	reps := fs.Int("reps", 10, "timed repetitions after warm-up (the median is reported)")
 	devices := fs.Int("devices", 1, "train-step: data-parallel on this many devices of the backend (-batch is the global batch)")
 	out := fs.String("json", "", "write the report as JSON to this file")
@@ -51,6 +52,10 @@ func runBench(fs *flag.FlagSet, args []string) error {
 	}
 	if *reps < 1 {
 		return fmt.Errorf("-reps %d: want at least 1", *reps)
+	}
+	unrolls, err := parseUnrolls(*decodeUnroll)
+	if err != nil {
+		return err
 	}
 	if strings.Contains(*what, "train-step") {
 		if err := checkDevices(backend, *devices, *batch); err != nil {
@@ -119,7 +124,9 @@ func runBench(fs *flag.FlagSet, args []string) error {
 		case "breakdown":
 			report.Rows = append(report.Rows, bench.Breakdown(backend, cfg, *batch, *seqLen, *reps)...)
 		case "decode":
-			report.Rows = append(report.Rows, bench.Decode(backend, cfg, *decodeTokens, *reps))
+			for _, k := range unrolls {
+				report.Rows = append(report.Rows, bench.Decode(backend, cfg, *decodeTokens, k, *reps))
+			}
 		case "train-step":
 			row := bench.TrainStepDevices(backend, cfg, *batch, *seqLen, *reps, *devices)
 			if *devices > 1 && xla.MemoryIsHighWater() {
@@ -202,4 +209,17 @@ func hardware(d xla.Description) string {
 		return fmt.Sprintf("%d x %s (%.0f GiB), %s", len(d.GPUs), g.Name, float64(g.MemoryTotal)/(1<<30), d.CPUModel)
 	}
 	return fmt.Sprintf("CPU %s, %d cores", d.CPUModel, d.CPUCores)
+}
+
+// parseUnrolls reads -decode-unroll: comma-separated positive step counts.
+func parseUnrolls(s string) ([]int, error) {
+	var ks []int
+	for _, f := range strings.Split(s, ",") {
+		k, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || k < 1 {
+			return nil, fmt.Errorf("-decode-unroll %q: %q is not a positive number of steps", s, f)
+		}
+		ks = append(ks, k)
+	}
+	return ks, nil
 }

@@ -29,6 +29,7 @@ func runLatency(fs *flag.FlagSet, args []string) error {
 	minLen := fs.Int("min-len", 0, "shortest reported length; lengths double from it (default 128; 8 for tiny)")
 	reps := fs.Int("reps", 0, "timed passes per architecture, medians and min/max reported (default 3; 1 for tiny)")
 	seed := fs.Int64("seed", 1, "seed of the random weights")
+	unroll := fs.Int("unroll", 1, "greedy steps per executable call (1: one call per token; k > 1 unrolls k steps into one graph, compiled once per KV-cache length)")
 	out := fs.String("out", "experiments/results/latency.json", "result JSON to write")
 	plotDir := fs.String("plots", "plots/latency", "directory for the PNG and SVG figures (empty: no plots)")
 	plotOnly := fs.Bool("plot-only", false, "do not measure: plot and tabulate the result in -in")
@@ -70,7 +71,7 @@ func runLatency(fs *flag.FlagSet, args []string) error {
 			return err
 		}
 		fmt.Fprintf(os.Stderr, "backend: %s\n", choice)
-		opts := latency.Options{Family: *family, MaxLen: *maxLen, MinLen: *minLen, Reps: *reps, Seed: *seed, Log: os.Stderr}
+		opts := latency.Options{Family: *family, MaxLen: *maxLen, MinLen: *minLen, Reps: *reps, Seed: *seed, Unroll: *unroll, Log: os.Stderr}
 		if *archs != "" {
 			opts.Archs = strings.Split(*archs, ",")
 		}
