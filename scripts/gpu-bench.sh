@@ -17,6 +17,10 @@
 #                                           weights, 512 tokens): ms/token, tokens/s, weight GB/s
 #   scripts/gpu-bench.sh BUNDLE_DIR all     every phase without correctness checks: moe,
 #                                           train-small, train-1.5b, decode, breakdown
+#
+# Environment: MOE_LIMIT (seconds, default 200) and ROUTER=0 (skip the router timing) for moe;
+# SCAN_SHAPES and SCAN_VARIANTS for scan; DECODE_UNROLL (greedy steps per call, a
+# comma-separated list, default 1) and DECODE_LIMIT for decode.
 set -uo pipefail
 bundle="$(cd "$1" && pwd)"
 phase="$2"
@@ -33,8 +37,8 @@ no_tf32() {
 	export XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_triton_gemm=false"
 }
 phase_moe() {
-	step moe 200 "$run" blackmamba bench -what moe -config small -dtype bfloat16 -moe-tokens 16384 -reps 10 -json "$out/bench-moe.json"
-	step router 100 "$run" blackmamba bench -what router -config small -moe-tokens 16384 -reps 10 -json "$out/bench-router.json"
+	step moe "${MOE_LIMIT:-200}" "$run" blackmamba bench -what moe -config small -dtype bfloat16 -moe-tokens 16384 -reps 10 -json "$out/bench-moe.json"
+	[[ "${ROUTER:-1}" == 0 ]] || step router 100 "$run" blackmamba bench -what router -config small -moe-tokens 16384 -reps 10 -json "$out/bench-router.json"
 }
 phase_train_small() {
 	# TRAIN_SMALL_DTYPES (default "bfloat16 float32") and TRAIN_SMALL_LIMIT (seconds per step,
@@ -49,7 +53,7 @@ phase_train_big() {
 	step train-1.5b 300 "$run" blackmamba bench -what train-step -config 1.5b -dtype bfloat16 -batch 4 -seq 2048 -reps 5 -json "$out/bench-train-1.5b.json"
 }
 phase_decode() {
-	step decode-1.5b "${DECODE_LIMIT:-240}" "$run" blackmamba bench -what decode -config 1.5b -dtype bfloat16 -decode-tokens 512 -reps 5 -json "$out/bench-decode-1.5b.json"
+	step decode-1.5b "${DECODE_LIMIT:-240}" "$run" blackmamba bench -what decode -config 1.5b -dtype bfloat16 -decode-tokens 512 -decode-unroll "${DECODE_UNROLL:-1}" -reps 5 -json "$out/bench-decode-1.5b.json"
 }
 phase_breakdown() {
 	step breakdown "${BREAKDOWN_LIMIT:-330}" "$run" blackmamba bench -what breakdown -config small -dtype bfloat16 -batch 8 -seq 2048 -reps 5 -json "$out/bench-breakdown.json"
@@ -71,8 +75,15 @@ check)
 	step bm-tests "$((${BM_TEST_LIMIT:-280} + 20))" "$run" bash -c 'BLACKMAMBA_TEST_BACKEND="$GOMLX_BACKEND" exec "$0" -test.timeout "${BM_TEST_LIMIT:-280}s" -test.v' "$bundle/bm.test"
 	;;
 scan)
-	step scan-2048 "${SCAN_LIMIT:-300}" "$run" blackmamba bench -what scan -scan-shape 8,2048,1536,16 -scan-variants "${SCAN_VARIANTS:-all}" -reps 10 -json "$out/bench-scan-2048.json"
-	step scan-8192 150 "$run" blackmamba bench -what scan -scan-shape 8,8192,1536,16 -scan-variants default -reps 5 -json "$out/bench-scan-8192.json"
+	# SCAN_SHAPES (default "2048 8192"): the sequence lengths to time, B = 8, D = 1536, N = 16;
+	# every variant (SCAN_VARIANTS) at 2048, the default one at 8192.
+	for T in ${SCAN_SHAPES:-2048 8192}; do
+		if [[ "$T" == 2048 ]]; then
+			step scan-2048 "${SCAN_LIMIT:-300}" "$run" blackmamba bench -what scan -scan-shape 8,2048,1536,16 -scan-variants "${SCAN_VARIANTS:-all}" -reps 10 -json "$out/bench-scan-2048.json"
+		else
+			step "scan-$T" 150 "$run" blackmamba bench -what scan -scan-shape "8,$T,1536,16" -scan-variants default -reps 5 -json "$out/bench-scan-$T.json"
+		fi
+	done
 	;;
 train)
 	phase_moe

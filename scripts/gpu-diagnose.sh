@@ -15,6 +15,10 @@
 #                    kernels (thunks) per decode step, read from the dumped thunk sequence
 #   decode-cmdbuf    the same with XLA's command buffers (CUDA graphs) allowed for every kind of
 #                    kernel and graphs of any size, against per-kernel launch overhead
+#   decode-ncu       the decode case's bench (3 tokens, one pass) under Nsight Compute: the
+#                    duration of every kernel (gpu__time_duration), as CSV in OUT/ncu-decode.csv,
+#                    with XLA's autotuning off so that the compilation launches few kernels of
+#                    its own; ncu's own timings only, the bench's are not meaningful under it
 #   step2048         small BlackMamba, bf16, 8 x 2048: the step whose compilation spends 2.5-3
 #                    minutes in one reduction fusion ("Compiling module input_reduce_fusion.N"),
 #                    and the same with one XLA option changed, to find which part of the
@@ -27,7 +31,8 @@
 #
 #   scripts/gpu-diagnose.sh BUNDLE_DIR [CASE...]     (default: all, in the order above)
 #
-# Environment: LIMIT (seconds per case, default 150), BATCH and SEQ (default 16 and 512; a case
+# Environment: LIMIT (seconds per case, default 150), DECODE_UNROLL (the decode cases'
+# -decode-unroll list, default 1), BATCH and SEQ (default 16 and 512; a case
 # that names its own length keeps it), DUMP (default 1; 0 skips the HLO dumps, which are large at
 # 2048 tokens).
 set -uo pipefail
@@ -56,6 +61,17 @@ for c in "${cases[@]}"; do
 	step2048-noepi) batch=8 seq=2048 flags="--xla_gpu_enable_reduction_epilogue_fusion=false" ;;
 	step2048-split) batch=8 seq=2048 cfg="$out/small-split.json" ;;
 	decode) decode=true ;;
+	decode-ncu)
+		ncu="$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -n 1)"
+		echo "=== decode-ncu: $ncu (limit ${LIMIT:-150}s)" | tee -a "$out/summary.txt"
+		t0=$SECONDS
+		XLA_FLAGS="--xla_gpu_autotune_level=0" timeout -k 10 "${LIMIT:-150}" "$run" "$ncu" --clock-control none \
+			--metrics gpu__time_duration.sum --csv --log-file "$out/ncu-decode.csv" --launch-count "${NCU_LAUNCHES:-8000}" \
+			"$bundle/blackmamba" bench -what decode -config 1.5b -dtype bfloat16 -decode-tokens 3 -reps 1 >"$out/$c.log" 2>&1
+		echo "--- $c rc=$? in $((SECONDS - t0))s, $(grep -c gpu__time_duration "$out/ncu-decode.csv" 2>/dev/null) kernels timed" | tee -a "$out/summary.txt"
+		xz -f "$out/ncu-decode.csv" "$out/$c.log" 2>/dev/null
+		continue
+		;;
 	decode-cmdbuf)
 		decode=true
 		flags="--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,COLLECTIVES,CONDITIONAL,WHILE --xla_gpu_graph_min_graph_size=1"
@@ -67,7 +83,7 @@ for c in "${cases[@]}"; do
 	esac
 	if $decode; then
 		what="1.5b decode, bf16, 128 tokens" lines="^decode"
-		bench=(-what decode -config 1.5b -dtype bfloat16 -decode-tokens 128 -reps 3)
+		bench=(-what decode -config 1.5b -dtype bfloat16 -decode-tokens 128 -decode-unroll "${DECODE_UNROLL:-1}" -reps 3)
 	else
 		what="-config $cfg -batch $batch -seq $seq" lines="Very slow|took|^train-step|^graph"
 		bench=(-what graph,train-step -config "$cfg" -dtype bfloat16 -batch "$batch" -seq "$seq" -reps 1)

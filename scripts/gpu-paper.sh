@@ -21,10 +21,21 @@
 #                                               1 and 2 GPUs, then the data-parallel test)
 #   scripts/gpu-paper.sh BUNDLE_DIR latency     experiment 3 alone for FAMILY (default 2.8b), one
 #                                               architecture per GPU
+#   scripts/gpu-paper.sh BUNDLE_DIR latency-checks  the latency phase, each lane followed by
+#                                               one single measurement (self-checks and sampled
+#                                               generation, decoding with command buffers, the
+#                                               unrolled 1.5b sweep, the split-scan step)
 #   scripts/gpu-paper.sh BUNDLE_DIR latency-total  the equal-total dense Mambas of the 1.5b and
-#                                               2.8b families, one per GPU, up to MAX_LEN 4096
+#                                               2.8b families, one per GPU, up to MAX_LEN 4096;
+#                                               with EXTRA=1 also the decode step's kernels under
+#                                               Nsight Compute and the unrolled 1.5b dense Mamba
 #   scripts/gpu-paper.sh BUNDLE_DIR owed        on a 4-GPU host: the 1.5b step on 1 and on 2 GPUs
 #                                               side by side, the MoE and scan variants
+#   scripts/gpu-paper.sh BUNDLE_DIR decode      on a 4-GPU host: 1.5b decoding at 1, 4 and 16
+#                                               steps per call without and with command
+#                                               buffers, the unrolled latency sweep of the Mamba
+#                                               models, self-checks, sampled generation, the
+#                                               2048-token step with the scan in pieces
 #   scripts/gpu-paper.sh BUNDLE_DIR compile     the 2048-token step compiled four ways, one per
 #                                               GPU: as is, with the scan in 8K-token pieces, with
 #                                               the fusion autotuner off, with autotuning off
@@ -43,11 +54,13 @@
 # it in the finish phase instead and merged its lane1/training.json into the training phase's
 # result with `blackmamba experiment training -merge`.)
 #
-# Everything lands in OUT (default ./gpu-out) and is packed into OUT/paper-PHASE.tar.xz.
+# Everything lands in OUT (default ./gpu-out) and is packed into OUT/paper-PHASE.tar.xz, the
+# HLO dumps (hlo-*.tar.xz) left out.
 # Environment: SIZE (the training experiment's -size, default gpu; cpu-smoke tries the script
 # on a machine without a GPU), TOKENS (training tokens per run, default 5000000 at size gpu), LIMIT (seconds per lane,
 # default 480), FAMILY (inference: the preset family, default 1.5b; tiny tries it on a CPU),
-# MAX_LEN and REPS (latency, default 16384 and 2), EVAL_LIMIT (PIQA examples, 0 = all), EVALS (folder of the zero-shot
+# MAX_LEN and REPS (latency, default 16384 and 2), UNROLL (latency and decode: greedy steps per
+# executable call), EVAL_LIMIT (PIQA examples, 0 = all), EVALS (folder of the zero-shot
 # task files, for the inference phase's PIQA run and, when set, the training runs' zero-shot
 # scores), DP_PHASES (multi: gpu-multi.sh phases, default "small test"; the small preset's step
 # at a global batch of SMALL_BATCH x SMALL_SEQ, default 32 x 512, whose compilation takes about
@@ -112,12 +125,31 @@ latency)
 	# Experiment 3 alone for FAMILY (default 2.8b), one architecture per GPU, so that the larger
 	# family's four sweeps fit the time limit.
 	f="${FAMILY:-2.8b}"
-	lat="timeout -k 10 $limit $run blackmamba latency -family $f -max-len ${MAX_LEN:-16384} -reps ${REPS:-2}"
+	lat="timeout -k 10 $limit $run blackmamba latency -family $f -max-len ${MAX_LEN:-16384} -reps ${REPS:-2} -unroll ${UNROLL:-1}"
 	"$here/gpu-lanes.sh" \
 		"$lat -archs $f -out \$OUT/latency.json -plots \$OUT/plots" \
 		"$lat -archs $f-mamba -out \$OUT/latency.json -plots \$OUT/plots" \
 		"$lat -archs $f-transformer -out \$OUT/latency.json -plots \$OUT/plots" \
 		"$lat -archs $f-transformer-moe -out \$OUT/latency.json -plots \$OUT/plots"
+	parts=$(ls "$out"/lane[0-3]/latency.json 2>/dev/null | paste -sd, -)
+	if [[ -n "$parts" ]]; then
+		"$run" blackmamba latency -merge "$parts" -out "$out/latency-$f.json" -plots "$out/plots-latency-$f" 2>&1 | tee "$out/latency-merge.log"
+	fi
+	;;
+latency-checks)
+	# Experiment 3 for FAMILY (default 2.8b), one architecture per GPU as in the latency phase,
+	# each lane followed by one single measurement: the self-checks and sampled 1.5b generation
+	# (GPU 0), 1.5b decoding with command buffers at 1 and 16 steps per call (GPU 1), the 1.5b
+	# BlackMamba sweep to 4096 tokens at 16 steps per call (GPU 2), the 2048-token step with the
+	# scan in 8K-token pieces (GPU 3). No HLO dumps.
+	f="${FAMILY:-2.8b}"
+	lat="timeout -k 10 $limit $run blackmamba latency -family $f -max-len ${MAX_LEN:-16384} -reps ${REPS:-2}"
+	gen="$(generate 1.5b) -temperature 0.8 -top-p 0.95"
+	"$here/gpu-lanes.sh" \
+		"$lat -archs $f -out \$OUT/latency.json -plots \$OUT/plots; timeout -k 10 150 $run blackmamba selfcheck >\$OUT/selfcheck.log 2>&1; $gen >\$OUT/generate-sampled.log 2>&1" \
+		"$lat -archs $f-mamba -out \$OUT/latency.json -plots \$OUT/plots; DUMP=0 DECODE_UNROLL=1,16 LIMIT=${DECODE_LIMIT:-240} $here/gpu-diagnose.sh $bundle decode-cmdbuf" \
+		"$lat -archs $f-transformer -out \$OUT/latency.json -plots \$OUT/plots; timeout -k 10 ${UNROLL_LIMIT:-180} $run blackmamba latency -family 1.5b -archs 1.5b -unroll 16 -max-len 4096 -reps 2 -out \$OUT/latency-unroll.json -plots \$OUT/plots-unroll" \
+		"$lat -archs $f-transformer-moe -out \$OUT/latency.json -plots \$OUT/plots; DUMP=0 LIMIT=${COMPILE_LIMIT:-150} $here/gpu-diagnose.sh $bundle step2048-split"
 	parts=$(ls "$out"/lane[0-3]/latency.json 2>/dev/null | paste -sd, -)
 	if [[ -n "$parts" ]]; then
 		"$run" blackmamba latency -merge "$parts" -out "$out/latency-$f.json" -plots "$out/plots-latency-$f" 2>&1 | tee "$out/latency-merge.log"
@@ -130,6 +162,12 @@ latency-total)
 	for f in 1.5b 2.8b; do
 		echo "timeout -k 10 $limit $run blackmamba latency -family $f -archs $f-mamba-total -max-len ${MAX_LEN:-4096} -reps ${REPS:-2} -out \$OUT/latency-total-$f.json -plots \$OUT/plots-$f"
 	done >"$out/lanes.txt"
+	if [[ "${EXTRA:-0}" == 1 ]]; then
+		# Two more lanes: the decode step's kernels timed by Nsight Compute, and the 1.5b dense
+		# Mamba sweep at 16 greedy steps per call to 4096 tokens.
+		echo "LIMIT=${NCU_LIMIT:-400} $here/gpu-diagnose.sh $bundle decode-ncu"
+		echo "timeout -k 10 ${UNROLL_LIMIT:-240} $run blackmamba latency -family 1.5b -archs 1.5b-mamba -unroll 16 -max-len 4096 -reps 2 -out \$OUT/latency-unroll.json -plots \$OUT/plots-unroll"
+	fi >>"$out/lanes.txt"
 	mapfile -t lanes <"$out/lanes.txt"
 	"$here/gpu-lanes.sh" "${lanes[@]}"
 	;;
@@ -150,13 +188,28 @@ compile)
 	;;
 owed)
 	# The remaining single measurements in one 4-GPU job: the 1.5b training step on one GPU
-	# (GPU 0) and data-parallel on two (GPUs 1 and 2) side by side, as each compiles for about
-	# five minutes; the MoE block with its dispatch block sizes and the scan variants at
-	# T = 2048 and 8192 (GPU 3).
+	# (GPU 0, then the default scan at T = 8192) and data-parallel on two (GPUs 1 and 2) side by
+	# side, as each compiles for about five minutes; the MoE block with its dispatch block sizes
+	# and the scan variants at T = 2048 (GPU 3).
 	"$here/gpu-lanes.sh" \
-		"0: COUNTS=1 BIG_LIMIT=${BIG_LIMIT:-330} $here/gpu-multi.sh $bundle 1.5b" \
+		"0: COUNTS=1 BIG_LIMIT=${BIG_LIMIT:-330} $here/gpu-multi.sh $bundle 1.5b; SCAN_SHAPES=8192 $here/gpu-bench.sh $bundle scan" \
 		"1,2: COUNTS=2 BIG_LIMIT=${BIG_LIMIT:-330} $here/gpu-multi.sh $bundle 1.5b" \
-		"3: $here/gpu-bench.sh $bundle moe; SCAN_VARIANTS=${SCAN_VARIANTS:-all} $here/gpu-bench.sh $bundle scan"
+		"3: ROUTER=0 $here/gpu-bench.sh $bundle moe; SCAN_SHAPES=2048 SCAN_LIMIT=${SCAN_LIMIT:-270} SCAN_VARIANTS=${SCAN_VARIANTS:-all} $here/gpu-bench.sh $bundle scan"
+	;;
+decode)
+	# Batch-1 decoding of the 1.5b preset, one GPU each: the step's kernel counts and ms per
+	# token at DECODE_UNROLL greedy steps per call (default 1,4,16), without (GPU 0) and with
+	# (GPU 1) command buffers for every kind of kernel; the latency sweep of BlackMamba and dense
+	# Mamba at UNROLL steps per call (default 16, GPU 2); the self-checks (the decoder against the
+	# parallel forward among them), sampled 1.5b generation and the 2048-token step with the
+	# scan in 8K-token pieces (GPU 3).
+	u="${DECODE_UNROLL:-1,4,16}"
+	gen="$(generate 1.5b) -temperature 0.8 -top-p 0.95"
+	"$here/gpu-lanes.sh" \
+		"DECODE_UNROLL=$u LIMIT=${DECODE_LIMIT:-400} $here/gpu-diagnose.sh $bundle decode" \
+		"DECODE_UNROLL=$u LIMIT=${DECODE_LIMIT:-400} $here/gpu-diagnose.sh $bundle decode-cmdbuf" \
+		"timeout -k 10 $limit $run blackmamba latency -family 1.5b -archs 1.5b,1.5b-mamba -unroll ${UNROLL:-16} -max-len ${MAX_LEN:-16384} -reps ${REPS:-2} -out \$OUT/latency-unroll.json -plots \$OUT/plots" \
+		"timeout -k 10 150 $run blackmamba selfcheck >\$OUT/selfcheck.log 2>&1; $gen >\$OUT/generate-sampled.log 2>&1; DUMP=0 LIMIT=${COMPILE_LIMIT:-270} $here/gpu-diagnose.sh $bundle step2048-split"
 	;;
 multi)
 	for p in ${DP_PHASES:-small test}; do
@@ -178,11 +231,11 @@ finish)
 		"3: $here/gpu-bench.sh $bundle moe; TRAIN_SMALL_DTYPES=bfloat16 TRAIN_SMALL_LIMIT=${TRAIN_SMALL_LIMIT:-270} $here/gpu-bench.sh $bundle train-small"
 	;;
 *)
-	echo "unknown phase $phase (want training, inference, latency, latency-total, owed, compile, multi or finish)" >&2
+	echo "unknown phase $phase (want training, inference, latency, latency-checks, latency-total, owed, decode, compile, multi or finish)" >&2
 	exit 2
 	;;
 esac
 # At most a few files come back from some machines: pack everything into one archive.
 tmp="$(mktemp -d)"
-tar -C "$out" --exclude="paper-*.tar.xz" -cJf "$tmp/paper-$phase.tar.xz" . && mv "$tmp/paper-$phase.tar.xz" "$out/"
+tar -C "$out" --exclude="paper-*.tar.xz" --exclude="hlo-*.tar.xz" -cJf "$tmp/paper-$phase.tar.xz" . && mv "$tmp/paper-$phase.tar.xz" "$out/"
 ls -la "$out/paper-$phase.tar.xz"
