@@ -39,7 +39,7 @@ import (
 //
 // Costs: matmul FLOPs are 6·d·F per buffer row, i.e. per token times R/T ≤ 1 + E·(b−1)/T (the
 // padding); weights are read (and, with autodiff, kept) R/b times. The automatic block size
-// (MoEBlockSize) keeps the padding under 1/8 of the tokens and b ≤ 256; with b = 1 the scheme
+// (MoEBlockSize) keeps the padding under 1/4 of the tokens and b ≤ 512; with b = 1 the scheme
 // degenerates to gathering one expert per token, which is what small T (decoding) wants.
 //
 // Padding rows are zero, so they produce zero outputs (the experts have no biases) and are
@@ -162,11 +162,14 @@ func moeVariables(ctx *context.Context, g *Graph, cfg Config, experts int) moeWe
 }
 
 // MoEBlockSize is the automatic dispatch block size for T tokens and E experts: the largest
-// power of two b ≤ T/(8E), at least 1 and at most 256. It bounds the padding rows by
-// E·(b−1) < T/8 while keeping blocks (and so weight reads) few.
+// power of two b ≤ T/(4E), at least 1 and at most 512. It bounds the padding rows by
+// E·(b−1) < T/4 while keeping blocks (and so the per-block weight copies) few. On an H200 at
+// 16K tokens (d 512, F 1536, 8 experts, bf16) blocks of 512 took the forward from 0.97 to
+// 0.67 ms and the forward+backward from 1.57 to 1.42 ms against blocks of 256, the previous
+// rule (padding < T/8, b ≤ 256).
 func MoEBlockSize(tokens, experts int) int {
 	b := 1
-	for b*2 <= 256 && b*2*8*experts <= tokens {
+	for b*2 <= 512 && b*2*4*experts <= tokens {
 		b *= 2
 	}
 	return b
@@ -267,7 +270,7 @@ func exclusiveCumsumTokens(x *Node) *Node {
 // argmax routing, ignoring the dispatch padding: router 2·d·E + E (bias) + 4·E (sigmoid on
 // all logits, gate selection), the chosen expert 6·d·F + 5·F (matmuls, SiLU and product) and
 // the gate multiply d. The padding multiplies the expert term by at most
-// MoEDispatchRows(T, E, b)/T (< 1.125 with the automatic block size); the dispatch itself
+// MoEDispatchRows(T, E, b)/T (< 1.25 with the automatic block size); the dispatch itself
 // (prefix sums, scatter, gather) is O(T·E·128 + d) per call and not counted. Sinkhorn adds
 // about 12·E FLOPs per token per unrolled round during training.
 func MoEFLOPsPerToken(cfg Config, experts int) float64 {

@@ -257,10 +257,11 @@ func TestMoEGradients(t *testing.T) {
 func TestMoEBlockSizes(t *testing.T) {
 	for _, tc := range []struct{ tokens, experts, block, rows int }{
 		{1, 8, 1, 1},
-		{64, 8, 1, 64},
-		{128, 8, 2, 136},
-		{16384, 8, 256, 18176},
-		{1 << 20, 8, 256, 1050368},
+		{31, 8, 1, 31},
+		{64, 8, 2, 72},
+		{128, 8, 4, 152},
+		{16384, 8, 512, 19968},
+		{1 << 20, 8, 512, 1052160},
 	} {
 		if b := MoEBlockSize(tc.tokens, tc.experts); b != tc.block {
 			t.Errorf("MoEBlockSize(%d, %d) = %d, want %d", tc.tokens, tc.experts, b, tc.block)
