@@ -101,7 +101,7 @@ type ScanOptions struct {
 	// BackwardChunk/Chunk, the backward uses Chunk. Only BackwardTwoChain and BackwardStacked use
 	// it.
 	BackwardChunk int
-	// Link selects how the inputs' gradients are attached: LinkConcat ("") or LinkCached.
+	// Link selects how the inputs' gradients are attached: LinkCached ("") or LinkConcat.
 	Link string
 	// MaxBatch, when > 0, scans the batch in consecutive pieces of at most MaxBatch sequences
 	// and concatenates the results: the same values (sequences are independent), in smaller
@@ -116,14 +116,18 @@ const (
 	// LinkConcat passes the concatenation of the flattened outputs and inputs through one
 	// IdentityWithCustomGradient node, whose gradient function returns all input gradients.
 	LinkConcat = "concat"
-	// LinkCached gives each output and each input its own IdentityWithCustomGradient node, tied
-	// together by a scalar that the compiler folds away; the outputs' gradient functions record
-	// the cotangents, and the first input's gradient function builds the backward once for all
-	// five inputs. No concatenation of full-size tensors is built.
+	// LinkCached (the default) gives each output and each input its own
+	// IdentityWithCustomGradient node, tied together by a scalar that the compiler folds away;
+	// the outputs' gradient functions record the cotangents, and the first input's gradient
+	// function builds the backward once for all five inputs. No concatenation of full-size
+	// tensors is built: on an H200 (B 8, T 2048, D 1536, N 16) the forward+backward took 7.9 ms
+	// against 10.2 ms with LinkConcat.
 	LinkCached = "cached"
 )
 
-// String describes the options compactly, e.g. "chunked/L16/auto/correction".
+// String describes the options compactly, e.g. "chunked/L16/auto/correction/cached" (the
+// default). A name without a link suffix is the LinkConcat link, as in results written before
+// LinkCached became the default.
 func (o ScanOptions) String() string {
 	o = o.withDefaults()
 	if o.Method == ScanSequential {
@@ -169,7 +173,7 @@ func (o ScanOptions) withDefaults() ScanOptions {
 		o.BackwardChunk = o.Chunk
 	}
 	if o.Link == "" {
-		o.Link = LinkConcat
+		o.Link = LinkCached
 	}
 	return o
 }

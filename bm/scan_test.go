@@ -182,7 +182,9 @@ func TestSelectiveScanGradient(t *testing.T) {
 		{2, 3, 3, 4, ScanOptions{Chunk: 4, Backward: BackwardTwoChain}}, // one padded chunk
 		{2, 13, 3, 4, ScanOptions{Chunk: 4, Backward: BackwardTwoChain}},
 		{2, 13, 3, 4, ScanOptions{Chunk: 4, Backward: BackwardStacked}},
-		{2, 13, 3, 4, ScanOptions{Chunk: 4, Link: LinkCached}},
+		{2, 13, 3, 4, ScanOptions{Chunk: 4, Link: LinkConcat}},
+		{2, 13, 3, 4, ScanOptions{Chunk: 4, Backward: BackwardTwoChain, Link: LinkConcat}},
+		{2, 13, 3, 4, ScanOptions{Chunk: 4, Backward: BackwardStacked, Link: LinkConcat, Output: OutputRecompute}},
 		{2, 13, 3, 4, ScanOptions{Chunk: 4, Backward: BackwardStacked, Link: LinkCached, Output: OutputRecompute}},
 		{1, 24, 3, 16, ScanOptions{Chunk: 8, Backward: BackwardTwoChain, Link: LinkCached}},
 		{2, 45, 3, 4, ScanOptions{Chunk: 2, Backward: BackwardTwoChain}},                           // 23 chunks: blocked, padded
@@ -192,7 +194,7 @@ func TestSelectiveScanGradient(t *testing.T) {
 		{2, 40, 3, 4, ScanOptions{Chunk: 4, BackwardChunk: 12, Backward: BackwardTwoChain}},        // 10 chunks: not divisible, uses 4
 		{1, 40, 2, 4, ScanOptions{Chunk: 16, Backward: BackwardStacked, Across: AcrossSequential}}, // 3 chunks, padded
 		{3, 13, 3, 4, ScanOptions{Chunk: 4, MaxBatch: 2}},                                          // batch in pieces of 2 and 1
-		{3, 13, 3, 4, ScanOptions{Chunk: 4, MaxBatch: 1, Link: LinkCached}},
+		{3, 13, 3, 4, ScanOptions{Chunk: 4, MaxBatch: 1, Link: LinkConcat}},
 	}
 	rng := rand.New(rand.NewPCG(5, 6))
 	names := []string{"x", "delta", "A", "Bm", "Cm"}
@@ -304,7 +306,7 @@ func BenchmarkSelectiveScan(b *testing.B) {
 	backend := cpuBackend(b)
 	shape := ScanShape{B: 2, T: 256, D: 64, N: 16}
 	variants := []ScanOptions{{}, {Chunk: 32}, {Chunk: 16, Across: AcrossLogDepth}, {Chunk: 16, Output: OutputRecompute},
-		{Chunk: 16, Autodiff: true}, {Method: ScanSequential}, {Link: LinkCached},
+		{Chunk: 16, Autodiff: true}, {Method: ScanSequential}, {Link: LinkConcat},
 		{Backward: BackwardTwoChain, Link: LinkCached}, {Backward: BackwardStacked, Link: LinkCached}}
 	inputs := randomScanInputsExec(backend, shape, 1).MustExec()
 	for _, opts := range variants {
@@ -360,7 +362,7 @@ func TestSelectiveScanCachedLinkRepeatedGradient(t *testing.T) {
 				return append(gy, gh...)
 			})
 		}
-		opts := ScanOptions{Chunk: 4, Backward: bwd}
+		opts := ScanOptions{Chunk: 4, Backward: bwd, Link: LinkConcat}
 		want := build(opts).MustExec(args...)
 		opts.Link = LinkCached
 		got := build(opts).MustExec(args...)

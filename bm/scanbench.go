@@ -66,21 +66,22 @@ type ScanBenchResult struct {
 
 // ScanBenchVariants is the set of variants worth comparing on a GPU (14, so that a run of all
 // of them stays short): the default, automatic differentiation of the chunked forward, chunk
-// lengths 32 and 64 and the log-depth across-chunk scan with the fused backward, then the
-// backward variants (BackwardTwoChain, BackwardStacked, a longer backward chunk) and the
-// per-input custom-gradient link (LinkCached), mostly at L = 16.
+// lengths 32 and 64 and the log-depth across-chunk scan with the fused backward and the
+// concatenating link (LinkConcat, the default before LinkCached), then the backward variants
+// (BackwardTwoChain, BackwardStacked, a longer backward chunk) with either link, mostly at
+// L = 16. The same 14 variants as before LinkCached became the default.
 func ScanBenchVariants() []ScanOptions {
 	return []ScanOptions{
-		{},
+		{Link: LinkConcat},
 		{Chunk: 16, Autodiff: true},
-		{Chunk: 32},
-		{Chunk: 64},
-		{Chunk: 16, Across: AcrossLogDepth},
+		{Chunk: 32, Link: LinkConcat},
+		{Chunk: 64, Link: LinkConcat},
+		{Chunk: 16, Across: AcrossLogDepth, Link: LinkConcat},
 		{Chunk: 16, Link: LinkCached},
-		{Chunk: 16, Backward: BackwardTwoChain},
+		{Chunk: 16, Backward: BackwardTwoChain, Link: LinkConcat},
 		{Chunk: 16, Backward: BackwardTwoChain, Link: LinkCached},
 		{Chunk: 16, Backward: BackwardTwoChain, BackwardChunk: 32, Link: LinkCached},
-		{Chunk: 16, Backward: BackwardStacked},
+		{Chunk: 16, Backward: BackwardStacked, Link: LinkConcat},
 		{Chunk: 16, Backward: BackwardStacked, Link: LinkCached},
 		{Chunk: 16, Backward: BackwardStacked, BackwardChunk: 32, Link: LinkCached},
 		{Chunk: 8, Backward: BackwardStacked, Link: LinkCached},
