@@ -273,8 +273,11 @@ func (d *GreedyDecoder) WarmUpGreedy(promptLen, upTo int) error {
 	if d.hasAttention && last > d.maxLen {
 		return fmt.Errorf("bm: GreedyDecoder.WarmUpGreedy: prompt (%d) + upTo (%d) - 1 exceeds maxLen %d", promptLen, upTo, d.maxLen)
 	}
-	prompt := make([]int, promptLen)
-	tok, err := d.PrefillGreedy([][]int{prompt})
+	prompts := make([][]int, d.batch) // every sequence of the batch: promptLen zeros
+	for b := range prompts {
+		prompts[b] = make([]int, promptLen)
+	}
+	tok, err := d.PrefillGreedy(prompts)
 	if err != nil {
 		return err
 	}

@@ -31,8 +31,8 @@
 #
 #   scripts/gpu-diagnose.sh BUNDLE_DIR [CASE...]     (default: all, in the order above)
 #
-# Environment: LIMIT (seconds per case, default 150), DECODE_UNROLL (the decode cases'
-# -decode-unroll list, default 1), BATCH and SEQ (default 16 and 512; a case
+# Environment: LIMIT (seconds per case, default 150), DECODE_UNROLL and DECODE_BATCH (the decode
+# cases' -decode-unroll and -decode-batch lists, default 1), BATCH and SEQ (default 16 and 512; a case
 # that names its own length keeps it), DUMP (default 1; 0 skips the HLO dumps, which are large at
 # 2048 tokens).
 set -uo pipefail
@@ -83,7 +83,7 @@ for c in "${cases[@]}"; do
 	esac
 	if $decode; then
 		what="1.5b decode, bf16, 128 tokens" lines="^decode"
-		bench=(-what decode -config 1.5b -dtype bfloat16 -decode-tokens 128 -decode-unroll "${DECODE_UNROLL:-1}" -reps 3)
+		bench=(-what decode -config 1.5b -dtype bfloat16 -decode-tokens 128 -decode-unroll "${DECODE_UNROLL:-1}" -decode-batch "${DECODE_BATCH:-1}" -reps 3)
 	else
 		what="-config $cfg -batch $batch -seq $seq" lines="Very slow|took|^train-step|^graph"
 		bench=(-what graph,train-step -config "$cfg" -dtype bfloat16 -batch "$batch" -seq "$seq" -reps 1)

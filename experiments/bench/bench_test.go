@@ -146,6 +146,14 @@ func TestDecodeRuns(t *testing.T) {
 	if r := Decode(backend, cfg, 12, 4, 2); r.Err != "" || !(r.Ms > 0) || r.Extra["unroll"] != 4 || r.Extra["tokens_repeat"] != 1 || !strings.Contains(r.Variant, "unroll 4") {
 		t.Errorf("unroll 4: row %+v: want a time, unroll 4 in the variant and extras, repeated tokens", r)
 	}
+	// Two sequences together: tokens/s counts both, every pass the same tokens of both rows.
+	if r := DecodeBatch(backend, cfg, 2, 8, 4, 2); r.Err != "" || r.Extra["batch"] != 2 || r.Extra["tokens_repeat"] != 1 ||
+		math.Abs(r.TokensPerS*r.Ms-2000) > 1e-9*2000 || !strings.Contains(r.Shape, "batch 2") {
+		t.Errorf("batch 2: row %+v: want batch 2 in the shape and extras, 2000/ms tokens/s, repeated tokens", r)
+	}
+	if r := DecodeBatch(backend, cfg, 0, 8, 1, 1); !strings.Contains(r.Err, "batch (0)") {
+		t.Errorf("batch 0: error %q, want one naming the batch", r.Err)
+	}
 	if r := Decode(backend, bm.MustPreset("tiny"), 8, 0, 1); !strings.Contains(r.Err, "unroll (0)") {
 		t.Errorf("unroll 0: error %q, want one naming the unroll", r.Err)
 	}

@@ -32,23 +32,34 @@ const PeakHBMBytesPerS = 4.8e12
 // (weight_bytes / Ms, the effective read bandwidth), bw_util (that against PeakHBMBytesPerS)
 // and tokens_repeat (1 when every pass generated the same tokens, as greedy decoding must).
 // With unroll k > 1 the steps run k per executable call (bm.GreedyDecoder.Unroll; the variant
-// says "unroll k" and Extra holds unroll). tokens must be >= 2, unroll and reps >= 1.
+// says "unroll k" and Extra holds unroll). DecodeBatch does the same for batch sequences decoded
+// together. tokens must be >= 2, unroll and reps >= 1.
 func Decode(backend backends.Backend, cfg bm.Config, tokens, unroll, reps int) Row {
+	return DecodeBatch(backend, cfg, 1, tokens, unroll, reps)
+}
+
+// DecodeBatch is Decode for batch sequences generated together (one-token prompts 1, 2, …):
+// Ms is still the time per step, TokensPerS counts the tokens of all sequences (batch·1000/Ms),
+// and weight_gb_per_s the active weights read once per step. At batch 1 every matrix-vector
+// product of a step is one row against a weight matrix, which XLA's GPU compiler may lower as
+// an elementwise product and a reduction instead of a matrix multiplication; batch 2 shows
+// what a step costs when it is not a vector product.
+func DecodeBatch(backend backends.Backend, cfg bm.Config, batch, tokens, unroll, reps int) Row {
 	variant := fmt.Sprintf("%s %s greedy", cfg.Name, cfg.ComputeDType)
 	if unroll > 1 {
 		variant += fmt.Sprintf(", unroll %d", unroll)
 	}
 	row := Row{Bench: "decode", Variant: variant,
-		Shape: fmt.Sprintf("batch 1, prompt 1, %d tokens", tokens), Reps: reps, PeakBytes: -1}
-	if tokens < 2 || reps < 1 || unroll < 1 {
-		row.Err = fmt.Sprintf("decode: tokens (%d) must be >= 2, unroll (%d) and reps (%d) >= 1", tokens, unroll, reps)
+		Shape: fmt.Sprintf("batch %d, prompt 1, %d tokens", batch, tokens), Reps: reps, PeakBytes: -1}
+	if tokens < 2 || reps < 1 || unroll < 1 || batch < 1 {
+		row.Err = fmt.Sprintf("decode: tokens (%d) must be >= 2, batch (%d), unroll (%d) and reps (%d) >= 1", tokens, batch, unroll, reps)
 		emit(row)
 		return row
 	}
 	_, active := cfg.ParamCounts()
 	dtype := bm.ComputeDType(cfg)
 	weightBytes := float64(active) * float64(dtype.Size())
-	row.Extra = map[string]float64{"params_active": float64(active), "weight_bytes": weightBytes, "unroll": float64(unroll)}
+	row.Extra = map[string]float64{"params_active": float64(active), "weight_bytes": weightBytes, "unroll": float64(unroll), "batch": float64(batch)}
 	err := catch(func() error {
 		cfg.MaxSeqLen = max(cfg.MaxSeqLen, tokens)
 		if err := cfg.Validate(); err != nil {
@@ -65,7 +76,7 @@ func Decode(backend backends.Backend, cfg bm.Config, tokens, unroll, reps int) R
 			return err
 		}
 		// The prompt's token and tokens-1 steps: tokens positions in all.
-		dec, err := bm.NewDecoder(backend, ctx, cfg, 1, tokens)
+		dec, err := bm.NewDecoder(backend, ctx, cfg, batch, tokens)
 		if err != nil {
 			return err
 		}
@@ -80,7 +91,7 @@ func Decode(backend backends.Backend, cfg bm.Config, tokens, unroll, reps int) R
 		var ref []int32
 		repeat := 1.0
 		for pass := range reps + 1 {
-			p, err := decodePass(g, tokens)
+			p, err := decodePass(g, batch, tokens)
 			if err != nil {
 				return fmt.Errorf("pass %d: %w", pass+1, err)
 			}
@@ -106,7 +117,7 @@ func Decode(backend backends.Backend, cfg bm.Config, tokens, unroll, reps int) R
 		emit(row)
 		return row
 	}
-	row.TokensPerS = 1000 / row.Ms
+	row.TokensPerS = float64(batch) * 1000 / row.Ms
 	row.Extra["weight_gb_per_s"] = weightBytes / (row.Ms / 1000) / 1e9
 	row.Extra["bw_util"] = weightBytes / (row.Ms / 1000) / PeakHBMBytesPerS
 	emit(row)
@@ -120,16 +131,20 @@ type decodeResult struct {
 	tokens  []int32
 }
 
-// decodePass generates n tokens greedily from a one-token prompt, g.Unroll steps per call
-// (bm.GreedyDecoder.NextSteps). The first and the last
-// token are copied to the host when they are produced (waiting for the device); the others
+// decodePass generates n tokens greedily for each of batch sequences from one-token prompts
+// (1, 2, …), g.Unroll steps per call (bm.GreedyDecoder.NextSteps). The first and the last
+// tokens are copied to the host when they are produced (waiting for the device); the others
 // stay on the device until the pass is timed.
-func decodePass(g *bm.GreedyDecoder, n int) (decodeResult, error) {
+func decodePass(g *bm.GreedyDecoder, batch, n int) (decodeResult, error) {
 	var r decodeResult
 	held := make([]*tensors.Tensor, 0, n)
 	defer func() { finalize(held) }()
+	prompts := make([][]int, batch)
+	for b := range prompts {
+		prompts[b] = []int{1 + b}
+	}
 	start := time.Now()
-	tok, err := g.PrefillGreedy([][]int{{1}})
+	tok, err := g.PrefillGreedy(prompts)
 	if err != nil {
 		return r, err
 	}
@@ -151,13 +166,13 @@ func decodePass(g *bm.GreedyDecoder, n int) (decodeResult, error) {
 		return r, err
 	}
 	r.stepsMs = float64(time.Since(afterFirst).Nanoseconds()) / 1e6
-	r.tokens = make([]int32, len(held))
+	r.tokens = make([]int32, 0, len(held)*batch)
 	for i, t := range held {
 		v, err := tensors.CopyFlatData[int32](t)
 		if err != nil {
 			return r, fmt.Errorf("reading token %d: %w", i, err)
 		}
-		r.tokens[i] = v[0]
+		r.tokens = append(r.tokens, v...)
 	}
 	return r, nil
 }

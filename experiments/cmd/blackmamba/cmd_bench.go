@@ -34,6 +34,7 @@ func runBench(fs *flag.FlagSet, args []string) error {
 	seqLen := fs.Int("seq", 2048, "train-step sequence length")
 	moeTokens := fs.Int("moe-tokens", 16384, "tokens through the MoE block")
 	decodeTokens := fs.Int("decode-tokens", 256, "decode: tokens generated per timed pass after a one-token prompt (at least 2)")
+	decodeBatch := fs.String("decode-batch", "1", "decode: comma-separated numbers of sequences generated together, one row each (with every -decode-unroll)")
 	decodeUnroll := fs.String("decode-unroll", "1", "decode: comma-separated greedy steps per executable call, one row each (1: a call per token; k > 1 unrolls k steps into one graph)")
 	reps := fs.Int("reps", 10, "timed repetitions after warm-up (the median is reported)")
 	devices := fs.Int("devices", 1, "train-step: data-parallel on this many devices of the backend (-batch is the global batch)")
@@ -53,7 +54,11 @@ func runBench(fs *flag.FlagSet, args []string) error {
 	if *reps < 1 {
 		return fmt.Errorf("-reps %d: want at least 1", *reps)
 	}
-	unrolls, err := parseUnrolls(*decodeUnroll)
+	unrolls, err := parsePositiveList("-decode-unroll", *decodeUnroll, "number of steps")
+	if err != nil {
+		return err
+	}
+	batches, err := parsePositiveList("-decode-batch", *decodeBatch, "batch size")
 	if err != nil {
 		return err
 	}
@@ -124,8 +129,10 @@ func runBench(fs *flag.FlagSet, args []string) error {
 		case "breakdown":
 			report.Rows = append(report.Rows, bench.Breakdown(backend, cfg, *batch, *seqLen, *reps)...)
 		case "decode":
-			for _, k := range unrolls {
-				report.Rows = append(report.Rows, bench.Decode(backend, cfg, *decodeTokens, k, *reps))
+			for _, b := range batches {
+				for _, k := range unrolls {
+					report.Rows = append(report.Rows, bench.DecodeBatch(backend, cfg, b, *decodeTokens, k, *reps))
+				}
 			}
 		case "train-step":
 			row := bench.TrainStepDevices(backend, cfg, *batch, *seqLen, *reps, *devices)
@@ -211,13 +218,13 @@ func hardware(d xla.Description) string {
 	return fmt.Sprintf("CPU %s, %d cores", d.CPUModel, d.CPUCores)
 }
 
-// parseUnrolls reads -decode-unroll: comma-separated positive step counts.
-func parseUnrolls(s string) ([]int, error) {
+// parsePositiveList reads the comma-separated positive integers of flag (what names one).
+func parsePositiveList(flag, s, what string) ([]int, error) {
 	var ks []int
 	for _, f := range strings.Split(s, ",") {
 		k, err := strconv.Atoi(strings.TrimSpace(f))
 		if err != nil || k < 1 {
-			return nil, fmt.Errorf("-decode-unroll %q: %q is not a positive number of steps", s, f)
+			return nil, fmt.Errorf("%s %q: %q is not a positive %s", flag, s, f, what)
 		}
 		ks = append(ks, k)
 	}
