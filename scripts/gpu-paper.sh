@@ -158,7 +158,9 @@ latency-checks)
 latency-total)
 	# Dense Mamba at BlackMamba's total parameters, 1.5b-mamba-total (148 blocks) and
 	# 2.8b-mamba-total (176 blocks), one per GPU: decoding is bound by per-block overhead, about
-	# five times BlackMamba's per token, so the sweep stops at MAX_LEN (default 4096).
+	# five times BlackMamba's per token, so the sweep stops at MAX_LEN (default 4096). On an
+	# H200 (2026-11-28) neither finished its warm-up (random weights, compiling the prefill and
+	# step graphs) within LIMIT=400 s: run it with LIMIT near 560 and nothing else in the job.
 	for f in 1.5b 2.8b; do
 		echo "timeout -k 10 $limit $run blackmamba latency -family $f -archs $f-mamba-total -max-len ${MAX_LEN:-4096} -reps ${REPS:-2} -out \$OUT/latency-total-$f.json -plots \$OUT/plots-$f"
 	done >"$out/lanes.txt"
