@@ -147,6 +147,8 @@ func (d *GreedyDecoder) StepsGreedy(tok *tensors.Tensor, k int) ([]*tensors.Tens
 	return d.steps("StepsGreedy", tok, k)
 }
 
+// steps runs k greedy steps from tok (k = 1: the single-step graph, else the k-step one),
+// donating the states, and returns the k tokens; name is the public method, for errors.
 func (d *GreedyDecoder) steps(name string, tok *tensors.Tensor, k int) ([]*tensors.Tensor, error) {
 	if d.states == nil && d.pos == 0 {
 		return nil, fmt.Errorf("bm: GreedyDecoder.%s: call Prefill or PrefillGreedy first", name)
