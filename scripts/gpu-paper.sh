@@ -83,6 +83,25 @@ generate() {
 	echo "timeout -k 10 90 $run blackmamba generate -random $1 -prompt '$prompt' -max-tokens 256 -stop-eos=false"
 }
 
+# latency_lanes FAMILY AFTER0 AFTER1 AFTER2 AFTER3 sweeps the family's four architectures, one
+# per GPU (BlackMamba, dense Mamba, Transformer, Transformer-MoE), lane i's sweep followed by the
+# shell text AFTERi (empty, or starting with "; "), then merges the four results into
+# OUT/latency-FAMILY.json with its figures in OUT/plots-latency-FAMILY.
+latency_lanes() {
+	local f="$1"
+	local lat="timeout -k 10 $limit $run blackmamba latency -family $f -max-len ${MAX_LEN:-16384} -reps ${REPS:-2} -unroll ${UNROLL:-1}"
+	"$here/gpu-lanes.sh" \
+		"$lat -archs $f -out \$OUT/latency.json -plots \$OUT/plots$2" \
+		"$lat -archs $f-mamba -out \$OUT/latency.json -plots \$OUT/plots$3" \
+		"$lat -archs $f-transformer -out \$OUT/latency.json -plots \$OUT/plots$4" \
+		"$lat -archs $f-transformer-moe -out \$OUT/latency.json -plots \$OUT/plots$5"
+	local parts
+	parts=$(ls "$out"/lane[0-3]/latency.json 2>/dev/null | paste -sd, -)
+	if [[ -n "$parts" ]]; then
+		"$run" blackmamba latency -merge "$parts" -out "$out/latency-$f.json" -plots "$out/plots-latency-$f" 2>&1 | tee "$out/latency-merge.log"
+	fi
+}
+
 case "$phase" in
 training)
 	zs=""
@@ -124,17 +143,7 @@ inference)
 latency)
 	# Experiment 3 alone for FAMILY (default 2.8b), one architecture per GPU, so that the larger
 	# family's four sweeps fit the time limit.
-	f="${FAMILY:-2.8b}"
-	lat="timeout -k 10 $limit $run blackmamba latency -family $f -max-len ${MAX_LEN:-16384} -reps ${REPS:-2} -unroll ${UNROLL:-1}"
-	"$here/gpu-lanes.sh" \
-		"$lat -archs $f -out \$OUT/latency.json -plots \$OUT/plots" \
-		"$lat -archs $f-mamba -out \$OUT/latency.json -plots \$OUT/plots" \
-		"$lat -archs $f-transformer -out \$OUT/latency.json -plots \$OUT/plots" \
-		"$lat -archs $f-transformer-moe -out \$OUT/latency.json -plots \$OUT/plots"
-	parts=$(ls "$out"/lane[0-3]/latency.json 2>/dev/null | paste -sd, -)
-	if [[ -n "$parts" ]]; then
-		"$run" blackmamba latency -merge "$parts" -out "$out/latency-$f.json" -plots "$out/plots-latency-$f" 2>&1 | tee "$out/latency-merge.log"
-	fi
+	latency_lanes "${FAMILY:-2.8b}" "" "" "" ""
 	;;
 latency-checks)
 	# Experiment 3 for FAMILY (default 2.8b), one architecture per GPU as in the latency phase,
@@ -142,18 +151,12 @@ latency-checks)
 	# (GPU 0), 1.5b decoding with command buffers at 1 and 16 steps per call (GPU 1), the 1.5b
 	# BlackMamba sweep to 4096 tokens at 16 steps per call (GPU 2), the 2048-token step with the
 	# scan in 8K-token pieces (GPU 3). No HLO dumps.
-	f="${FAMILY:-2.8b}"
-	lat="timeout -k 10 $limit $run blackmamba latency -family $f -max-len ${MAX_LEN:-16384} -reps ${REPS:-2}"
 	gen="$(generate 1.5b) -temperature 0.8 -top-p 0.95"
-	"$here/gpu-lanes.sh" \
-		"$lat -archs $f -out \$OUT/latency.json -plots \$OUT/plots; timeout -k 10 150 $run blackmamba selfcheck >\$OUT/selfcheck.log 2>&1; $gen >\$OUT/generate-sampled.log 2>&1" \
-		"$lat -archs $f-mamba -out \$OUT/latency.json -plots \$OUT/plots; DUMP=0 DECODE_UNROLL=1,16 LIMIT=${DECODE_LIMIT:-240} $here/gpu-diagnose.sh $bundle decode-cmdbuf" \
-		"$lat -archs $f-transformer -out \$OUT/latency.json -plots \$OUT/plots; timeout -k 10 ${UNROLL_LIMIT:-180} $run blackmamba latency -family 1.5b -archs 1.5b -unroll 16 -max-len 4096 -reps 2 -out \$OUT/latency-unroll.json -plots \$OUT/plots-unroll" \
-		"$lat -archs $f-transformer-moe -out \$OUT/latency.json -plots \$OUT/plots; DUMP=0 LIMIT=${COMPILE_LIMIT:-150} $here/gpu-diagnose.sh $bundle step2048-split"
-	parts=$(ls "$out"/lane[0-3]/latency.json 2>/dev/null | paste -sd, -)
-	if [[ -n "$parts" ]]; then
-		"$run" blackmamba latency -merge "$parts" -out "$out/latency-$f.json" -plots "$out/plots-latency-$f" 2>&1 | tee "$out/latency-merge.log"
-	fi
+	latency_lanes "${FAMILY:-2.8b}" \
+		"; timeout -k 10 150 $run blackmamba selfcheck >\$OUT/selfcheck.log 2>&1; $gen >\$OUT/generate-sampled.log 2>&1" \
+		"; DUMP=0 DECODE_UNROLL=1,16 LIMIT=${DECODE_LIMIT:-240} $here/gpu-diagnose.sh $bundle decode-cmdbuf" \
+		"; timeout -k 10 ${UNROLL_LIMIT:-180} $run blackmamba latency -family 1.5b -archs 1.5b -unroll 16 -max-len 4096 -reps 2 -out \$OUT/latency-unroll.json -plots \$OUT/plots-unroll" \
+		"; DUMP=0 LIMIT=${COMPILE_LIMIT:-150} $here/gpu-diagnose.sh $bundle step2048-split"
 	;;
 latency-total)
 	# Dense Mamba at BlackMamba's total parameters, 1.5b-mamba-total (148 blocks) and
