@@ -90,7 +90,9 @@ func AttentionStep(ctx *context.Context, cfg Config, u, pos, k, v *Node) (out, k
 	pos = ConvertDType(pos, dtypes.Int32)
 	w := attentionVariables(ctx, g, cfg)
 	positions := Reshape(ConvertDType(pos, dtypes.Float32), 1)
-	q, kn, vn := attentionProject(cfg, w, Reshape(u, numB, 1, d), positions) // [B, H, 1, hd]
+	up, cut := padStepRows(cfg, Reshape(u, numB, 1, d), 0)
+	q, kn, vn := attentionProject(cfg, w, up, positions) // [B, H, 1, hd]
+	q, kn, vn = cut(q), cut(kn), cut(vn)
 
 	method := context.GetParamOr(ctx, ParamCacheWrite, "")
 	dynamic := false
@@ -108,7 +110,7 @@ func AttentionStep(ctx *context.Context, cfg Config, u, pos, k, v *Node) (out, k
 	visible := LessOrEqual(keyPos, pos)                            // [L]
 	o := attendCore(cfg, q, k2, v2, Reshape(visible, 1, cacheLen)) // [B, H, 1, hd]
 	o = Reshape(Transpose(o, 1, 2), numB, d)
-	return ComputeEinsum(cfg, "bd,de->be", o, w.wo), k2, v2
+	return StepProduct(cfg, o, w.wo), k2, v2
 }
 
 // writeCacheAt writes update [B, H, 1, hd] into cache [B, H, L, hd] at position pos (int32

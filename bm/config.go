@@ -81,6 +81,13 @@ type Config struct {
 	// this many tokens (whole sequences, at least one per piece; ScanOptions.MaxBatch): the
 	// same values, smaller kernels for the compiler. 0 scans the whole batch at once.
 	ScanMaxTokens int `json:"scan_max_tokens,omitempty"`
+	// StepRows, when larger than the decoding batch, has each weight product of a decoding
+	// step (StepProduct) run on that many rows: the batch's rows followed by zero rows, whose
+	// results are dropped. The values are the same; the point is the GPU compiler, which
+	// rewrites a product of a single row with a weight matrix of fewer than 10M elements into
+	// an elementwise product and a reduction, where two rows stay a matrix multiplication.
+	// 0 or 1: no padding.
+	StepRows int `json:"step_rows,omitempty"`
 }
 
 // NeoX vocabulary sizes (SPEC.md §1).
@@ -363,6 +370,9 @@ func (c Config) Validate() error {
 	}
 	if c.ScanMaxTokens < 0 {
 		return bad("scan_max_tokens must be >= 0 (0: no split), got %d", c.ScanMaxTokens)
+	}
+	if c.StepRows < 0 || c.StepRows > MaxStepRows {
+		return bad("step_rows must be between 0 and %d (0: no padding), got %d", MaxStepRows, c.StepRows)
 	}
 	return nil
 }

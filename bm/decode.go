@@ -336,7 +336,8 @@ func decodeStepGraph(ctx *context.Context, cfg Config, token, pos *Node, states 
 			next = append(next, k, v)
 			return f
 		case KindMLP:
-			return MLP(mctx, cfg, h)
+			hp, cut := padStepRows(cfg, h, 0) // see StepProduct
+			return cut(MLP(mctx, cfg, hp))
 		}
 		f, _ := MoEStep(mctx, cfg, b.Experts, h)
 		return f

@@ -33,17 +33,26 @@ func DecodeCheckConfigs() []Config {
 // CheckDecode runs, on backend and for each of DecodeCheckConfigs, the parallel forward over
 // random tokens [2, 10] and the recurrent decoder (prefill of 1, 2, 3, 5 and 8 tokens, then
 // one step per token), and returns an error if any logit differs from the forward's by more
-// than 1e-4 of the largest logit magnitude. It returns one report line per architecture.
+// than 1e-4 of the largest logit magnitude. Each architecture is checked twice: as it is, and
+// with its step products padded to 4 rows (Config.StepRows). It returns one report line per
+// check.
 func CheckDecode(backend backends.Backend) (report []string, err error) {
 	const B, T, tol = 2, 10, 1e-4
 	for _, cfg := range DecodeCheckConfigs() {
-		worst, err := checkDecodeArch(backend, cfg, B, T)
-		if err != nil {
-			return report, fmt.Errorf("%s: %w", cfg.Name, err)
-		}
-		report = append(report, fmt.Sprintf("decode %-16s prompts 1,2,3,5,8 of %d: max rel err %.2g (tol %.0e)", cfg.Name, T, worst, tol))
-		if worst > tol {
-			return report, fmt.Errorf("%s: decoder vs forward max relative error %.3g > %g", cfg.Name, worst, tol)
+		for _, rows := range []int{0, 4} {
+			cfg.StepRows = rows
+			name := cfg.Name
+			if rows > 0 {
+				name = fmt.Sprintf("%s, step rows %d", cfg.Name, rows)
+			}
+			worst, err := checkDecodeArch(backend, cfg, B, T)
+			if err != nil {
+				return report, fmt.Errorf("%s: %w", name, err)
+			}
+			report = append(report, fmt.Sprintf("decode %-29s prompts 1,2,3,5,8 of %d: max rel err %.2g (tol %.0e)", name, T, worst, tol))
+			if worst > tol {
+				return report, fmt.Errorf("%s: decoder vs forward max relative error %.3g > %g", name, worst, tol)
+			}
 		}
 	}
 	return report, nil

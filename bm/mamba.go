@@ -151,7 +151,7 @@ func MambaStep(ctx *context.Context, cfg Config, u, conv, ssm *Node) (out, conv2
 	w := mambaVariables(ctx, cfg, g)
 	D, N, K, R := cfg.Inner(), cfg.StateSize, cfg.ConvKernel, cfg.Rank()
 
-	xz := ComputeEinsum(cfg, "bd,de->be", u, w.inProj) // [B, 2D]
+	xz := StepProduct(cfg, u, w.inProj) // [B, 2D]
 	x := SliceAxis(xz, -1, AxisRange(0, D))
 	z := SliceAxis(xz, -1, AxisRange(D, 2*D))
 
@@ -168,18 +168,18 @@ func MambaStep(ctx *context.Context, cfg Config, u, conv, ssm *Node) (out, conv2
 	// One matmul for the three parts here (a decode step is bound by its kernel count, and the
 	// slow kernel xProjections avoids only arises in the sequence form); in float32 its values
 	// equal the sequence form's.
-	xdbl := ComputeEinsum(cfg, "bc,ce->be", xc, w.xProj) // [B, R+2N]
+	xdbl := StepProduct(cfg, xc, w.xProj) // [B, R+2N]
 	dt := SliceAxis(xdbl, -1, AxisRange(0, R))
 	bm := SliceAxis(xdbl, -1, AxisRange(R, R+N))
 	cm := SliceAxis(xdbl, -1, AxisRange(R+N, R+2*N))
-	delta := Softplus(Add(ComputeEinsum(cfg, "br,rc->bc", dt, w.dtProj), ExpandLeftToRank(w.dtBias, 2))) // [B, D]
-	A := Neg(Exp(w.aLog))                                                                                // [D, N]
+	delta := Softplus(Add(StepProduct(cfg, dt, w.dtProj), ExpandLeftToRank(w.dtBias, 2))) // [B, D]
+	A := Neg(Exp(w.aLog))                                                                 // [D, N]
 
 	decay := Exp(Mul(InsertAxes(delta, -1), InsertAxes(A, 0)))                          // [B, D, N]
 	ssm2 = Add(Mul(decay, ssm), Mul(InsertAxes(Mul(delta, xc), -1), InsertAxes(bm, 1))) // [B, D, N]
 	y := Add(ReduceSum(Mul(ssm2, InsertAxes(cm, 1)), -1), Mul(xc, ExpandLeftToRank(w.dSkip, 2)))
 	y = Mul(y, activations.Swish(z))
-	out = ComputeEinsum(cfg, "bc,cd->bd", y, w.outProj)
+	out = StepProduct(cfg, y, w.outProj)
 	return out, conv2, ssm2
 }
 

@@ -143,7 +143,9 @@ func MoEStep(ctx *context.Context, cfg Config, experts int, u *Node) (out, choic
 	logits := Add(Einsum("bd,de->be", x, w.routerW), InsertAxes(w.routerB, 0))
 	choice = ArgMax(logits, -1, dtypes.Int32)
 	gate := ReduceSum(Mul(Sigmoid(logits), OneHot(choice, experts, dtypes.Float32)), -1)
-	y := moeGroupedExperts(cfg, InsertAxes(x, 1), choice, w.fc1, w.fc2) // [B, 1, d]
+	// One group per sequence, its token padded to cfg.StepRows rows (see StepProduct).
+	xs, cut := padStepRows(cfg, InsertAxes(x, 1), 1)
+	y := cut(moeGroupedExperts(cfg, xs, choice, w.fc1, w.fc2)) // [B, 1, d]
 	return Mul(Squeeze(y, 1), InsertAxes(gate, -1)), choice
 }
 

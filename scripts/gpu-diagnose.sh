@@ -31,8 +31,9 @@
 #
 #   scripts/gpu-diagnose.sh BUNDLE_DIR [CASE...]     (default: all, in the order above)
 #
-# Environment: LIMIT (seconds per case, default 150), DECODE_UNROLL and DECODE_BATCH (the decode
-# cases' -decode-unroll and -decode-batch lists, default 1), BATCH and SEQ (default 16 and 512; a case
+# Environment: LIMIT (seconds per case, default 150), DECODE_UNROLL, DECODE_BATCH and
+# DECODE_STEP_ROWS (the decode cases' -decode-unroll, -decode-batch and -decode-step-rows lists,
+# default 1, 1 and 0), BATCH and SEQ (default 16 and 512; a case
 # that names its own length keeps it), DUMP (default 1; 0 skips the HLO dumps, which are large at
 # 2048 tokens).
 set -uo pipefail
@@ -83,7 +84,7 @@ for c in "${cases[@]}"; do
 	esac
 	if $decode; then
 		what="1.5b decode, bf16, 128 tokens" lines="^decode"
-		bench=(-what decode -config 1.5b -dtype bfloat16 -decode-tokens 128 -decode-unroll "${DECODE_UNROLL:-1}" -decode-batch "${DECODE_BATCH:-1}" -reps 3)
+		bench=(-what decode -config 1.5b -dtype bfloat16 -decode-tokens 128 -decode-unroll "${DECODE_UNROLL:-1}" -decode-batch "${DECODE_BATCH:-1}" -decode-step-rows "${DECODE_STEP_ROWS:-0}" -reps 3)
 	else
 		what="-config $cfg -batch $batch -seq $seq" lines="Very slow|took|^train-step|^graph"
 		bench=(-what graph,train-step -config "$cfg" -dtype bfloat16 -batch "$batch" -seq "$seq" -reps 1)
@@ -102,10 +103,10 @@ for c in "${cases[@]}"; do
 	grep -E "$lines" "$out/$c.log" | tail -n 8 >>"$out/summary.txt"
 	if $decode; then
 		# Kernels per executable: the thunks of each module's thunk sequence (the decode step is
-		# the one with the most).
+		# the one with the most), and how many of them are library matrix multiplications.
 		for f in "$dump"/*thunk_sequence.txt; do
 			[[ -e "$f" ]] || continue
-			echo "$(grep -c -E '^[0-9]+: k' "$f") thunks: $(basename "$f")"
+			echo "$(grep -c -E '^[0-9]+: k' "$f") thunks, $(grep -c -E '^[0-9]+: k(Gemm|CublasLt)' "$f") matmuls: $(basename "$f")"
 		done | sort -rn | head -n 5 >>"$out/summary.txt"
 	fi
 	[[ -d "$dump" ]] && { (cd /tmp && tar -cJf "$out/hlo-$c.tar.xz" "hlo-$c" 2>/dev/null) || true; }

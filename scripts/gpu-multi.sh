@@ -12,8 +12,8 @@
 #   scripts/gpu-multi.sh BUNDLE_DIR loss    20 steps of `blackmamba train` on 1 and 2 GPUs (same
 #                                           seed and global batch), metrics and their comparison
 #   scripts/gpu-multi.sh BUNDLE_DIR [dp]    test, small and loss (about 8 minutes)
-#   scripts/gpu-multi.sh BUNDLE_DIR 1.5b    the 1.5b train step (bf16, global batch 4 x 2048) on
-#                                           1 and 2 GPUs
+#   scripts/gpu-multi.sh BUNDLE_DIR 1.5b    the 1.5b train step (bf16, global batch BIG_BATCH x
+#                                           2048, default 4) on 1 and 2 GPUs
 #
 # Environment: DEVICES (default 2), CORPUS (default data/corpus-12m), LOSS_CONFIG (default tiny),
 # LOSS_BATCH (8), LOSS_SEQ (256), LOSS_STEPS (20), SMALL_BATCH (16), SMALL_SEQ (2048), COUNTS (the
@@ -66,7 +66,7 @@ phase_big() {
 	local d
 	for d in "${counts[@]}"; do
 		step "train-1.5b-${d}dev" "${BIG_LIMIT:-270}" "$run" blackmamba bench -what train-step -config 1.5b -dtype bfloat16 \
-			-batch 4 -seq 2048 -reps 5 -devices "$d" -json "$out/bench-train-1.5b-${d}dev.json"
+			-batch "${BIG_BATCH:-4}" -seq 2048 -reps 5 -devices "$d" -json "$out/bench-train-1.5b-${d}dev${BIG_BATCH:+-b$BIG_BATCH}.json"
 	done
 }
 case "$phase" in

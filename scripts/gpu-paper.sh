@@ -42,6 +42,11 @@
 #                                               (scripts/gpu-diagnose.sh step2048*); then the
 #                                               self-checks, sampled generation at 1.5b and the
 #                                               decode kernel counts
+#   scripts/gpu-paper.sh BUNDLE_DIR rows        on a 4-GPU host: 1.5b decoding with the step's
+#                                               products padded to two rows (kernel counts,
+#                                               decode benchmark, BlackMamba latency sweep), two
+#                                               sequences decoded together, self-checks, and the
+#                                               equal-total dense Mambas of experiment 3
 #   scripts/gpu-paper.sh BUNDLE_DIR finish      on a 4-GPU host: data-parallel training on GPUs 0
 #                                               and 1, the dense Mamba at equal total parameters
 #                                               alone on GPU 2, the MoE and 2048-token step
@@ -216,6 +221,22 @@ decode)
 		"timeout -k 10 $limit $run blackmamba latency -family 1.5b -archs 1.5b,1.5b-mamba -unroll ${UNROLL:-16} -max-len ${MAX_LEN:-16384} -reps ${REPS:-2} -out \$OUT/latency-unroll.json -plots \$OUT/plots" \
 		"timeout -k 10 150 $run blackmamba selfcheck >\$OUT/selfcheck.log 2>&1; $gen >\$OUT/generate-sampled.log 2>&1; DUMP=0 LIMIT=${COMPILE_LIMIT:-270} $here/gpu-diagnose.sh $bundle step2048-split"
 	;;
+rows)
+	# Batch-1 decoding with the step's weight products padded to two rows (Config.StepRows),
+	# which keeps them matrix multiplications where XLA rewrites single-row products, on a
+	# 4-GPU host: the 1.5b step's kernel counts with the padding (HLO dumps on), then the 1.5b
+	# BlackMamba latency sweep padded at 16 steps per call (GPU 0); the decode benchmark at 16
+	# steps per call without and with the padding, two sequences decoded together, and the
+	# self-checks, which check the padded decoder too (GPU 1); the equal-total dense Mambas of
+	# the latency-total phase (GPUs 2 and 3, TOTAL_LIMIT, default 560 s).
+	lat="$run blackmamba latency -family 1.5b -archs 1.5b -unroll ${UNROLL:-16} -step-rows 2 -max-len ${MAX_LEN:-16384} -reps ${REPS:-2}"
+	tot="timeout -k 10 ${TOTAL_LIMIT:-560} $run blackmamba latency -archs"
+	"$here/gpu-lanes.sh" \
+		"DECODE_STEP_ROWS=2 LIMIT=${DIAG_LIMIT:-180} $here/gpu-diagnose.sh $bundle decode; timeout -k 10 ${ROWS_LAT_LIMIT:-330} $lat -out \$OUT/latency-rows.json -plots \$OUT/plots-rows" \
+		"DECODE_STEP_ROWS=0,2 DECODE_UNROLL=16 DECODE_LIMIT=${DECODE_LIMIT:-280} $here/gpu-bench.sh $bundle decode; mv \$OUT/bench-decode-1.5b.json \$OUT/bench-decode-rows.json; mv \$OUT/decode-1.5b.log \$OUT/decode-rows.log; DECODE_BATCH=2 DECODE_LIMIT=150 $here/gpu-bench.sh $bundle decode; timeout -k 10 120 $run blackmamba selfcheck >\$OUT/selfcheck.log 2>&1" \
+		"$tot 1.5b-mamba-total -family 1.5b -max-len ${TOTAL_MAX_LEN:-4096} -reps 2 -out \$OUT/latency-total-1.5b.json -plots \$OUT/plots-1.5b" \
+		"$tot 2.8b-mamba-total -family 2.8b -max-len ${TOTAL_MAX_LEN:-4096} -reps 2 -out \$OUT/latency-total-2.8b.json -plots \$OUT/plots-2.8b"
+	;;
 multi)
 	for p in ${DP_PHASES:-small test}; do
 		SMALL_BATCH="${SMALL_BATCH:-32}" SMALL_SEQ="${SMALL_SEQ:-512}" "$here/gpu-multi.sh" "$bundle" "$p"
@@ -236,7 +257,7 @@ finish)
 		"3: $here/gpu-bench.sh $bundle moe; TRAIN_SMALL_DTYPES=bfloat16 TRAIN_SMALL_LIMIT=${TRAIN_SMALL_LIMIT:-270} $here/gpu-bench.sh $bundle train-small"
 	;;
 *)
-	echo "unknown phase $phase (want training, inference, latency, latency-checks, latency-total, owed, decode, compile, multi or finish)" >&2
+	echo "unknown phase $phase (want training, inference, latency, latency-checks, latency-total, owed, decode, rows, compile, multi or finish)" >&2
 	exit 2
 	;;
 esac

@@ -151,6 +151,12 @@ func TestDecodeRuns(t *testing.T) {
 		math.Abs(r.TokensPerS*r.Ms-2000) > 1e-9*2000 || !strings.Contains(r.Shape, "batch 2") {
 		t.Errorf("batch 2: row %+v: want batch 2 in the shape and extras, 2000/ms tokens/s, repeated tokens", r)
 	}
+	// Step products padded to 2 rows: named in the variant and extras.
+	padded := cfg
+	padded.StepRows = 2
+	if r := Decode(backend, padded, 8, 4, 2); r.Err != "" || r.Extra["step_rows"] != 2 || r.Extra["tokens_repeat"] != 1 || !strings.Contains(r.Variant, "step rows 2") {
+		t.Errorf("step rows 2: row %+v: want step rows 2 in the variant and extras, repeated tokens", r)
+	}
 	if r := DecodeBatch(backend, cfg, 0, 8, 1, 1); !strings.Contains(r.Err, "batch (0)") {
 		t.Errorf("batch 0: error %q, want one naming the batch", r.Err)
 	}

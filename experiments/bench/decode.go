@@ -49,6 +49,9 @@ func DecodeBatch(backend backends.Backend, cfg bm.Config, batch, tokens, unroll,
 	if unroll > 1 {
 		variant += fmt.Sprintf(", unroll %d", unroll)
 	}
+	if cfg.StepRows > batch {
+		variant += fmt.Sprintf(", step rows %d", cfg.StepRows)
+	}
 	row := Row{Bench: "decode", Variant: variant,
 		Shape: fmt.Sprintf("batch %d, prompt 1, %d tokens", batch, tokens), Reps: reps, PeakBytes: -1}
 	if tokens < 2 || reps < 1 || unroll < 1 || batch < 1 {
@@ -59,7 +62,7 @@ func DecodeBatch(backend backends.Backend, cfg bm.Config, batch, tokens, unroll,
 	_, active := cfg.ParamCounts()
 	dtype := bm.ComputeDType(cfg)
 	weightBytes := float64(active) * float64(dtype.Size())
-	row.Extra = map[string]float64{"params_active": float64(active), "weight_bytes": weightBytes, "unroll": float64(unroll), "batch": float64(batch)}
+	row.Extra = map[string]float64{"params_active": float64(active), "weight_bytes": weightBytes, "unroll": float64(unroll), "batch": float64(batch), "step_rows": float64(cfg.StepRows)}
 	err := catch(func() error {
 		cfg.MaxSeqLen = max(cfg.MaxSeqLen, tokens)
 		if err := cfg.Validate(); err != nil {

@@ -44,7 +44,10 @@ type Options struct {
 	// 0 or 1: one call per token. The checkpoints of the timing are multiples of it where it
 	// divides them; elsewhere the pass runs single steps up to the checkpoint.
 	Unroll int
-	Log    io.Writer
+	// StepRows is bm.Config.StepRows for every architecture: the decode step's weight
+	// products run on that many rows (the token's row and zero rows); 0: not padded.
+	StepRows int
+	Log      io.Writer
 	// AfterArch, if set, receives the result so far after each architecture (e.g. to save it,
 	// so that a run stopped by a time limit keeps the architectures it finished).
 	AfterArch func(*Result) error
@@ -76,8 +79,9 @@ type Arch struct {
 	TotalParams  int64   `json:"total_params"`
 	ActiveParams int64   `json:"active_params"`
 	ComputeDType string  `json:"compute_dtype"`
-	Unroll       int     `json:"unroll,omitempty"` // greedy steps per executable call (absent: 1)
-	CompileS     float64 `json:"compile_s"`        // warm-up: weight initialisation + compiling every graph the sweep runs
+	Unroll       int     `json:"unroll,omitempty"`    // greedy steps per executable call (absent: 1)
+	StepRows     int     `json:"step_rows,omitempty"` // rows of the step's weight products (bm.Config.StepRows; absent: not padded)
+	CompileS     float64 `json:"compile_s"`           // warm-up: weight initialisation + compiling every graph the sweep runs
 	FirstTokenMS Stat    `json:"first_token_ms"`
 	Points       []Point `json:"points"`
 	// TokensRepeat reports whether every repetition produced the same tokens at the checkpoints.
@@ -157,6 +161,9 @@ func (o *Options) defaults() error {
 	if o.Unroll < 0 {
 		return fmt.Errorf("latency: unroll (%d) must be >= 0", o.Unroll)
 	}
+	if o.StepRows < 0 || o.StepRows > bm.MaxStepRows {
+		return fmt.Errorf("latency: step rows (%d) must be between 0 and %d", o.StepRows, bm.MaxStepRows)
+	}
 	if o.Log == nil {
 		o.Log = io.Discard
 	}
@@ -199,12 +206,13 @@ func Run(backend backends.Backend, opts Options) (*Result, error) {
 func runArch(backend backends.Backend, cfg bm.Config, opts Options) (*Arch, error) {
 	cfg.ComputeDType = "bfloat16"
 	cfg.MaxSeqLen = max(cfg.MaxSeqLen, opts.MaxLen)
+	cfg.StepRows = opts.StepRows
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	total, active := cfg.ParamCounts()
 	a := &Arch{Config: cfg.Name, Pattern: cfg.Pattern, Blocks: len(cfg.Blocks()), Dim: cfg.Dim,
-		TotalParams: total, ActiveParams: active, ComputeDType: cfg.ComputeDType, PeakMemoryBytes: -1, TokensRepeat: true}
+		TotalParams: total, ActiveParams: active, ComputeDType: cfg.ComputeDType, StepRows: cfg.StepRows, PeakMemoryBytes: -1, TokensRepeat: true}
 	fmt.Fprintf(opts.Log, "%s: %d blocks, d=%d, %.3gB total / %.3gB active parameters\n",
 		cfg.Name, a.Blocks, cfg.Dim, float64(total)/1e9, float64(active)/1e9)
 

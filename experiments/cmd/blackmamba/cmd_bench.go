@@ -36,6 +36,7 @@ func runBench(fs *flag.FlagSet, args []string) error {
 	decodeTokens := fs.Int("decode-tokens", 256, "decode: tokens generated per timed pass after a one-token prompt (at least 2)")
 	decodeBatch := fs.String("decode-batch", "1", "decode: comma-separated numbers of sequences generated together, one row each (with every -decode-unroll)")
 	decodeUnroll := fs.String("decode-unroll", "1", "decode: comma-separated greedy steps per executable call, one row each (1: a call per token; k > 1 unrolls k steps into one graph)")
+	decodeStepRows := fs.String("decode-step-rows", "0", "decode: comma-separated rows of the step's weight products (bm.Config.StepRows; 0: not padded, 2: a batch-1 step's products stay matrix multiplications on a GPU), one row each")
 	reps := fs.Int("reps", 10, "timed repetitions after warm-up (the median is reported)")
 	devices := fs.Int("devices", 1, "train-step: data-parallel on this many devices of the backend (-batch is the global batch)")
 	out := fs.String("json", "", "write the report as JSON to this file")
@@ -59,6 +60,10 @@ func runBench(fs *flag.FlagSet, args []string) error {
 		return err
 	}
 	batches, err := parsePositiveList("-decode-batch", *decodeBatch, "batch size")
+	if err != nil {
+		return err
+	}
+	stepRows, err := parseStepRows(*decodeStepRows)
 	if err != nil {
 		return err
 	}
@@ -129,9 +134,13 @@ func runBench(fs *flag.FlagSet, args []string) error {
 		case "breakdown":
 			report.Rows = append(report.Rows, bench.Breakdown(backend, cfg, *batch, *seqLen, *reps)...)
 		case "decode":
-			for _, b := range batches {
-				for _, k := range unrolls {
-					report.Rows = append(report.Rows, bench.DecodeBatch(backend, cfg, b, *decodeTokens, k, *reps))
+			for _, rows := range stepRows {
+				c := cfg
+				c.StepRows = rows
+				for _, b := range batches {
+					for _, k := range unrolls {
+						report.Rows = append(report.Rows, bench.DecodeBatch(backend, c, b, *decodeTokens, k, *reps))
+					}
 				}
 			}
 		case "train-step":
@@ -229,4 +238,17 @@ func parsePositiveList(flag, s, what string) ([]int, error) {
 		ks = append(ks, k)
 	}
 	return ks, nil
+}
+
+// parseStepRows parses -decode-step-rows: comma-separated integers from 0 to bm.MaxStepRows.
+func parseStepRows(s string) ([]int, error) {
+	var rows []int
+	for _, f := range strings.Split(s, ",") {
+		k, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || k < 0 || k > bm.MaxStepRows {
+			return nil, fmt.Errorf("-decode-step-rows %q: %q is not a number of rows from 0 to %d", s, f, bm.MaxStepRows)
+		}
+		rows = append(rows, k)
+	}
+	return rows, nil
 }

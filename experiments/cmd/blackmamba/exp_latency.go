@@ -30,6 +30,7 @@ func runLatency(fs *flag.FlagSet, args []string) error {
 	reps := fs.Int("reps", 0, "timed passes per architecture, medians and min/max reported (default 3; 1 for tiny)")
 	seed := fs.Int64("seed", 1, "seed of the random weights")
 	unroll := fs.Int("unroll", 1, "greedy steps per executable call (1: one call per token; k > 1 unrolls k steps into one graph, compiled once per KV-cache length)")
+	stepRows := fs.Int("step-rows", 0, "rows of the decode step's weight products (bm.Config.StepRows): 2 keeps them matrix multiplications on a GPU, where XLA rewrites single-row products; 0: not padded")
 	out := fs.String("out", "experiments/results/latency.json", "result JSON to write")
 	plotDir := fs.String("plots", "plots/latency", "directory for the PNG and SVG figures (empty: no plots)")
 	plotOnly := fs.Bool("plot-only", false, "do not measure: plot and tabulate the result in -in")
@@ -71,7 +72,7 @@ func runLatency(fs *flag.FlagSet, args []string) error {
 			return err
 		}
 		fmt.Fprintf(os.Stderr, "backend: %s\n", choice)
-		opts := latency.Options{Family: *family, MaxLen: *maxLen, MinLen: *minLen, Reps: *reps, Seed: *seed, Unroll: *unroll, Log: os.Stderr}
+		opts := latency.Options{Family: *family, MaxLen: *maxLen, MinLen: *minLen, Reps: *reps, Seed: *seed, Unroll: *unroll, StepRows: *stepRows, Log: os.Stderr}
 		if *archs != "" {
 			opts.Archs = strings.Split(*archs, ",")
 		}
