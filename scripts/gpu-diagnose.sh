@@ -106,7 +106,7 @@ for c in "${cases[@]}"; do
 		# the one with the most), and how many of them are library matrix multiplications.
 		for f in "$dump"/*thunk_sequence.txt; do
 			[[ -e "$f" ]] || continue
-			echo "$(grep -c -E '^[0-9]+: k' "$f") thunks, $(grep -c -E '^[0-9]+: k(Gemm|CublasLt)' "$f") matmuls: $(basename "$f")"
+			echo "$(grep -c -E '^[0-9]+: k' "$f") thunks, $(grep -c -i -E '^[0-9]+: .*(gemm|cublas)' "$f") matmuls: $(basename "$f")"
 		done | sort -rn | head -n 5 >>"$out/summary.txt"
 	fi
 	[[ -d "$dump" ]] && { (cd /tmp && tar -cJf "$out/hlo-$c.tar.xz" "hlo-$c" 2>/dev/null) || true; }

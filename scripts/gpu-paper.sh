@@ -47,6 +47,12 @@
 #                                               decode benchmark, BlackMamba latency sweep), two
 #                                               sequences decoded together, self-checks, and the
 #                                               equal-total dense Mambas of experiment 3
+#   scripts/gpu-paper.sh BUNDLE_DIR scaling     on a 4-GPU host: the 1.5b step data-parallel on two
+#                                               GPUs at 4 sequences per GPU (weak scaling) and on
+#                                               one, and the small step, with the current defaults
+#   scripts/gpu-paper.sh BUNDLE_DIR loss-1.5b   on a 4-GPU host: the first training steps of 1.5b
+#                                               on one GPU and on two, their losses compared, and
+#                                               the 2.8b equal-total dense Mamba to 2048 tokens
 #   scripts/gpu-paper.sh BUNDLE_DIR finish      on a 4-GPU host: data-parallel training on GPUs 0
 #                                               and 1, the dense Mamba at equal total parameters
 #                                               alone on GPU 2, the MoE and 2048-token step
@@ -237,6 +243,29 @@ rows)
 		"$tot 1.5b-mamba-total -family 1.5b -max-len ${TOTAL_MAX_LEN:-4096} -reps 2 -out \$OUT/latency-total-1.5b.json -plots \$OUT/plots-1.5b" \
 		"$tot 2.8b-mamba-total -family 2.8b -max-len ${TOTAL_MAX_LEN:-4096} -reps 2 -out \$OUT/latency-total-2.8b.json -plots \$OUT/plots-2.8b"
 	;;
+scaling)
+	# The training steps with the current defaults, side by side on a 4-GPU host: the 1.5b step
+	# data-parallel on GPUs 0 and 1 at a global batch of 8 x 2048 (4 sequences per GPU, the
+	# per-GPU batch of the one-GPU step: weak scaling), the 1.5b step on one GPU at 4 x 2048
+	# (GPU 2), the small step at 8 x 2048 in bfloat16 (GPU 3).
+	"$here/gpu-lanes.sh" \
+		"0,1: COUNTS=2 BIG_BATCH=8 BIG_LIMIT=${BIG_LIMIT:-540} $here/gpu-multi.sh $bundle 1.5b" \
+		"2: COUNTS=1 BIG_LIMIT=${BIG_LIMIT:-540} $here/gpu-multi.sh $bundle 1.5b" \
+		"3: TRAIN_SMALL_DTYPES=bfloat16 TRAIN_SMALL_LIMIT=${TRAIN_SMALL_LIMIT:-540} $here/gpu-bench.sh $bundle train-small"
+	;;
+loss-1.5b)
+	# The first LOSS_STEPS (default 6) steps of `blackmamba train -config 1.5b` at a global batch
+	# of 4 x 2048 on one GPU (GPU 0) and data-parallel on two (GPUs 1 and 2), same seed, then
+	# their losses compared (compare-runs, relative tolerance 1e-2); on GPU 3 the 2.8b dense
+	# Mamba at equal total parameters (176 blocks, warm-up about 450 s) to MAX_LEN (default
+	# 2048) tokens, REPS (default 1) passes.
+	tr="timeout -k 10 ${LOSS_LIMIT:-520} $run blackmamba train -config 1.5b -corpus $corpus -steps ${LOSS_STEPS:-6} -batch 4 -seq 2048 -log-every 1 -eval-batches 1 -seed 1"
+	"$here/gpu-lanes.sh" \
+		"0: $tr -devices 1 -dir /tmp/loss-1dev >\$OUT/train-1dev.log 2>&1; cp /tmp/loss-1dev/metrics.jsonl \$OUT/loss-1.5b-1dev.jsonl" \
+		"1,2: $tr -devices 2 -dir /tmp/loss-2dev >\$OUT/train-2dev.log 2>&1; cp /tmp/loss-2dev/metrics.jsonl \$OUT/loss-1.5b-2dev.jsonl" \
+		"3: timeout -k 10 ${TOTAL_LIMIT:-540} $run blackmamba latency -archs 2.8b-mamba-total -family 2.8b -max-len ${MAX_LEN:-2048} -reps ${REPS:-1} -out \$OUT/latency-total-2.8b.json -plots \$OUT/plots-2.8b"
+	"$run" blackmamba compare-runs -tol 1e-2 "$out/lane0/loss-1.5b-1dev.jsonl" "$out/lane1/loss-1.5b-2dev.jsonl" 2>&1 | tee "$out/loss-compare-1.5b.log"
+	;;
 multi)
 	for p in ${DP_PHASES:-small test}; do
 		SMALL_BATCH="${SMALL_BATCH:-32}" SMALL_SEQ="${SMALL_SEQ:-512}" "$here/gpu-multi.sh" "$bundle" "$p"
@@ -257,7 +286,7 @@ finish)
 		"3: $here/gpu-bench.sh $bundle moe; TRAIN_SMALL_DTYPES=bfloat16 TRAIN_SMALL_LIMIT=${TRAIN_SMALL_LIMIT:-270} $here/gpu-bench.sh $bundle train-small"
 	;;
 *)
-	echo "unknown phase $phase (want training, inference, latency, latency-checks, latency-total, owed, decode, rows, compile, multi or finish)" >&2
+	echo "unknown phase $phase (want training, inference, latency, latency-checks, latency-total, owed, decode, rows, scaling, loss-1.5b, compile, multi or finish)" >&2
 	exit 2
 	;;
 esac
