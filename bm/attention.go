@@ -90,9 +90,8 @@ func AttentionStep(ctx *context.Context, cfg Config, u, pos, k, v *Node) (out, k
 	pos = ConvertDType(pos, dtypes.Int32)
 	w := attentionVariables(ctx, g, cfg)
 	positions := Reshape(ConvertDType(pos, dtypes.Float32), 1)
-	up, cut := padStepRows(cfg, Reshape(u, numB, 1, d), 0)
-	q, kn, vn := attentionProject(cfg, w, up, positions) // [B, H, 1, hd]
-	q, kn, vn = cut(q), cut(kn), cut(vn)
+	row := func(name string, wt *Node) *Node { return Reshape(stepMatmul(ctx, cfg, name, u, wt), numB, 1, d) }
+	q, kn, vn := attentionHeads(cfg, row("wq", w.wq), row("wk", w.wk), row("wv", w.wv), positions) // [B, H, 1, hd]
 
 	method := context.GetParamOr(ctx, ParamCacheWrite, "")
 	dynamic := false
@@ -110,7 +109,7 @@ func AttentionStep(ctx *context.Context, cfg Config, u, pos, k, v *Node) (out, k
 	visible := LessOrEqual(keyPos, pos)                            // [L]
 	o := attendCore(cfg, q, k2, v2, Reshape(visible, 1, cacheLen)) // [B, H, 1, hd]
 	o = Reshape(Transpose(o, 1, 2), numB, d)
-	return StepProduct(cfg, o, w.wo), k2, v2
+	return stepMatmul(ctx, cfg, "wo", o, w.wo), k2, v2
 }
 
 // writeCacheAt writes update [B, H, 1, hd] into cache [B, H, L, hd] at position pos (int32
@@ -161,14 +160,18 @@ func attentionFull(ctx *context.Context, cfg Config, u *Node) (out, k, v *Node) 
 // attentionProject computes q, k (after RoPE) and v [B, H, T, hd] float32 for u [B, T, d] at the
 // given positions [T] (float32).
 func attentionProject(cfg Config, w attentionWeights, u, positions *Node) (q, k, v *Node) {
-	numB, numT := u.Shape().Dim(0), u.Shape().Dim(1)
+	return attentionHeads(cfg, ComputeEinsum(cfg, "btd,de->bte", u, w.wq), ComputeEinsum(cfg, "btd,de->bte", u, w.wk),
+		ComputeEinsum(cfg, "btd,de->bte", u, w.wv), positions)
+}
+
+// attentionHeads splits the projections q, k, v [B, T, d] (float32) into heads [B, H, T, hd]
+// and rotates q and k by their positions [T] (float32).
+func attentionHeads(cfg Config, q, k, v, positions *Node) (qh, kh, vh *Node) {
+	numB, numT := q.Shape().Dim(0), q.Shape().Dim(1)
 	h, hd := cfg.Heads, cfg.HeadDim()
 	heads := func(x *Node) *Node { return Transpose(Reshape(x, numB, numT, h, hd), 1, 2) }
-	q = heads(ComputeEinsum(cfg, "btd,de->bte", u, w.wq))
-	k = heads(ComputeEinsum(cfg, "btd,de->bte", u, w.wk))
-	v = heads(ComputeEinsum(cfg, "btd,de->bte", u, w.wv))
 	cos, sin := ropeAngles(cfg, positions)
-	return applyRoPE(q, cos, sin), applyRoPE(k, cos, sin), v
+	return applyRoPE(heads(q), cos, sin), applyRoPE(heads(k), cos, sin), heads(v)
 }
 
 // ropeAngles returns cos θ and sin θ [T, hd/2] for positions [T] (float32), with

@@ -336,8 +336,7 @@ func decodeStepGraph(ctx *context.Context, cfg Config, token, pos *Node, states 
 			next = append(next, k, v)
 			return f
 		case KindMLP:
-			hp, cut := padStepRows(cfg, h, 0) // see StepProduct
-			return cut(MLP(mctx, cfg, hp))
+			return mlpStep(mctx, cfg, h)
 		}
 		f, _ := MoEStep(mctx, cfg, b.Experts, h)
 		return f

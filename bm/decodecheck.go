@@ -33,19 +33,25 @@ func DecodeCheckConfigs() []Config {
 // CheckDecode runs, on backend and for each of DecodeCheckConfigs, the parallel forward over
 // random tokens [2, 10] and the recurrent decoder (prefill of 1, 2, 3, 5 and 8 tokens, then
 // one step per token), and returns an error if any logit differs from the forward's by more
-// than 1e-4 of the largest logit magnitude. Each architecture is checked twice: as it is, and
-// with its step products padded to 4 rows (Config.StepRows). It returns one report line per
-// check.
+// than 1e-4 of the largest logit magnitude. Each architecture is checked three times: as it
+// is, with its step products padded to 4 rows (Config.StepRows), and with the steps reading
+// the weights' transposed copies (TransposeStepWeights). It returns one report line per check.
 func CheckDecode(backend backends.Backend) (report []string, err error) {
 	const B, T, tol = 2, 10, 1e-4
 	for _, cfg := range DecodeCheckConfigs() {
-		for _, rows := range []int{0, 4} {
-			cfg.StepRows = rows
+		for _, variant := range []struct {
+			rows       int
+			transposed bool
+		}{{0, false}, {4, false}, {0, true}} {
+			cfg.StepRows = variant.rows
 			name := cfg.Name
-			if rows > 0 {
-				name = fmt.Sprintf("%s, step rows %d", cfg.Name, rows)
+			if variant.rows > 0 {
+				name = fmt.Sprintf("%s, step rows %d", cfg.Name, variant.rows)
 			}
-			worst, err := checkDecodeArch(backend, cfg, B, T)
+			if variant.transposed {
+				name += ", transposed"
+			}
+			worst, err := checkDecodeArch(backend, cfg, B, T, variant.transposed)
 			if err != nil {
 				return report, fmt.Errorf("%s: %w", name, err)
 			}
@@ -58,7 +64,7 @@ func CheckDecode(backend backends.Backend) (report []string, err error) {
 	return report, nil
 }
 
-func checkDecodeArch(backend backends.Backend, cfg Config, B, T int) (worst float64, err error) {
+func checkDecodeArch(backend backends.Backend, cfg Config, B, T int, transposed bool) (worst float64, err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("%v", r)
@@ -84,6 +90,11 @@ func checkDecodeArch(backend backends.Backend, cfg Config, B, T int) (worst floa
 		return m.Forward(ctx, tok, ForwardOptions{}).Logits
 	}, tensors.FromFlatDataAndDimensions(flat, B, T))
 	full := tensors.MustCopyFlatData[float32](fullT)
+	if transposed {
+		if n, err := TransposeStepWeights(backend, ctx); err != nil || n == 0 {
+			return 0, fmt.Errorf("TransposeStepWeights: %d copies, error %v", n, err)
+		}
+	}
 	V := cfg.Vocab
 	dec, err := NewDecoder(backend, ctx, cfg, B, T)
 	if err != nil {

@@ -124,3 +124,72 @@ func InitWeights(backend backends.Backend, ctx *context.Context, cfg Config) err
 	e.Finalize()
 	return nil
 }
+
+// stepTSuffix ends the name of the transposed copy of a block matmul weight made by
+// TransposeStepWeights.
+const stepTSuffix = "_stepT"
+
+// TransposeStepWeights adds to ctx, beside each block matmul weight (IsCastWeight: [in, out],
+// or [E, in, out] for the experts), a copy with its last two axes swapped, in the weight's
+// dtype, and returns how many it added (copies already present are kept). The products of a
+// decoding step (a token's row against a weight) then read the copy, so that each output
+// element is a sum along a contiguous row of memory: a row reduction on a GPU, where the
+// [in, out] layout makes XLA emit a column reduction, which it spreads over few thread blocks
+// for these shapes. The values are the same up to summation order. The prefill and training
+// paths do not use the copies. Call it after CastWeights (the copies keep the dtype the weights
+// have when it runs); they take as much device memory as the weights they copy.
+func TransposeStepWeights(backend backends.Backend, ctx *context.Context) (int, error) {
+	transpose, err := NewExec(backend, func(x *Node) *Node { return Transpose(x, -2, -1) })
+	if err != nil {
+		return 0, err
+	}
+	transpose.SetMaxCache(-1)
+	defer transpose.Finalize()
+	var weights []*context.Variable
+	for v := range ctx.IterVariables() {
+		if IsCastWeight(v.Scope(), v.Name()) && v.Shape().Rank() >= 2 {
+			weights = append(weights, v)
+		}
+	}
+	n := 0
+	for _, v := range weights {
+		scope := ctx.InAbsPath(v.Scope()).Checked(false)
+		if scope.InspectVariableIfLoaded(v.Scope(), v.Name()+stepTSuffix) != nil {
+			continue
+		}
+		val, err := v.Value()
+		if err != nil {
+			return n, fmt.Errorf("bm.TransposeStepWeights: reading %s: %w", v.ScopeAndName(), err)
+		}
+		outs, err := transpose.Exec(val)
+		if err != nil {
+			return n, fmt.Errorf("bm.TransposeStepWeights: transposing %s: %w", v.ScopeAndName(), err)
+		}
+		scope.VariableWithValue(v.Name()+stepTSuffix, outs[0]).SetTrainable(false)
+		n++
+	}
+	return n, nil
+}
+
+// stepTransposed returns the value in g of the copy of weight name (in ctx's scope) made by
+// TransposeStepWeights if it exists with the given dimensions (the weight's with the last two
+// swapped), else nil.
+func stepTransposed(ctx *context.Context, g *Graph, name string, dims ...int) *Node {
+	v := ctx.InspectVariableIfLoaded(ctx.Scope(), name+stepTSuffix)
+	if v == nil || !slices.Equal(v.Shape().Dimensions, dims) {
+		return nil
+	}
+	return v.ValueGraph(g)
+}
+
+// stepMatmul is x·w for a decoding step, x [B, in], w [in, out] the weight name of ctx's scope
+// → [B, out] float32: from the weight's transposed copy (TransposeStepWeights) when ctx holds
+// one, else StepProduct. Rows are padded to cfg.StepRows either way.
+func stepMatmul(ctx *context.Context, cfg Config, name string, x, w *Node) *Node {
+	in, out := w.Shape().Dim(0), w.Shape().Dim(1)
+	if wt := stepTransposed(ctx, x.Graph(), name, out, in); wt != nil {
+		xp, cut := padStepRows(cfg, x, 0)
+		return cut(ComputeEinsum(cfg, "bd,ed->be", xp, wt))
+	}
+	return StepProduct(cfg, x, w)
+}

@@ -151,7 +151,7 @@ func MambaStep(ctx *context.Context, cfg Config, u, conv, ssm *Node) (out, conv2
 	w := mambaVariables(ctx, cfg, g)
 	D, N, K, R := cfg.Inner(), cfg.StateSize, cfg.ConvKernel, cfg.Rank()
 
-	xz := StepProduct(cfg, u, w.inProj) // [B, 2D]
+	xz := stepMatmul(ctx, cfg, "in_proj", u, w.inProj) // [B, 2D]
 	x := SliceAxis(xz, -1, AxisRange(0, D))
 	z := SliceAxis(xz, -1, AxisRange(D, 2*D))
 
@@ -168,7 +168,7 @@ func MambaStep(ctx *context.Context, cfg Config, u, conv, ssm *Node) (out, conv2
 	// One matmul for the three parts here (a decode step is bound by its kernel count, and the
 	// slow kernel xProjections avoids only arises in the sequence form); in float32 its values
 	// equal the sequence form's.
-	xdbl := StepProduct(cfg, xc, w.xProj) // [B, R+2N]
+	xdbl := stepMatmul(ctx, cfg, "x_proj", xc, w.xProj) // [B, R+2N]
 	dt := SliceAxis(xdbl, -1, AxisRange(0, R))
 	bm := SliceAxis(xdbl, -1, AxisRange(R, R+N))
 	cm := SliceAxis(xdbl, -1, AxisRange(R+N, R+2*N))
@@ -179,7 +179,7 @@ func MambaStep(ctx *context.Context, cfg Config, u, conv, ssm *Node) (out, conv2
 	ssm2 = Add(Mul(decay, ssm), Mul(InsertAxes(Mul(delta, xc), -1), InsertAxes(bm, 1))) // [B, D, N]
 	y := Add(ReduceSum(Mul(ssm2, InsertAxes(cm, 1)), -1), Mul(xc, ExpandLeftToRank(w.dSkip, 2)))
 	y = Mul(y, activations.Swish(z))
-	out = StepProduct(cfg, y, w.outProj)
+	out = stepMatmul(ctx, cfg, "out_proj", y, w.outProj)
 	return out, conv2, ssm2
 }
 

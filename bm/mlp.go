@@ -25,6 +25,18 @@ func MLP(ctx *context.Context, cfg Config, u *Node) *Node {
 	return Reshape(y, append(lead, d)...)
 }
 
+// mlpStep is MLP for a decoding step, u [B, d] → [B, d] float32, its two products by stepMatmul
+// (the weights' transposed copies when TransposeStepWeights made them; rows padded to
+// cfg.StepRows).
+func mlpStep(ctx *context.Context, cfg Config, u *Node) *Node {
+	g := u.Graph()
+	d, f := cfg.Dim, cfg.FFN
+	fc1 := weightVar(ctx, g, cfg, "fc1", false, d, 2*f)
+	fc2 := weightVar(ctx, g, cfg, "fc2", true, f, d)
+	h := stepMatmul(ctx, cfg, "fc1", u, fc1)
+	return stepMatmul(ctx, cfg, "fc2", gatedActivation(cfg, h), fc2)
+}
+
 // flattenTokens reshapes x [..., d] to [N, d] and returns the leading dimensions, so that the
 // result of a token-wise computation can be reshaped back with Reshape(y, append(lead, d)...).
 func flattenTokens(x *Node) (*Node, []int) {

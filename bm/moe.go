@@ -145,7 +145,19 @@ func MoEStep(ctx *context.Context, cfg Config, experts int, u *Node) (out, choic
 	gate := ReduceSum(Mul(Sigmoid(logits), OneHot(choice, experts, dtypes.Float32)), -1)
 	// One group per sequence, its token padded to cfg.StepRows rows (see StepProduct).
 	xs, cut := padStepRows(cfg, InsertAxes(x, 1), 1)
-	y := cut(moeGroupedExperts(cfg, xs, choice, w.fc1, w.fc2)) // [B, 1, d]
+	var y *Node
+	d, f := cfg.Dim, cfg.FFN
+	fc1T, fc2T := stepTransposed(ctx, g, "fc1", experts, 2*f, d), stepTransposed(ctx, g, "fc2", experts, d, f)
+	if fc1T != nil && fc2T != nil {
+		// The chosen experts' transposed copies (TransposeStepWeights): [B, 2F, d] and [B, d, F].
+		idx := InsertAxes(choice, -1)
+		dt := ComputeDType(cfg)
+		h := ComputeEinsum(cfg, "gbd,gfd->gbf", xs, ConvertDType(Gather(fc1T, idx), dt))
+		y = ComputeEinsum(cfg, "gbf,gdf->gbd", gatedActivation(cfg, h), ConvertDType(Gather(fc2T, idx), dt))
+	} else {
+		y = moeGroupedExperts(cfg, xs, choice, w.fc1, w.fc2)
+	}
+	y = cut(y) // [B, 1, d]
 	return Mul(Squeeze(y, 1), InsertAxes(gate, -1)), choice
 }
 

@@ -62,21 +62,36 @@ func TestStepProduct(t *testing.T) {
 	}
 }
 
-// TestStepRowsGreedyTokens checks that batch-1 greedy decoding with the step products padded
-// to 2 rows (what a GPU run uses against XLA's single-row rewrite) gives exactly the tokens of
-// the unpadded decoder, for the four small architectures, one step per call and unrolled.
-func TestStepRowsGreedyTokens(t *testing.T) {
+// TestStepVariantsGreedyTokens checks that batch-1 greedy decoding with the step products padded
+// to 2 rows, and with the steps reading the weights' transposed copies (TransposeStepWeights,
+// after CastWeights to bfloat16 as the latency and bench commands do), gives exactly the tokens
+// of the plain decoder, for the four small architectures, one step per call and unrolled.
+func TestStepVariantsGreedyTokens(t *testing.T) {
 	backend := cpuBackend(t)
 	const maxLen = 20
 	for _, cfg := range DecodeCheckConfigs() {
 		for _, unroll := range []int{1, 4} {
 			t.Run(fmt.Sprintf("%s/unroll%d", cfg.Name, unroll), func(t *testing.T) {
 				var want []int
-				for _, rows := range []int{0, 2} {
+				for _, variant := range []string{"plain", "rows", "transposed"} {
 					c := cfg
-					c.StepRows = rows
+					c.ComputeDType = "bfloat16"
+					if variant == "rows" {
+						c.StepRows = 2
+					}
 					ctx := context.New()
 					ctx.SetParam(initializers.ParamInitialSeed, int64(4))
+					if err := InitWeights(backend, ctx, c); err != nil {
+						t.Fatal(err)
+					}
+					if _, err := CastWeights(backend, ctx, ComputeDType(c)); err != nil {
+						t.Fatal(err)
+					}
+					if variant == "transposed" {
+						if _, err := TransposeStepWeights(backend, ctx); err != nil {
+							t.Fatal(err)
+						}
+					}
 					dec, err := NewDecoder(backend, ctx, c, 1, maxLen)
 					if err != nil {
 						t.Fatal(err)
@@ -88,14 +103,100 @@ func TestStepRowsGreedyTokens(t *testing.T) {
 					if err != nil {
 						t.Fatal(err)
 					}
-					if rows == 0 {
+					if variant == "plain" {
 						want = got
 					} else if !slices.Equal(got, want) {
-						t.Errorf("step rows %d: tokens %v, unpadded %v", rows, got, want)
+						t.Errorf("%s: tokens %v, plain decoder %v", variant, got, want)
 					}
 				}
 			})
 		}
+	}
+}
+
+// TestTransposeStepWeights checks the copies TransposeStepWeights adds: one per block matmul
+// weight (none for the router, the norms or the embedding), each the transpose of its last two
+// axes in the weight's dtype, none added by a second call.
+func TestTransposeStepWeights(t *testing.T) {
+	backend := cpuBackend(t)
+	cfg := DecodeCheckConfigs()[0] // BlackMamba: Mamba and MoE blocks
+	ctx := context.New()
+	if err := InitWeights(backend, ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	weights := map[string]*context.Variable{}
+	for v := range ctx.IterVariables() {
+		if IsCastWeight(v.Scope(), v.Name()) {
+			weights[v.ScopeAndName()] = v
+		}
+	}
+	n, err := TransposeStepWeights(backend, ctx)
+	if err != nil || n != len(weights) || n == 0 {
+		t.Fatalf("TransposeStepWeights: %d copies, error %v; want %d", n, err, len(weights))
+	}
+	for key, w := range weights {
+		c := ctx.InspectVariableIfLoaded(w.Scope(), w.Name()+stepTSuffix)
+		if c == nil {
+			t.Fatalf("%s: no transposed copy", key)
+		}
+		dims := w.Shape().Dimensions
+		r := len(dims)
+		want := append(slices.Clone(dims[:r-2]), dims[r-1], dims[r-2])
+		if !slices.Equal(c.Shape().Dimensions, want) || c.Shape().DType != w.Shape().DType || c.Trainable {
+			t.Fatalf("%s: copy %s trainable=%v, want %v %s not trainable", key, c.Shape(), c.Trainable, want, w.Shape().DType)
+		}
+		wv, cv := tensors.MustCopyFlatData[float32](w.MustValue()), tensors.MustCopyFlatData[float32](c.MustValue())
+		rows, cols := dims[r-2], dims[r-1]
+		for m := 0; m < len(wv)/(rows*cols); m++ {
+			for i := range rows {
+				for j := range cols {
+					if a, b := wv[m*rows*cols+i*cols+j], cv[m*rows*cols+j*rows+i]; a != b {
+						t.Fatalf("%s: [%d, %d, %d] is %g, copy has %g", key, m, i, j, a, b)
+					}
+				}
+			}
+		}
+	}
+	if n, err := TransposeStepWeights(backend, ctx); err != nil || n != 0 {
+		t.Errorf("second call: %d copies, error %v; want 0", n, err)
+	}
+	// The step reads the copies: with them zeroed, a step's logits no longer match the
+	// prefill's (which reads the weights) at the same position.
+	stepVsPrefill := func() float64 {
+		dec, err := NewDecoder(backend, ctx, cfg, 1, 8)
+		if err != nil {
+			t.Fatal(err)
+		}
+		full, err := dec.Prefill([][]int{{5, 7}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := tensors.MustCopyFlatData[float32](full)
+		if _, err := dec.Prefill([][]int{{5}}); err != nil {
+			t.Fatal(err)
+		}
+		step, err := dec.Step([]int{7})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := tensors.MustCopyFlatData[float32](step)
+		diff := 0.0
+		for i := range got {
+			diff = math.Max(diff, math.Abs(float64(got[i]-want[i])))
+		}
+		return diff
+	}
+	if d := stepVsPrefill(); d > 1e-5 {
+		t.Errorf("with the transposed copies: step and prefill logits differ by %g", d)
+	}
+	for _, w := range weights {
+		c := ctx.InspectVariableIfLoaded(w.Scope(), w.Name()+stepTSuffix)
+		if err := c.SetValue(tensors.FromShape(c.Shape())); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if d := stepVsPrefill(); d < 1e-3 {
+		t.Errorf("with the copies zeroed: step and prefill logits differ by only %g; the step does not read the copies", d)
 	}
 }
 

@@ -21,7 +21,8 @@
 # Environment: MOE_LIMIT (seconds, default 200) and ROUTER=0 (skip the router timing) for moe;
 # SCAN_SHAPES and SCAN_VARIANTS for scan; DECODE_UNROLL (greedy steps per call), DECODE_BATCH
 # (sequences decoded together) and DECODE_STEP_ROWS (rows of the step's weight products, 0: not
-# padded), comma-separated lists, default 1, 1 and 0, and DECODE_LIMIT for decode; BIG_BATCH
+# padded) and DECODE_STEP_WEIGHTS (inout and/or transposed), comma-separated lists, default 1, 1,
+# 0 and inout, and DECODE_LIMIT for decode; BIG_BATCH
 # (default 4) for train-1.5b.
 set -uo pipefail
 bundle="$(cd "$1" && pwd)"
@@ -55,7 +56,7 @@ phase_train_big() {
 	step train-1.5b "${BIG_LIMIT:-300}" "$run" blackmamba bench -what train-step -config 1.5b -dtype bfloat16 -batch "${BIG_BATCH:-4}" -seq 2048 -reps 5 -json "$out/bench-train-1.5b.json"
 }
 phase_decode() {
-	step decode-1.5b "${DECODE_LIMIT:-240}" "$run" blackmamba bench -what decode -config 1.5b -dtype bfloat16 -decode-tokens 512 -decode-unroll "${DECODE_UNROLL:-1}" -decode-batch "${DECODE_BATCH:-1}" -decode-step-rows "${DECODE_STEP_ROWS:-0}" -reps 5 -json "$out/bench-decode-1.5b.json"
+	step decode-1.5b "${DECODE_LIMIT:-240}" "$run" blackmamba bench -what decode -config 1.5b -dtype bfloat16 -decode-tokens 512 -decode-unroll "${DECODE_UNROLL:-1}" -decode-batch "${DECODE_BATCH:-1}" -decode-step-rows "${DECODE_STEP_ROWS:-0}" -decode-step-weights "${DECODE_STEP_WEIGHTS:-inout}" -reps 5 -json "$out/bench-decode-1.5b.json"
 }
 phase_breakdown() {
 	step breakdown "${BREAKDOWN_LIMIT:-330}" "$run" blackmamba bench -what breakdown -config small -dtype bfloat16 -batch 8 -seq 2048 -reps 5 -json "$out/bench-breakdown.json"

@@ -15,6 +15,13 @@
 #                    kernels (thunks) per decode step, read from the dumped thunk sequence
 #   decode-cmdbuf    the same with XLA's command buffers (CUDA graphs) allowed for every kind of
 #                    kernel and graphs of any size, against per-kernel launch overhead
+#   decode-fa0       the decode case with XLA's fusion autotuner off
+#                    (--xla_gpu_experimental_enable_fusion_autotuner=false): with it on, the
+#                    step's products with small outputs (x_proj, out_proj, the experts' fc2, the
+#                    router) became Triton reduction fusions fed by a separate kernel that
+#                    writes the whole elementwise product to memory
+#   decode-t         the decode case with the steps reading the weights' transposed copies
+#                    (bm.TransposeStepWeights: row reductions instead of column reductions)
 #   decode-ncu       the decode case's bench (3 tokens, one pass) under Nsight Compute: the
 #                    duration of every kernel (gpu__time_duration), as CSV in OUT/ncu-decode.csv,
 #                    with XLA's autotuning off so that the compilation launches few kernels of
@@ -48,7 +55,7 @@ cases=("$@")
 echo '{"sinkhorn_max_iter": 1}' >"$out/small-sk1.json"
 echo '{"scan_max_tokens": 8192}' >"$out/small-split.json"
 for c in "${cases[@]}"; do
-	cfg=small seq="${SEQ:-512}" batch="${BATCH:-16}" flags="" decode=false
+	cfg=small seq="${SEQ:-512}" batch="${BATCH:-16}" flags="" decode=false weights="${DECODE_STEP_WEIGHTS:-inout}"
 	case "$c" in
 	transformer) cfg=small-transformer ;;
 	transformer-at0) cfg=small-transformer flags="--xla_gpu_autotune_level=0" ;;
@@ -62,6 +69,8 @@ for c in "${cases[@]}"; do
 	step2048-noepi) batch=8 seq=2048 flags="--xla_gpu_enable_reduction_epilogue_fusion=false" ;;
 	step2048-split) batch=8 seq=2048 cfg="$out/small-split.json" ;;
 	decode) decode=true ;;
+	decode-fa0) decode=true flags="--xla_gpu_experimental_enable_fusion_autotuner=false" ;;
+	decode-t) decode=true weights=transposed ;;
 	decode-ncu)
 		ncu="$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -n 1)"
 		echo "=== decode-ncu: $ncu (limit ${LIMIT:-150}s)" | tee -a "$out/summary.txt"
@@ -84,7 +93,7 @@ for c in "${cases[@]}"; do
 	esac
 	if $decode; then
 		what="1.5b decode, bf16, 128 tokens" lines="^decode"
-		bench=(-what decode -config 1.5b -dtype bfloat16 -decode-tokens 128 -decode-unroll "${DECODE_UNROLL:-1}" -decode-batch "${DECODE_BATCH:-1}" -decode-step-rows "${DECODE_STEP_ROWS:-0}" -reps 3)
+		bench=(-what decode -config 1.5b -dtype bfloat16 -decode-tokens 128 -decode-unroll "${DECODE_UNROLL:-1}" -decode-batch "${DECODE_BATCH:-1}" -decode-step-rows "${DECODE_STEP_ROWS:-0}" -decode-step-weights "$weights" -reps 3)
 	else
 		what="-config $cfg -batch $batch -seq $seq" lines="Very slow|took|^train-step|^graph"
 		bench=(-what graph,train-step -config "$cfg" -dtype bfloat16 -batch "$batch" -seq "$seq" -reps 1)
@@ -108,6 +117,13 @@ for c in "${cases[@]}"; do
 			[[ -e "$f" ]] || continue
 			echo "$(grep -c -E '^[0-9]+: k' "$f") thunks, $(grep -c -i -E '^[0-9]+: .*(gemm|cublas)' "$f") matmuls: $(basename "$f")"
 		done | sort -rn | head -n 5 >>"$out/summary.txt"
+		# The kinds of kernel of the greedy step (the single-step graph): fusion names without
+		# their numbers, with their counts.
+		for f in "$dump"/*greedyExec*thunk_sequence.txt; do
+			[[ -e "$f" ]] || continue
+			echo "kernel kinds of $(basename "$f"):"
+			sed -n -E 's/^[0-9]+: k[A-Za-z]+ \[[^]]*\] ([a-z_]*[a-z]).*/\1/p' "$f" | sort | uniq -c | sort -rn
+		done >>"$out/summary.txt"
 	fi
 	[[ -d "$dump" ]] && { (cd /tmp && tar -cJf "$out/hlo-$c.tar.xz" "hlo-$c" 2>/dev/null) || true; }
 	xz -f "$out/$c.log"

@@ -50,6 +50,11 @@
 #   scripts/gpu-paper.sh BUNDLE_DIR scaling     on a 4-GPU host: the 1.5b step data-parallel on two
 #                                               GPUs at 4 sequences per GPU (weak scaling) and on
 #                                               one, and the small step, with the current defaults
+#   scripts/gpu-paper.sh BUNDLE_DIR decode-layout  on a 4-GPU host: 1.5b decoding with the
+#                                               steps reading transposed weight copies (kernel
+#                                               counts, benchmark, latency sweeps), with XLA's
+#                                               fusion autotuner off, and the Transformers'
+#                                               latency at 16 steps per call
 #   scripts/gpu-paper.sh BUNDLE_DIR loss-1.5b   on a 4-GPU host: the first training steps of 1.5b
 #                                               on one GPU and on two, their losses compared, and
 #                                               the 2.8b equal-total dense Mamba to 2048 tokens
@@ -253,6 +258,19 @@ scaling)
 		"2: COUNTS=1 BIG_LIMIT=${BIG_LIMIT:-540} $here/gpu-multi.sh $bundle 1.5b" \
 		"3: TRAIN_SMALL_DTYPES=bfloat16 TRAIN_SMALL_LIMIT=${TRAIN_SMALL_LIMIT:-540} $here/gpu-bench.sh $bundle train-small"
 	;;
+decode-layout)
+	# Where the batch-1 decode step's time goes, on a 4-GPU host, one GPU each: the 1.5b step
+	# reading transposed weight copies, with its kernel counts (HLO dumps on), then the 1.5B
+	# BlackMamba and dense Mamba latency sweeps with them at 16 steps per call (GPU 0); the step
+	# with XLA's fusion autotuner off, HLO dumps on (GPU 1); the decode benchmark at 1 and 16
+	# steps per call with the [in, out] weights and the transposed copies (GPU 2); the 1.5b
+	# Transformers' latency at 16 steps per call to 4096 tokens (GPU 3).
+	"$here/gpu-lanes.sh" \
+		"LIMIT=${DIAG_LIMIT:-180} $here/gpu-diagnose.sh $bundle decode-t; timeout -k 10 ${T_LAT_LIMIT:-360} $run blackmamba latency -family 1.5b -archs 1.5b,1.5b-mamba -unroll 16 -step-transposed -max-len ${MAX_LEN:-16384} -reps 2 -out \$OUT/latency-transposed.json -plots \$OUT/plots-transposed" \
+		"LIMIT=${DIAG_LIMIT:-180} $here/gpu-diagnose.sh $bundle decode-fa0" \
+		"DECODE_STEP_WEIGHTS=inout,transposed DECODE_UNROLL=1,16 DECODE_LIMIT=${DECODE_LIMIT:-500} $here/gpu-bench.sh $bundle decode" \
+		"timeout -k 10 ${TF_LIMIT:-540} $run blackmamba latency -family 1.5b -archs 1.5b-transformer,1.5b-transformer-moe -unroll 16 -max-len 4096 -reps 2 -out \$OUT/latency-tf-unroll.json -plots \$OUT/plots-tf-unroll"
+	;;
 loss-1.5b)
 	# The first LOSS_STEPS (default 6) steps of `blackmamba train -config 1.5b` at a global batch
 	# of 4 x 2048 on one GPU (GPU 0) and data-parallel on two (GPUs 1 and 2), same seed, then
@@ -286,7 +304,7 @@ finish)
 		"3: $here/gpu-bench.sh $bundle moe; TRAIN_SMALL_DTYPES=bfloat16 TRAIN_SMALL_LIMIT=${TRAIN_SMALL_LIMIT:-270} $here/gpu-bench.sh $bundle train-small"
 	;;
 *)
-	echo "unknown phase $phase (want training, inference, latency, latency-checks, latency-total, owed, decode, rows, scaling, loss-1.5b, compile, multi or finish)" >&2
+	echo "unknown phase $phase (want training, inference, latency, latency-checks, latency-total, owed, decode, rows, scaling, decode-layout, loss-1.5b, compile, multi or finish)" >&2
 	exit 2
 	;;
 esac

@@ -157,6 +157,10 @@ func TestDecodeRuns(t *testing.T) {
 	if r := Decode(backend, padded, 8, 4, 2); r.Err != "" || r.Extra["step_rows"] != 2 || r.Extra["tokens_repeat"] != 1 || !strings.Contains(r.Variant, "step rows 2") {
 		t.Errorf("step rows 2: row %+v: want step rows 2 in the variant and extras, repeated tokens", r)
 	}
+	// The steps reading transposed weight copies: named in the variant and extras.
+	if r := DecodeVariant(backend, cfg, 1, 8, 4, 2, true); r.Err != "" || r.Extra["transposed"] != 1 || r.Extra["tokens_repeat"] != 1 || !strings.Contains(r.Variant, "transposed") {
+		t.Errorf("transposed: row %+v: want transposed in the variant and extras, repeated tokens", r)
+	}
 	if r := DecodeBatch(backend, cfg, 0, 8, 1, 1); !strings.Contains(r.Err, "batch (0)") {
 		t.Errorf("batch 0: error %q, want one naming the batch", r.Err)
 	}

@@ -45,12 +45,22 @@ func Decode(backend backends.Backend, cfg bm.Config, tokens, unroll, reps int) R
 // an elementwise product and a reduction instead of a matrix multiplication; batch 2 shows
 // what a step costs when it is not a vector product.
 func DecodeBatch(backend backends.Backend, cfg bm.Config, batch, tokens, unroll, reps int) Row {
+	return DecodeVariant(backend, cfg, batch, tokens, unroll, reps, false)
+}
+
+// DecodeVariant is DecodeBatch with, when transposed is set, the decode steps reading the
+// weights' transposed copies (bm.TransposeStepWeights, made after the cast); the variant then
+// says "transposed" and Extra holds transposed = 1.
+func DecodeVariant(backend backends.Backend, cfg bm.Config, batch, tokens, unroll, reps int, transposed bool) Row {
 	variant := fmt.Sprintf("%s %s greedy", cfg.Name, cfg.ComputeDType)
 	if unroll > 1 {
 		variant += fmt.Sprintf(", unroll %d", unroll)
 	}
 	if cfg.StepRows > batch {
 		variant += fmt.Sprintf(", step rows %d", cfg.StepRows)
+	}
+	if transposed {
+		variant += ", transposed"
 	}
 	row := Row{Bench: "decode", Variant: variant,
 		Shape: fmt.Sprintf("batch %d, prompt 1, %d tokens", batch, tokens), Reps: reps, PeakBytes: -1}
@@ -62,7 +72,7 @@ func DecodeBatch(backend backends.Backend, cfg bm.Config, batch, tokens, unroll,
 	_, active := cfg.ParamCounts()
 	dtype := bm.ComputeDType(cfg)
 	weightBytes := float64(active) * float64(dtype.Size())
-	row.Extra = map[string]float64{"params_active": float64(active), "weight_bytes": weightBytes, "unroll": float64(unroll), "batch": float64(batch), "step_rows": float64(cfg.StepRows)}
+	row.Extra = map[string]float64{"params_active": float64(active), "weight_bytes": weightBytes, "unroll": float64(unroll), "batch": float64(batch), "step_rows": float64(cfg.StepRows), "transposed": b2f(transposed)}
 	err := catch(func() error {
 		cfg.MaxSeqLen = max(cfg.MaxSeqLen, tokens)
 		if err := cfg.Validate(); err != nil {
@@ -77,6 +87,11 @@ func DecodeBatch(backend backends.Backend, cfg bm.Config, batch, tokens, unroll,
 		}
 		if _, err := bm.CastWeights(backend, ctx, dtype); err != nil {
 			return err
+		}
+		if transposed {
+			if _, err := bm.TransposeStepWeights(backend, ctx); err != nil {
+				return err
+			}
 		}
 		// The prompt's token and tokens-1 steps: tokens positions in all.
 		dec, err := bm.NewDecoder(backend, ctx, cfg, batch, tokens)
@@ -178,4 +193,12 @@ func decodePass(g *bm.GreedyDecoder, batch, n int) (decodeResult, error) {
 		r.tokens = append(r.tokens, v...)
 	}
 	return r, nil
+}
+
+// b2f is 1 for true and 0 for false.
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }

@@ -47,7 +47,10 @@ type Options struct {
 	// StepRows is bm.Config.StepRows for every architecture: the decode step's weight
 	// products run on that many rows (the token's row and zero rows); 0: not padded.
 	StepRows int
-	Log      io.Writer
+	// StepTransposed has the decode steps read the weights' transposed copies
+	// (bm.TransposeStepWeights).
+	StepTransposed bool
+	Log            io.Writer
 	// AfterArch, if set, receives the result so far after each architecture (e.g. to save it,
 	// so that a run stopped by a time limit keeps the architectures it finished).
 	AfterArch func(*Result) error
@@ -72,18 +75,20 @@ type Point struct {
 
 // Arch is the measurement of one architecture.
 type Arch struct {
-	Config       string  `json:"config"`
-	Pattern      string  `json:"pattern"`
-	Blocks       int     `json:"blocks"`
-	Dim          int     `json:"dim"`
-	TotalParams  int64   `json:"total_params"`
-	ActiveParams int64   `json:"active_params"`
-	ComputeDType string  `json:"compute_dtype"`
-	Unroll       int     `json:"unroll,omitempty"`    // greedy steps per executable call (absent: 1)
-	StepRows     int     `json:"step_rows,omitempty"` // rows of the step's weight products (bm.Config.StepRows; absent: not padded)
-	CompileS     float64 `json:"compile_s"`           // warm-up: weight initialisation + compiling every graph the sweep runs
-	FirstTokenMS Stat    `json:"first_token_ms"`
-	Points       []Point `json:"points"`
+	Config       string `json:"config"`
+	Pattern      string `json:"pattern"`
+	Blocks       int    `json:"blocks"`
+	Dim          int    `json:"dim"`
+	TotalParams  int64  `json:"total_params"`
+	ActiveParams int64  `json:"active_params"`
+	ComputeDType string `json:"compute_dtype"`
+	Unroll       int    `json:"unroll,omitempty"`    // greedy steps per executable call (absent: 1)
+	StepRows     int    `json:"step_rows,omitempty"` // rows of the step's weight products (bm.Config.StepRows; absent: not padded)
+	// StepTransposed: the steps read the weights' transposed copies (bm.TransposeStepWeights).
+	StepTransposed bool    `json:"step_transposed,omitempty"`
+	CompileS       float64 `json:"compile_s"` // warm-up: weight initialisation + compiling every graph the sweep runs
+	FirstTokenMS   Stat    `json:"first_token_ms"`
+	Points         []Point `json:"points"`
 	// TokensRepeat reports whether every repetition produced the same tokens at the checkpoints.
 	TokensRepeat bool `json:"tokens_repeat"`
 	// PeakMemoryBytes is the process's device-memory high-water mark after this architecture
@@ -212,7 +217,7 @@ func runArch(backend backends.Backend, cfg bm.Config, opts Options) (*Arch, erro
 	}
 	total, active := cfg.ParamCounts()
 	a := &Arch{Config: cfg.Name, Pattern: cfg.Pattern, Blocks: len(cfg.Blocks()), Dim: cfg.Dim,
-		TotalParams: total, ActiveParams: active, ComputeDType: cfg.ComputeDType, StepRows: cfg.StepRows, PeakMemoryBytes: -1, TokensRepeat: true}
+		TotalParams: total, ActiveParams: active, ComputeDType: cfg.ComputeDType, StepRows: cfg.StepRows, StepTransposed: opts.StepTransposed, PeakMemoryBytes: -1, TokensRepeat: true}
 	fmt.Fprintf(opts.Log, "%s: %d blocks, d=%d, %.3gB total / %.3gB active parameters\n",
 		cfg.Name, a.Blocks, cfg.Dim, float64(total)/1e9, float64(active)/1e9)
 
@@ -225,6 +230,11 @@ func runArch(backend backends.Backend, cfg bm.Config, opts Options) (*Arch, erro
 	}
 	if _, err := bm.CastWeights(backend, ctx, bm.ComputeDType(cfg)); err != nil {
 		return nil, err
+	}
+	if opts.StepTransposed {
+		if _, err := bm.TransposeStepWeights(backend, ctx); err != nil {
+			return nil, err
+		}
 	}
 	dec, err := bm.NewDecoder(backend, ctx, cfg, 1, opts.MaxLen)
 	if err != nil {

@@ -68,7 +68,7 @@ func TestStat(t *testing.T) {
 // repeatable tokens), the JSON round trip, the figures and the Markdown table.
 func TestRunTinyAndReport(t *testing.T) {
 	backend := cpuBackend(t)
-	res, err := Run(backend, Options{Family: "tiny", Archs: []string{"tiny", "tiny-transformer"}, MaxLen: 8, MinLen: 4, Reps: 2, StepRows: 2})
+	res, err := Run(backend, Options{Family: "tiny", Archs: []string{"tiny", "tiny-transformer"}, MaxLen: 8, MinLen: 4, Reps: 2, StepRows: 2, StepTransposed: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -76,8 +76,8 @@ func TestRunTinyAndReport(t *testing.T) {
 		t.Fatalf("got %d architectures, want 2", len(res.Archs))
 	}
 	for _, a := range res.Archs {
-		if a.ActiveParams <= 0 || a.TotalParams < a.ActiveParams || a.ComputeDType != "bfloat16" || a.StepRows != 2 {
-			t.Errorf("%s: params %d/%d, dtype %q, step rows %d (want 2)", a.Config, a.ActiveParams, a.TotalParams, a.ComputeDType, a.StepRows)
+		if a.ActiveParams <= 0 || a.TotalParams < a.ActiveParams || a.ComputeDType != "bfloat16" || a.StepRows != 2 || !a.StepTransposed {
+			t.Errorf("%s: params %d/%d, dtype %q, step rows %d (want 2), transposed %v (want true)", a.Config, a.ActiveParams, a.TotalParams, a.ComputeDType, a.StepRows, a.StepTransposed)
 		}
 		if !a.TokensRepeat {
 			t.Errorf("%s: repetitions produced different tokens", a.Config)
@@ -125,7 +125,7 @@ func TestRunTinyAndReport(t *testing.T) {
 	if err := WriteMarkdown(&md, back); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"| 4 |", "| 8 |", "tiny-transformer", "warm-up s", "step product rows"} {
+	for _, want := range []string{"| 4 |", "| 8 |", "tiny-transformer", "warm-up s", "step product rows", "| transposed |"} {
 		if !strings.Contains(md.String(), want) {
 			t.Errorf("Markdown table lacks %q:\n%s", want, md.String())
 		}

@@ -145,13 +145,17 @@ func WriteMarkdown(w io.Writer, r *Result) error {
 		}
 		b.WriteString("\n")
 	}
-	fmt.Fprintf(&b, "| | steps per call | step product rows | warm-up s | first token ms | peak device memory |\n|---|---:|---:|---:|---:|---:|\n")
+	fmt.Fprintf(&b, "| | steps per call | step product rows | step weights | warm-up s | first token ms | peak device memory |\n|---|---:|---:|---|---:|---:|---:|\n")
 	for _, a := range r.Archs {
 		mem := "–"
 		if a.PeakMemoryBytes > 0 {
 			mem = fmt.Sprintf("%.1f GiB", float64(a.PeakMemoryBytes)/(1<<30))
 		}
-		fmt.Fprintf(&b, "| %s | %d | %d | %.1f | %.2f | %s |\n", a.Config, max(a.Unroll, 1), max(a.StepRows, 1), a.CompileS, a.FirstTokenMS.Median, mem)
+		layout := "[in, out]"
+		if a.StepTransposed {
+			layout = "transposed"
+		}
+		fmt.Fprintf(&b, "| %s | %d | %d | %s | %.1f | %.2f | %s |\n", a.Config, max(a.Unroll, 1), max(a.StepRows, 1), layout, a.CompileS, a.FirstTokenMS.Median, mem)
 	}
 	_, err := io.WriteString(w, b.String())
 	return err

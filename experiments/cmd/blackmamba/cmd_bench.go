@@ -37,6 +37,7 @@ func runBench(fs *flag.FlagSet, args []string) error {
 	decodeBatch := fs.String("decode-batch", "1", "decode: comma-separated numbers of sequences generated together, one row each (with every -decode-unroll)")
 	decodeUnroll := fs.String("decode-unroll", "1", "decode: comma-separated greedy steps per executable call, one row each (1: a call per token; k > 1 unrolls k steps into one graph)")
 	decodeStepRows := fs.String("decode-step-rows", "0", "decode: comma-separated rows of the step's weight products (bm.Config.StepRows; 0: not padded, 2: a batch-1 step's products stay matrix multiplications on a GPU), one row each")
+	decodeWeights := fs.String("decode-step-weights", "inout", `decode: comma-separated layouts of the weights the steps read, one row each: "inout" (the model's [in, out]) or "transposed" (bm.TransposeStepWeights' [out, in] copies)`)
 	reps := fs.Int("reps", 10, "timed repetitions after warm-up (the median is reported)")
 	devices := fs.Int("devices", 1, "train-step: data-parallel on this many devices of the backend (-batch is the global batch)")
 	out := fs.String("json", "", "write the report as JSON to this file")
@@ -66,6 +67,17 @@ func runBench(fs *flag.FlagSet, args []string) error {
 	stepRows, err := parseStepRows(*decodeStepRows)
 	if err != nil {
 		return err
+	}
+	var layouts []bool // transposed or not, per -decode-step-weights entry
+	for _, f := range strings.Split(*decodeWeights, ",") {
+		switch strings.TrimSpace(f) {
+		case "inout":
+			layouts = append(layouts, false)
+		case "transposed":
+			layouts = append(layouts, true)
+		default:
+			return fmt.Errorf("-decode-step-weights %q: %q is not a layout (want inout or transposed)", *decodeWeights, f)
+		}
 	}
 	if strings.Contains(*what, "train-step") {
 		if err := checkDevices(backend, *devices, *batch); err != nil {
@@ -137,9 +149,11 @@ func runBench(fs *flag.FlagSet, args []string) error {
 			for _, rows := range stepRows {
 				c := cfg
 				c.StepRows = rows
-				for _, b := range batches {
-					for _, k := range unrolls {
-						report.Rows = append(report.Rows, bench.DecodeBatch(backend, c, b, *decodeTokens, k, *reps))
+				for _, transposed := range layouts {
+					for _, b := range batches {
+						for _, k := range unrolls {
+							report.Rows = append(report.Rows, bench.DecodeVariant(backend, c, b, *decodeTokens, k, *reps, transposed))
+						}
 					}
 				}
 			}

@@ -31,6 +31,7 @@ func runLatency(fs *flag.FlagSet, args []string) error {
 	seed := fs.Int64("seed", 1, "seed of the random weights")
 	unroll := fs.Int("unroll", 1, "greedy steps per executable call (1: one call per token; k > 1 unrolls k steps into one graph, compiled once per KV-cache length)")
 	stepRows := fs.Int("step-rows", 0, "rows of the decode step's weight products (bm.Config.StepRows): 2 keeps them matrix multiplications on a GPU, where XLA rewrites single-row products; 0: not padded")
+	stepTransposed := fs.Bool("step-transposed", false, "decode steps read transposed copies of the weights (bm.TransposeStepWeights; row reductions on a GPU; the copies double the matmul weights' memory)")
 	out := fs.String("out", "experiments/results/latency.json", "result JSON to write")
 	plotDir := fs.String("plots", "plots/latency", "directory for the PNG and SVG figures (empty: no plots)")
 	plotOnly := fs.Bool("plot-only", false, "do not measure: plot and tabulate the result in -in")
@@ -72,7 +73,7 @@ func runLatency(fs *flag.FlagSet, args []string) error {
 			return err
 		}
 		fmt.Fprintf(os.Stderr, "backend: %s\n", choice)
-		opts := latency.Options{Family: *family, MaxLen: *maxLen, MinLen: *minLen, Reps: *reps, Seed: *seed, Unroll: *unroll, StepRows: *stepRows, Log: os.Stderr}
+		opts := latency.Options{Family: *family, MaxLen: *maxLen, MinLen: *minLen, Reps: *reps, Seed: *seed, Unroll: *unroll, StepRows: *stepRows, StepTransposed: *stepTransposed, Log: os.Stderr}
 		if *archs != "" {
 			opts.Archs = strings.Split(*archs, ",")
 		}
