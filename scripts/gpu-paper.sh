@@ -273,11 +273,12 @@ decode-layout)
 	;;
 loss-1.5b)
 	# The first LOSS_STEPS (default 6) steps of `blackmamba train -config 1.5b` at a global batch
-	# of 4 x 2048 on one GPU (GPU 0) and data-parallel on two (GPUs 1 and 2), same seed, then
+	# of 4 x LOSS_SEQ (default 2048) in LOSS_DTYPE (default: the GPU's bfloat16) on one GPU (GPU 0) and data-parallel on two (GPUs 1 and 2), same seed, then
 	# their losses compared (compare-runs, relative tolerance 1e-2); on GPU 3 the 2.8b dense
 	# Mamba at equal total parameters (176 blocks, warm-up about 450 s) to MAX_LEN (default
 	# 2048) tokens, REPS (default 1) passes.
-	tr="timeout -k 10 ${LOSS_LIMIT:-520} $run blackmamba train -config 1.5b -corpus $corpus -steps ${LOSS_STEPS:-6} -batch 4 -seq 2048 -log-every 1 -eval-batches 1 -seed 1"
+	# LOSS_DTYPE=float32 (with LOSS_SEQ=1024 to fit) separates rounding from a real difference.
+	tr="timeout -k 10 ${LOSS_LIMIT:-520} $run blackmamba train -config 1.5b -corpus $corpus -steps ${LOSS_STEPS:-6} -batch 4 -seq ${LOSS_SEQ:-2048} -log-every 1 -eval-batches 1 -seed 1 ${LOSS_DTYPE:+-dtype $LOSS_DTYPE}"
 	"$here/gpu-lanes.sh" \
 		"0: $tr -devices 1 -dir /tmp/loss-1dev >\$OUT/train-1dev.log 2>&1; cp /tmp/loss-1dev/metrics.jsonl \$OUT/loss-1.5b-1dev.jsonl" \
 		"1,2: $tr -devices 2 -dir /tmp/loss-2dev >\$OUT/train-2dev.log 2>&1; cp /tmp/loss-2dev/metrics.jsonl \$OUT/loss-1.5b-2dev.jsonl" \
