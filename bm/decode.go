@@ -4,7 +4,9 @@ import (
 	"fmt"
 
 	"github.com/gomlx/gomlx/backends"
+	"github.com/gomlx/gomlx/pkg/core/dtypes"
 	. "github.com/gomlx/gomlx/pkg/core/graph"
+	"github.com/gomlx/gomlx/pkg/core/shapes"
 	"github.com/gomlx/gomlx/pkg/core/tensors"
 	"github.com/gomlx/gomlx/pkg/ml/context"
 )
@@ -20,9 +22,10 @@ import (
 // that replaces them. The KV caches grow in buckets (KVCacheBucket: powers of two from 8, up to
 // maxLen), so that an attention step costs O(current length) rather than O(maxLen); each cache
 // length compiles its own step graph. Prompt lengths are bucketed: the prefill graph runs the longest bucket
-// length that fits (1, 2, 3, 4, 6, 8, 12, 16, 24, …: powers of two and three times powers of
+// length that fits (2, 3, 4, 6, 8, 12, 16, 24, …: powers of two and three times powers of
 // two) and the remaining prompt tokens go through the step graph, so that at most
-// about 2·log₂(maxLen) prefill graphs are ever compiled.
+// about 2·log₂(maxLen) prefill graphs are ever compiled. A one-token prompt compiles none: its
+// token is a step from empty states (zero Mamba states, zero KV caches).
 
 // Decoder generates tokens with a model whose variables are in a context.
 type Decoder struct {
@@ -152,25 +155,72 @@ func PrefillBucket(n int) int {
 	return best
 }
 
-// Prefill starts new sequences from prompts (batch rows of equal length >= 1) and returns the
-// logits [B, V] float32 of their last position. Earlier states are discarded.
-func (d *Decoder) Prefill(prompts [][]int) (*tensors.Tensor, error) {
+// checkPrompts validates the prompts of a new sequence for the method name: batch rows of
+// equal length >= 1 (fitting maxLen with attention blocks) and ids in the vocabulary.
+func (d *Decoder) checkPrompts(name string, prompts [][]int) error {
 	if len(prompts) != d.batch {
-		return nil, fmt.Errorf("bm: Decoder.Prefill: got %d prompts, decoder batch is %d", len(prompts), d.batch)
+		return fmt.Errorf("bm: %s: got %d prompts, decoder batch is %d", name, len(prompts), d.batch)
 	}
 	L := len(prompts[0])
 	for i, p := range prompts {
 		if len(p) != L || L == 0 {
-			return nil, fmt.Errorf("bm: Decoder.Prefill: prompt %d has %d tokens; prompts must be non-empty and of equal length (prompt 0 has %d)", i, len(p), L)
+			return fmt.Errorf("bm: %s: prompt %d has %d tokens; prompts must be non-empty and of equal length (prompt 0 has %d)", name, i, len(p), L)
 		}
 		for j, id := range p {
 			if id < 0 || id >= d.cfg.Vocab {
-				return nil, fmt.Errorf("bm: Decoder.Prefill: prompt %d token %d is id %d, outside [0, %d)", i, j, id, d.cfg.Vocab)
+				return fmt.Errorf("bm: %s: prompt %d token %d is id %d, outside [0, %d)", name, i, j, id, d.cfg.Vocab)
 			}
 		}
 	}
 	if d.hasAttention && L > d.maxLen {
-		return nil, fmt.Errorf("bm: Decoder.Prefill: prompt of %d tokens exceeds maxLen %d", L, d.maxLen)
+		return fmt.Errorf("bm: %s: prompt of %d tokens exceeds maxLen %d", name, L, d.maxLen)
+	}
+	return nil
+}
+
+// startEmpty discards the current sequence and sets the states of an empty one, from which a
+// step consumes the first token: zero conv and SSM states for Mamba blocks, zero KV caches of
+// KVCacheBucket(1, maxLen) positions for attention blocks. A one-token prompt starts this way
+// rather than through a prefill graph of one token: the values are the same (the decoder
+// tests check both against the parallel forward) and the step graph, which the generation
+// needs anyway, is the only one to compile.
+func (d *Decoder) startEmpty() {
+	for _, s := range d.states {
+		s.FinalizeAll()
+	}
+	d.states, d.pos, d.kvLen = []*tensors.Tensor{}, 0, 0
+	if d.hasAttention {
+		d.kvLen = KVCacheBucket(1, d.maxLen)
+	}
+	cfg := d.cfg
+	for _, b := range cfg.Blocks() {
+		switch b.Kind {
+		case KindMamba:
+			d.states = append(d.states,
+				tensors.FromShape(shapes.Make(dtypes.Float32, d.batch, cfg.Inner(), cfg.ConvKernel)),
+				tensors.FromShape(shapes.Make(dtypes.Float32, d.batch, cfg.Inner(), cfg.StateSize)))
+		case KindAttention:
+			kv := shapes.Make(ComputeDType(cfg), d.batch, cfg.Heads, d.kvLen, cfg.HeadDim())
+			d.states = append(d.states, tensors.FromShape(kv), tensors.FromShape(kv))
+		}
+	}
+}
+
+// Prefill starts new sequences from prompts (batch rows of equal length >= 1) and returns the
+// logits [B, V] float32 of their last position. Earlier states are discarded. A one-token
+// prompt is a step from empty states (see startEmpty).
+func (d *Decoder) Prefill(prompts [][]int) (*tensors.Tensor, error) {
+	if err := d.checkPrompts("Decoder.Prefill", prompts); err != nil {
+		return nil, err
+	}
+	L := len(prompts[0])
+	if L == 1 {
+		d.startEmpty()
+		col := make([]int, d.batch)
+		for b, p := range prompts {
+			col[b] = p[0]
+		}
+		return d.Step(col)
 	}
 	for _, s := range d.states {
 		s.FinalizeAll()

@@ -111,6 +111,22 @@ func (d *GreedyDecoder) argmaxExec() (*Exec, error) {
 // PrefillGreedy starts new sequences from prompts like Prefill and returns the greedy next
 // tokens [B] int32, left on the device.
 func (d *GreedyDecoder) PrefillGreedy(prompts [][]int) (*tensors.Tensor, error) {
+	if err := d.checkPrompts("GreedyDecoder.PrefillGreedy", prompts); err != nil {
+		return nil, err
+	}
+	if len(prompts[0]) == 1 {
+		// One token: the greedy step from empty states, no prefill or argmax graph.
+		d.startEmpty()
+		ids := make([]int32, d.batch)
+		for b, p := range prompts {
+			ids[b] = int32(p[0])
+		}
+		outs, err := d.steps("PrefillGreedy", tensors.FromFlatDataAndDimensions(ids, d.batch), 1)
+		if err != nil {
+			return nil, err
+		}
+		return outs[0], nil
+	}
 	logits, err := d.Prefill(prompts)
 	if err != nil {
 		return nil, err
@@ -262,7 +278,8 @@ func (d *GreedyDecoder) GenerateGreedy(prompt []int, n int) ([]int, error) {
 }
 
 // WarmUpGreedy compiles, before any timing, every graph a greedy generation of upTo tokens
-// from a prompt of promptLen tokens will run: the prefill, the argmax, and for each KV-cache
+// from a prompt of promptLen tokens will run: the prefill and the argmax (for a one-token
+// prompt, neither: its token is a greedy step from empty states), and for each KV-cache
 // length up to the one holding promptLen+upTo-1 positions the single greedy step and, with
 // Unroll = k > 1, the k-step graph and the first call's aligning one (NextSteps), and the cache
 // extensions between them. It runs each graph once on scratch states and leaves the decoder

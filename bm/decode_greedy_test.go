@@ -108,3 +108,30 @@ func TestGreedyDecoderErrors(t *testing.T) {
 		t.Errorf("StepsGreedy of 6 steps up to maxLen: %d tokens, error %v", len(outs), err)
 	}
 }
+
+// TestOneTokenPromptCompilesNoPrefill checks that a one-token prompt starts from empty states
+// through the step graph: after a warm-up and a generation from one token, the decoder has
+// compiled no prefill and no argmax graph, for the four architectures (the tokens themselves
+// are checked against host sampling by TestGenerateGreedyMatchesHostSampling, the logits
+// against the parallel forward by TestDecoderMatchesForward).
+func TestOneTokenPromptCompilesNoPrefill(t *testing.T) {
+	backend := cpuBackend(t)
+	for _, cfg := range DecodeCheckConfigs() {
+		ctx := context.New()
+		dec, err := NewDecoder(backend, ctx, cfg, 1, 16)
+		if err != nil {
+			t.Fatal(err)
+		}
+		g := NewGreedyDecoder(dec)
+		if err := g.WarmUpGreedy(1, 12); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := g.GenerateGreedy([]int{9}, 12); err != nil {
+			t.Fatal(err)
+		}
+		if len(g.prefill) != 0 || g.argmax != nil {
+			t.Errorf("%s: %d prefill graphs, argmax compiled %v; want none", cfg.Name, len(g.prefill), g.argmax != nil)
+		}
+		g.Release()
+	}
+}

@@ -26,8 +26,9 @@ const PeakHBMBytesPerS = 4.8e12
 //
 // Ms is the median over the passes of the time per generated token after the first one
 // (the steps only: (time of the last token − time of the first token) / (tokens − 1)), MinMs
-// the fastest pass; TokensPerS = 1000 / Ms. Extra holds first_token_ms (median prefill of the
-// one-token prompt until its token is on the host), params_active, weight_bytes (the active
+// the fastest pass; TokensPerS = 1000 / Ms. Extra holds first_token_ms (median time from the
+// one-token prompt, which the decoder runs as a step from empty states, until its token is on
+// the host), params_active, weight_bytes (the active
 // parameters at the compute dtype's size: what one step reads at least), weight_gb_per_s
 // (weight_bytes / Ms, the effective read bandwidth), bw_util (that against PeakHBMBytesPerS)
 // and tokens_repeat (1 when every pass generated the same tokens, as greedy decoding must).
