@@ -142,7 +142,9 @@ func MoEStep(ctx *context.Context, cfg Config, experts int, u *Node) (out, choic
 	w := moeVariables(ctx, g, cfg, experts)
 	logits := Add(Einsum("bd,de->be", x, w.routerW), InsertAxes(w.routerB, 0))
 	choice = ArgMax(logits, -1, dtypes.Int32)
-	gate := ReduceSum(Mul(Sigmoid(logits), OneHot(choice, experts, dtypes.Float32)), -1)
+	// sigmoid(ℓ_{e*}) as the sigmoid of the largest logit: the same value, and a reduction over
+	// the same logits as the argmax's, which the compiler can compute in the same kernel.
+	gate := Sigmoid(ReduceMax(logits, -1))
 	// One group per sequence, its token padded to cfg.StepRows rows (see StepProduct).
 	xs, cut := padStepRows(cfg, InsertAxes(x, 1), 1)
 	var y *Node
