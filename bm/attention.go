@@ -88,10 +88,13 @@ func AttentionStep(ctx *context.Context, cfg Config, u, pos, k, v *Node) (out, k
 		panic(fmt.Sprintf("bm.AttentionStep: caches must be [B=%d, H=%d, L, hd=%d], got k %s, v %s", numB, h, hd, k.Shape(), v.Shape()))
 	}
 	pos = ConvertDType(pos, dtypes.Int32)
-	w := attentionVariables(ctx, g, cfg)
 	positions := Reshape(ConvertDType(pos, dtypes.Float32), 1)
-	row := func(name string, wt *Node) *Node { return Reshape(stepMatmul(ctx, cfg, name, u, wt), numB, 1, d) }
-	q, kn, vn := attentionHeads(cfg, row("wq", w.wq), row("wk", w.wk), row("wv", w.wv), positions) // [B, H, 1, hd]
+	// The products by stepMatmulVar, in the order attentionVariables creates the weights.
+	row := func(name string) *Node { return Reshape(stepMatmulVar(ctx, cfg, name, false, u, d, d), numB, 1, d) }
+	qr := row("wq")
+	kr := row("wk")
+	vr := row("wv")
+	q, kn, vn := attentionHeads(cfg, qr, kr, vr, positions) // [B, H, 1, hd]
 
 	method := context.GetParamOr(ctx, ParamCacheWrite, "")
 	dynamic := false
@@ -109,7 +112,7 @@ func AttentionStep(ctx *context.Context, cfg Config, u, pos, k, v *Node) (out, k
 	visible := LessOrEqual(keyPos, pos)                            // [L]
 	o := attendCore(cfg, q, k2, v2, Reshape(visible, 1, cacheLen)) // [B, H, 1, hd]
 	o = Reshape(Transpose(o, 1, 2), numB, d)
-	return stepMatmul(ctx, cfg, "wo", o, w.wo), k2, v2
+	return stepMatmulVar(ctx, cfg, "wo", true, o, d, d), k2, v2
 }
 
 // writeCacheAt writes update [B, H, 1, hd] into cache [B, H, L, hd] at position pos (int32

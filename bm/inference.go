@@ -182,14 +182,16 @@ func stepTransposed(ctx *context.Context, g *Graph, name string, dims ...int) *N
 	return v.ValueGraph(g)
 }
 
-// stepMatmul is x·w for a decoding step, x [B, in], w [in, out] the weight name of ctx's scope
-// → [B, out] float32: from the weight's transposed copy (TransposeStepWeights) when ctx holds
-// one, else StepProduct. Rows are padded to cfg.StepRows either way.
-func stepMatmul(ctx *context.Context, cfg Config, name string, x, w *Node) *Node {
-	in, out := w.Shape().Dim(0), w.Shape().Dim(1)
-	if wt := stepTransposed(ctx, x.Graph(), name, out, in); wt != nil {
+// stepMatmulVar is x·W for a decoding step, x [B, in] and W [in, out] the weight name of ctx's
+// scope → [B, out] float32: from W's transposed copy (TransposeStepWeights) when ctx holds one,
+// and then without reading W itself (the step's executable does not take it as an argument),
+// else StepProduct with W (weightVar, which creates it if missing; outProj as there). Rows are
+// padded to cfg.StepRows either way.
+func stepMatmulVar(ctx *context.Context, cfg Config, name string, outProj bool, x *Node, in, out int) *Node {
+	g := x.Graph()
+	if wt := stepTransposed(ctx, g, name, out, in); wt != nil {
 		xp, cut := padStepRows(cfg, x, 0)
 		return cut(ComputeEinsum(cfg, "bd,ed->be", xp, wt))
 	}
-	return StepProduct(cfg, x, w)
+	return StepProduct(cfg, x, weightVar(ctx, g, cfg, name, outProj, in, out))
 }

@@ -42,21 +42,34 @@ type mambaWeights struct {
 // mambaVariables creates (or reuses) the mixer's variables in the scope of ctx, named as in the
 // package documentation, with the initialisation of init.go.
 func mambaVariables(ctx *context.Context, cfg Config, g *Graph) mambaWeights {
+	return mambaVariablesFor(ctx, cfg, g, true)
+}
+
+// mambaVariablesFor is mambaVariables, leaving the three matmul weights (in_proj, x_proj,
+// out_proj) out when matmuls is false: a decoding step reads them through stepMatmulVar, which
+// may read their transposed copies instead.
+func mambaVariablesFor(ctx *context.Context, cfg Config, g *Graph, matmuls bool) mambaWeights {
 	d, D, N, K, R := cfg.Dim, cfg.Inner(), cfg.StateSize, cfg.ConvKernel, cfg.Rank()
 	f32 := func(c *context.Context, name string, dims ...int) *Node {
 		return c.VariableWithShape(name, shapes.Make(dtypes.Float32, dims...)).ValueGraph(g)
 	}
+	matmul := func(name string, outProj bool, in, out int) *Node {
+		if !matmuls {
+			return nil
+		}
+		return weightVar(ctx, g, cfg, name, outProj, in, out)
+	}
 	convInit := ctx.WithInitializer(uniformInit(ctx, 1/math.Sqrt(float64(K))))
 	return mambaWeights{
-		inProj:  weightVar(ctx, g, cfg, "in_proj", false, d, 2*D),
+		inProj:  matmul("in_proj", false, d, 2*D),
 		convW:   f32(convInit, "conv1d_weight", K, D),
 		convB:   f32(convInit, "conv1d_bias", D),
-		xProj:   weightVar(ctx, g, cfg, "x_proj", false, D, R+2*N),
+		xProj:   matmul("x_proj", false, D, R+2*N),
 		dtProj:  f32(ctx.WithInitializer(uniformInit(ctx, 1/math.Sqrt(float64(R)))), "dt_proj", R, D),
 		dtBias:  f32(ctx.WithInitializer(dtBiasInit(ctx, cfg)), "dt_proj_bias", D),
 		aLog:    f32(ctx.WithInitializer(aLogInit), "A_log", D, N),
 		dSkip:   f32(ctx.WithInitializer(initializers.One), "D", D),
-		outProj: weightVar(ctx, g, cfg, "out_proj", true, D, d),
+		outProj: matmul("out_proj", true, D, d),
 	}
 }
 
@@ -148,10 +161,10 @@ func conv1dTaps(padded, w *Node, T int) *Node {
 // MambaPrefill or a previous MambaStep). It returns out [B, d] float32 and the new states.
 func MambaStep(ctx *context.Context, cfg Config, u, conv, ssm *Node) (out, conv2, ssm2 *Node) {
 	g := u.Graph()
-	w := mambaVariables(ctx, cfg, g)
-	D, N, K, R := cfg.Inner(), cfg.StateSize, cfg.ConvKernel, cfg.Rank()
+	w := mambaVariablesFor(ctx, cfg, g, false)
+	d, D, N, K, R := cfg.Dim, cfg.Inner(), cfg.StateSize, cfg.ConvKernel, cfg.Rank()
 
-	xz := stepMatmul(ctx, cfg, "in_proj", u, w.inProj) // [B, 2D]
+	xz := stepMatmulVar(ctx, cfg, "in_proj", false, u, d, 2*D) // [B, 2D]
 	x := SliceAxis(xz, -1, AxisRange(0, D))
 	z := SliceAxis(xz, -1, AxisRange(D, 2*D))
 
@@ -178,7 +191,7 @@ func MambaStep(ctx *context.Context, cfg Config, u, conv, ssm *Node) (out, conv2
 	// One matmul for the three parts here (a decode step is bound by its kernel count, and the
 	// slow kernel xProjections avoids only arises in the sequence form); in float32 its values
 	// equal the sequence form's.
-	xdbl := stepMatmul(ctx, cfg, "x_proj", xc, w.xProj) // [B, R+2N]
+	xdbl := stepMatmulVar(ctx, cfg, "x_proj", false, xc, D, R+2*N) // [B, R+2N]
 	dt := SliceAxis(xdbl, -1, AxisRange(0, R))
 	bm := SliceAxis(xdbl, -1, AxisRange(R, R+N))
 	cm := SliceAxis(xdbl, -1, AxisRange(R+N, R+2*N))
@@ -189,7 +202,7 @@ func MambaStep(ctx *context.Context, cfg Config, u, conv, ssm *Node) (out, conv2
 	ssm2 = Add(Mul(decay, ssm), Mul(InsertAxes(Mul(delta, xc), -1), InsertAxes(bm, 1))) // [B, D, N]
 	y := Add(ReduceSum(Mul(ssm2, InsertAxes(cm, 1)), -1), Mul(xc, ExpandLeftToRank(w.dSkip, 2)))
 	y = Mul(y, activations.Swish(z))
-	out = stepMatmul(ctx, cfg, "out_proj", y, w.outProj)
+	out = stepMatmulVar(ctx, cfg, "out_proj", true, y, D, d)
 	return out, conv2, ssm2
 }
 

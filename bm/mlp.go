@@ -29,12 +29,9 @@ func MLP(ctx *context.Context, cfg Config, u *Node) *Node {
 // (the weights' transposed copies when TransposeStepWeights made them; rows padded to
 // cfg.StepRows).
 func mlpStep(ctx *context.Context, cfg Config, u *Node) *Node {
-	g := u.Graph()
 	d, f := cfg.Dim, cfg.FFN
-	fc1 := weightVar(ctx, g, cfg, "fc1", false, d, 2*f)
-	fc2 := weightVar(ctx, g, cfg, "fc2", true, f, d)
-	h := stepMatmul(ctx, cfg, "fc1", u, fc1)
-	return stepMatmul(ctx, cfg, "fc2", gatedActivation(cfg, h), fc2)
+	h := stepMatmulVar(ctx, cfg, "fc1", false, u, d, 2*f)
+	return stepMatmulVar(ctx, cfg, "fc2", true, gatedActivation(cfg, h), f, d)
 }
 
 // flattenTokens reshapes x [..., d] to [N, d] and returns the leading dimensions, so that the

@@ -139,7 +139,10 @@ func MoEStep(ctx *context.Context, cfg Config, experts int, u *Node) (out, choic
 		panic(fmt.Sprintf("bm.MoEStep: input must be [B, d=%d], got %s", cfg.Dim, u.Shape()))
 	}
 	x := ConvertDType(u, dtypes.Float32)
-	w := moeVariables(ctx, g, cfg, experts)
+	d, f := cfg.Dim, cfg.FFN
+	fc1T, fc2T := stepTransposed(ctx, g, "fc1", experts, 2*f, d), stepTransposed(ctx, g, "fc2", experts, d, f)
+	transposed := fc1T != nil && fc2T != nil
+	w := moeVariablesFor(ctx, g, cfg, experts, !transposed)
 	logits := Add(Einsum("bd,de->be", x, w.routerW), InsertAxes(w.routerB, 0))
 	choice = ArgMax(logits, -1, dtypes.Int32)
 	// sigmoid(ℓ_{e*}) as the sigmoid of the largest logit: the same value, and a reduction over
@@ -148,9 +151,7 @@ func MoEStep(ctx *context.Context, cfg Config, experts int, u *Node) (out, choic
 	// One group per sequence, its token padded to cfg.StepRows rows (see StepProduct).
 	xs, cut := padStepRows(cfg, InsertAxes(x, 1), 1)
 	var y *Node
-	d, f := cfg.Dim, cfg.FFN
-	fc1T, fc2T := stepTransposed(ctx, g, "fc1", experts, 2*f, d), stepTransposed(ctx, g, "fc2", experts, d, f)
-	if fc1T != nil && fc2T != nil {
+	if transposed {
 		// The chosen experts' transposed copies (TransposeStepWeights): [B, 2F, d] and [B, d, F].
 		idx := InsertAxes(choice, -1)
 		dt := ComputeDType(cfg)
@@ -167,14 +168,23 @@ type moeWeights struct{ routerW, routerB, fc1, fc2 *Node }
 
 // moeVariables creates or reuses the MoE variables in the scope of ctx.
 func moeVariables(ctx *context.Context, g *Graph, cfg Config, experts int) moeWeights {
+	return moeVariablesFor(ctx, g, cfg, experts, true)
+}
+
+// moeVariablesFor is moeVariables, leaving the experts' fc1 and fc2 out when expertWeights is false
+// (a decoding step that reads their transposed copies).
+func moeVariablesFor(ctx *context.Context, g *Graph, cfg Config, experts int, expertWeights bool) moeWeights {
 	d, f := cfg.Dim, cfg.FFN
-	return moeWeights{
+	w := moeWeights{
 		routerW: weightVar(ctx, g, cfg, "router_weight", false, d, experts),
 		routerB: ctx.WithInitializer(initializers.Zero).
 			VariableWithShape("router_bias", shapes.Make(dtypes.Float32, experts)).ValueGraph(g),
-		fc1: weightVar(ctx, g, cfg, "fc1", false, experts, d, 2*f),
-		fc2: weightVar(ctx, g, cfg, "fc2", true, experts, f, d),
 	}
+	if expertWeights {
+		w.fc1 = weightVar(ctx, g, cfg, "fc1", false, experts, d, 2*f)
+		w.fc2 = weightVar(ctx, g, cfg, "fc2", true, experts, f, d)
+	}
+	return w
 }
 
 // MoEBlockSize is the automatic dispatch block size for T tokens and E experts: the largest

@@ -189,6 +189,41 @@ func TestTransposeStepWeights(t *testing.T) {
 	if d := stepVsPrefill(); d > 1e-5 {
 		t.Errorf("with the transposed copies: step and prefill logits differ by %g", d)
 	}
+	// Nor does the step read the weights themselves: with them zeroed, its logits stay the same.
+	stepLogits := func() []float32 {
+		dec, err := NewDecoder(backend, ctx, cfg, 1, 8)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := dec.Prefill([][]int{{5}}); err != nil { // a step from empty states
+			t.Fatal(err)
+		}
+		step, err := dec.Step([]int{7})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tensors.MustCopyFlatData[float32](step)
+	}
+	before := stepLogits()
+	saved := map[*context.Variable]*tensors.Tensor{}
+	for _, w := range weights {
+		c, err := w.MustValue().LocalClone()
+		if err != nil {
+			t.Fatal(err)
+		}
+		saved[w] = c
+		if err := w.SetValue(tensors.FromShape(w.Shape())); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if after := stepLogits(); !slices.Equal(after, before) {
+		t.Errorf("with the weights zeroed and their copies kept, the step's logits changed")
+	}
+	for w, v := range saved {
+		if err := w.SetValue(v); err != nil {
+			t.Fatal(err)
+		}
+	}
 	for _, w := range weights {
 		c := ctx.InspectVariableIfLoaded(w.Scope(), w.Name()+stepTSuffix)
 		if err := c.SetValue(tensors.FromShape(c.Shape())); err != nil {
