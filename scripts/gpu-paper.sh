@@ -262,12 +262,13 @@ decode-layout)
 	# Where the batch-1 decode step's time goes, on a 4-GPU host, one GPU each: the 1.5b step
 	# reading transposed weight copies, with its kernel counts (HLO dumps on), then the 1.5B
 	# BlackMamba and dense Mamba latency sweeps with them at 16 steps per call (GPU 0); the step
-	# with XLA's fusion autotuner off, HLO dumps on (GPU 1); the decode benchmark at 1 and 16
+	# with XLA's fusion autotuner off, HLO dumps on, then the scan variants at chunk 16 (the
+	# log-depth across-chunk scan with the cached link among them, GPU 1); the decode benchmark at 1 and 16
 	# steps per call with the [in, out] weights and the transposed copies (GPU 2); the 1.5b
 	# Transformers' latency at 16 steps per call to 4096 tokens (GPU 3).
 	"$here/gpu-lanes.sh" \
 		"LIMIT=${DIAG_LIMIT:-180} $here/gpu-diagnose.sh $bundle decode-t; timeout -k 10 ${T_LAT_LIMIT:-360} $run blackmamba latency -family 1.5b -archs 1.5b,1.5b-mamba -unroll 16 -step-transposed -max-len ${MAX_LEN:-16384} -reps 2 -out \$OUT/latency-transposed.json -plots \$OUT/plots-transposed" \
-		"LIMIT=${DIAG_LIMIT:-180} $here/gpu-diagnose.sh $bundle decode-fa0" \
+		"LIMIT=${DIAG_LIMIT:-180} $here/gpu-diagnose.sh $bundle decode-fa0; SCAN_SHAPES=2048 SCAN_VARIANTS=quick SCAN_LIMIT=${SCAN_LIMIT:-330} $here/gpu-bench.sh $bundle scan" \
 		"DECODE_STEP_WEIGHTS=inout,transposed DECODE_UNROLL=1,16 DECODE_LIMIT=${DECODE_LIMIT:-500} $here/gpu-bench.sh $bundle decode" \
 		"timeout -k 10 ${TF_LIMIT:-540} $run blackmamba latency -family 1.5b -archs 1.5b-transformer,1.5b-transformer-moe -unroll 16 -max-len 4096 -reps 2 -out \$OUT/latency-tf-unroll.json -plots \$OUT/plots-tf-unroll"
 	;;
