@@ -388,3 +388,43 @@ func (d *GreedyDecoder) Release() {
 		e.Finalize()
 	}
 }
+
+// GenerateStream is Decoder.Generate with greedy sampling on the device: it continues one
+// prompt (batch 1) by up to maxNew tokens, one greedy step per call, and hands each token to
+// onToken (if not nil) as soon as it is on the host; onToken stops the generation by returning
+// false. Only the token (4 bytes) comes back to the host at each step, where Generate copies
+// the whole row of logits and takes the argmax there; the tokens are the same.
+func (d *GreedyDecoder) GenerateStream(prompt []int, maxNew int, onToken func(int) bool) ([]int, error) {
+	if d.batch != 1 {
+		return nil, fmt.Errorf("bm: GreedyDecoder.GenerateStream needs a decoder of batch 1, this one has batch %d", d.batch)
+	}
+	if d.hasAttention && len(prompt)+maxNew-1 > d.maxLen {
+		return nil, fmt.Errorf("bm: GreedyDecoder.GenerateStream: prompt (%d) + maxNew (%d) - 1 exceeds maxLen %d", len(prompt), maxNew, d.maxLen)
+	}
+	var out []int
+	if maxNew <= 0 {
+		return out, nil
+	}
+	tok, err := d.PrefillGreedy([][]int{prompt})
+	if err != nil {
+		return nil, err
+	}
+	for {
+		v, err := tensors.CopyFlatData[int32](tok)
+		if err != nil {
+			tok.FinalizeAll()
+			return out, fmt.Errorf("bm: GreedyDecoder.GenerateStream: reading token %d: %w", len(out), err)
+		}
+		out = append(out, int(v[0]))
+		if (onToken != nil && !onToken(int(v[0]))) || len(out) == maxNew {
+			tok.FinalizeAll()
+			return out, nil
+		}
+		next, err := d.StepGreedy(tok)
+		tok.FinalizeAll()
+		if err != nil {
+			return out, err
+		}
+		tok = next
+	}
+}

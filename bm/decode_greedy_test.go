@@ -135,3 +135,46 @@ func TestOneTokenPromptCompilesNoPrefill(t *testing.T) {
 		g.Release()
 	}
 }
+
+// TestGenerateStream checks the streaming device-greedy generation against Generate with
+// Greedy() (host argmax of the same logits), for the four architectures: the same tokens, each
+// handed to the callback in order, a stop requested by the callback honoured, and maxNew 0.
+func TestGenerateStream(t *testing.T) {
+	backend := cpuBackend(t)
+	const maxLen = 20
+	for _, cfg := range DecodeCheckConfigs() {
+		ctx := context.New()
+		ctx.SetParam(initializers.ParamInitialSeed, int64(6))
+		dec, err := NewDecoder(backend, ctx, cfg, 1, maxLen)
+		if err != nil {
+			t.Fatal(err)
+		}
+		g := NewGreedyDecoder(dec)
+		for _, prompt := range [][]int{{4}, {2, 7, 1}} {
+			n := maxLen - len(prompt) + 1
+			want, err := dec.Generate(prompt, n, Greedy(), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var seen []int
+			got, err := g.GenerateStream(prompt, n, func(id int) bool { seen = append(seen, id); return true })
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(got, want) || !slices.Equal(seen, want) {
+				t.Errorf("%s prompt %v: streamed %v (callback %v), host greedy %v", cfg.Name, prompt, got, seen, want)
+			}
+			stopped, err := g.GenerateStream(prompt, n, func(int) bool { return false })
+			if err != nil || len(stopped) != 1 || stopped[0] != want[0] {
+				t.Errorf("%s: stop after the first token: %v, %v", cfg.Name, stopped, err)
+			}
+		}
+		if out, err := g.GenerateStream([]int{1}, 0, nil); err != nil || len(out) != 0 {
+			t.Errorf("%s: maxNew 0: %v, %v", cfg.Name, out, err)
+		}
+		if _, err := g.GenerateStream([]int{1, 2}, maxLen, nil); cfg.Name == "transformer" && (err == nil || !strings.Contains(err.Error(), "exceeds maxLen")) {
+			t.Errorf("%s: past maxLen: error %v", cfg.Name, err)
+		}
+		g.Release()
+	}
+}

@@ -195,3 +195,20 @@ func stepMatmulVar(ctx *context.Context, cfg Config, name string, outProj bool, 
 	}
 	return StepProduct(cfg, x, weightVar(ctx, g, cfg, name, outProj, in, out))
 }
+
+// DropStepWeights removes from ctx the copies TransposeStepWeights added, freeing their memory,
+// so that decoding steps read the weights themselves again. It returns how many it removed.
+func DropStepWeights(ctx *context.Context) (int, error) {
+	var copies []*context.Variable
+	for v := range ctx.IterVariables() {
+		if strings.HasSuffix(v.Name(), stepTSuffix) && IsCastWeight(v.Scope(), strings.TrimSuffix(v.Name(), stepTSuffix)) {
+			copies = append(copies, v)
+		}
+	}
+	for i, v := range copies {
+		if err := ctx.DeleteVariable(v.Scope(), v.Name()); err != nil {
+			return i, fmt.Errorf("bm.DropStepWeights: %s: %w", v.ScopeAndName(), err)
+		}
+	}
+	return len(copies), nil
+}

@@ -233,6 +233,13 @@ func TestTransposeStepWeights(t *testing.T) {
 	if d := stepVsPrefill(); d < 1e-3 {
 		t.Errorf("with the copies zeroed: step and prefill logits differ by only %g; the step does not read the copies", d)
 	}
+	// DropStepWeights removes the copies: the step reads the weights again.
+	if n, err := DropStepWeights(ctx); err != nil || n != len(weights) {
+		t.Errorf("DropStepWeights: %d removed, error %v; want %d", n, err, len(weights))
+	}
+	if d := stepVsPrefill(); d > 1e-5 {
+		t.Errorf("after DropStepWeights: step and prefill logits differ by %g", d)
+	}
 }
 
 // TestStepRowsValidation checks the bounds of step_rows and StepProduct's shape check.

@@ -92,6 +92,28 @@ func TestGenerateFixture(t *testing.T) {
 			t.Errorf("greedy token %d is %d, Forward's argmax is %d (logits %.5f vs %.5f)", k, tok, best, row[tok], row[best])
 		}
 	}
+	// The layout of the weights the steps read does not change the tokens (auto is transposed
+	// on this backend; inout drops the copies again).
+	for _, layout := range []string{"inout", "transposed", "inout"} {
+		st, err := Generate(backend, m, prompt, GenerateOptions{MaxTokens: 6, StepWeights: layout}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(st.Tokens, greedy) {
+			t.Errorf("step weights %s: %v, want %v", layout, st.Tokens, greedy)
+		}
+	}
+	if _, err := Generate(backend, m, prompt, GenerateOptions{MaxTokens: 2, StepWeights: "columns"}, nil); err == nil || !strings.Contains(err.Error(), `"columns"`) {
+		t.Errorf("unknown step weights: error %v", err)
+	}
+	for _, c := range []struct {
+		layout string
+		want   bool
+	}{{"", true}, {"auto", true}, {"inout", false}, {"transposed", true}} {
+		if got, err := StepWeightsTransposed(c.layout, backend); err != nil || got != c.want {
+			t.Errorf("StepWeightsTransposed(%q, pure-Go backend) = %v, %v; want %v", c.layout, got, err, c.want)
+		}
+	}
 	// Stop at EOS: with EOS set to the first greedy token, one token comes out.
 	st, err := Generate(backend, m, prompt, GenerateOptions{MaxTokens: 6, StopEOS: true, EOS: greedy[0]}, nil)
 	if err != nil {

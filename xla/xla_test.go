@@ -373,6 +373,34 @@ func TestNewGoAndSelfCheck(t *testing.T) {
 	}
 }
 
+// TestNewForDecoding checks that the plain pure-Go choice gets the decoding configuration (and
+// still computes correctly), and that an explicit configuration is kept as given.
+func TestNewForDecoding(t *testing.T) {
+	m := newFakeMachine(t)
+	b, ch, err := m.env().NewForDecoding("go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Finalize()
+	if ch.Backend != BackendGo || ch.Config != CPUDecodingConfig || !strings.Contains(ch.Reason, "decoding") {
+		t.Errorf("NewForDecoding(go) = %+v", ch)
+	}
+	if relErr, err := SelfCheck(b); err != nil || relErr > 1e-5 {
+		t.Errorf("SelfCheck with %s: relative error %.3g, %v", ch.Config, relErr, err)
+	}
+	if !IsPureGo(b) || IsPureGo(nil) {
+		t.Errorf("IsPureGo(%s) = %v, IsPureGo(nil) = %v", b.Name(), IsPureGo(b), IsPureGo(nil))
+	}
+	b2, ch2, err := m.env().NewForDecoding("go:ops_sequential")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b2.Finalize()
+	if ch2.Config != "go:ops_sequential" {
+		t.Errorf("NewForDecoding(go:ops_sequential) config %q, want it kept", ch2.Config)
+	}
+}
+
 // A plugin that exists but cannot be loaded (here an empty file): an explicit request fails
 // naming the file; the automatic choice falls back to the CPU and says why.
 func TestNewBrokenPlugin(t *testing.T) {

@@ -93,6 +93,7 @@ func runGenerate(fs *flag.FlagSet, args []string) error {
 	seed := fs.Uint64("seed", 1, "random seed of the sampler (and of the weights with -random)")
 	activation := fs.String("activation", "", "override the expert activation: silu (the paper's SwiGLU) or gelu (the released inference code); empty keeps the config's")
 	stopEOS := fs.Bool("stop-eos", true, "stop after the end-of-text token (id 0)")
+	stepWeights := fs.String("step-weights", "auto", "layout of the weights the decoding steps read: inout (the model's), transposed (copies made once, as much memory again as the matmul weights) or auto (transposed on the pure-Go backend, where it is faster)")
 	backendFlag := xla.AddFlag(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -110,7 +111,12 @@ func runGenerate(fs *flag.FlagSet, args []string) error {
 	if err := checkSampling(*maxTokens, sampler); err != nil {
 		return err
 	}
-	backend, choice, err := xla.New(*backendFlag)
+	switch *stepWeights {
+	case "auto", "inout", "transposed":
+	default:
+		return fmt.Errorf("-step-weights %q: want auto, inout or transposed", *stepWeights)
+	}
+	backend, choice, err := xla.NewForDecoding(*backendFlag)
 	if err != nil {
 		return err
 	}
@@ -154,10 +160,11 @@ func runGenerate(fs *flag.FlagSet, args []string) error {
 	fmt.Fprintf(os.Stderr, "model %s: %s, %d layers, d=%d, %d parameters (%d active per token); prompt %d tokens\n",
 		m.Path, m.Cfg.Pattern, len(m.Cfg.Blocks()), m.Cfg.Dim, total, active, len(ids))
 	st, err := experiments.Generate(backend, m, ids, experiments.GenerateOptions{
-		MaxTokens: *maxTokens,
-		Sampler:   sampler,
-		StopEOS:   *stopEOS,
-		EOS:       0,
+		MaxTokens:   *maxTokens,
+		Sampler:     sampler,
+		StopEOS:     *stopEOS,
+		EOS:         0,
+		StepWeights: *stepWeights,
 	}, onToken)
 	if streamer != nil {
 		streamer.Flush()
