@@ -156,9 +156,10 @@ func newBackend(config string) (b backends.Backend, err error) {
 
 // CPUDecodingConfig is CPUConfig with the pure-Go backend's DotGeneral for small matrices forced:
 // a decoding step multiplies one row by each weight matrix, and simplego's default choice for
-// the larger weights copies every weight into blocks at each call. On 2 cores, a `small`
-// decoding step in float32 took 1.28 s by default, 0.88 s with the small-matrix path, and 0.37
-// s with it and the weights' transposed copies (bm.TransposeStepWeights).
+// the larger weights copies every weight into blocks at each call. On 2 cores (blackmamba bench
+// -what decode, float32), a `small` decoding step took 1.28 s with CPUConfig, 0.69 s with the
+// small-matrix path, and 0.43 s with it and the weights' transposed copies
+// (bm.TransposeStepWeights); a `tiny` step, whose cost is the 50K-row head, 41 and 2.7 ms.
 const CPUDecodingConfig = CPUConfig + ",dotgeneral_small"
 
 // NewForDecoding is New for programs that mostly decode (generation): when the choice is the

@@ -68,7 +68,7 @@ func runLatency(fs *flag.FlagSet, args []string) error {
 			return err
 		}
 	} else {
-		backend, choice, err := xla.New(*backendFlag)
+		backend, choice, err := xla.NewForDecoding(*backendFlag)
 		if err != nil {
 			return err
 		}
