@@ -244,7 +244,7 @@ rows)
 	tot="timeout -k 10 ${TOTAL_LIMIT:-560} $run blackmamba latency -archs"
 	"$here/gpu-lanes.sh" \
 		"DECODE_STEP_ROWS=2 LIMIT=${DIAG_LIMIT:-180} $here/gpu-diagnose.sh $bundle decode; timeout -k 10 ${ROWS_LAT_LIMIT:-330} $lat -out \$OUT/latency-rows.json -plots \$OUT/plots-rows" \
-		"DECODE_STEP_ROWS=0,2 DECODE_UNROLL=16 DECODE_LIMIT=${DECODE_LIMIT:-280} $here/gpu-bench.sh $bundle decode; mv \$OUT/bench-decode-1.5b.json \$OUT/bench-decode-rows.json; mv \$OUT/decode-1.5b.log \$OUT/decode-rows.log; DECODE_BATCH=2 DECODE_LIMIT=150 $here/gpu-bench.sh $bundle decode; timeout -k 10 120 $run blackmamba selfcheck >\$OUT/selfcheck.log 2>&1" \
+		"DECODE_STEP_ROWS=0,2 DECODE_UNROLL=16 DECODE_LIMIT=${DECODE_LIMIT:-280} $here/gpu-bench.sh $bundle decode; mv \$OUT/bench-decode-1.5b.json \$OUT/bench-decode-rows.json; mv \$OUT/decode-1.5b.log \$OUT/decode-rows.log; DECODE_BATCH=2 DECODE_LIMIT=150 $here/gpu-bench.sh $bundle decode; timeout -k 10 ${CHECK_LIMIT:-200} $run blackmamba selfcheck >\$OUT/selfcheck.log 2>&1" \
 		"$tot 1.5b-mamba-total -family 1.5b -max-len ${TOTAL_MAX_LEN:-4096} -reps 2 -out \$OUT/latency-total-1.5b.json -plots \$OUT/plots-1.5b" \
 		"$tot 2.8b-mamba-total -family 2.8b -max-len ${TOTAL_MAX_LEN:-4096} -reps 2 -out \$OUT/latency-total-2.8b.json -plots \$OUT/plots-2.8b"
 	;;
@@ -263,12 +263,13 @@ decode-layout)
 	# reading transposed weight copies, with its kernel counts (HLO dumps on), then the 1.5B
 	# BlackMamba and dense Mamba latency sweeps with them at 16 steps per call (GPU 0); the step
 	# with XLA's fusion autotuner off, HLO dumps on, then the scan variants at chunk 16 (the
-	# log-depth across-chunk scan with the cached link among them, GPU 1); the decode benchmark at 1 and 16
+	# log-depth across-chunk scan with the cached link among them) and the self-checks, whose
+	# decoder check covers the padded and transposed steps (GPU 1); the decode benchmark at 1 and 16
 	# steps per call with the [in, out] weights and the transposed copies (GPU 2); the 1.5b
 	# Transformers' latency at 16 steps per call to 4096 tokens (GPU 3).
 	"$here/gpu-lanes.sh" \
 		"LIMIT=${DIAG_LIMIT:-180} $here/gpu-diagnose.sh $bundle decode-t; timeout -k 10 ${T_LAT_LIMIT:-360} $run blackmamba latency -family 1.5b -archs 1.5b,1.5b-mamba -unroll 16 -step-transposed -max-len ${MAX_LEN:-16384} -reps 2 -out \$OUT/latency-transposed.json -plots \$OUT/plots-transposed" \
-		"LIMIT=${DIAG_LIMIT:-180} $here/gpu-diagnose.sh $bundle decode-fa0; SCAN_SHAPES=2048 SCAN_VARIANTS=quick SCAN_LIMIT=${SCAN_LIMIT:-330} $here/gpu-bench.sh $bundle scan" \
+		"LIMIT=${DIAG_LIMIT:-180} $here/gpu-diagnose.sh $bundle decode-fa0; SCAN_SHAPES=2048 SCAN_VARIANTS=quick SCAN_LIMIT=${SCAN_LIMIT:-240} $here/gpu-bench.sh $bundle scan; timeout -k 10 ${CHECK_LIMIT:-200} $run blackmamba selfcheck >\$OUT/selfcheck.log 2>&1" \
 		"DECODE_STEP_WEIGHTS=inout,transposed DECODE_UNROLL=1,16 DECODE_LIMIT=${DECODE_LIMIT:-500} $here/gpu-bench.sh $bundle decode" \
 		"timeout -k 10 ${TF_LIMIT:-540} $run blackmamba latency -family 1.5b -archs 1.5b-transformer,1.5b-transformer-moe -unroll 16 -max-len 4096 -reps 2 -out \$OUT/latency-tf-unroll.json -plots \$OUT/plots-tf-unroll"
 	;;
