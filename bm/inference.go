@@ -137,7 +137,9 @@ const stepTSuffix = "_stepT"
 // [in, out] layout makes XLA emit a column reduction, which it spreads over few thread blocks
 // for these shapes. The values are the same up to summation order. The prefill and training
 // paths do not use the copies. Call it after CastWeights (the copies keep the dtype the weights
-// have when it runs); they take as much device memory as the weights they copy.
+// have when it runs) and before creating the decoders that should read the copies (a graph
+// already built keeps the variables it was built with); the copies take as much device memory
+// as the weights they copy. DropStepWeights removes them.
 func TransposeStepWeights(backend backends.Backend, ctx *context.Context) (int, error) {
 	transpose, err := NewExec(backend, func(x *Node) *Node { return Transpose(x, -2, -1) })
 	if err != nil {
