@@ -160,6 +160,8 @@ func newBackend(config string) (b backends.Backend, err error) {
 // -what decode, float32), a `small` decoding step took 1.28 s with CPUConfig, 0.69 s with the
 // small-matrix path, and 0.43 s with it and the weights' transposed copies
 // (bm.TransposeStepWeights); a `tiny` step, whose cost is the 50K-row head, 41 and 2.7 ms.
+// Whole sequences are another matter: scoring 10 PIQA examples with `small` (blackmamba eval)
+// took 220 s with CPUConfig and 378 s with the small-matrix path, so only decoding uses it.
 const CPUDecodingConfig = CPUConfig + ",dotgeneral_small"
 
 // NewForDecoding is New for programs that mostly decode (generation): when the choice is the
