@@ -214,3 +214,15 @@ func DropStepWeights(ctx *context.Context) (int, error) {
 	}
 	return len(copies), nil
 }
+
+// StepWeightBytes returns the bytes of the weights TransposeStepWeights would copy (the block
+// matmul weights of ctx, at their current dtype): the extra memory the copies take.
+func StepWeightBytes(ctx *context.Context) int64 {
+	var n int64
+	for v := range ctx.IterVariables() {
+		if IsCastWeight(v.Scope(), v.Name()) && v.Shape().Rank() >= 2 {
+			n += int64(v.Shape().Memory())
+		}
+	}
+	return n
+}

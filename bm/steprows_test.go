@@ -130,6 +130,13 @@ func TestTransposeStepWeights(t *testing.T) {
 			weights[v.ScopeAndName()] = v
 		}
 	}
+	var bytes int64
+	for _, w := range weights {
+		bytes += int64(w.Shape().Memory())
+	}
+	if got := StepWeightBytes(ctx); got != bytes || bytes == 0 {
+		t.Errorf("StepWeightBytes = %d, want %d", got, bytes)
+	}
 	n, err := TransposeStepWeights(backend, ctx)
 	if err != nil || n != len(weights) || n == 0 {
 		t.Fatalf("TransposeStepWeights: %d copies, error %v; want %d", n, err, len(weights))

@@ -88,8 +88,14 @@ type GenerateOptions struct {
 	// own), "transposed" (bm.TransposeStepWeights' copies, added to the model's context on
 	// first use: as much memory again as the matmul weights; "inout" drops them again) or
 	// "auto"/"" (transposed on the pure-Go backend, where they made a step 1.3-2.4 times
-	// faster, inout elsewhere).
+	// faster, when the copies take at most a quarter of the machine's memory; inout elsewhere).
 	StepWeights string
+}
+
+// CopiesFit reports whether transposed weight copies of the given bytes fit the automatic
+// choice's budget: at most a quarter of hostMemory (true when hostMemory is unknown, 0).
+func CopiesFit(copyBytes, hostMemory int64) bool {
+	return hostMemory <= 0 || copyBytes <= hostMemory/4
 }
 
 // StepWeightsTransposed resolves GenerateOptions.StepWeights for backend: whether the steps
@@ -135,6 +141,9 @@ func Generate(backend backends.Backend, m *LoadedModel, prompt []int, o Generate
 	transposed, err := StepWeightsTransposed(o.StepWeights, backend)
 	if err != nil {
 		return st, fmt.Errorf("generate: %w", err)
+	}
+	if transposed && (o.StepWeights == "" || o.StepWeights == "auto") {
+		transposed = CopiesFit(bm.StepWeightBytes(m.Ctx), xla.HostMemory())
 	}
 	if transposed {
 		_, err = bm.TransposeStepWeights(backend, m.Ctx)

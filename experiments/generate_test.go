@@ -106,6 +106,9 @@ func TestGenerateFixture(t *testing.T) {
 	if _, err := Generate(backend, m, prompt, GenerateOptions{MaxTokens: 2, StepWeights: "columns"}, nil); err == nil || !strings.Contains(err.Error(), `"columns"`) {
 		t.Errorf("unknown step weights: error %v", err)
 	}
+	if n := bm.StepWeightBytes(m.Ctx); n <= 0 || !CopiesFit(n, 4*n) || CopiesFit(n, 4*n-1) || !CopiesFit(n, 0) {
+		t.Errorf("StepWeightBytes %d: CopiesFit wrong at a quarter of the memory", n)
+	}
 	for _, c := range []struct {
 		layout string
 		want   bool

@@ -157,6 +157,9 @@ func cpuModel() string {
 	return ""
 }
 
+// HostMemory returns the machine's memory in bytes (MemTotal of /proc/meminfo), 0 when unknown.
+func HostMemory() int64 { return hostMemory() }
+
 func hostMemory() int64 {
 	f, err := os.Open("/proc/meminfo")
 	if err != nil {
