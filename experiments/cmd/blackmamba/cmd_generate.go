@@ -93,7 +93,7 @@ func runGenerate(fs *flag.FlagSet, args []string) error {
 	seed := fs.Uint64("seed", 1, "random seed of the sampler (and of the weights with -random)")
 	activation := fs.String("activation", "", "override the expert activation: silu (the paper's SwiGLU) or gelu (the released inference code); empty keeps the config's")
 	stopEOS := fs.Bool("stop-eos", true, "stop after the end-of-text token (id 0)")
-	stepWeights := fs.String("step-weights", "auto", "layout of the weights the decoding steps read: inout (the model's), transposed (copies made once, as much memory again as the matmul weights) or auto (transposed on the pure-Go backend, where it is faster)")
+	stepWeights := fs.String("step-weights", "auto", "layout of the weights the decoding steps read: inout (the model's), transposed (copies made once, as much memory again as the matmul weights) or auto (transposed on the pure-Go backend, where it is faster, when the copies take at most a quarter of the machine's memory)")
 	backendFlag := xla.AddFlag(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
