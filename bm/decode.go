@@ -185,10 +185,8 @@ func (d *Decoder) checkPrompts(name string, prompts [][]int) error {
 // tests check both against the parallel forward) and the step graph, which the generation
 // needs anyway, is the only one to compile.
 func (d *Decoder) startEmpty() {
-	for _, s := range d.states {
-		s.FinalizeAll()
-	}
-	d.states, d.pos, d.kvLen = []*tensors.Tensor{}, 0, 0
+	d.dropSequence()
+	d.states = []*tensors.Tensor{}
 	if d.hasAttention {
 		d.kvLen = KVCacheBucket(1, d.maxLen)
 	}
@@ -204,6 +202,27 @@ func (d *Decoder) startEmpty() {
 			d.states = append(d.states, tensors.FromShape(kv), tensors.FromShape(kv))
 		}
 	}
+}
+
+// dropSequence frees the states of the current sequence and leaves the decoder without one.
+func (d *Decoder) dropSequence() {
+	for _, s := range d.states {
+		s.FinalizeAll()
+	}
+	d.states, d.pos, d.kvLen = nil, 0, 0
+}
+
+// checkOneSequence validates a generation of n tokens (named by param in the message) after a
+// prompt of promptLen tokens for the method name: a decoder of batch 1, and with attention
+// blocks the positions within maxLen.
+func (d *Decoder) checkOneSequence(name, param string, promptLen, n int) error {
+	if d.batch != 1 {
+		return fmt.Errorf("bm: %s needs a decoder of batch 1, this one has batch %d", name, d.batch)
+	}
+	if d.hasAttention && promptLen+n-1 > d.maxLen {
+		return fmt.Errorf("bm: %s: prompt (%d) + %s (%d) - 1 exceeds maxLen %d", name, promptLen, param, n, d.maxLen)
+	}
+	return nil
 }
 
 // Prefill starts new sequences from prompts (batch rows of equal length >= 1) and returns the
@@ -222,12 +241,8 @@ func (d *Decoder) Prefill(prompts [][]int) (*tensors.Tensor, error) {
 		}
 		return d.Step(col)
 	}
-	for _, s := range d.states {
-		s.FinalizeAll()
-	}
-	d.states, d.pos = nil, 0
+	d.dropSequence()
 	P := PrefillBucket(L)
-	d.kvLen = 0
 	if d.hasAttention {
 		d.kvLen = KVCacheBucket(P, d.maxLen)
 	}
@@ -305,11 +320,8 @@ func (d *Decoder) Step(tokens []int) (*tensors.Tensor, error) {
 // the real vocabulary (ids < VocabReal). onToken, if not nil, receives each token as soon as
 // it is drawn and stops the generation by returning false. It returns the generated tokens.
 func (d *Decoder) Generate(prompt []int, maxNew int, s Sampler, onToken func(int) bool) ([]int, error) {
-	if d.batch != 1 {
-		return nil, fmt.Errorf("bm: Decoder.Generate needs a decoder of batch 1, this one has batch %d", d.batch)
-	}
-	if d.hasAttention && len(prompt)+maxNew-1 > d.maxLen {
-		return nil, fmt.Errorf("bm: Decoder.Generate: prompt (%d) + maxNew (%d) - 1 exceeds maxLen %d", len(prompt), maxNew, d.maxLen)
+	if err := d.checkOneSequence("Decoder.Generate", "maxNew", len(prompt), maxNew); err != nil {
+		return nil, err
 	}
 	var out []int
 	if maxNew <= 0 {

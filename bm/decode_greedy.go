@@ -237,11 +237,8 @@ func (d *GreedyDecoder) NextSteps(limit int) int {
 // them; the tokens are copied to the host only after the last step. Steps run Unroll at a time
 // (NextSteps).
 func (d *GreedyDecoder) GenerateGreedy(prompt []int, n int) ([]int, error) {
-	if d.batch != 1 {
-		return nil, fmt.Errorf("bm: GreedyDecoder.GenerateGreedy needs a decoder of batch 1, this one has batch %d", d.batch)
-	}
-	if d.hasAttention && len(prompt)+n-1 > d.maxLen {
-		return nil, fmt.Errorf("bm: GreedyDecoder.GenerateGreedy: prompt (%d) + n (%d) - 1 exceeds maxLen %d", len(prompt), n, d.maxLen)
+	if err := d.checkOneSequence("GreedyDecoder.GenerateGreedy", "n", len(prompt), n); err != nil {
+		return nil, err
 	}
 	if n <= 0 {
 		return nil, nil
@@ -356,10 +353,7 @@ func (d *GreedyDecoder) WarmUpGreedy(promptLen, upTo int) error {
 		return fmt.Errorf("bm: GreedyDecoder.WarmUpGreedy: %w", err)
 	}
 	tok.FinalizeAll()
-	for _, s := range d.states {
-		s.FinalizeAll()
-	}
-	d.states, d.pos, d.kvLen = nil, 0, 0
+	d.dropSequence()
 	return nil
 }
 
@@ -367,10 +361,7 @@ func (d *GreedyDecoder) WarmUpGreedy(promptLen, upTo int) error {
 // the compiled graphs. The variables in the context are not touched. The decoder must not be
 // used afterwards.
 func (d *GreedyDecoder) Release() {
-	for _, s := range d.states {
-		s.FinalizeAll()
-	}
-	d.states, d.pos, d.kvLen = nil, 0, 0
+	d.dropSequence()
 	if d.greedyStep != nil {
 		d.greedyStep.Finalize()
 	}
@@ -395,11 +386,8 @@ func (d *GreedyDecoder) Release() {
 // false. Only the token (4 bytes) comes back to the host at each step, where Generate copies
 // the whole row of logits and takes the argmax there; the tokens are the same.
 func (d *GreedyDecoder) GenerateStream(prompt []int, maxNew int, onToken func(int) bool) ([]int, error) {
-	if d.batch != 1 {
-		return nil, fmt.Errorf("bm: GreedyDecoder.GenerateStream needs a decoder of batch 1, this one has batch %d", d.batch)
-	}
-	if d.hasAttention && len(prompt)+maxNew-1 > d.maxLen {
-		return nil, fmt.Errorf("bm: GreedyDecoder.GenerateStream: prompt (%d) + maxNew (%d) - 1 exceeds maxLen %d", len(prompt), maxNew, d.maxLen)
+	if err := d.checkOneSequence("GreedyDecoder.GenerateStream", "maxNew", len(prompt), maxNew); err != nil {
+		return nil, err
 	}
 	var out []int
 	if maxNew <= 0 {

@@ -147,14 +147,8 @@ func TransposeStepWeights(backend backends.Backend, ctx *context.Context) (int, 
 	}
 	transpose.SetMaxCache(-1)
 	defer transpose.Finalize()
-	var weights []*context.Variable
-	for v := range ctx.IterVariables() {
-		if IsCastWeight(v.Scope(), v.Name()) && v.Shape().Rank() >= 2 {
-			weights = append(weights, v)
-		}
-	}
 	n := 0
-	for _, v := range weights {
+	for _, v := range stepWeightVariables(ctx) {
 		scope := ctx.InAbsPath(v.Scope()).Checked(false)
 		if scope.InspectVariableIfLoaded(v.Scope(), v.Name()+stepTSuffix) != nil {
 			continue
@@ -171,6 +165,18 @@ func TransposeStepWeights(backend backends.Backend, ctx *context.Context) (int, 
 		n++
 	}
 	return n, nil
+}
+
+// stepWeightVariables returns the variables TransposeStepWeights copies: the block matmul
+// weights of ctx (IsCastWeight), [in, out] or [E, in, out].
+func stepWeightVariables(ctx *context.Context) []*context.Variable {
+	var weights []*context.Variable
+	for v := range ctx.IterVariables() {
+		if IsCastWeight(v.Scope(), v.Name()) && v.Shape().Rank() >= 2 {
+			weights = append(weights, v)
+		}
+	}
+	return weights
 }
 
 // stepTransposed returns the value in g of the copy of weight name (in ctx's scope) made by
@@ -192,8 +198,7 @@ func stepTransposed(ctx *context.Context, g *Graph, name string, dims ...int) *N
 func stepMatmulVar(ctx *context.Context, cfg Config, name string, outProj bool, x *Node, in, out int) *Node {
 	g := x.Graph()
 	if wt := stepTransposed(ctx, g, name, out, in); wt != nil {
-		xp, cut := padStepRows(cfg, x, 0)
-		return cut(ComputeEinsum(cfg, "bd,ed->be", xp, wt))
+		return stepEinsum(cfg, "bd,ed->be", x, wt)
 	}
 	return StepProduct(cfg, x, weightVar(ctx, g, cfg, name, outProj, in, out))
 }
@@ -219,10 +224,8 @@ func DropStepWeights(ctx *context.Context) (int, error) {
 // matmul weights of ctx, at their current dtype): the extra memory the copies take.
 func StepWeightBytes(ctx *context.Context) int64 {
 	var n int64
-	for v := range ctx.IterVariables() {
-		if IsCastWeight(v.Scope(), v.Name()) && v.Shape().Rank() >= 2 {
-			n += int64(v.Shape().Memory())
-		}
+	for _, v := range stepWeightVariables(ctx) {
+		n += int64(v.Shape().Memory())
 	}
 	return n
 }

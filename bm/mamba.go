@@ -175,18 +175,11 @@ func MambaStep(ctx *context.Context, cfg Config, u, conv, ssm *Node) (out, conv2
 	}
 	// The two small contractions of the step (over the K conv taps, over the N states) are
 	// written as products and sums, which the compiler can fuse with their neighbours, rather
-	// than as matmuls. The taps are summed one by one, in the order of the sequence form
-	// (conv1dTaps), as elementwise operations: a reduction over K = 4 became a kernel of its own.
-	var taps *Node
-	for k := range K {
-		term := Mul(Squeeze(SliceAxis(conv2, 2, AxisElem(k)), 2), SliceAxis(w.convW, 0, AxisElem(k))) // [B, D]
-		if taps == nil {
-			taps = term
-		} else {
-			taps = Add(taps, term)
-		}
-	}
-	xc := activations.Swish(Add(taps, ExpandLeftToRank(w.convB, 2))) // [B, D]
+	// than as matmuls. The taps are summed by the sequence form's conv1dTaps over the window
+	// [B, K, D] of one output, as elementwise operations: a reduction over K = 4 became a kernel
+	// of its own.
+	taps := Reshape(conv1dTaps(TransposeAllDims(conv2, 0, 2, 1), w.convW, 1), u.Shape().Dim(0), D) // [B, D]
+	xc := activations.Swish(Add(taps, ExpandLeftToRank(w.convB, 2)))                               // [B, D]
 
 	// One matmul for the three parts here (a decode step is bound by its kernel count, and the
 	// slow kernel xProjections avoids only arises in the sequence form); in float32 its values

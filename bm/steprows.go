@@ -43,6 +43,12 @@ func StepProduct(cfg Config, x, w *Node) *Node {
 	if x.Rank() != 2 || w.Rank() != 2 || x.Shape().Dim(1) != w.Shape().Dim(0) {
 		panic(fmt.Sprintf("bm.StepProduct: want x [B, in] and w [in, out], got %s and %s", x.Shape(), w.Shape()))
 	}
+	return stepEinsum(cfg, "bd,de->be", x, w)
+}
+
+// stepEinsum is ComputeEinsum(cfg, equation, x, w) for x [B, in] whose rows are padded to
+// cfg.StepRows for the product and cut back to B after it.
+func stepEinsum(cfg Config, equation string, x, w *Node) *Node {
 	xp, cut := padStepRows(cfg, x, 0)
-	return cut(ComputeEinsum(cfg, "bd,de->be", xp, w))
+	return cut(ComputeEinsum(cfg, equation, xp, w))
 }
