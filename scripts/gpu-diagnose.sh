@@ -22,6 +22,7 @@
 #                    writes the whole elementwise product to memory
 #   decode-t         the decode case with the steps reading the weights' transposed copies
 #                    (bm.TransposeStepWeights: row reductions instead of column reductions)
+#   decode-t-fa0     both: the transposed copies and the fusion autotuner off
 #   decode-ncu       the decode case's bench (3 tokens, one pass) under Nsight Compute: the
 #                    duration of every kernel (gpu__time_duration), as CSV in OUT/ncu-decode.csv,
 #                    with XLA's autotuning off so that the compilation launches few kernels of
@@ -71,6 +72,7 @@ for c in "${cases[@]}"; do
 	decode) decode=true ;;
 	decode-fa0) decode=true flags="--xla_gpu_experimental_enable_fusion_autotuner=false" ;;
 	decode-t) decode=true weights=transposed ;;
+	decode-t-fa0) decode=true weights=transposed flags="--xla_gpu_experimental_enable_fusion_autotuner=false" ;;
 	decode-ncu)
 		ncu="$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -n 1)"
 		echo "=== decode-ncu: $ncu (limit ${LIMIT:-150}s)" | tee -a "$out/summary.txt"
@@ -124,6 +126,12 @@ for c in "${cases[@]}"; do
 			echo "kernel kinds of $(basename "$f"):"
 			sed -n -E 's/^[0-9]+: k[A-Za-z]+ \[[^]]*\] ([a-z_]*[a-z]).*/\1/p' "$f" | sort | uniq -c | sort -rn
 		done >>"$out/summary.txt"
+		# The single-step graph's optimised HLO and thunk sequence, small enough to keep with the
+		# results (the whole dump is not).
+		for f in "$dump"/*greedyExec*{gpu_after_optimizations.txt,thunk_sequence.txt}; do
+			b="$(basename "$f")"
+			[[ -e "$f" ]] && xz -c "$f" >"$out/step-$c.${b%%.*}.${b##*greedyExec_func1_0.}.xz"
+		done
 	fi
 	[[ -d "$dump" ]] && { (cd /tmp && tar -cJf "$out/hlo-$c.tar.xz" "hlo-$c" 2>/dev/null) || true; }
 	xz -f "$out/$c.log"

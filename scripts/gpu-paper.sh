@@ -55,6 +55,20 @@
 #                                               counts, benchmark, latency sweeps), with XLA's
 #                                               fusion autotuner off, the scan variants, the
 #                                               self-checks, and the 2.8b equal-total latency
+#   scripts/gpu-paper.sh BUNDLE_DIR decode-one  on one GPU, one after another: the 1.5b decode
+#                                               step (one step per call) as is, reading the
+#                                               transposed copies, with the fusion autotuner off,
+#                                               and both (kernel counts, the step's optimised
+#                                               HLO), then the scan variants at 2048 tokens
+#   scripts/gpu-paper.sh BUNDLE_DIR latency-one on one GPU: the decode benchmark at 16 steps per
+#                                               call with the [in, out] weights and with
+#                                               STEP_WEIGHTS (default transposed), then the 1.5B
+#                                               BlackMamba latency sweep with STEP_WEIGHTS at 16
+#                                               steps per call, with XLA_STEP_FLAGS if set
+#   scripts/gpu-paper.sh BUNDLE_DIR total-2.8b  on one GPU: the 2.8b dense Mamba at equal total
+#                                               parameters to MAX_LEN (default 4096) tokens,
+#                                               REPS (default 2) passes, its result saved after
+#                                               every pass
 #   scripts/gpu-paper.sh BUNDLE_DIR loss-1.5b   on a 4-GPU host: the first training steps of 1.5b
 #                                               on one GPU and on two, their losses compared, and
 #                                               the 2.8b equal-total dense Mamba to 2048 tokens
@@ -275,6 +289,25 @@ decode-layout)
 		"DECODE_STEP_WEIGHTS=inout,transposed DECODE_UNROLL=1,16 DECODE_LIMIT=${DECODE_LIMIT:-500} $here/gpu-bench.sh $bundle decode" \
 		"timeout -k 10 ${TOTAL_LIMIT:-550} $run blackmamba latency -family 2.8b -archs 2.8b-mamba-total -max-len 4096 -reps 2 -out \$OUT/latency-total-2.8b.json -plots \$OUT/plots-2.8b"
 	;;
+decode-one)
+	# The single-GPU form of the decode-layout phase's measurements of the step, one after
+	# another (about a minute each), then the scan variants.
+	LIMIT=${DIAG_LIMIT:-140} "$here/gpu-diagnose.sh" "$bundle" decode decode-t decode-fa0 decode-t-fa0
+	SCAN_SHAPES=2048 SCAN_VARIANTS=quick SCAN_LIMIT=${SCAN_LIMIT:-180} "$here/gpu-bench.sh" "$bundle" scan
+	;;
+latency-one)
+	# The unrolled decode step with the weights as stored and with STEP_WEIGHTS, then the 1.5B
+	# BlackMamba sweep with STEP_WEIGHTS (XLA_STEP_FLAGS, e.g. the fusion autotuner off, apply to
+	# both).
+	w="${STEP_WEIGHTS:-transposed}"
+	tflag=""
+	[[ "$w" == transposed ]] && tflag="-step-transposed"
+	XLA_FLAGS="${XLA_STEP_FLAGS:-}" DECODE_STEP_WEIGHTS="$([[ $w == inout ]] && echo inout || echo inout,$w)" DECODE_UNROLL=16 DECODE_LIMIT=${DECODE_LIMIT:-270} "$here/gpu-bench.sh" "$bundle" decode
+	XLA_FLAGS="${XLA_STEP_FLAGS:-}" timeout -k 10 "${T_LAT_LIMIT:-270}" "$run" blackmamba latency -family 1.5b -archs 1.5b -unroll 16 $tflag -max-len "${MAX_LEN:-16384}" -reps "${REPS:-2}" -out "$out/latency-1.5b-$w.json" -plots "$out/plots-1.5b-$w" >"$out/latency-1.5b-$w.log" 2>&1
+	;;
+total-2.8b)
+	timeout -k 10 "${TOTAL_LIMIT:-560}" "$run" blackmamba latency -family 2.8b -archs 2.8b-mamba-total -max-len "${MAX_LEN:-4096}" -reps "${REPS:-2}" -out "$out/latency-total-2.8b.json" -plots "$out/plots-2.8b" >"$out/latency-total-2.8b.log" 2>&1
+	;;
 loss-1.5b)
 	# The first LOSS_STEPS (default 6) steps of `blackmamba train -config 1.5b` at a global batch
 	# of 4 x LOSS_SEQ (default 2048) in LOSS_DTYPE (default: the GPU's bfloat16) on one GPU (GPU 0) and data-parallel on two (GPUs 1 and 2), same seed, then
@@ -309,7 +342,7 @@ finish)
 		"3: $here/gpu-bench.sh $bundle moe; TRAIN_SMALL_DTYPES=bfloat16 TRAIN_SMALL_LIMIT=${TRAIN_SMALL_LIMIT:-270} $here/gpu-bench.sh $bundle train-small"
 	;;
 *)
-	echo "unknown phase $phase (want training, inference, latency, latency-checks, latency-total, owed, decode, rows, scaling, decode-layout, loss-1.5b, compile, multi or finish)" >&2
+	echo "unknown phase $phase (want training, inference, latency, latency-checks, latency-total, owed, decode, rows, scaling, decode-layout, decode-one, latency-one, total-2.8b, loss-1.5b, compile, multi or finish)" >&2
 	exit 2
 	;;
 esac
