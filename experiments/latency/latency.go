@@ -52,7 +52,10 @@ type Options struct {
 	StepTransposed bool
 	Log            io.Writer
 	// AfterArch, if set, receives the result so far after each architecture (e.g. to save it,
-	// so that a run stopped by a time limit keeps the architectures it finished).
+	// so that a run stopped by a time limit keeps the architectures it finished), and after
+	// every timed pass with the current architecture's statistics over the passes done so far
+	// (its RepsDone below Reps until the last pass), so that a long sweep stopped before its
+	// last pass keeps the passes it finished.
 	AfterArch func(*Result) error
 }
 
@@ -87,10 +90,17 @@ type Arch struct {
 	// StepTransposed: the steps read the weights' transposed copies (bm.TransposeStepWeights).
 	StepTransposed bool    `json:"step_transposed,omitempty"`
 	CompileS       float64 `json:"compile_s"` // warm-up: weight initialisation + compiling every graph the sweep runs
-	FirstTokenMS   Stat    `json:"first_token_ms"`
-	Points         []Point `json:"points"`
+	// WeightsS is the part of CompileS spent making the random weights (initialisation, the cast
+	// to bfloat16, the transposed copies); absent in results written before it was recorded.
+	WeightsS     float64 `json:"weights_s,omitempty"`
+	FirstTokenMS Stat    `json:"first_token_ms"`
+	Points       []Point `json:"points"`
 	// TokensRepeat reports whether every repetition produced the same tokens at the checkpoints.
 	TokensRepeat bool `json:"tokens_repeat"`
+	// RepsDone is the number of timed passes the statistics come from: Result.Reps once the
+	// architecture is finished, fewer in a result saved while it was still running (absent in
+	// results written before it was recorded: Result.Reps).
+	RepsDone int `json:"reps_done,omitempty"`
 	// PeakMemoryBytes is the process's device-memory high-water mark after this architecture
 	// (architectures run in order in one process, so it is cumulative); -1 when not measured.
 	PeakMemoryBytes int64 `json:"peak_memory_bytes"`
@@ -194,7 +204,15 @@ func Run(backend backends.Backend, opts Options) (*Result, error) {
 		if err != nil {
 			return res, fmt.Errorf("latency: -archs: %w", err)
 		}
-		a, err := runArch(backend, cfg, opts)
+		var afterRep func(*Arch) error
+		if opts.AfterArch != nil {
+			afterRep = func(a *Arch) error {
+				partial := *res
+				partial.Archs = append(append([]Arch(nil), res.Archs...), *a)
+				return opts.AfterArch(&partial)
+			}
+		}
+		a, err := runArch(backend, cfg, opts, afterRep)
 		if err != nil {
 			return res, fmt.Errorf("latency: %s: %w", name, err)
 		}
@@ -208,7 +226,9 @@ func Run(backend backends.Backend, opts Options) (*Result, error) {
 	return res, nil
 }
 
-func runArch(backend backends.Backend, cfg bm.Config, opts Options) (*Arch, error) {
+// runArch times one architecture; afterRep, if not nil, receives the architecture's statistics
+// over the passes done so far after every pass but the last.
+func runArch(backend backends.Backend, cfg bm.Config, opts Options, afterRep func(*Arch) error) (*Arch, error) {
 	cfg.ComputeDType = "bfloat16"
 	cfg.MaxSeqLen = max(cfg.MaxSeqLen, opts.MaxLen)
 	cfg.StepRows = opts.StepRows
@@ -236,6 +256,7 @@ func runArch(backend backends.Backend, cfg bm.Config, opts Options) (*Arch, erro
 			return nil, err
 		}
 	}
+	a.WeightsS = time.Since(start).Seconds()
 	dec, err := bm.NewDecoder(backend, ctx, cfg, 1, opts.MaxLen)
 	if err != nil {
 		return nil, err
@@ -251,7 +272,7 @@ func runArch(backend backends.Backend, cfg bm.Config, opts Options) (*Arch, erro
 		return nil, fmt.Errorf("warm-up: %w", err)
 	}
 	a.CompileS = time.Since(start).Seconds()
-	fmt.Fprintf(opts.Log, "  warm-up (weights + compilation): %.1fs\n", a.CompileS)
+	fmt.Fprintf(opts.Log, "  warm-up: %.1fs (weights %.1fs, then compiling and running each graph once %.1fs)\n", a.CompileS, a.WeightsS, a.CompileS-a.WeightsS)
 
 	lengths := Lengths(opts.MinLen, opts.MaxLen)
 	marks := map[int]bool{1: true}
@@ -279,23 +300,42 @@ func runArch(backend backends.Backend, cfg bm.Config, opts Options) (*Arch, erro
 		}
 		fmt.Fprintf(opts.Log, "  rep %d: %d tokens in %.0f ms\n", r+1, opts.MaxLen, times[opts.MaxLen])
 		runtime.GC()
-	}
-	a.FirstTokenMS = stat(firsts)
-	for _, L := range lengths {
-		w := Window(L)
-		var tot, per []float64
-		for r := range opts.Reps {
-			tot = append(tot, at[r][L])
-			per = append(per, (at[r][L]-at[r][L-w])/float64(w))
+		if afterRep != nil && r+1 < opts.Reps {
+			summarize(a, firsts, at[:r+1], lengths, nil)
+			if xla.MemoryIsHighWater() {
+				a.PeakMemoryBytes = xla.DeviceMemoryUsed()
+			}
+			if err := afterRep(a); err != nil {
+				return nil, err
+			}
 		}
-		p := Point{L: L, TotalMS: stat(tot), PerTokenMS: stat(per), Window: w}
-		a.Points = append(a.Points, p)
-		fmt.Fprintf(opts.Log, "  L=%-6d total %9.1f ms [%.1f, %.1f]  per token %.3f ms\n", L, p.TotalMS.Median, p.TotalMS.Min, p.TotalMS.Max, p.PerTokenMS.Median)
 	}
+	summarize(a, firsts, at, lengths, opts.Log)
 	if xla.MemoryIsHighWater() {
 		a.PeakMemoryBytes = xla.DeviceMemoryUsed()
 	}
 	return a, nil
+}
+
+// summarize sets a's first-token time, points and RepsDone from the passes in at (at[r][n]: ms
+// when n tokens were available in pass r) and firsts; log, if not nil, gets a line per length.
+func summarize(a *Arch, firsts []float64, at [][]float64, lengths []int, log io.Writer) {
+	a.RepsDone = len(at)
+	a.FirstTokenMS = stat(firsts)
+	a.Points = nil
+	for _, L := range lengths {
+		w := Window(L)
+		var tot, per []float64
+		for _, times := range at {
+			tot = append(tot, times[L])
+			per = append(per, (times[L]-times[L-w])/float64(w))
+		}
+		p := Point{L: L, TotalMS: stat(tot), PerTokenMS: stat(per), Window: w}
+		a.Points = append(a.Points, p)
+		if log != nil {
+			fmt.Fprintf(log, "  L=%-6d total %9.1f ms [%.1f, %.1f]  per token %.3f ms\n", L, p.TotalMS.Median, p.TotalMS.Min, p.TotalMS.Max, p.PerTokenMS.Median)
+		}
+	}
 }
 
 // timePass generates n tokens greedily from a one-token prompt and returns, for each count in

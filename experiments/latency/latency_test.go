@@ -68,12 +68,27 @@ func TestStat(t *testing.T) {
 // repeatable tokens), the JSON round trip, the figures and the Markdown table.
 func TestRunTinyAndReport(t *testing.T) {
 	backend := cpuBackend(t)
-	res, err := Run(backend, Options{Family: "tiny", Archs: []string{"tiny", "tiny-transformer"}, MaxLen: 8, MinLen: 4, Reps: 2, StepRows: 2, StepTransposed: true})
+	// What AfterArch saw each time: the architectures and each one's passes.
+	var seen []string
+	after := func(r *Result) error {
+		var s []string
+		for _, a := range r.Archs {
+			s = append(s, fmt.Sprintf("%s:%d:%d", a.Config, a.RepsDone, len(a.Points)))
+		}
+		seen = append(seen, strings.Join(s, ","))
+		return nil
+	}
+	res, err := Run(backend, Options{Family: "tiny", Archs: []string{"tiny", "tiny-transformer"}, MaxLen: 8, MinLen: 4, Reps: 2, StepRows: 2, StepTransposed: true, AfterArch: after})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(res.Archs) != 2 {
 		t.Fatalf("got %d architectures, want 2", len(res.Archs))
+	}
+	// After the first pass of each architecture (one pass), then after each architecture (two).
+	wantSeen := []string{"tiny:1:2", "tiny:2:2", "tiny:2:2,tiny-transformer:1:2", "tiny:2:2,tiny-transformer:2:2"}
+	if !slices.Equal(seen, wantSeen) {
+		t.Errorf("AfterArch saw %q, want %q", seen, wantSeen)
 	}
 	for _, a := range res.Archs {
 		if a.ActiveParams <= 0 || a.TotalParams < a.ActiveParams || a.ComputeDType != "bfloat16" || a.StepRows != 2 || !a.StepTransposed {
@@ -81,6 +96,9 @@ func TestRunTinyAndReport(t *testing.T) {
 		}
 		if !a.TokensRepeat {
 			t.Errorf("%s: repetitions produced different tokens", a.Config)
+		}
+		if !(a.WeightsS > 0 && a.WeightsS < a.CompileS) {
+			t.Errorf("%s: weights %.3fs not a positive part of the warm-up %.3fs", a.Config, a.WeightsS, a.CompileS)
 		}
 		var ls []int
 		prev := 0.0

@@ -145,7 +145,7 @@ func WriteMarkdown(w io.Writer, r *Result) error {
 		}
 		b.WriteString("\n")
 	}
-	fmt.Fprintf(&b, "| | steps per call | step product rows | step weights | warm-up s | first token ms | peak device memory |\n|---|---:|---:|---|---:|---:|---:|\n")
+	fmt.Fprintf(&b, "| | steps per call | step product rows | step weights | timed passes | warm-up s | first token ms | peak device memory |\n|---|---:|---:|---|---:|---:|---:|---:|\n")
 	for _, a := range r.Archs {
 		mem := "–"
 		if a.PeakMemoryBytes > 0 {
@@ -155,7 +155,11 @@ func WriteMarkdown(w io.Writer, r *Result) error {
 		if a.StepTransposed {
 			layout = "transposed"
 		}
-		fmt.Fprintf(&b, "| %s | %d | %d | %s | %.1f | %.2f | %s |\n", a.Config, max(a.Unroll, 1), max(a.StepRows, 1), layout, a.CompileS, a.FirstTokenMS.Median, mem)
+		passes := fmt.Sprint(r.Reps)
+		if a.RepsDone > 0 && a.RepsDone < r.Reps {
+			passes = fmt.Sprintf("%d of %d (stopped)", a.RepsDone, r.Reps)
+		}
+		fmt.Fprintf(&b, "| %s | %d | %d | %s | %s | %.1f | %.2f | %s |\n", a.Config, max(a.Unroll, 1), max(a.StepRows, 1), layout, passes, a.CompileS, a.FirstTokenMS.Median, mem)
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
