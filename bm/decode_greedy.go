@@ -381,10 +381,13 @@ func (d *GreedyDecoder) Release() {
 }
 
 // GenerateStream is Decoder.Generate with greedy sampling on the device: it continues one
-// prompt (batch 1) by up to maxNew tokens, one greedy step per call, and hands each token to
-// onToken (if not nil) as soon as it is on the host; onToken stops the generation by returning
-// false. Only the token (4 bytes) comes back to the host at each step, where Generate copies
-// the whole row of logits and takes the argmax there; the tokens are the same.
+// prompt (batch 1) by up to maxNew tokens and hands each token to onToken (if not nil), in
+// order, as soon as it is on the host; onToken stops the generation by returning false. Only
+// the tokens (4 bytes each) come back to the host, where Generate copies the whole row of
+// logits and takes the argmax there; the tokens are the same. Steps run Unroll at a time
+// (NextSteps), so with Unroll = k > 1 the tokens arrive k at a time, and a stop requested by
+// onToken leaves the decoder up to k-1 steps past the last token handed over (the sequence
+// ends there either way).
 func (d *GreedyDecoder) GenerateStream(prompt []int, maxNew int, onToken func(int) bool) ([]int, error) {
 	if err := d.checkOneSequence("GreedyDecoder.GenerateStream", "maxNew", len(prompt), maxNew); err != nil {
 		return nil, err
@@ -397,22 +400,31 @@ func (d *GreedyDecoder) GenerateStream(prompt []int, maxNew int, onToken func(in
 	if err != nil {
 		return nil, err
 	}
+	pending := []*tensors.Tensor{tok} // tokens on the device, not yet handed over
+	defer func() {
+		for _, t := range pending {
+			t.FinalizeAll()
+		}
+	}()
+	end := len(prompt) + maxNew - 1 // the position after the last step
 	for {
-		v, err := tensors.CopyFlatData[int32](tok)
-		if err != nil {
-			tok.FinalizeAll()
-			return out, fmt.Errorf("bm: GreedyDecoder.GenerateStream: reading token %d: %w", len(out), err)
+		for _, t := range pending {
+			v, err := tensors.CopyFlatData[int32](t)
+			if err != nil {
+				return out, fmt.Errorf("bm: GreedyDecoder.GenerateStream: reading token %d: %w", len(out), err)
+			}
+			out = append(out, int(v[0]))
+			if (onToken != nil && !onToken(int(v[0]))) || len(out) == maxNew {
+				return out, nil
+			}
 		}
-		out = append(out, int(v[0]))
-		if (onToken != nil && !onToken(int(v[0]))) || len(out) == maxNew {
-			tok.FinalizeAll()
-			return out, nil
-		}
-		next, err := d.StepGreedy(tok)
-		tok.FinalizeAll()
+		next, err := d.StepsGreedy(pending[len(pending)-1], d.NextSteps(end))
 		if err != nil {
 			return out, err
 		}
-		tok = next
+		for _, t := range pending {
+			t.FinalizeAll()
+		}
+		pending = next
 	}
 }

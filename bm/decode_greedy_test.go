@@ -137,12 +137,25 @@ func TestOneTokenPromptCompilesNoPrefill(t *testing.T) {
 }
 
 // TestGenerateStream checks the streaming device-greedy generation against Generate with
-// Greedy() (host argmax of the same logits), for the four architectures: the same tokens, each
-// handed to the callback in order, a stop requested by the callback honoured, and maxNew 0.
+// Greedy() (host argmax of the same logits), for the four architectures, one step per call and
+// 4 per call: the same tokens, each handed to the callback in order, a stop requested by the
+// callback honoured (also in the middle of an unrolled call), and maxNew 0.
 func TestGenerateStream(t *testing.T) {
 	backend := cpuBackend(t)
 	const maxLen = 20
-	for _, cfg := range DecodeCheckConfigs() {
+	type tcase struct {
+		cfg    Config
+		unroll int
+	}
+	var cases []tcase
+	for i, cfg := range DecodeCheckConfigs() {
+		cases = append(cases, tcase{cfg, 1})
+		if i%2 == 0 { // BlackMamba and the Transformer: also 4 steps per call
+			cases = append(cases, tcase{cfg, 4})
+		}
+	}
+	for _, c := range cases {
+		cfg := c.cfg
 		ctx := context.New()
 		ctx.SetParam(initializers.ParamInitialSeed, int64(6))
 		dec, err := NewDecoder(backend, ctx, cfg, 1, maxLen)
@@ -150,6 +163,7 @@ func TestGenerateStream(t *testing.T) {
 			t.Fatal(err)
 		}
 		g := NewGreedyDecoder(dec)
+		g.Unroll = c.unroll
 		for _, prompt := range [][]int{{4}, {2, 7, 1}} {
 			n := maxLen - len(prompt) + 1
 			want, err := dec.Generate(prompt, n, Greedy(), nil)
@@ -167,6 +181,11 @@ func TestGenerateStream(t *testing.T) {
 			stopped, err := g.GenerateStream(prompt, n, func(int) bool { return false })
 			if err != nil || len(stopped) != 1 || stopped[0] != want[0] {
 				t.Errorf("%s: stop after the first token: %v, %v", cfg.Name, stopped, err)
+			}
+			count := 0
+			stopped, err = g.GenerateStream(prompt, n, func(int) bool { count++; return count < 3 })
+			if err != nil || !slices.Equal(stopped, want[:3]) {
+				t.Errorf("%s unroll %d: stop after the third token: %v, %v (want %v)", cfg.Name, c.unroll, stopped, err, want[:3])
 			}
 		}
 		if out, err := g.GenerateStream([]int{1}, 0, nil); err != nil || len(out) != 0 {

@@ -103,6 +103,17 @@ func TestGenerateFixture(t *testing.T) {
 			t.Errorf("step weights %s: %v, want %v", layout, st.Tokens, greedy)
 		}
 	}
+	// Four greedy steps per call: the same tokens, and a stop at EOS in the middle of a call.
+	st, err := Generate(backend, m, prompt, GenerateOptions{MaxTokens: 6, Unroll: 4}, nil)
+	if err != nil || !slices.Equal(st.Tokens, greedy) {
+		t.Errorf("4 steps per call: %v, %v; want %v", st.Tokens, err, greedy)
+	}
+	if st, err := Generate(backend, m, prompt, GenerateOptions{MaxTokens: 6, Unroll: 4, StopEOS: true, EOS: greedy[2]}, nil); err != nil || !slices.Equal(st.Tokens, greedy[:slices.Index(greedy, greedy[2])+1]) {
+		t.Errorf("4 steps per call, EOS %d: %v, %v; want %v", greedy[2], st.Tokens, err, greedy[:slices.Index(greedy, greedy[2])+1])
+	}
+	if AutoUnroll(backend) != 1 || StepMemory(backend) != xla.HostMemory() {
+		t.Errorf("pure-Go backend: AutoUnroll %d (want 1), StepMemory %d (want the host's %d)", AutoUnroll(backend), StepMemory(backend), xla.HostMemory())
+	}
 	if _, err := Generate(backend, m, prompt, GenerateOptions{MaxTokens: 2, StepWeights: "columns"}, nil); err == nil || !strings.Contains(err.Error(), `"columns"`) {
 		t.Errorf("unknown step weights: error %v", err)
 	}
@@ -118,7 +129,7 @@ func TestGenerateFixture(t *testing.T) {
 		}
 	}
 	// Stop at EOS: with EOS set to the first greedy token, one token comes out.
-	st, err := Generate(backend, m, prompt, GenerateOptions{MaxTokens: 6, StopEOS: true, EOS: greedy[0]}, nil)
+	st, err = Generate(backend, m, prompt, GenerateOptions{MaxTokens: 6, StopEOS: true, EOS: greedy[0]}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -56,7 +56,7 @@ func Describe(b backends.Backend) Description {
 	for i := range b.NumDevices() {
 		d.Devices = append(d.Devices, b.DeviceDescription(backends.DeviceNum(i)))
 	}
-	if b.Name() == BackendXLA && strings.Contains(strings.ToLower(b.Description()), "cuda") {
+	if IsCUDA(b) {
 		d.GPUs, d.GPUNote = nvidiaSMI()
 	}
 	return d

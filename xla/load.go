@@ -187,6 +187,11 @@ func (e Env) NewForDecoding(explicit string) (backends.Backend, Choice, error) {
 	return d, ch, nil
 }
 
+// IsCUDA reports whether b is the XLA backend on a CUDA PJRT plugin (an NVIDIA GPU).
+func IsCUDA(b backends.Backend) bool {
+	return b != nil && b.Name() == BackendXLA && strings.Contains(strings.ToLower(b.Description()), "cuda")
+}
+
 // IsPureGo reports whether b is GoMLX's pure-Go backend (whose Name is "SimpleGo (go)" and
 // String "go").
 func IsPureGo(b backends.Backend) bool { return b != nil && b.String() == BackendGo }

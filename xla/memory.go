@@ -18,6 +18,17 @@ func DeviceMemoryUsed() int64 {
 	return -1
 }
 
+// DeviceMemoryTotal returns the memory of the first NVIDIA GPU this process sees (as
+// DeviceMemoryUsed), in bytes, or -1 when unknown.
+func DeviceMemoryTotal() int64 {
+	gpus, _ := nvidiaSMI()
+	gpus = visibleGPUs(gpus, os.Getenv("CUDA_VISIBLE_DEVICES"))
+	if len(gpus) == 0 {
+		return -1
+	}
+	return gpus[0].MemoryTotal
+}
+
 // MemoryIsHighWater reports whether DeviceMemoryUsed measures the high-water mark (the growing
 // allocator is on).
 func MemoryIsHighWater() bool { return os.Getenv(GPUMemoryEnv) == "grow" }

@@ -391,6 +391,9 @@ func TestNewForDecoding(t *testing.T) {
 	if !IsPureGo(b) || IsPureGo(nil) {
 		t.Errorf("IsPureGo(%s) = %v, IsPureGo(nil) = %v", b.Name(), IsPureGo(b), IsPureGo(nil))
 	}
+	if IsCUDA(b) || IsCUDA(nil) {
+		t.Errorf("IsCUDA(%s) = %v, IsCUDA(nil) = %v; want false", b.Name(), IsCUDA(b), IsCUDA(nil))
+	}
 	b2, ch2, err := m.env().NewForDecoding("go:ops_sequential")
 	if err != nil {
 		t.Fatal(err)

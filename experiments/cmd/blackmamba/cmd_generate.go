@@ -93,7 +93,8 @@ func runGenerate(fs *flag.FlagSet, args []string) error {
 	seed := fs.Uint64("seed", 1, "random seed of the sampler (and of the weights with -random)")
 	activation := fs.String("activation", "", "override the expert activation: silu (the paper's SwiGLU) or gelu (the released inference code); empty keeps the config's")
 	stopEOS := fs.Bool("stop-eos", true, "stop after the end-of-text token (id 0)")
-	stepWeights := fs.String("step-weights", "auto", "layout of the weights the decoding steps read: inout (the model's), transposed (copies made once, as much memory again as the matmul weights) or auto (transposed on the pure-Go backend, where it is faster, when the copies take at most a quarter of the machine's memory)")
+	stepWeights := fs.String("step-weights", "auto", "layout of the weights the decoding steps read: inout (the model's), transposed (copies made once, as much memory again as the matmul weights) or auto (transposed on the pure-Go backend and on an NVIDIA GPU, where it is faster, when the copies take at most a quarter of the machine's memory, or of the GPU's)")
+	unroll := fs.Int("unroll", 0, "greedy steps per executable call (tokens still stream one by one, k at a time); 0: automatic, 4 on an NVIDIA GPU and 1 elsewhere")
 	backendFlag := xla.AddFlag(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -110,6 +111,9 @@ func runGenerate(fs *flag.FlagSet, args []string) error {
 	sampler := bm.SamplerOptions{Temperature: *temperature, TopK: *topK, TopP: *topP, Seed: *seed}
 	if err := checkSampling(*maxTokens, sampler); err != nil {
 		return err
+	}
+	if *unroll < 0 {
+		return fmt.Errorf("-unroll %d: want 0 (automatic) or a positive number of steps", *unroll)
 	}
 	switch *stepWeights {
 	case "auto", "inout", "transposed":
@@ -165,6 +169,7 @@ func runGenerate(fs *flag.FlagSet, args []string) error {
 		StopEOS:     *stopEOS,
 		EOS:         0,
 		StepWeights: *stepWeights,
+		Unroll:      *unroll,
 	}, onToken)
 	if streamer != nil {
 		streamer.Flush()
