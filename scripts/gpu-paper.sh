@@ -60,11 +60,12 @@
 #                                               transposed copies, with the fusion autotuner off,
 #                                               and both (kernel counts, the step's optimised
 #                                               HLO), then the scan variants at 2048 tokens
-#   scripts/gpu-paper.sh BUNDLE_DIR latency-one on one GPU: the decode benchmark at 16 steps per
-#                                               call with the [in, out] weights and with
-#                                               STEP_WEIGHTS (default transposed), then the 1.5B
-#                                               BlackMamba latency sweep with STEP_WEIGHTS at 16
-#                                               steps per call, with XLA_STEP_FLAGS if set
+#   scripts/gpu-paper.sh BUNDLE_DIR latency-one on one GPU: the decode benchmark at UNROLL (default
+#                                               4) steps per call with the [in, out] weights and
+#                                               with STEP_WEIGHTS (default transposed), then the
+#                                               1.5B BlackMamba latency sweep with STEP_WEIGHTS at
+#                                               UNROLL steps per call, with XLA_STEP_FLAGS if set
+#                                               (the 2026-11-28 run used UNROLL=16)
 #   scripts/gpu-paper.sh BUNDLE_DIR total-2.8b  on one GPU: the 2.8b dense Mamba at equal total
 #                                               parameters to MAX_LEN (default 4096) tokens,
 #                                               REPS (default 2) passes, its result saved after
@@ -296,14 +297,14 @@ decode-one)
 	SCAN_SHAPES=2048 SCAN_VARIANTS=quick SCAN_LIMIT=${SCAN_LIMIT:-180} "$here/gpu-bench.sh" "$bundle" scan
 	;;
 latency-one)
-	# The unrolled decode step with the weights as stored and with STEP_WEIGHTS, then the 1.5B
-	# BlackMamba sweep with STEP_WEIGHTS (XLA_STEP_FLAGS, e.g. the fusion autotuner off, apply to
-	# both).
+	# The unrolled decode step (UNROLL steps per call) with the weights as stored and with
+	# STEP_WEIGHTS, then the 1.5B BlackMamba sweep with STEP_WEIGHTS (XLA_STEP_FLAGS, e.g. the
+	# fusion autotuner off, apply to both).
 	w="${STEP_WEIGHTS:-transposed}"
 	tflag=""
 	[[ "$w" == transposed ]] && tflag="-step-transposed"
-	XLA_FLAGS="${XLA_STEP_FLAGS:-}" DECODE_STEP_WEIGHTS="$([[ $w == inout ]] && echo inout || echo inout,$w)" DECODE_UNROLL=16 DECODE_LIMIT=${DECODE_LIMIT:-270} "$here/gpu-bench.sh" "$bundle" decode
-	XLA_FLAGS="${XLA_STEP_FLAGS:-}" timeout -k 10 "${T_LAT_LIMIT:-270}" "$run" blackmamba latency -family 1.5b -archs 1.5b -unroll 16 $tflag -max-len "${MAX_LEN:-16384}" -reps "${REPS:-2}" -out "$out/latency-1.5b-$w.json" -plots "$out/plots-1.5b-$w" >"$out/latency-1.5b-$w.log" 2>&1
+	XLA_FLAGS="${XLA_STEP_FLAGS:-}" DECODE_STEP_WEIGHTS="$([[ $w == inout ]] && echo inout || echo inout,$w)" DECODE_UNROLL="${UNROLL:-4}" DECODE_LIMIT=${DECODE_LIMIT:-270} "$here/gpu-bench.sh" "$bundle" decode
+	XLA_FLAGS="${XLA_STEP_FLAGS:-}" timeout -k 10 "${T_LAT_LIMIT:-270}" "$run" blackmamba latency -family 1.5b -archs 1.5b -unroll "${UNROLL:-4}" $tflag -max-len "${MAX_LEN:-16384}" -reps "${REPS:-2}" -out "$out/latency-1.5b-$w.json" -plots "$out/plots-1.5b-$w" >"$out/latency-1.5b-$w.log" 2>&1
 	;;
 total-2.8b)
 	timeout -k 10 "${TOTAL_LIMIT:-560}" "$run" blackmamba latency -family 2.8b -archs 2.8b-mamba-total -max-len "${MAX_LEN:-4096}" -reps "${REPS:-2}" -out "$out/latency-total-2.8b.json" -plots "$out/plots-2.8b" >"$out/latency-total-2.8b.log" 2>&1
