@@ -77,11 +77,17 @@ func ExtendKVCache(cache *Node, newLen int) *Node {
 // (see ParamCacheWrite), attends to positions 0..pos and returns out [B, d] float32 and the
 // updated caches.
 func AttentionStep(ctx *context.Context, cfg Config, u, pos, k, v *Node) (out, k2, v2 *Node) {
-	g := u.Graph()
 	if u.Rank() != 2 {
 		panic(fmt.Sprintf("bm.AttentionStep: u must be [B, d], got %s", u.Shape()))
 	}
-	numB, d := u.Shape().Dim(0), cfg.Dim
+	return attentionStep(ctx, cfg, normedStepInput(u), pos, k, v)
+}
+
+// attentionStep is AttentionStep with the block's input as a stepInput (the normed token, or
+// the raw residual for the gain-folded copies of wq, wk and wv).
+func attentionStep(ctx *context.Context, cfg Config, in stepInput, pos, k, v *Node) (out, k2, v2 *Node) {
+	g := in.graph()
+	numB, d := in.batch(), cfg.Dim
 	h, hd := cfg.Heads, cfg.HeadDim()
 	cacheLen := k.Shape().Dim(2)
 	if !k.Shape().Equal(v.Shape()) || k.Rank() != 4 || k.Shape().Dim(0) != numB || k.Shape().Dim(1) != h || k.Shape().Dim(3) != hd {
@@ -90,7 +96,7 @@ func AttentionStep(ctx *context.Context, cfg Config, u, pos, k, v *Node) (out, k
 	pos = ConvertDType(pos, dtypes.Int32)
 	positions := Reshape(ConvertDType(pos, dtypes.Float32), 1)
 	// The products by stepMatmulVar, in the order attentionVariables creates the weights.
-	row := func(name string) *Node { return Reshape(stepMatmulVar(ctx, cfg, name, false, u, d, d), numB, 1, d) }
+	row := func(name string) *Node { return Reshape(in.project(ctx, cfg, name, d, d), numB, 1, d) }
 	qr := row("wq")
 	kr := row("wk")
 	vr := row("wv")

@@ -386,23 +386,34 @@ func decodeStepGraph(ctx *context.Context, cfg Config, token, pos *Node, states 
 	emb := embeddingTable(ctx, cfg, g)
 	x := embed(emb, token) // [B, d]
 	var next []*Node
-	x = Residual(ctx, cfg, x, func(_ int, b Block, mctx *context.Context, h *Node) *Node {
+	// Residual's loop, with each block's input as a stepInput: the raw residual and the norm's
+	// 1/rms where the block's first products have gain-folded copies (TransposeStepWeights), so
+	// that the normed token is never written out; else the normed token.
+	for i, b := range cfg.Blocks() {
+		lctx := layerScope(ctx, i)
+		mctx := lctx.In("mixer")
+		in, ok := foldedStepInput(mctx, cfg, x, firstProducts(b.Kind)...)
+		if !ok {
+			in = normedStepInput(RMSNorm(lctx.In("norm"), x, cfg.NormEps))
+		}
 		j := len(next) // each stateful block holds two states, in block order
+		var f *Node
 		switch b.Kind {
 		case KindMamba:
-			f, conv, ssm := MambaStep(mctx, cfg, h, states[j], states[j+1])
+			var conv, ssm *Node
+			f, conv, ssm = mambaStep(mctx, cfg, in, states[j], states[j+1])
 			next = append(next, conv, ssm)
-			return f
 		case KindAttention:
-			f, k, v := AttentionStep(mctx, cfg, h, pos, states[j], states[j+1])
+			var k, v *Node
+			f, k, v = attentionStep(mctx, cfg, in, pos, states[j], states[j+1])
 			next = append(next, k, v)
-			return f
 		case KindMLP:
-			return mlpStep(mctx, cfg, h)
+			f = mlpStep(mctx, cfg, in)
+		default:
+			f, _ = moeStep(mctx, cfg, b.Experts, in)
 		}
-		f, _ := MoEStep(mctx, cfg, b.Experts, h)
-		return f
-	})
+		x = Add(x, ConvertDType(f, dtypes.Float32))
+	}
 	_, logits := headLogits(ctx, cfg, x, emb)
 	return append([]*Node{logits}, next...)
 }

@@ -4,8 +4,10 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"strings"
 
 	"github.com/gomlx/gomlx/backends"
+	"github.com/gomlx/gomlx/pkg/core/dtypes"
 	. "github.com/gomlx/gomlx/pkg/core/graph"
 	"github.com/gomlx/gomlx/pkg/core/tensors"
 	"github.com/gomlx/gomlx/pkg/ml/context"
@@ -64,6 +66,29 @@ func CheckDecode(backend backends.Backend) (report []string, err error) {
 	return report, nil
 }
 
+// RandomizeNormGains sets every norm gain of ctx (a variable "weight" in a scope ending in
+// "/norm" or "_layernorm") to values drawn uniformly from [0.5, 1.5) with the given seed, so that
+// checks see gains other than their initial 1 (TransposeStepWeights folds them into copies).
+func RandomizeNormGains(ctx *context.Context, seed uint64) error {
+	rng := rand.New(rand.NewPCG(seed, seed+1))
+	for v := range ctx.IterVariables() {
+		if v.Name() != "weight" || !(strings.HasSuffix(v.Scope(), "/norm") || strings.HasSuffix(v.Scope(), "_layernorm")) {
+			continue
+		}
+		if v.Shape().DType != dtypes.Float32 || v.Shape().Rank() != 1 {
+			return fmt.Errorf("bm.RandomizeNormGains: %s is %s, want a float32 vector", v.ScopeAndName(), v.Shape())
+		}
+		vals := make([]float32, v.Shape().Size())
+		for i := range vals {
+			vals[i] = 0.5 + rng.Float32()
+		}
+		if err := v.SetValue(tensors.FromFlatDataAndDimensions(vals, v.Shape().Dimensions...)); err != nil {
+			return fmt.Errorf("bm.RandomizeNormGains: %s: %w", v.ScopeAndName(), err)
+		}
+	}
+	return nil
+}
+
 func checkDecodeArch(backend backends.Backend, cfg Config, B, T int, transposed bool) (worst float64, err error) {
 	defer func() {
 		if r := recover(); r != nil {
@@ -76,6 +101,13 @@ func checkDecodeArch(backend backends.Backend, cfg Config, B, T int, transposed 
 	}
 	ctx := context.New()
 	ctx.SetParam(initializers.ParamInitialSeed, int64(11))
+	// Norm gains other than 1, which the transposed variant folds into its copies.
+	if err := InitWeights(backend, ctx, cfg); err != nil {
+		return 0, err
+	}
+	if err := RandomizeNormGains(ctx, 7); err != nil {
+		return 0, err
+	}
 	rng := rand.New(rand.NewPCG(5, 5))
 	ids := make([][]int, B)
 	flat := make([]int32, 0, B*T)
@@ -86,7 +118,7 @@ func checkDecodeArch(backend backends.Backend, cfg Config, B, T int, transposed 
 			flat = append(flat, int32(id))
 		}
 	}
-	fullT := context.MustExecOnce(backend, ctx, func(ctx *context.Context, tok *Node) *Node {
+	fullT := context.MustExecOnce(backend, ctx.Reuse(), func(ctx *context.Context, tok *Node) *Node {
 		return m.Forward(ctx, tok, ForwardOptions{}).Logits
 	}, tensors.FromFlatDataAndDimensions(flat, B, T))
 	full := tensors.MustCopyFlatData[float32](fullT)

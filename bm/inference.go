@@ -126,20 +126,38 @@ func InitWeights(backend backends.Backend, ctx *context.Context, cfg Config) err
 }
 
 // stepTSuffix ends the name of the transposed copy of a block matmul weight made by
-// TransposeStepWeights.
-const stepTSuffix = "_stepT"
+// TransposeStepWeights; stepTNSuffix that of a transposed copy with the gain of the block's
+// norm folded in (foldedNames).
+const (
+	stepTSuffix  = "_stepT"
+	stepTNSuffix = "_stepTN"
+)
+
+// foldedNames are the weights whose products take the block's normed input (a block's first
+// products): their step copies carry the norm's gain, so that the step can multiply the raw
+// residual by them and scale the result by the norm's 1/rms (stepInput). The router stays
+// float32 and has no other copy.
+var foldedNames = []string{"in_proj", "fc1", "wq", "wk", "wv", "router_weight"}
 
 // TransposeStepWeights adds to ctx, beside each block matmul weight (IsCastWeight: [in, out],
-// or [E, in, out] for the experts), a copy with its last two axes swapped, in the weight's
-// dtype, and returns how many it added (copies already present are kept). The products of a
-// decoding step (a token's row against a weight) then read the copy, so that each output
-// element is a sum along a contiguous row of memory: a row reduction on a GPU, where the
-// [in, out] layout makes XLA emit a column reduction, which it spreads over few thread blocks
-// for these shapes. The values are the same up to summation order. The prefill and training
-// paths do not use the copies. Call it after CastWeights (the copies keep the dtype the weights
-// have when it runs) and before creating the decoders that should read the copies (a graph
-// already built keeps the variables it was built with); the copies take as much device memory
-// as the weights they copy. DropStepWeights removes them.
+// or [E, in, out] for the experts) and each router weight, a copy with its last two axes
+// swapped, in the weight's dtype, and returns how many it added (copies already present are
+// kept). The products of a decoding step (a token's row against a weight) then read the
+// copy, so that each output element is a sum along a contiguous row of memory: a row
+// reduction on a GPU, where the [in, out] layout makes XLA emit a column reduction, which it
+// spreads over few thread blocks for these shapes. The copies of a block's first products
+// (foldedNames: the Mamba in_proj, the MoE router and fc1, the MLP fc1, the attention wq, wk and
+// wv) are also multiplied along their input axis by the gain of the block's RMSNorm (computed
+// in float32, then stored in the weight's dtype): the step then takes those products of the
+// residual divided by its rms, without the gain, u·W = (x/rms(x))·(gain⊙W), a product with
+// one value per row that the compiler can fuse into the reductions reading it, where the
+// normalisation itself (a division per element, then the gain) was written to memory by a
+// kernel of its own before them. The values are the same up to
+// rounding and summation order. The prefill and training paths do not use the copies. Call it
+// after CastWeights (the copies keep the dtype the weights have when it runs) and before
+// creating the decoders that should read the copies (a graph already built keeps the variables
+// it was built with); the copies take as much device memory as the weights they copy, and they
+// hold the norm gains of the time of the call. DropStepWeights removes them.
 func TransposeStepWeights(backend backends.Backend, ctx *context.Context) (int, error) {
 	transpose, err := NewExec(backend, func(x *Node) *Node { return Transpose(x, -2, -1) })
 	if err != nil {
@@ -147,32 +165,69 @@ func TransposeStepWeights(backend backends.Backend, ctx *context.Context) (int, 
 	}
 	transpose.SetMaxCache(-1)
 	defer transpose.Finalize()
+	// [..., in, out] weight, [in] gain -> [..., out, in]·gain in the weight's dtype.
+	fold, err := NewExec(backend, func(w, gain *Node) *Node {
+		t := Mul(ConvertDType(Transpose(w, -2, -1), dtypes.Float32), ExpandLeftToRank(gain, w.Rank()))
+		return ConvertDType(t, w.DType())
+	})
+	if err != nil {
+		return 0, err
+	}
+	fold.SetMaxCache(-1)
+	defer fold.Finalize()
 	n := 0
 	for _, v := range stepWeightVariables(ctx) {
 		scope := ctx.InAbsPath(v.Scope()).Checked(false)
-		if scope.InspectVariableIfLoaded(v.Scope(), v.Name()+stepTSuffix) != nil {
+		var gain *context.Variable
+		suffix := stepTSuffix
+		if slices.Contains(foldedNames, v.Name()) {
+			suffix = stepTNSuffix
+			normScope := strings.TrimSuffix(v.Scope(), "/mixer") + "/norm"
+			if gain = ctx.InspectVariableIfLoaded(normScope, "weight"); gain == nil || !strings.HasSuffix(v.Scope(), "/mixer") {
+				return n, fmt.Errorf("bm.TransposeStepWeights: %s has no norm gain %s/weight to fold in", v.ScopeAndName(), normScope)
+			}
+		}
+		if scope.InspectVariableIfLoaded(v.Scope(), v.Name()+suffix) != nil {
 			continue
 		}
 		val, err := v.Value()
 		if err != nil {
 			return n, fmt.Errorf("bm.TransposeStepWeights: reading %s: %w", v.ScopeAndName(), err)
 		}
-		outs, err := transpose.Exec(val)
-		if err != nil {
+		var outs []*tensors.Tensor
+		if gain != nil {
+			gv, err := gain.Value()
+			if err != nil {
+				return n, fmt.Errorf("bm.TransposeStepWeights: reading %s: %w", gain.ScopeAndName(), err)
+			}
+			if gv.Rank() != 1 || gv.Shape().Dim(0) != v.Shape().Dim(-2) {
+				return n, fmt.Errorf("bm.TransposeStepWeights: norm gain %s is %s, want [%d] for %s %s", gain.ScopeAndName(), gv.Shape(), v.Shape().Dim(-2), v.ScopeAndName(), v.Shape())
+			}
+			outs, err = fold.Exec(val, gv)
+			if err != nil {
+				return n, fmt.Errorf("bm.TransposeStepWeights: folding %s into %s: %w", gain.ScopeAndName(), v.ScopeAndName(), err)
+			}
+		} else if outs, err = transpose.Exec(val); err != nil {
 			return n, fmt.Errorf("bm.TransposeStepWeights: transposing %s: %w", v.ScopeAndName(), err)
 		}
-		scope.VariableWithValue(v.Name()+stepTSuffix, outs[0]).SetTrainable(false)
+		scope.VariableWithValue(v.Name()+suffix, outs[0]).SetTrainable(false)
 		n++
 	}
 	return n, nil
 }
 
+// isStepWeight reports whether scope/name is a weight TransposeStepWeights copies: a block
+// matmul weight (IsCastWeight) or a router weight.
+func isStepWeight(scope, name string) bool {
+	return IsCastWeight(scope, name) || (strings.Contains(scope, "/mixer") && name == "router_weight")
+}
+
 // stepWeightVariables returns the variables TransposeStepWeights copies: the block matmul
-// weights of ctx (IsCastWeight), [in, out] or [E, in, out].
+// weights of ctx (IsCastWeight), [in, out] or [E, in, out], and the routers' weights [d, E].
 func stepWeightVariables(ctx *context.Context) []*context.Variable {
 	var weights []*context.Variable
 	for v := range ctx.IterVariables() {
-		if IsCastWeight(v.Scope(), v.Name()) && v.Shape().Rank() >= 2 {
+		if isStepWeight(v.Scope(), v.Name()) && v.Shape().Rank() >= 2 {
 			weights = append(weights, v)
 		}
 	}
@@ -181,9 +236,14 @@ func stepWeightVariables(ctx *context.Context) []*context.Variable {
 
 // stepTransposed returns the value in g of the copy of weight name (in ctx's scope) made by
 // TransposeStepWeights if it exists with the given dimensions (the weight's with the last two
-// swapped), else nil.
-func stepTransposed(ctx *context.Context, g *Graph, name string, dims ...int) *Node {
-	v := ctx.InspectVariableIfLoaded(ctx.Scope(), name+stepTSuffix)
+// swapped), else nil. It looks for the plain transposed copy, or for the copy with the norm's
+// gain folded in when folded is set.
+func stepTransposed(ctx *context.Context, g *Graph, name string, folded bool, dims ...int) *Node {
+	suffix := stepTSuffix
+	if folded {
+		suffix = stepTNSuffix
+	}
+	v := ctx.InspectVariableIfLoaded(ctx.Scope(), name+suffix)
 	if v == nil || !slices.Equal(v.Shape().Dimensions, dims) {
 		return nil
 	}
@@ -197,19 +257,96 @@ func stepTransposed(ctx *context.Context, g *Graph, name string, dims ...int) *N
 // padded to cfg.StepRows either way.
 func stepMatmulVar(ctx *context.Context, cfg Config, name string, outProj bool, x *Node, in, out int) *Node {
 	g := x.Graph()
-	if wt := stepTransposed(ctx, g, name, out, in); wt != nil {
+	if wt := stepTransposed(ctx, g, name, false, out, in); wt != nil {
 		return stepEinsum(cfg, "bd,ed->be", x, wt)
 	}
 	return StepProduct(cfg, x, weightVar(ctx, g, cfg, name, outProj, in, out))
 }
+
+// stepInput is the input of a block's decoding step. Either u, the token's row after the
+// block's RMSNorm, or, when the block's first products (foldedNames) read copies with the
+// norm's gain folded in (TransposeStepWeights), the raw residual x [B, d] and invRMS [B, 1],
+// 1/sqrt(mean(x²) + eps), with u = x·invRMS·gain.
+type stepInput struct {
+	u, x, invRMS *Node
+}
+
+// firstProducts returns the weights of a block kind whose products take the block's normed
+// input (all of them in foldedNames).
+func firstProducts(kind byte) []string {
+	switch kind {
+	case KindMamba:
+		return []string{"in_proj"}
+	case KindAttention:
+		return []string{"wq", "wk", "wv"}
+	case KindMLP:
+		return []string{"fc1"}
+	}
+	return []string{"router_weight", "fc1"} // MoE
+}
+
+// normedStepInput returns the stepInput of a block with u given.
+func normedStepInput(u *Node) stepInput { return stepInput{u: u} }
+
+// foldedStepInput returns the stepInput of the block in mctx (its mixer scope) for the residual
+// x [B, d] float32 when every weight of names has its gain-folded copy in mctx, else ok false.
+func foldedStepInput(mctx *context.Context, cfg Config, x *Node, names ...string) (in stepInput, ok bool) {
+	for _, name := range names {
+		if mctx.InspectVariableIfLoaded(mctx.Scope(), name+stepTNSuffix) == nil {
+			return in, false
+		}
+	}
+	ms := ReduceAndKeep(Square(x), ReduceMean, -1)
+	return stepInput{x: x, invRMS: Rsqrt(AddScalar(ms, cfg.NormEps))}, true
+}
+
+// batch returns the number of rows of the input.
+func (in stepInput) batch() int {
+	if in.folded() {
+		return in.x.Shape().Dim(0)
+	}
+	return in.u.Shape().Dim(0)
+}
+
+// graph returns the graph of the input.
+func (in stepInput) graph() *Graph {
+	if in.folded() {
+		return in.x.Graph()
+	}
+	return in.u.Graph()
+}
+
+// folded reports whether the input is the raw residual with the norm's scale.
+func (in stepInput) folded() bool { return in.u == nil }
+
+// project is the step's product of the block input with the first-product weight name [in,
+// out] of ctx's scope → [B, out] float32: stepMatmulVar of u, or the gain-folded copy's product
+// with x·invRMS.
+func (in stepInput) project(ctx *context.Context, cfg Config, name string, inDim, outDim int) *Node {
+	if !in.folded() {
+		return stepMatmulVar(ctx, cfg, name, false, in.u, inDim, outDim)
+	}
+	wt := stepTransposed(ctx, in.x.Graph(), name, true, outDim, inDim)
+	if wt == nil {
+		panic(fmt.Sprintf("bm: decoding step: %s%s is missing or not [%d, %d]", name, stepTNSuffix, outDim, inDim))
+	}
+	return stepEinsum(cfg, "bd,ed->be", in.scaled(), wt)
+}
+
+// scaled returns x·invRMS, the normed token without the gain, [B, d] float32: the operand of
+// the gain-folded copies. A product and a broadcast of one value per row, cheap enough for the
+// compiler to fuse into each reduction that reads it.
+func (in stepInput) scaled() *Node { return Mul(in.x, in.invRMS) }
 
 // DropStepWeights removes from ctx the copies TransposeStepWeights added, freeing their memory,
 // so that decoding steps read the weights themselves again. It returns how many it removed.
 func DropStepWeights(ctx *context.Context) (int, error) {
 	var copies []*context.Variable
 	for v := range ctx.IterVariables() {
-		if strings.HasSuffix(v.Name(), stepTSuffix) && IsCastWeight(v.Scope(), strings.TrimSuffix(v.Name(), stepTSuffix)) {
-			copies = append(copies, v)
+		for _, suffix := range []string{stepTSuffix, stepTNSuffix} {
+			if strings.HasSuffix(v.Name(), suffix) && isStepWeight(v.Scope(), strings.TrimSuffix(v.Name(), suffix)) {
+				copies = append(copies, v)
+			}
 		}
 	}
 	for i, v := range copies {
@@ -221,7 +358,8 @@ func DropStepWeights(ctx *context.Context) (int, error) {
 }
 
 // StepWeightBytes returns the bytes of the weights TransposeStepWeights would copy (the block
-// matmul weights of ctx, at their current dtype): the extra memory the copies take.
+// matmul weights of ctx, at their current dtype, and the routers): the extra memory the copies
+// take.
 func StepWeightBytes(ctx *context.Context) int64 {
 	var n int64
 	for _, v := range stepWeightVariables(ctx) {

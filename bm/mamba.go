@@ -160,11 +160,17 @@ func conv1dTaps(padded, w *Node, T int) *Node {
 // conv: [B, D, K] and ssm: [B, D, N] float32, the states after the previous token (from
 // MambaPrefill or a previous MambaStep). It returns out [B, d] float32 and the new states.
 func MambaStep(ctx *context.Context, cfg Config, u, conv, ssm *Node) (out, conv2, ssm2 *Node) {
-	g := u.Graph()
+	return mambaStep(ctx, cfg, normedStepInput(u), conv, ssm)
+}
+
+// mambaStep is MambaStep with the block's input as a stepInput (the normed token, or the raw
+// residual for in_proj's gain-folded copy).
+func mambaStep(ctx *context.Context, cfg Config, in stepInput, conv, ssm *Node) (out, conv2, ssm2 *Node) {
+	g := in.graph()
 	w := mambaVariablesFor(ctx, cfg, g, false)
 	d, D, N, K, R := cfg.Dim, cfg.Inner(), cfg.StateSize, cfg.ConvKernel, cfg.Rank()
 
-	xz := stepMatmulVar(ctx, cfg, "in_proj", false, u, d, 2*D) // [B, 2D]
+	xz := in.project(ctx, cfg, "in_proj", d, 2*D) // [B, 2D]
 	x := SliceAxis(xz, -1, AxisRange(0, D))
 	z := SliceAxis(xz, -1, AxisRange(D, 2*D))
 
@@ -178,8 +184,8 @@ func MambaStep(ctx *context.Context, cfg Config, u, conv, ssm *Node) (out, conv2
 	// than as matmuls. The taps are summed by the sequence form's conv1dTaps over the window
 	// [B, K, D] of one output, as elementwise operations: a reduction over K = 4 became a kernel
 	// of its own.
-	taps := Reshape(conv1dTaps(TransposeAllDims(conv2, 0, 2, 1), w.convW, 1), u.Shape().Dim(0), D) // [B, D]
-	xc := activations.Swish(Add(taps, ExpandLeftToRank(w.convB, 2)))                               // [B, D]
+	taps := Reshape(conv1dTaps(TransposeAllDims(conv2, 0, 2, 1), w.convW, 1), in.batch(), D) // [B, D]
+	xc := activations.Swish(Add(taps, ExpandLeftToRank(w.convB, 2)))                         // [B, D]
 
 	// One matmul for the three parts here (a decode step is bound by its kernel count, and the
 	// slow kernel xProjections avoids only arises in the sequence form); in float32 its values

@@ -28,9 +28,9 @@ func MLP(ctx *context.Context, cfg Config, u *Node) *Node {
 // mlpStep is MLP for a decoding step, u [B, d] → [B, d] float32, its two products by stepMatmul
 // (the weights' transposed copies when TransposeStepWeights made them; rows padded to
 // cfg.StepRows).
-func mlpStep(ctx *context.Context, cfg Config, u *Node) *Node {
+func mlpStep(ctx *context.Context, cfg Config, in stepInput) *Node {
 	d, f := cfg.Dim, cfg.FFN
-	h := stepMatmulVar(ctx, cfg, "fc1", false, u, d, 2*f)
+	h := in.project(ctx, cfg, "fc1", d, 2*f)
 	return stepMatmulVar(ctx, cfg, "fc2", true, gatedActivation(cfg, h), f, d)
 }
 

@@ -134,16 +134,37 @@ func MoEWithStats(ctx *context.Context, cfg Config, experts int, u *Node, route 
 // reads one expert's weights, plus the router). Same variables and result as
 // MoE(…, RoutingArgmax) on the same tokens.
 func MoEStep(ctx *context.Context, cfg Config, experts int, u *Node) (out, choice *Node) {
-	g := u.Graph()
 	if u.Rank() != 2 || u.Shape().Dim(1) != cfg.Dim {
 		panic(fmt.Sprintf("bm.MoEStep: input must be [B, d=%d], got %s", cfg.Dim, u.Shape()))
 	}
-	x := ConvertDType(u, dtypes.Float32)
+	return moeStep(ctx, cfg, experts, normedStepInput(ConvertDType(u, dtypes.Float32)))
+}
+
+// moeStep is MoEStep with the block's input as a stepInput: the normed token, or the raw
+// residual for the gain-folded copies of the router and fc1 (TransposeStepWeights).
+func moeStep(ctx *context.Context, cfg Config, experts int, in stepInput) (out, choice *Node) {
+	g := in.graph()
 	d, f := cfg.Dim, cfg.FFN
-	fc1T, fc2T := stepTransposed(ctx, g, "fc1", experts, 2*f, d), stepTransposed(ctx, g, "fc2", experts, d, f)
+	x := in.u
+	var fc1T, fc2T *Node
+	if in.folded() {
+		x = in.scaled()
+		fc1T, fc2T = stepTransposed(ctx, g, "fc1", true, experts, 2*f, d), stepTransposed(ctx, g, "fc2", false, experts, d, f)
+		if fc1T == nil || fc2T == nil {
+			panic(fmt.Sprintf("bm: MoE decoding step: fc1%s [%d, %d, %d] and fc2%s [%d, %d, %d] must both exist (TransposeStepWeights)", stepTNSuffix, experts, 2*f, d, stepTSuffix, experts, d, f))
+		}
+	} else {
+		fc1T, fc2T = stepTransposed(ctx, g, "fc1", false, experts, 2*f, d), stepTransposed(ctx, g, "fc2", false, experts, d, f)
+	}
 	transposed := fc1T != nil && fc2T != nil
-	w := moeVariablesFor(ctx, g, cfg, experts, !transposed)
-	logits := Add(Einsum("bd,de->be", x, w.routerW), InsertAxes(w.routerB, 0))
+	w := moeVariablesFor(ctx, g, cfg, experts, !transposed, !in.folded())
+	var logits *Node
+	if in.folded() {
+		routerT := stepTransposed(ctx, g, "router_weight", true, experts, d)
+		logits = Add(Einsum("bd,ed->be", x, routerT), InsertAxes(w.routerB, 0))
+	} else {
+		logits = Add(Einsum("bd,de->be", x, w.routerW), InsertAxes(w.routerB, 0))
+	}
 	choice = ArgMax(logits, -1, dtypes.Int32)
 	// sigmoid(ℓ_{e*}) as the sigmoid of the largest logit: the same value, and a reduction over
 	// the same logits as the argmax's, which the compiler can compute in the same kernel.
@@ -168,18 +189,20 @@ type moeWeights struct{ routerW, routerB, fc1, fc2 *Node }
 
 // moeVariables creates or reuses the MoE variables in the scope of ctx.
 func moeVariables(ctx *context.Context, g *Graph, cfg Config, experts int) moeWeights {
-	return moeVariablesFor(ctx, g, cfg, experts, true)
+	return moeVariablesFor(ctx, g, cfg, experts, true, true)
 }
 
 // moeVariablesFor is moeVariables, leaving the experts' fc1 and fc2 out when expertWeights is false
-// (a decoding step that reads their transposed copies).
-func moeVariablesFor(ctx *context.Context, g *Graph, cfg Config, experts int, expertWeights bool) moeWeights {
+// (a decoding step that reads their transposed copies), and the router weight when
+// routerWeight is false (a step that reads its gain-folded copy).
+func moeVariablesFor(ctx *context.Context, g *Graph, cfg Config, experts int, expertWeights, routerWeight bool) moeWeights {
 	d, f := cfg.Dim, cfg.FFN
-	w := moeWeights{
-		routerW: weightVar(ctx, g, cfg, "router_weight", false, d, experts),
-		routerB: ctx.WithInitializer(initializers.Zero).
-			VariableWithShape("router_bias", shapes.Make(dtypes.Float32, experts)).ValueGraph(g),
+	var w moeWeights
+	if routerWeight {
+		w.routerW = weightVar(ctx, g, cfg, "router_weight", false, d, experts)
 	}
+	w.routerB = ctx.WithInitializer(initializers.Zero).
+		VariableWithShape("router_bias", shapes.Make(dtypes.Float32, experts)).ValueGraph(g)
 	if expertWeights {
 		w.fc1 = weightVar(ctx, g, cfg, "fc1", false, experts, d, 2*f)
 		w.fc2 = weightVar(ctx, g, cfg, "fc2", true, experts, f, d)

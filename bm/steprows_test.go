@@ -115,8 +115,10 @@ func TestStepVariantsGreedyTokens(t *testing.T) {
 }
 
 // TestTransposeStepWeights checks the copies TransposeStepWeights adds: one per block matmul
-// weight (none for the router, the norms or the embedding), each the transpose of its last two
-// axes in the weight's dtype, none added by a second call.
+// weight and router weight (none for the norms or the embedding), each the transpose of its
+// last two axes in the weight's dtype, and for the blocks' first products (foldedNames) that
+// transpose times the block's norm gain along its input axis (the gains set to random values
+// first); none added by a second call.
 func TestTransposeStepWeights(t *testing.T) {
 	backend := cpuBackend(t)
 	cfg := DecodeCheckConfigs()[0] // BlackMamba: Mamba and MoE blocks
@@ -124,9 +126,10 @@ func TestTransposeStepWeights(t *testing.T) {
 	if err := InitWeights(backend, ctx, cfg); err != nil {
 		t.Fatal(err)
 	}
+	randomizeNormGains(t, ctx, 3)
 	weights := map[string]*context.Variable{}
 	for v := range ctx.IterVariables() {
-		if IsCastWeight(v.Scope(), v.Name()) {
+		if IsCastWeight(v.Scope(), v.Name()) || v.Name() == "router_weight" {
 			weights[v.ScopeAndName()] = v
 		}
 	}
@@ -141,10 +144,24 @@ func TestTransposeStepWeights(t *testing.T) {
 	if err != nil || n != len(weights) || n == 0 {
 		t.Fatalf("TransposeStepWeights: %d copies, error %v; want %d", n, err, len(weights))
 	}
+	copyOf := func(w *context.Variable) (*context.Variable, []float32) {
+		if !slices.Contains(foldedNames, w.Name()) {
+			return ctx.InspectVariableIfLoaded(w.Scope(), w.Name()+stepTSuffix), nil
+		}
+		if ctx.InspectVariableIfLoaded(w.Scope(), w.Name()+stepTSuffix) != nil {
+			t.Errorf("%s: a plain transposed copy beside the folded one", w.ScopeAndName())
+		}
+		gain := ctx.InspectVariableIfLoaded(strings.TrimSuffix(w.Scope(), "/mixer")+"/norm", "weight")
+		return ctx.InspectVariableIfLoaded(w.Scope(), w.Name()+stepTNSuffix), tensors.MustCopyFlatData[float32](gain.MustValue())
+	}
+	folded := 0
 	for key, w := range weights {
-		c := ctx.InspectVariableIfLoaded(w.Scope(), w.Name()+stepTSuffix)
+		c, gain := copyOf(w)
 		if c == nil {
 			t.Fatalf("%s: no transposed copy", key)
+		}
+		if gain != nil {
+			folded++
 		}
 		dims := w.Shape().Dimensions
 		r := len(dims)
@@ -157,12 +174,19 @@ func TestTransposeStepWeights(t *testing.T) {
 		for m := 0; m < len(wv)/(rows*cols); m++ {
 			for i := range rows {
 				for j := range cols {
-					if a, b := wv[m*rows*cols+i*cols+j], cv[m*rows*cols+j*rows+i]; a != b {
-						t.Fatalf("%s: [%d, %d, %d] is %g, copy has %g", key, m, i, j, a, b)
+					a, b := wv[m*rows*cols+i*cols+j], cv[m*rows*cols+j*rows+i]
+					if gain != nil {
+						a *= gain[i]
+					}
+					if a != b {
+						t.Fatalf("%s: [%d, %d, %d] is %g (with the gain), copy has %g", key, m, i, j, a, b)
 					}
 				}
 			}
 		}
+	}
+	if folded < 3 { // at least one in_proj, one router and one fc1
+		t.Errorf("%d gain-folded copies, want at least 3", folded)
 	}
 	if n, err := TransposeStepWeights(backend, ctx); err != nil || n != 0 {
 		t.Errorf("second call: %d copies, error %v; want 0", n, err)
@@ -232,7 +256,7 @@ func TestTransposeStepWeights(t *testing.T) {
 		}
 	}
 	for _, w := range weights {
-		c := ctx.InspectVariableIfLoaded(w.Scope(), w.Name()+stepTSuffix)
+		c, _ := copyOf(w)
 		if err := c.SetValue(tensors.FromShape(c.Shape())); err != nil {
 			t.Fatal(err)
 		}
@@ -273,5 +297,15 @@ func TestStepRowsValidation(t *testing.T) {
 	}()
 	if !strings.Contains(msg, "StepProduct") {
 		t.Errorf("mismatched shapes: panic %q, want one naming StepProduct", msg)
+	}
+}
+
+// randomizeNormGains sets every RMSNorm and LayerNorm gain ("weight" under a "norm" scope) of
+// ctx to values drawn uniformly from [0.5, 1.5), so that tests see gains other than their
+// initial 1.
+func randomizeNormGains(t *testing.T, ctx *context.Context, seed uint64) {
+	t.Helper()
+	if err := RandomizeNormGains(ctx, seed); err != nil {
+		t.Fatal(err)
 	}
 }
