@@ -387,7 +387,7 @@ func decodeStepGraph(ctx *context.Context, cfg Config, token, pos *Node, states 
 	x := embed(emb, token) // [B, d]
 	var next []*Node
 	// Residual's loop, with each block's input as a stepInput: the raw residual and the norm's
-	// 1/rms where the block's first products have gain-folded copies (TransposeStepWeights), so
+	// 1/rms where the block's first products have gain-folded copies (FoldStepWeights), so
 	// that the normed token is never written out; else the normed token.
 	for i, b := range cfg.Blocks() {
 		lctx := layerScope(ctx, i)

@@ -35,25 +35,27 @@ func DecodeCheckConfigs() []Config {
 // CheckDecode runs, on backend and for each of DecodeCheckConfigs, the parallel forward over
 // random tokens [2, 10] and the recurrent decoder (prefill of 1, 2, 3, 5 and 8 tokens, then
 // one step per token), and returns an error if any logit differs from the forward's by more
-// than 1e-4 of the largest logit magnitude. Each architecture is checked three times: as it
-// is, with its step products padded to 4 rows (Config.StepRows), and with the steps reading
-// the weights' transposed copies (TransposeStepWeights). It returns one report line per check.
+// than 1e-4 of the largest logit magnitude, with the norm gains set to random values
+// (RandomizeNormGains). Each architecture is checked four times: as it is, with its step
+// products padded to 4 rows (Config.StepRows), with the steps reading the weights' transposed
+// copies (TransposeStepWeights), and with those copies carrying the norm gains
+// (FoldStepWeights). It returns one report line per check.
 func CheckDecode(backend backends.Backend) (report []string, err error) {
 	const B, T, tol = 2, 10, 1e-4
 	for _, cfg := range DecodeCheckConfigs() {
 		for _, variant := range []struct {
-			rows       int
-			transposed bool
-		}{{0, false}, {4, false}, {0, true}} {
+			rows   int
+			layout StepLayout
+		}{{0, StepInOut}, {4, StepInOut}, {0, StepTransposed}, {0, StepFolded}} {
 			cfg.StepRows = variant.rows
 			name := cfg.Name
 			if variant.rows > 0 {
 				name = fmt.Sprintf("%s, step rows %d", cfg.Name, variant.rows)
 			}
-			if variant.transposed {
-				name += ", transposed"
+			if variant.layout != StepInOut {
+				name += ", " + string(variant.layout)
 			}
-			worst, err := checkDecodeArch(backend, cfg, B, T, variant.transposed)
+			worst, err := checkDecodeArch(backend, cfg, B, T, variant.layout)
 			if err != nil {
 				return report, fmt.Errorf("%s: %w", name, err)
 			}
@@ -68,7 +70,7 @@ func CheckDecode(backend backends.Backend) (report []string, err error) {
 
 // RandomizeNormGains sets every norm gain of ctx (a variable "weight" in a scope ending in
 // "/norm" or "_layernorm") to values drawn uniformly from [0.5, 1.5) with the given seed, so that
-// checks see gains other than their initial 1 (TransposeStepWeights folds them into copies).
+// checks see gains other than their initial 1 (FoldStepWeights folds them into copies).
 func RandomizeNormGains(ctx *context.Context, seed uint64) error {
 	rng := rand.New(rand.NewPCG(seed, seed+1))
 	for v := range ctx.IterVariables() {
@@ -89,7 +91,7 @@ func RandomizeNormGains(ctx *context.Context, seed uint64) error {
 	return nil
 }
 
-func checkDecodeArch(backend backends.Backend, cfg Config, B, T int, transposed bool) (worst float64, err error) {
+func checkDecodeArch(backend backends.Backend, cfg Config, B, T int, layout StepLayout) (worst float64, err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("%v", r)
@@ -122,9 +124,9 @@ func checkDecodeArch(backend backends.Backend, cfg Config, B, T int, transposed 
 		return m.Forward(ctx, tok, ForwardOptions{}).Logits
 	}, tensors.FromFlatDataAndDimensions(flat, B, T))
 	full := tensors.MustCopyFlatData[float32](fullT)
-	if transposed {
-		if n, err := TransposeStepWeights(backend, ctx); err != nil || n == 0 {
-			return 0, fmt.Errorf("TransposeStepWeights: %d copies, error %v", n, err)
+	if layout != StepInOut {
+		if n, err := SetStepLayout(backend, ctx, layout); err != nil || n == 0 {
+			return 0, fmt.Errorf("step weights %s: %d copies, error %v", layout, n, err)
 		}
 	}
 	V := cfg.Vocab

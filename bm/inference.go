@@ -134,31 +134,110 @@ const (
 )
 
 // foldedNames are the weights whose products take the block's normed input (a block's first
-// products): their step copies carry the norm's gain, so that the step can multiply the raw
-// residual by them and scale the result by the norm's 1/rms (stepInput). The router stays
-// float32 and has no other copy.
+// products): FoldStepWeights' copies of them carry the norm's gain, so that the step can
+// multiply them by the residual over its rms (stepInput). The router stays float32; only
+// FoldStepWeights copies it.
 var foldedNames = []string{"in_proj", "fc1", "wq", "wk", "wv", "router_weight"}
 
+// StepLayout names the weights a decoding step reads.
+type StepLayout string
+
+const (
+	// StepInOut: the model's own weights, [in, out].
+	StepInOut StepLayout = "inout"
+	// StepTransposed: [out, in] copies of the block matmul weights (TransposeStepWeights).
+	StepTransposed StepLayout = "transposed"
+	// StepFolded: the transposed copies, those of each block's first products with the block's
+	// norm gain folded in, and a transposed copy of each router (FoldStepWeights).
+	StepFolded StepLayout = "folded"
+)
+
+// StepLayouts lists the layouts, for messages.
+var StepLayouts = []StepLayout{StepInOut, StepTransposed, StepFolded}
+
+// ParseStepLayout returns the layout named s, or an error naming s and the layouts.
+func ParseStepLayout(s string) (StepLayout, error) {
+	for _, l := range StepLayouts {
+		if string(l) == s {
+			return l, nil
+		}
+	}
+	return "", fmt.Errorf("step weights %q: want inout, transposed or folded", s)
+}
+
+// SetStepLayout gives the decoding steps of models in ctx the weights of layout: it removes the
+// copies of another layout (DropStepWeights) and makes those of layout (TransposeStepWeights,
+// FoldStepWeights). It returns how many copies it added. Graphs already built keep the
+// variables they were built with: call it before creating decoders.
+func SetStepLayout(backend backends.Backend, ctx *context.Context, layout StepLayout) (int, error) {
+	if _, err := ParseStepLayout(string(layout)); err != nil {
+		return 0, fmt.Errorf("bm.SetStepLayout: %w", err)
+	}
+	if current := StepLayoutOf(ctx); current != layout && current != StepInOut {
+		if _, err := DropStepWeights(ctx); err != nil {
+			return 0, err
+		}
+	}
+	switch layout {
+	case StepTransposed:
+		return TransposeStepWeights(backend, ctx)
+	case StepFolded:
+		return FoldStepWeights(backend, ctx)
+	}
+	return 0, nil
+}
+
+// StepLayoutOf returns the layout of the step copies ctx holds: StepFolded when it holds a
+// gain-folded copy, StepTransposed when it holds only plain transposed copies, else StepInOut.
+func StepLayoutOf(ctx *context.Context) StepLayout {
+	layout := StepInOut
+	for v := range ctx.IterVariables() {
+		switch {
+		case strings.HasSuffix(v.Name(), stepTNSuffix):
+			return StepFolded
+		case strings.HasSuffix(v.Name(), stepTSuffix):
+			layout = StepTransposed
+		}
+	}
+	return layout
+}
+
 // TransposeStepWeights adds to ctx, beside each block matmul weight (IsCastWeight: [in, out],
-// or [E, in, out] for the experts) and each router weight, a copy with its last two axes
-// swapped, in the weight's dtype, and returns how many it added (copies already present are
-// kept). The products of a decoding step (a token's row against a weight) then read the
-// copy, so that each output element is a sum along a contiguous row of memory: a row
-// reduction on a GPU, where the [in, out] layout makes XLA emit a column reduction, which it
-// spreads over few thread blocks for these shapes. The copies of a block's first products
-// (foldedNames: the Mamba in_proj, the MoE router and fc1, the MLP fc1, the attention wq, wk and
-// wv) are also multiplied along their input axis by the gain of the block's RMSNorm (computed
-// in float32, then stored in the weight's dtype): the step then takes those products of the
-// residual divided by its rms, without the gain, u·W = (x/rms(x))·(gain⊙W), a product with
-// one value per row that the compiler can fuse into the reductions reading it, where the
-// normalisation itself (a division per element, then the gain) was written to memory by a
-// kernel of its own before them. The values are the same up to
-// rounding and summation order. The prefill and training paths do not use the copies. Call it
-// after CastWeights (the copies keep the dtype the weights have when it runs) and before
-// creating the decoders that should read the copies (a graph already built keeps the variables
-// it was built with); the copies take as much device memory as the weights they copy, and they
-// hold the norm gains of the time of the call. DropStepWeights removes them.
+// or [E, in, out] for the experts), a copy with its last two axes swapped, in the weight's
+// dtype, and returns how many it added (copies already present are kept). The products of a
+// decoding step (a token's row against a weight) then read the copy, so that each output
+// element is a sum along a contiguous row of memory: a row reduction on a GPU, where the
+// [in, out] layout makes XLA emit a column reduction, which it spreads over few thread blocks
+// for these shapes. The values are the same up to summation order. The prefill and training
+// paths do not use the copies. Call it after CastWeights (the copies keep the dtype the weights
+// have when it runs) and before creating the decoders that should read the copies (a graph
+// already built keeps the variables it was built with); the copies take as much device memory
+// as the weights they copy. DropStepWeights removes them.
 func TransposeStepWeights(backend backends.Backend, ctx *context.Context) (int, error) {
+	return makeStepCopies(backend, ctx, false)
+}
+
+// FoldStepWeights is TransposeStepWeights, except that the copies of each block's first
+// products (foldedNames: the Mamba in_proj, the MoE router and fc1, the MLP fc1, the attention
+// wq, wk and wv; the router, which TransposeStepWeights leaves alone, in float32) are also
+// multiplied along their input axis by the gain of the block's RMSNorm (in float32, then
+// stored in the weight's dtype). The step then takes those products of the residual divided by
+// its rms, without the gain, u·W = (x/rms(x))·(gain⊙W): a product with one value per row that
+// the compiler can fuse into the reductions reading it, where the normalisation (a division per
+// element, then the gain) was written to memory by a kernel of its own before them, and the
+// router becomes a row reduction too. The values are the same up to rounding and summation
+// order. The copies hold the norm gains of the time of the call.
+func FoldStepWeights(backend backends.Backend, ctx *context.Context) (int, error) {
+	return makeStepCopies(backend, ctx, true)
+}
+
+// makeStepCopies makes the copies of TransposeStepWeights, or of FoldStepWeights when fold is
+// set.
+func makeStepCopies(backend backends.Backend, ctx *context.Context, fold bool) (int, error) {
+	name := "bm.TransposeStepWeights"
+	if fold {
+		name = "bm.FoldStepWeights"
+	}
 	transpose, err := NewExec(backend, func(x *Node) *Node { return Transpose(x, -2, -1) })
 	if err != nil {
 		return 0, err
@@ -166,25 +245,25 @@ func TransposeStepWeights(backend backends.Backend, ctx *context.Context) (int, 
 	transpose.SetMaxCache(-1)
 	defer transpose.Finalize()
 	// [..., in, out] weight, [in] gain -> [..., out, in]·gain in the weight's dtype.
-	fold, err := NewExec(backend, func(w, gain *Node) *Node {
+	foldGain, err := NewExec(backend, func(w, gain *Node) *Node {
 		t := Mul(ConvertDType(Transpose(w, -2, -1), dtypes.Float32), ExpandLeftToRank(gain, w.Rank()))
 		return ConvertDType(t, w.DType())
 	})
 	if err != nil {
 		return 0, err
 	}
-	fold.SetMaxCache(-1)
-	defer fold.Finalize()
+	foldGain.SetMaxCache(-1)
+	defer foldGain.Finalize()
 	n := 0
-	for _, v := range stepWeightVariables(ctx) {
+	for _, v := range stepWeightVariables(ctx, fold) {
 		scope := ctx.InAbsPath(v.Scope()).Checked(false)
 		var gain *context.Variable
 		suffix := stepTSuffix
-		if slices.Contains(foldedNames, v.Name()) {
+		if fold && slices.Contains(foldedNames, v.Name()) {
 			suffix = stepTNSuffix
 			normScope := strings.TrimSuffix(v.Scope(), "/mixer") + "/norm"
 			if gain = ctx.InspectVariableIfLoaded(normScope, "weight"); gain == nil || !strings.HasSuffix(v.Scope(), "/mixer") {
-				return n, fmt.Errorf("bm.TransposeStepWeights: %s has no norm gain %s/weight to fold in", v.ScopeAndName(), normScope)
+				return n, fmt.Errorf("%s: %s has no norm gain %s/weight to fold in", name, v.ScopeAndName(), normScope)
 			}
 		}
 		if scope.InspectVariableIfLoaded(v.Scope(), v.Name()+suffix) != nil {
@@ -192,23 +271,22 @@ func TransposeStepWeights(backend backends.Backend, ctx *context.Context) (int, 
 		}
 		val, err := v.Value()
 		if err != nil {
-			return n, fmt.Errorf("bm.TransposeStepWeights: reading %s: %w", v.ScopeAndName(), err)
+			return n, fmt.Errorf("%s: reading %s: %w", name, v.ScopeAndName(), err)
 		}
 		var outs []*tensors.Tensor
 		if gain != nil {
 			gv, err := gain.Value()
 			if err != nil {
-				return n, fmt.Errorf("bm.TransposeStepWeights: reading %s: %w", gain.ScopeAndName(), err)
+				return n, fmt.Errorf("%s: reading %s: %w", name, gain.ScopeAndName(), err)
 			}
 			if gv.Rank() != 1 || gv.Shape().Dim(0) != v.Shape().Dim(-2) {
-				return n, fmt.Errorf("bm.TransposeStepWeights: norm gain %s is %s, want [%d] for %s %s", gain.ScopeAndName(), gv.Shape(), v.Shape().Dim(-2), v.ScopeAndName(), v.Shape())
+				return n, fmt.Errorf("%s: norm gain %s is %s, want [%d] for %s %s", name, gain.ScopeAndName(), gv.Shape(), v.Shape().Dim(-2), v.ScopeAndName(), v.Shape())
 			}
-			outs, err = fold.Exec(val, gv)
-			if err != nil {
-				return n, fmt.Errorf("bm.TransposeStepWeights: folding %s into %s: %w", gain.ScopeAndName(), v.ScopeAndName(), err)
+			if outs, err = foldGain.Exec(val, gv); err != nil {
+				return n, fmt.Errorf("%s: folding %s into %s: %w", name, gain.ScopeAndName(), v.ScopeAndName(), err)
 			}
 		} else if outs, err = transpose.Exec(val); err != nil {
-			return n, fmt.Errorf("bm.TransposeStepWeights: transposing %s: %w", v.ScopeAndName(), err)
+			return n, fmt.Errorf("%s: transposing %s: %w", name, v.ScopeAndName(), err)
 		}
 		scope.VariableWithValue(v.Name()+suffix, outs[0]).SetTrainable(false)
 		n++
@@ -216,18 +294,19 @@ func TransposeStepWeights(backend backends.Backend, ctx *context.Context) (int, 
 	return n, nil
 }
 
-// isStepWeight reports whether scope/name is a weight TransposeStepWeights copies: a block
+// isStepWeight reports whether scope/name is a weight FoldStepWeights copies: a block
 // matmul weight (IsCastWeight) or a router weight.
 func isStepWeight(scope, name string) bool {
 	return IsCastWeight(scope, name) || (strings.Contains(scope, "/mixer") && name == "router_weight")
 }
 
-// stepWeightVariables returns the variables TransposeStepWeights copies: the block matmul
-// weights of ctx (IsCastWeight), [in, out] or [E, in, out], and the routers' weights [d, E].
-func stepWeightVariables(ctx *context.Context) []*context.Variable {
+// stepWeightVariables returns the variables TransposeStepWeights copies, the block matmul
+// weights of ctx (IsCastWeight), [in, out] or [E, in, out], and with withRouters also the
+// routers' weights [d, E], which FoldStepWeights copies too.
+func stepWeightVariables(ctx *context.Context, withRouters bool) []*context.Variable {
 	var weights []*context.Variable
 	for v := range ctx.IterVariables() {
-		if isStepWeight(v.Scope(), v.Name()) && v.Shape().Rank() >= 2 {
+		if (IsCastWeight(v.Scope(), v.Name()) || (withRouters && isStepWeight(v.Scope(), v.Name()))) && v.Shape().Rank() >= 2 {
 			weights = append(weights, v)
 		}
 	}
@@ -265,7 +344,7 @@ func stepMatmulVar(ctx *context.Context, cfg Config, name string, outProj bool, 
 
 // stepInput is the input of a block's decoding step. Either u, the token's row after the
 // block's RMSNorm, or, when the block's first products (foldedNames) read copies with the
-// norm's gain folded in (TransposeStepWeights), the raw residual x [B, d] and invRMS [B, 1],
+// norm's gain folded in (FoldStepWeights), the raw residual x [B, d] and invRMS [B, 1],
 // 1/sqrt(mean(x²) + eps), with u = x·invRMS·gain.
 type stepInput struct {
 	u, x, invRMS *Node
@@ -338,7 +417,7 @@ func (in stepInput) project(ctx *context.Context, cfg Config, name string, inDim
 // compiler to fuse into each reduction that reads it.
 func (in stepInput) scaled() *Node { return Mul(in.x, in.invRMS) }
 
-// DropStepWeights removes from ctx the copies TransposeStepWeights added, freeing their memory,
+// DropStepWeights removes from ctx the copies TransposeStepWeights or FoldStepWeights added, freeing their memory,
 // so that decoding steps read the weights themselves again. It returns how many it removed.
 func DropStepWeights(ctx *context.Context) (int, error) {
 	var copies []*context.Variable
@@ -358,11 +437,11 @@ func DropStepWeights(ctx *context.Context) (int, error) {
 }
 
 // StepWeightBytes returns the bytes of the weights TransposeStepWeights would copy (the block
-// matmul weights of ctx, at their current dtype, and the routers): the extra memory the copies
-// take.
+// matmul weights of ctx, at their current dtype): the extra memory the copies take
+// (FoldStepWeights adds the routers' copies, float32 [E, d] each).
 func StepWeightBytes(ctx *context.Context) int64 {
 	var n int64
-	for _, v := range stepWeightVariables(ctx) {
+	for _, v := range stepWeightVariables(ctx, false) {
 		n += int64(v.Shape().Memory())
 	}
 	return n

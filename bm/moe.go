@@ -141,7 +141,7 @@ func MoEStep(ctx *context.Context, cfg Config, experts int, u *Node) (out, choic
 }
 
 // moeStep is MoEStep with the block's input as a stepInput: the normed token, or the raw
-// residual for the gain-folded copies of the router and fc1 (TransposeStepWeights).
+// residual for the gain-folded copies of the router and fc1 (FoldStepWeights).
 func moeStep(ctx *context.Context, cfg Config, experts int, in stepInput) (out, choice *Node) {
 	g := in.graph()
 	d, f := cfg.Dim, cfg.FFN
@@ -151,7 +151,7 @@ func moeStep(ctx *context.Context, cfg Config, experts int, in stepInput) (out, 
 		x = in.scaled()
 		fc1T, fc2T = stepTransposed(ctx, g, "fc1", true, experts, 2*f, d), stepTransposed(ctx, g, "fc2", false, experts, d, f)
 		if fc1T == nil || fc2T == nil {
-			panic(fmt.Sprintf("bm: MoE decoding step: fc1%s [%d, %d, %d] and fc2%s [%d, %d, %d] must both exist (TransposeStepWeights)", stepTNSuffix, experts, 2*f, d, stepTSuffix, experts, d, f))
+			panic(fmt.Sprintf("bm: MoE decoding step: fc1%s [%d, %d, %d] and fc2%s [%d, %d, %d] must both exist (FoldStepWeights)", stepTNSuffix, experts, 2*f, d, stepTSuffix, experts, d, f))
 		}
 	} else {
 		fc1T, fc2T = stepTransposed(ctx, g, "fc1", false, experts, 2*f, d), stepTransposed(ctx, g, "fc2", false, experts, d, f)

@@ -73,7 +73,7 @@ func TestStepVariantsGreedyTokens(t *testing.T) {
 		for _, unroll := range []int{1, 4} {
 			t.Run(fmt.Sprintf("%s/unroll%d", cfg.Name, unroll), func(t *testing.T) {
 				var want []int
-				for _, variant := range []string{"plain", "rows", "transposed"} {
+				for _, variant := range []string{"plain", "rows", "transposed", "folded"} {
 					c := cfg
 					c.ComputeDType = "bfloat16"
 					if variant == "rows" {
@@ -87,8 +87,8 @@ func TestStepVariantsGreedyTokens(t *testing.T) {
 					if _, err := CastWeights(backend, ctx, ComputeDType(c)); err != nil {
 						t.Fatal(err)
 					}
-					if variant == "transposed" {
-						if _, err := TransposeStepWeights(backend, ctx); err != nil {
+					if variant == "transposed" || variant == "folded" {
+						if _, err := SetStepLayout(backend, ctx, StepLayout(variant)); err != nil {
 							t.Fatal(err)
 						}
 					}
@@ -114,162 +114,198 @@ func TestStepVariantsGreedyTokens(t *testing.T) {
 	}
 }
 
-// TestTransposeStepWeights checks the copies TransposeStepWeights adds: one per block matmul
-// weight and router weight (none for the norms or the embedding), each the transpose of its
-// last two axes in the weight's dtype, and for the blocks' first products (foldedNames) that
-// transpose times the block's norm gain along its input axis (the gains set to random values
-// first); none added by a second call.
-func TestTransposeStepWeights(t *testing.T) {
+// TestStepWeightCopies checks the copies of TransposeStepWeights and FoldStepWeights (the norm
+// gains set to random values first): one per block matmul weight, and for FoldStepWeights one
+// per router weight too (none for the norms or the embedding), each the transpose of its last
+// two axes in the weight's dtype, and for FoldStepWeights' copies of the blocks' first products
+// (foldedNames) that transpose times the block's norm gain along its input axis; none added by
+// a second call. The step reads the copies and not the weights they replace; DropStepWeights
+// removes them, and SetStepLayout switches between the layouts.
+func TestStepWeightCopies(t *testing.T) {
 	backend := cpuBackend(t)
 	cfg := DecodeCheckConfigs()[0] // BlackMamba: Mamba and MoE blocks
-	ctx := context.New()
-	if err := InitWeights(backend, ctx, cfg); err != nil {
-		t.Fatal(err)
-	}
-	randomizeNormGains(t, ctx, 3)
-	weights := map[string]*context.Variable{}
-	for v := range ctx.IterVariables() {
-		if IsCastWeight(v.Scope(), v.Name()) || v.Name() == "router_weight" {
-			weights[v.ScopeAndName()] = v
-		}
-	}
-	var bytes int64
-	for _, w := range weights {
-		bytes += int64(w.Shape().Memory())
-	}
-	if got := StepWeightBytes(ctx); got != bytes || bytes == 0 {
-		t.Errorf("StepWeightBytes = %d, want %d", got, bytes)
-	}
-	n, err := TransposeStepWeights(backend, ctx)
-	if err != nil || n != len(weights) || n == 0 {
-		t.Fatalf("TransposeStepWeights: %d copies, error %v; want %d", n, err, len(weights))
-	}
-	copyOf := func(w *context.Variable) (*context.Variable, []float32) {
-		if !slices.Contains(foldedNames, w.Name()) {
-			return ctx.InspectVariableIfLoaded(w.Scope(), w.Name()+stepTSuffix), nil
-		}
-		if ctx.InspectVariableIfLoaded(w.Scope(), w.Name()+stepTSuffix) != nil {
-			t.Errorf("%s: a plain transposed copy beside the folded one", w.ScopeAndName())
-		}
-		gain := ctx.InspectVariableIfLoaded(strings.TrimSuffix(w.Scope(), "/mixer")+"/norm", "weight")
-		return ctx.InspectVariableIfLoaded(w.Scope(), w.Name()+stepTNSuffix), tensors.MustCopyFlatData[float32](gain.MustValue())
-	}
-	folded := 0
-	for key, w := range weights {
-		c, gain := copyOf(w)
-		if c == nil {
-			t.Fatalf("%s: no transposed copy", key)
-		}
-		if gain != nil {
-			folded++
-		}
-		dims := w.Shape().Dimensions
-		r := len(dims)
-		want := append(slices.Clone(dims[:r-2]), dims[r-1], dims[r-2])
-		if !slices.Equal(c.Shape().Dimensions, want) || c.Shape().DType != w.Shape().DType || c.Trainable {
-			t.Fatalf("%s: copy %s trainable=%v, want %v %s not trainable", key, c.Shape(), c.Trainable, want, w.Shape().DType)
-		}
-		wv, cv := tensors.MustCopyFlatData[float32](w.MustValue()), tensors.MustCopyFlatData[float32](c.MustValue())
-		rows, cols := dims[r-2], dims[r-1]
-		for m := 0; m < len(wv)/(rows*cols); m++ {
-			for i := range rows {
-				for j := range cols {
-					a, b := wv[m*rows*cols+i*cols+j], cv[m*rows*cols+j*rows+i]
-					if gain != nil {
-						a *= gain[i]
-					}
-					if a != b {
-						t.Fatalf("%s: [%d, %d, %d] is %g (with the gain), copy has %g", key, m, i, j, a, b)
+	for _, layout := range []StepLayout{StepTransposed, StepFolded} {
+		t.Run(string(layout), func(t *testing.T) {
+			ctx := context.New()
+			if err := InitWeights(backend, ctx, cfg); err != nil {
+				t.Fatal(err)
+			}
+			randomizeNormGains(t, ctx, 3)
+			fold := layout == StepFolded
+			weights := map[string]*context.Variable{}
+			for v := range ctx.IterVariables() {
+				if IsCastWeight(v.Scope(), v.Name()) || (fold && v.Name() == "router_weight") {
+					weights[v.ScopeAndName()] = v
+				}
+			}
+			var bytes int64
+			for _, w := range weights {
+				if IsCastWeight(w.Scope(), w.Name()) {
+					bytes += int64(w.Shape().Memory())
+				}
+			}
+			if got := StepWeightBytes(ctx); got != bytes || bytes == 0 {
+				t.Errorf("StepWeightBytes = %d, want %d", got, bytes)
+			}
+			if StepLayoutOf(ctx) != StepInOut {
+				t.Errorf("before any copies: layout %q, want inout", StepLayoutOf(ctx))
+			}
+			n, err := SetStepLayout(backend, ctx, layout)
+			if err != nil || n != len(weights) || n == 0 {
+				t.Fatalf("SetStepLayout(%s): %d copies, error %v; want %d", layout, n, err, len(weights))
+			}
+			if StepLayoutOf(ctx) != layout {
+				t.Errorf("layout %q after SetStepLayout(%s)", StepLayoutOf(ctx), layout)
+			}
+			copyOf := func(w *context.Variable) (*context.Variable, []float32) {
+				if !fold || !slices.Contains(foldedNames, w.Name()) {
+					return ctx.InspectVariableIfLoaded(w.Scope(), w.Name()+stepTSuffix), nil
+				}
+				if ctx.InspectVariableIfLoaded(w.Scope(), w.Name()+stepTSuffix) != nil {
+					t.Errorf("%s: a plain transposed copy beside the folded one", w.ScopeAndName())
+				}
+				gain := ctx.InspectVariableIfLoaded(strings.TrimSuffix(w.Scope(), "/mixer")+"/norm", "weight")
+				return ctx.InspectVariableIfLoaded(w.Scope(), w.Name()+stepTNSuffix), tensors.MustCopyFlatData[float32](gain.MustValue())
+			}
+			folded := 0
+			for key, w := range weights {
+				c, gain := copyOf(w)
+				if c == nil {
+					t.Fatalf("%s: no copy", key)
+				}
+				if gain != nil {
+					folded++
+				}
+				dims := w.Shape().Dimensions
+				r := len(dims)
+				want := append(slices.Clone(dims[:r-2]), dims[r-1], dims[r-2])
+				if !slices.Equal(c.Shape().Dimensions, want) || c.Shape().DType != w.Shape().DType || c.Trainable {
+					t.Fatalf("%s: copy %s trainable=%v, want %v %s not trainable", key, c.Shape(), c.Trainable, want, w.Shape().DType)
+				}
+				wv, cv := tensors.MustCopyFlatData[float32](w.MustValue()), tensors.MustCopyFlatData[float32](c.MustValue())
+				rows, cols := dims[r-2], dims[r-1]
+				for m := 0; m < len(wv)/(rows*cols); m++ {
+					for i := range rows {
+						for j := range cols {
+							a, b := wv[m*rows*cols+i*cols+j], cv[m*rows*cols+j*rows+i]
+							if gain != nil {
+								a *= gain[i]
+							}
+							if a != b {
+								t.Fatalf("%s: [%d, %d, %d] is %g (with the gain if folded), copy has %g", key, m, i, j, a, b)
+							}
+						}
 					}
 				}
 			}
-		}
-	}
-	if folded < 3 { // at least one in_proj, one router and one fc1
-		t.Errorf("%d gain-folded copies, want at least 3", folded)
-	}
-	if n, err := TransposeStepWeights(backend, ctx); err != nil || n != 0 {
-		t.Errorf("second call: %d copies, error %v; want 0", n, err)
-	}
-	// The step reads the copies: with them zeroed, a step's logits no longer match the
-	// prefill's (which reads the weights) at the same position.
-	stepVsPrefill := func() float64 {
-		dec, err := NewDecoder(backend, ctx, cfg, 1, 8)
-		if err != nil {
-			t.Fatal(err)
-		}
-		full, err := dec.Prefill([][]int{{5, 7}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		want := tensors.MustCopyFlatData[float32](full)
-		if _, err := dec.Prefill([][]int{{5}}); err != nil {
-			t.Fatal(err)
-		}
-		step, err := dec.Step([]int{7})
-		if err != nil {
-			t.Fatal(err)
-		}
-		got := tensors.MustCopyFlatData[float32](step)
-		diff := 0.0
-		for i := range got {
-			diff = math.Max(diff, math.Abs(float64(got[i]-want[i])))
-		}
-		return diff
-	}
-	if d := stepVsPrefill(); d > 1e-5 {
-		t.Errorf("with the transposed copies: step and prefill logits differ by %g", d)
-	}
-	// Nor does the step read the weights themselves: with them zeroed, its logits stay the same.
-	stepLogits := func() []float32 {
-		dec, err := NewDecoder(backend, ctx, cfg, 1, 8)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := dec.Prefill([][]int{{5}}); err != nil { // a step from empty states
-			t.Fatal(err)
-		}
-		step, err := dec.Step([]int{7})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return tensors.MustCopyFlatData[float32](step)
-	}
-	before := stepLogits()
-	saved := map[*context.Variable]*tensors.Tensor{}
-	for _, w := range weights {
-		c, err := w.MustValue().LocalClone()
-		if err != nil {
-			t.Fatal(err)
-		}
-		saved[w] = c
-		if err := w.SetValue(tensors.FromShape(w.Shape())); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if after := stepLogits(); !slices.Equal(after, before) {
-		t.Errorf("with the weights zeroed and their copies kept, the step's logits changed")
-	}
-	for w, v := range saved {
-		if err := w.SetValue(v); err != nil {
-			t.Fatal(err)
-		}
-	}
-	for _, w := range weights {
-		c, _ := copyOf(w)
-		if err := c.SetValue(tensors.FromShape(c.Shape())); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if d := stepVsPrefill(); d < 1e-3 {
-		t.Errorf("with the copies zeroed: step and prefill logits differ by only %g; the step does not read the copies", d)
-	}
-	// DropStepWeights removes the copies: the step reads the weights again.
-	if n, err := DropStepWeights(ctx); err != nil || n != len(weights) {
-		t.Errorf("DropStepWeights: %d removed, error %v; want %d", n, err, len(weights))
-	}
-	if d := stepVsPrefill(); d > 1e-5 {
-		t.Errorf("after DropStepWeights: step and prefill logits differ by %g", d)
+			if (fold && folded < 3) || (!fold && folded != 0) { // folded: at least an in_proj, a router and an fc1
+				t.Errorf("%d gain-folded copies", folded)
+			}
+			if n, err := SetStepLayout(backend, ctx, layout); err != nil || n != 0 {
+				t.Errorf("second call: %d copies, error %v; want 0", n, err)
+			}
+			// The step reads the copies: with them zeroed, a step's logits no longer match the
+			// prefill's (which reads the weights) at the same position.
+			stepVsPrefill := func() float64 {
+				dec, err := NewDecoder(backend, ctx, cfg, 1, 8)
+				if err != nil {
+					t.Fatal(err)
+				}
+				full, err := dec.Prefill([][]int{{5, 7}})
+				if err != nil {
+					t.Fatal(err)
+				}
+				want := tensors.MustCopyFlatData[float32](full)
+				if _, err := dec.Prefill([][]int{{5}}); err != nil {
+					t.Fatal(err)
+				}
+				step, err := dec.Step([]int{7})
+				if err != nil {
+					t.Fatal(err)
+				}
+				got := tensors.MustCopyFlatData[float32](step)
+				diff := 0.0
+				for i := range got {
+					diff = math.Max(diff, math.Abs(float64(got[i]-want[i])))
+				}
+				return diff
+			}
+			if d := stepVsPrefill(); d > 1e-5 {
+				t.Errorf("with the copies: step and prefill logits differ by %g", d)
+			}
+			// Nor does the step read the weights themselves: with them zeroed, its logits stay the
+			// same.
+			stepLogits := func() []float32 {
+				dec, err := NewDecoder(backend, ctx, cfg, 1, 8)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, err := dec.Prefill([][]int{{5}}); err != nil { // a step from empty states
+					t.Fatal(err)
+				}
+				step, err := dec.Step([]int{7})
+				if err != nil {
+					t.Fatal(err)
+				}
+				return tensors.MustCopyFlatData[float32](step)
+			}
+			before := stepLogits()
+			saved := map[*context.Variable]*tensors.Tensor{}
+			for _, w := range weights {
+				c, err := w.MustValue().LocalClone()
+				if err != nil {
+					t.Fatal(err)
+				}
+				saved[w] = c
+				if err := w.SetValue(tensors.FromShape(w.Shape())); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if after := stepLogits(); !slices.Equal(after, before) {
+				t.Errorf("with the weights zeroed and their copies kept, the step's logits changed")
+			}
+			for w, v := range saved {
+				if err := w.SetValue(v); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for _, w := range weights {
+				c, _ := copyOf(w)
+				if err := c.SetValue(tensors.FromShape(c.Shape())); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if d := stepVsPrefill(); d < 1e-3 {
+				t.Errorf("with the copies zeroed: step and prefill logits differ by only %g; the step does not read the copies", d)
+			}
+			// DropStepWeights removes the copies: the step reads the weights again.
+			if n, err := DropStepWeights(ctx); err != nil || n != len(weights) {
+				t.Errorf("DropStepWeights: %d removed, error %v; want %d", n, err, len(weights))
+			}
+			if d := stepVsPrefill(); d > 1e-5 {
+				t.Errorf("after DropStepWeights: step and prefill logits differ by %g", d)
+			}
+			// SetStepLayout to the other layout replaces the copies.
+			other := StepTransposed
+			if !fold {
+				other = StepFolded
+			}
+			if _, err := SetStepLayout(backend, ctx, layout); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := SetStepLayout(backend, ctx, other); err != nil || StepLayoutOf(ctx) != other {
+				t.Errorf("SetStepLayout(%s) after %s: layout %q, error %v", other, layout, StepLayoutOf(ctx), err)
+			}
+			if other == StepTransposed && ctx.InspectVariableIfLoaded("/decoder/layers/0/mixer", "in_proj"+stepTNSuffix) != nil {
+				t.Errorf("SetStepLayout(transposed) left a folded copy")
+			}
+			if _, err := SetStepLayout(backend, ctx, StepInOut); err != nil || StepLayoutOf(ctx) != StepInOut {
+				t.Errorf("SetStepLayout(inout): layout %q, error %v", StepLayoutOf(ctx), err)
+			}
+			if _, err := SetStepLayout(backend, ctx, "rows"); err == nil || !strings.Contains(err.Error(), `"rows"`) {
+				t.Errorf("SetStepLayout(rows): error %v, want one naming it", err)
+			}
+		})
 	}
 }
 

@@ -84,13 +84,14 @@ type GenerateOptions struct {
 	StopEOS   bool              // stop after generating the end-of-text id
 	EOS       int               // the end-of-text id (0 for the NeoX tokenizer)
 	MaxLen    int               // KV-cache length for attention blocks; prompt+MaxTokens when 0
-	// StepWeights is the layout of the weights the decoding steps read: "inout" (the model's
-	// own), "transposed" (bm.TransposeStepWeights' copies, added to the model's context on
-	// first use: as much memory again as the matmul weights; "inout" drops them again) or
-	// "auto"/"" (transposed on the pure-Go backend, where they made a step 1.3-2.4 times
-	// faster, and on an NVIDIA GPU, where they made the 1.5b step 1.3-1.4 times faster, when
-	// the copies take at most a quarter of the machine's memory, or of the GPU's; inout
-	// elsewhere).
+	// StepWeights is the layout of the weights the decoding steps read (bm.StepLayout, made by
+	// bm.SetStepLayout in the model's context on first use; another layout later replaces the
+	// copies): "inout" (the model's own), "transposed" (bm.TransposeStepWeights' copies, as
+	// much memory again as the matmul weights), "folded" (bm.FoldStepWeights: those copies with
+	// the norm gains folded into the blocks' first products) or "auto"/"" (transposed on the
+	// pure-Go backend, where they made a step 1.3-2.4 times faster, and on an NVIDIA GPU, where
+	// they made the 1.5b step 1.3-1.4 times faster, when the copies take at most a quarter of
+	// the machine's memory, or of the GPU's; inout elsewhere).
 	StepWeights string
 	// Unroll is the number of greedy steps per executable call (bm.GreedyDecoder.Unroll);
 	// the tokens still reach the callback one by one, k at a time. 0: automatic, AutoUnroll.
@@ -123,19 +124,21 @@ func StepMemory(backend backends.Backend) int64 {
 	return xla.HostMemory()
 }
 
-// StepWeightsTransposed resolves GenerateOptions.StepWeights for backend: whether the steps
-// read transposed weight copies (before the memory condition of "auto", CopiesFit). An unknown
-// value is an error naming it.
-func StepWeightsTransposed(stepWeights string, backend backends.Backend) (bool, error) {
-	switch stepWeights {
-	case "", "auto":
-		return xla.IsPureGo(backend) || xla.IsCUDA(backend), nil
-	case "inout":
-		return false, nil
-	case "transposed":
-		return true, nil
+// StepLayoutFor resolves GenerateOptions.StepWeights for backend, before the memory condition of
+// "auto" (CopiesFit): the layout named, or for "auto" and "" transposed on the pure-Go backend
+// and on an NVIDIA GPU and inout elsewhere. An unknown value is an error naming it.
+func StepLayoutFor(stepWeights string, backend backends.Backend) (bm.StepLayout, error) {
+	if stepWeights == "" || stepWeights == "auto" {
+		if xla.IsPureGo(backend) || xla.IsCUDA(backend) {
+			return bm.StepTransposed, nil
+		}
+		return bm.StepInOut, nil
 	}
-	return false, fmt.Errorf("step weights %q: want auto, inout or transposed", stepWeights)
+	l, err := bm.ParseStepLayout(stepWeights)
+	if err != nil {
+		return "", fmt.Errorf("step weights %q: want auto, inout, transposed or folded", stepWeights)
+	}
+	return l, nil
 }
 
 // GenerateStats describes a generation.
@@ -164,19 +167,15 @@ func Generate(backend backends.Backend, m *LoadedModel, prompt []int, o Generate
 	if maxLen <= 0 {
 		maxLen = len(prompt) + max(o.MaxTokens, 1)
 	}
-	transposed, err := StepWeightsTransposed(o.StepWeights, backend)
+	layout, err := StepLayoutFor(o.StepWeights, backend)
 	if err != nil {
 		return st, fmt.Errorf("generate: %w", err)
 	}
-	if transposed && (o.StepWeights == "" || o.StepWeights == "auto") {
-		transposed = CopiesFit(bm.StepWeightBytes(m.Ctx), StepMemory(backend))
+	if layout != bm.StepInOut && (o.StepWeights == "" || o.StepWeights == "auto") && !CopiesFit(bm.StepWeightBytes(m.Ctx), StepMemory(backend)) {
+		layout = bm.StepInOut
 	}
-	if transposed {
-		_, err = bm.TransposeStepWeights(backend, m.Ctx)
-	} else {
-		_, err = bm.DropStepWeights(m.Ctx) // copies left by an earlier call
-	}
-	if err != nil {
+	// Copies of another layout left by an earlier call are replaced (inout drops them).
+	if _, err = bm.SetStepLayout(backend, m.Ctx, layout); err != nil {
 		return st, fmt.Errorf("generate: %w", err)
 	}
 	before := numVariables(m.Ctx)

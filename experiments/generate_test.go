@@ -94,7 +94,7 @@ func TestGenerateFixture(t *testing.T) {
 	}
 	// The layout of the weights the steps read does not change the tokens (auto is transposed
 	// on this backend; inout drops the copies again).
-	for _, layout := range []string{"inout", "transposed", "inout"} {
+	for _, layout := range []string{"inout", "transposed", "folded", "transposed", "inout"} {
 		st, err := Generate(backend, m, prompt, GenerateOptions{MaxTokens: 6, StepWeights: layout}, nil)
 		if err != nil {
 			t.Fatal(err)
@@ -123,9 +123,9 @@ func TestGenerateFixture(t *testing.T) {
 	for _, c := range []struct {
 		layout string
 		want   bool
-	}{{"", true}, {"auto", true}, {"inout", false}, {"transposed", true}} {
-		if got, err := StepWeightsTransposed(c.layout, backend); err != nil || got != c.want {
-			t.Errorf("StepWeightsTransposed(%q, pure-Go backend) = %v, %v; want %v", c.layout, got, err, c.want)
+	}{{"", true}, {"auto", true}, {"inout", false}, {"transposed", true}, {"folded", true}} {
+		if got, err := StepLayoutFor(c.layout, backend); err != nil || (got != bm.StepInOut) != c.want {
+			t.Errorf("StepLayoutFor(%q, pure-Go backend) = %v, %v; want copies: %v", c.layout, got, err, c.want)
 		}
 	}
 	// Stop at EOS: with EOS set to the first greedy token, one token comes out.

@@ -23,6 +23,9 @@
 #   decode-t         the decode case with the steps reading the weights' transposed copies
 #                    (bm.TransposeStepWeights: row reductions instead of column reductions)
 #   decode-t-fa0     both: the transposed copies and the fusion autotuner off
+#   decode-tn        the decode case with the steps reading the transposed copies with the norm
+#                    gains folded into the blocks' first products and the routers' copies
+#                    (bm.FoldStepWeights: no kernel writing the normed token)
 #   decode-ncu       the decode case's bench (3 tokens, one pass) under Nsight Compute: the
 #                    duration of every kernel (gpu__time_duration), as CSV in OUT/ncu-decode.csv,
 #                    with XLA's autotuning off so that the compilation launches few kernels of
@@ -73,6 +76,7 @@ for c in "${cases[@]}"; do
 	decode-fa0) decode=true flags="--xla_gpu_experimental_enable_fusion_autotuner=false" ;;
 	decode-t) decode=true weights=transposed ;;
 	decode-t-fa0) decode=true weights=transposed flags="--xla_gpu_experimental_enable_fusion_autotuner=false" ;;
+	decode-tn) decode=true weights=folded ;;
 	decode-ncu)
 		ncu="$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -n 1)"
 		echo "=== decode-ncu: $ncu (limit ${LIMIT:-150}s)" | tee -a "$out/summary.txt"

@@ -57,9 +57,12 @@
 #                                               self-checks, and the 2.8b equal-total latency
 #   scripts/gpu-paper.sh BUNDLE_DIR decode-one  on one GPU, one after another: the 1.5b decode
 #                                               step (one step per call) as is, reading the
-#                                               transposed copies, with the fusion autotuner off,
-#                                               and both (kernel counts, the step's optimised
-#                                               HLO), then the scan variants at 2048 tokens
+#                                               transposed copies, and reading them with the norm
+#                                               gains folded in (DECODE_CASES; kernel counts, the
+#                                               step's optimised HLO), then the scan variants at
+#                                               2048 tokens (the 2026-11-28 run:
+#                                               DECODE_CASES="decode decode-t decode-fa0
+#                                               decode-t-fa0")
 #   scripts/gpu-paper.sh BUNDLE_DIR latency-one on one GPU: the decode benchmark at UNROLL (default
 #                                               4) steps per call with the [in, out] weights and
 #                                               with STEP_WEIGHTS (default transposed), then the
@@ -293,7 +296,8 @@ decode-layout)
 decode-one)
 	# The single-GPU form of the decode-layout phase's measurements of the step, one after
 	# another (about a minute each), then the scan variants.
-	LIMIT=${DIAG_LIMIT:-140} "$here/gpu-diagnose.sh" "$bundle" decode decode-t decode-fa0 decode-t-fa0
+	# shellcheck disable=SC2086
+	LIMIT=${DIAG_LIMIT:-140} "$here/gpu-diagnose.sh" "$bundle" ${DECODE_CASES:-decode decode-t decode-tn}
 	SCAN_SHAPES=2048 SCAN_VARIANTS=quick SCAN_LIMIT=${SCAN_LIMIT:-180} "$here/gpu-bench.sh" "$bundle" scan
 	;;
 latency-one)
@@ -301,10 +305,8 @@ latency-one)
 	# STEP_WEIGHTS, then the 1.5B BlackMamba sweep with STEP_WEIGHTS (XLA_STEP_FLAGS, e.g. the
 	# fusion autotuner off, apply to both).
 	w="${STEP_WEIGHTS:-transposed}"
-	tflag=""
-	[[ "$w" == transposed ]] && tflag="-step-transposed"
 	XLA_FLAGS="${XLA_STEP_FLAGS:-}" DECODE_STEP_WEIGHTS="$([[ $w == inout ]] && echo inout || echo inout,$w)" DECODE_UNROLL="${UNROLL:-4}" DECODE_LIMIT=${DECODE_LIMIT:-270} "$here/gpu-bench.sh" "$bundle" decode
-	XLA_FLAGS="${XLA_STEP_FLAGS:-}" timeout -k 10 "${T_LAT_LIMIT:-270}" "$run" blackmamba latency -family 1.5b -archs 1.5b -unroll "${UNROLL:-4}" $tflag -max-len "${MAX_LEN:-16384}" -reps "${REPS:-2}" -out "$out/latency-1.5b-$w.json" -plots "$out/plots-1.5b-$w" >"$out/latency-1.5b-$w.log" 2>&1
+	XLA_FLAGS="${XLA_STEP_FLAGS:-}" timeout -k 10 "${T_LAT_LIMIT:-270}" "$run" blackmamba latency -family 1.5b -archs 1.5b -unroll "${UNROLL:-4}" -step-weights "$w" -max-len "${MAX_LEN:-16384}" -reps "${REPS:-2}" -out "$out/latency-1.5b-$w.json" -plots "$out/plots-1.5b-$w" >"$out/latency-1.5b-$w.log" 2>&1
 	;;
 total-2.8b)
 	timeout -k 10 "${TOTAL_LIMIT:-560}" "$run" blackmamba latency -family 2.8b -archs 2.8b-mamba-total -max-len "${MAX_LEN:-4096}" -reps "${REPS:-2}" -out "$out/latency-total-2.8b.json" -plots "$out/plots-2.8b" >"$out/latency-total-2.8b.log" 2>&1

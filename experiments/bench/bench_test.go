@@ -158,8 +158,11 @@ func TestDecodeRuns(t *testing.T) {
 		t.Errorf("step rows 2: row %+v: want step rows 2 in the variant and extras, repeated tokens", r)
 	}
 	// The steps reading transposed weight copies: named in the variant and extras.
-	if r := DecodeVariant(backend, cfg, 1, 8, 4, 2, true); r.Err != "" || r.Extra["transposed"] != 1 || r.Extra["tokens_repeat"] != 1 || !strings.Contains(r.Variant, "transposed") {
-		t.Errorf("transposed: row %+v: want transposed in the variant and extras, repeated tokens", r)
+	for _, layout := range []bm.StepLayout{bm.StepTransposed, bm.StepFolded} {
+		r := DecodeVariant(backend, cfg, 1, 8, 4, 2, layout)
+		if r.Err != "" || r.Extra["transposed"] != 1 || r.Extra["folded"] != b2f(layout == bm.StepFolded) || r.Extra["tokens_repeat"] != 1 || !strings.Contains(r.Variant, string(layout)) {
+			t.Errorf("decode %s: %+v", layout, r)
+		}
 	}
 	if r := DecodeBatch(backend, cfg, 0, 8, 1, 1); !strings.Contains(r.Err, "batch (0)") {
 		t.Errorf("batch 0: error %q, want one naming the batch", r.Err)

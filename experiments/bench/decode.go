@@ -46,13 +46,15 @@ func Decode(backend backends.Backend, cfg bm.Config, tokens, unroll, reps int) R
 // an elementwise product and a reduction instead of a matrix multiplication; batch 2 shows
 // what a step costs when it is not a vector product.
 func DecodeBatch(backend backends.Backend, cfg bm.Config, batch, tokens, unroll, reps int) Row {
-	return DecodeVariant(backend, cfg, batch, tokens, unroll, reps, false)
+	return DecodeVariant(backend, cfg, batch, tokens, unroll, reps, bm.StepInOut)
 }
 
-// DecodeVariant is DecodeBatch with, when transposed is set, the decode steps reading the
-// weights' transposed copies (bm.TransposeStepWeights, made after the cast); the variant then
-// says "transposed" and Extra holds transposed = 1.
-func DecodeVariant(backend backends.Backend, cfg bm.Config, batch, tokens, unroll, reps int, transposed bool) Row {
+// DecodeVariant is DecodeBatch with the decode steps reading the weights of layout (copies made
+// after the cast by bm.SetStepLayout); with a layout other than inout the variant names it, and
+// Extra holds transposed = 1 (both copy layouts are transposed) and folded = 1 for the copies
+// carrying the norm gains.
+func DecodeVariant(backend backends.Backend, cfg bm.Config, batch, tokens, unroll, reps int, layout bm.StepLayout) Row {
+	transposed := layout != bm.StepInOut
 	variant := fmt.Sprintf("%s %s greedy", cfg.Name, cfg.ComputeDType)
 	if unroll > 1 {
 		variant += fmt.Sprintf(", unroll %d", unroll)
@@ -61,7 +63,7 @@ func DecodeVariant(backend backends.Backend, cfg bm.Config, batch, tokens, unrol
 		variant += fmt.Sprintf(", step rows %d", cfg.StepRows)
 	}
 	if transposed {
-		variant += ", transposed"
+		variant += ", " + string(layout)
 	}
 	row := Row{Bench: "decode", Variant: variant,
 		Shape: fmt.Sprintf("batch %d, prompt 1, %d tokens", batch, tokens), Reps: reps, PeakBytes: -1}
@@ -73,7 +75,7 @@ func DecodeVariant(backend backends.Backend, cfg bm.Config, batch, tokens, unrol
 	_, active := cfg.ParamCounts()
 	dtype := bm.ComputeDType(cfg)
 	weightBytes := float64(active) * float64(dtype.Size())
-	row.Extra = map[string]float64{"params_active": float64(active), "weight_bytes": weightBytes, "unroll": float64(unroll), "batch": float64(batch), "step_rows": float64(cfg.StepRows), "transposed": b2f(transposed)}
+	row.Extra = map[string]float64{"params_active": float64(active), "weight_bytes": weightBytes, "unroll": float64(unroll), "batch": float64(batch), "step_rows": float64(cfg.StepRows), "transposed": b2f(transposed), "folded": b2f(layout == bm.StepFolded)}
 	err := catch(func() error {
 		cfg.MaxSeqLen = max(cfg.MaxSeqLen, tokens)
 		if err := cfg.Validate(); err != nil {
@@ -89,10 +91,8 @@ func DecodeVariant(backend backends.Backend, cfg bm.Config, batch, tokens, unrol
 		if _, err := bm.CastWeights(backend, ctx, dtype); err != nil {
 			return err
 		}
-		if transposed {
-			if _, err := bm.TransposeStepWeights(backend, ctx); err != nil {
-				return err
-			}
+		if _, err := bm.SetStepLayout(backend, ctx, layout); err != nil {
+			return err
 		}
 		// The prompt's token and tokens-1 steps: tokens positions in all.
 		dec, err := bm.NewDecoder(backend, ctx, cfg, batch, tokens)

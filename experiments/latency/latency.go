@@ -47,10 +47,10 @@ type Options struct {
 	// StepRows is bm.Config.StepRows for every architecture: the decode step's weight
 	// products run on that many rows (the token's row and zero rows); 0: not padded.
 	StepRows int
-	// StepTransposed has the decode steps read the weights' transposed copies
-	// (bm.TransposeStepWeights).
-	StepTransposed bool
-	Log            io.Writer
+	// StepWeights is the layout of the weights the decode steps read (bm.SetStepLayout);
+	// "" is bm.StepInOut.
+	StepWeights bm.StepLayout
+	Log         io.Writer
 	// AfterArch, if set, receives the result so far after each architecture (e.g. to save it,
 	// so that a run stopped by a time limit keeps the architectures it finished), and after
 	// every timed pass with the current architecture's statistics over the passes done so far
@@ -87,8 +87,11 @@ type Arch struct {
 	ComputeDType string `json:"compute_dtype"`
 	Unroll       int    `json:"unroll,omitempty"`    // greedy steps per executable call (absent: 1)
 	StepRows     int    `json:"step_rows,omitempty"` // rows of the step's weight products (bm.Config.StepRows; absent: not padded)
-	// StepTransposed: the steps read the weights' transposed copies (bm.TransposeStepWeights).
+	// StepTransposed: the steps read the weights' transposed copies (bm.TransposeStepWeights);
+	// StepFolded: those of the blocks' first products carry the norm gains (bm.FoldStepWeights,
+	// StepTransposed set too).
 	StepTransposed bool    `json:"step_transposed,omitempty"`
+	StepFolded     bool    `json:"step_folded,omitempty"`
 	CompileS       float64 `json:"compile_s"` // warm-up: weight initialisation + compiling every graph the sweep runs
 	// WeightsS is the part of CompileS spent making the random weights (initialisation, the cast
 	// to bfloat16, the transposed copies); absent in results written before it was recorded.
@@ -237,7 +240,9 @@ func runArch(backend backends.Backend, cfg bm.Config, opts Options, afterRep fun
 	}
 	total, active := cfg.ParamCounts()
 	a := &Arch{Config: cfg.Name, Pattern: cfg.Pattern, Blocks: len(cfg.Blocks()), Dim: cfg.Dim,
-		TotalParams: total, ActiveParams: active, ComputeDType: cfg.ComputeDType, StepRows: cfg.StepRows, StepTransposed: opts.StepTransposed, PeakMemoryBytes: -1, TokensRepeat: true}
+		TotalParams: total, ActiveParams: active, ComputeDType: cfg.ComputeDType, StepRows: cfg.StepRows,
+		StepTransposed: opts.StepWeights == bm.StepTransposed || opts.StepWeights == bm.StepFolded, StepFolded: opts.StepWeights == bm.StepFolded,
+		PeakMemoryBytes: -1, TokensRepeat: true}
 	fmt.Fprintf(opts.Log, "%s: %d blocks, d=%d, %.3gB total / %.3gB active parameters\n",
 		cfg.Name, a.Blocks, cfg.Dim, float64(total)/1e9, float64(active)/1e9)
 
@@ -251,8 +256,8 @@ func runArch(backend backends.Backend, cfg bm.Config, opts Options, afterRep fun
 	if _, err := bm.CastWeights(backend, ctx, bm.ComputeDType(cfg)); err != nil {
 		return nil, err
 	}
-	if opts.StepTransposed {
-		if _, err := bm.TransposeStepWeights(backend, ctx); err != nil {
+	if opts.StepWeights != "" && opts.StepWeights != bm.StepInOut {
+		if _, err := bm.SetStepLayout(backend, ctx, opts.StepWeights); err != nil {
 			return nil, err
 		}
 	}

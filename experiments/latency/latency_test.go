@@ -78,7 +78,7 @@ func TestRunTinyAndReport(t *testing.T) {
 		seen = append(seen, strings.Join(s, ","))
 		return nil
 	}
-	res, err := Run(backend, Options{Family: "tiny", Archs: []string{"tiny", "tiny-transformer"}, MaxLen: 8, MinLen: 4, Reps: 2, StepRows: 2, StepTransposed: true, AfterArch: after})
+	res, err := Run(backend, Options{Family: "tiny", Archs: []string{"tiny", "tiny-transformer"}, MaxLen: 8, MinLen: 4, Reps: 2, StepRows: 2, StepWeights: bm.StepFolded, AfterArch: after})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -91,8 +91,8 @@ func TestRunTinyAndReport(t *testing.T) {
 		t.Errorf("AfterArch saw %q, want %q", seen, wantSeen)
 	}
 	for _, a := range res.Archs {
-		if a.ActiveParams <= 0 || a.TotalParams < a.ActiveParams || a.ComputeDType != "bfloat16" || a.StepRows != 2 || !a.StepTransposed {
-			t.Errorf("%s: params %d/%d, dtype %q, step rows %d (want 2), transposed %v (want true)", a.Config, a.ActiveParams, a.TotalParams, a.ComputeDType, a.StepRows, a.StepTransposed)
+		if a.ActiveParams <= 0 || a.TotalParams < a.ActiveParams || a.ComputeDType != "bfloat16" || a.StepRows != 2 || !a.StepTransposed || !a.StepFolded {
+			t.Errorf("%s: params %d/%d, dtype %q, step rows %d (want 2), transposed %v, folded %v (want both)", a.Config, a.ActiveParams, a.TotalParams, a.ComputeDType, a.StepRows, a.StepTransposed, a.StepFolded)
 		}
 		if !a.TokensRepeat {
 			t.Errorf("%s: repetitions produced different tokens", a.Config)
@@ -143,7 +143,7 @@ func TestRunTinyAndReport(t *testing.T) {
 	if err := WriteMarkdown(&md, back); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"| 4 |", "| 8 |", "tiny-transformer", "warm-up s", "step product rows", "| transposed |"} {
+	for _, want := range []string{"| 4 |", "| 8 |", "tiny-transformer", "warm-up s", "step product rows", "| folded |"} {
 		if !strings.Contains(md.String(), want) {
 			t.Errorf("Markdown table lacks %q:\n%s", want, md.String())
 		}

@@ -152,7 +152,9 @@ func WriteMarkdown(w io.Writer, r *Result) error {
 			mem = fmt.Sprintf("%.1f GiB", float64(a.PeakMemoryBytes)/(1<<30))
 		}
 		layout := "[in, out]"
-		if a.StepTransposed {
+		if a.StepFolded {
+			layout = "folded"
+		} else if a.StepTransposed {
 			layout = "transposed"
 		}
 		passes := fmt.Sprint(r.Reps)

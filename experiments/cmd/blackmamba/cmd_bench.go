@@ -37,7 +37,7 @@ func runBench(fs *flag.FlagSet, args []string) error {
 	decodeBatch := fs.String("decode-batch", "1", "decode: comma-separated numbers of sequences generated together, one row each (with every -decode-unroll)")
 	decodeUnroll := fs.String("decode-unroll", "1", "decode: comma-separated greedy steps per executable call, one row each (1: a call per token; k > 1 unrolls k steps into one graph)")
 	decodeStepRows := fs.String("decode-step-rows", "0", "decode: comma-separated rows of the step's weight products (bm.Config.StepRows; 0: not padded, 2: a batch-1 step's products stay matrix multiplications on a GPU), one row each")
-	decodeWeights := fs.String("decode-step-weights", "inout", `decode: comma-separated layouts of the weights the steps read, one row each: "inout" (the model's [in, out]) or "transposed" (bm.TransposeStepWeights' [out, in] copies)`)
+	decodeWeights := fs.String("decode-step-weights", "inout", `decode: comma-separated layouts of the weights the steps read, one row each: "inout" (the model's [in, out]), "transposed" (bm.TransposeStepWeights' [out, in] copies) or "folded" (bm.FoldStepWeights: those copies, the blocks' first products with the norm gain folded in)`)
 	reps := fs.Int("reps", 10, "timed repetitions after warm-up (the median is reported)")
 	devices := fs.Int("devices", 1, "train-step: data-parallel on this many devices of the backend (-batch is the global batch)")
 	out := fs.String("json", "", "write the report as JSON to this file")
@@ -68,16 +68,13 @@ func runBench(fs *flag.FlagSet, args []string) error {
 	if err != nil {
 		return err
 	}
-	var layouts []bool // transposed or not, per -decode-step-weights entry
+	var layouts []bm.StepLayout // per -decode-step-weights entry
 	for _, f := range strings.Split(*decodeWeights, ",") {
-		switch strings.TrimSpace(f) {
-		case "inout":
-			layouts = append(layouts, false)
-		case "transposed":
-			layouts = append(layouts, true)
-		default:
-			return fmt.Errorf("-decode-step-weights %q: %q is not a layout (want inout or transposed)", *decodeWeights, f)
+		l, err := bm.ParseStepLayout(strings.TrimSpace(f))
+		if err != nil {
+			return fmt.Errorf("-decode-step-weights %q: %w", *decodeWeights, err)
 		}
+		layouts = append(layouts, l)
 	}
 	if strings.Contains(*what, "train-step") {
 		if err := checkDevices(backend, *devices, *batch); err != nil {
@@ -149,10 +146,10 @@ func runBench(fs *flag.FlagSet, args []string) error {
 			for _, rows := range stepRows {
 				c := cfg
 				c.StepRows = rows
-				for _, transposed := range layouts {
+				for _, layout := range layouts {
 					for _, b := range batches {
 						for _, k := range unrolls {
-							report.Rows = append(report.Rows, bench.DecodeVariant(backend, c, b, *decodeTokens, k, *reps, transposed))
+							report.Rows = append(report.Rows, bench.DecodeVariant(backend, c, b, *decodeTokens, k, *reps, layout))
 						}
 					}
 				}

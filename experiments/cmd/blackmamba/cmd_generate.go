@@ -93,7 +93,7 @@ func runGenerate(fs *flag.FlagSet, args []string) error {
 	seed := fs.Uint64("seed", 1, "random seed of the sampler (and of the weights with -random)")
 	activation := fs.String("activation", "", "override the expert activation: silu (the paper's SwiGLU) or gelu (the released inference code); empty keeps the config's")
 	stopEOS := fs.Bool("stop-eos", true, "stop after the end-of-text token (id 0)")
-	stepWeights := fs.String("step-weights", "auto", "layout of the weights the decoding steps read: inout (the model's), transposed (copies made once, as much memory again as the matmul weights) or auto (transposed on the pure-Go backend and on an NVIDIA GPU, where it is faster, when the copies take at most a quarter of the machine's memory, or of the GPU's)")
+	stepWeights := fs.String("step-weights", "auto", "layout of the weights the decoding steps read: inout (the model's), transposed (copies made once, as much memory again as the matmul weights), folded (those copies with the norm gains folded into the blocks' first products) or auto (transposed on the pure-Go backend and on an NVIDIA GPU, where it is faster, when the copies take at most a quarter of the machine's memory, or of the GPU's)")
 	unroll := fs.Int("unroll", 0, "greedy steps per executable call (tokens still stream one by one, k at a time); 0: automatic, 4 on an NVIDIA GPU and 1 elsewhere")
 	backendFlag := xla.AddFlag(fs)
 	if err := fs.Parse(args); err != nil {
@@ -116,9 +116,9 @@ func runGenerate(fs *flag.FlagSet, args []string) error {
 		return fmt.Errorf("-unroll %d: want 0 (automatic) or a positive number of steps", *unroll)
 	}
 	switch *stepWeights {
-	case "auto", "inout", "transposed":
+	case "auto", "inout", "transposed", "folded":
 	default:
-		return fmt.Errorf("-step-weights %q: want auto, inout or transposed", *stepWeights)
+		return fmt.Errorf("-step-weights %q: want auto, inout, transposed or folded", *stepWeights)
 	}
 	backend, choice, err := xla.NewForDecoding(*backendFlag)
 	if err != nil {

@@ -6,6 +6,7 @@ import (
 	"os"
 	"strings"
 
+	"blackmamba/bm"
 	"blackmamba/experiments/latency"
 	"blackmamba/experiments/results"
 	"blackmamba/xla"
@@ -31,7 +32,8 @@ func runLatency(fs *flag.FlagSet, args []string) error {
 	seed := fs.Int64("seed", 1, "seed of the random weights")
 	unroll := fs.Int("unroll", 1, "greedy steps per executable call (1: one call per token; k > 1 unrolls k steps into one graph, compiled once per KV-cache length)")
 	stepRows := fs.Int("step-rows", 0, "rows of the decode step's weight products (bm.Config.StepRows): 2 keeps them matrix multiplications on a GPU, where XLA rewrites single-row products; 0: not padded")
-	stepTransposed := fs.Bool("step-transposed", false, "decode steps read transposed copies of the weights (bm.TransposeStepWeights; row reductions on a GPU; the copies double the matmul weights' memory)")
+	stepWeights := fs.String("step-weights", "inout", "layout of the weights the decode steps read: inout (the model's), transposed (bm.TransposeStepWeights: [out, in] copies, row reductions on a GPU; the copies double the matmul weights' memory) or folded (bm.FoldStepWeights: those copies with the norm gains folded into the blocks' first products)")
+	stepTransposed := fs.Bool("step-transposed", false, "the same as -step-weights transposed")
 	out := fs.String("out", "experiments/results/latency.json", "result JSON to write")
 	plotDir := fs.String("plots", "plots/latency", "directory for the PNG and SVG figures (empty: no plots)")
 	plotOnly := fs.Bool("plot-only", false, "do not measure: plot and tabulate the result in -in")
@@ -68,12 +70,22 @@ func runLatency(fs *flag.FlagSet, args []string) error {
 			return err
 		}
 	} else {
+		layout, err := bm.ParseStepLayout(*stepWeights)
+		if err != nil {
+			return fmt.Errorf("-step-weights: %w", err)
+		}
+		if *stepTransposed {
+			if layout != bm.StepInOut && layout != bm.StepTransposed {
+				return fmt.Errorf("-step-transposed and -step-weights %s contradict each other", layout)
+			}
+			layout = bm.StepTransposed
+		}
 		backend, choice, err := xla.NewForDecoding(*backendFlag)
 		if err != nil {
 			return err
 		}
 		fmt.Fprintf(os.Stderr, "backend: %s\n", choice)
-		opts := latency.Options{Family: *family, MaxLen: *maxLen, MinLen: *minLen, Reps: *reps, Seed: *seed, Unroll: *unroll, StepRows: *stepRows, StepTransposed: *stepTransposed, Log: os.Stderr}
+		opts := latency.Options{Family: *family, MaxLen: *maxLen, MinLen: *minLen, Reps: *reps, Seed: *seed, Unroll: *unroll, StepRows: *stepRows, StepWeights: layout, Log: os.Stderr}
 		if *archs != "" {
 			opts.Archs = strings.Split(*archs, ",")
 		}
