@@ -8,6 +8,7 @@ import (
 	"github.com/gomlx/gomlx/backends"
 	"github.com/gomlx/gomlx/pkg/core/dtypes"
 	. "github.com/gomlx/gomlx/pkg/core/graph"
+	"github.com/gomlx/gomlx/pkg/core/shapes"
 	"github.com/gomlx/gomlx/pkg/core/tensors"
 	"github.com/gomlx/gomlx/pkg/ml/context"
 )
@@ -102,26 +103,28 @@ func embed(emb, ids *Node) *Node {
 }
 
 // InitWeights creates and initialises every variable of the model cfg in ctx (those already
-// there are kept) by running the forward pass once on a single token.
-func InitWeights(backend backends.Backend, ctx *context.Context, cfg Config) error {
+// there are kept): it builds the forward pass on a single token, which creates the variables,
+// without compiling or running it, and then runs only the variables' initialisers
+// (Context.InitializeVariables), in the order the forward creates them, so the values are those
+// a first forward call would have drawn. Compiling that forward took a large part of the
+// warm-up at the sizes with many blocks.
+func InitWeights(backend backends.Backend, ctx *context.Context, cfg Config) (err error) {
 	m, err := New(cfg)
 	if err != nil {
 		return err
 	}
-	e, err := context.NewExec(backend, ctx.Checked(false), func(ctx *context.Context, tokens *Node) *Node {
-		return ReduceAllSum(m.Forward(ctx, tokens, ForwardOptions{}).Logits)
-	})
-	if err != nil {
-		return err
-	}
-	outs, err := e.Exec(tensors.FromFlatDataAndDimensions([]int32{0}, 1, 1))
-	if err != nil {
+	g := NewGraph(backend, "bm.InitWeights")
+	defer g.Finalize()
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("bm.InitWeights: building the forward graph: %v", r)
+		}
+	}()
+	tokens := Parameter(g, "tokens", shapes.Make(dtypes.Int32, 1, 1))
+	m.Forward(ctx.Checked(false), tokens, ForwardOptions{})
+	if err := ctx.InitializeVariables(backend, nil); err != nil {
 		return fmt.Errorf("bm.InitWeights: %w", err)
 	}
-	for _, o := range outs {
-		o.FinalizeAll()
-	}
-	e.Finalize()
 	return nil
 }
 
