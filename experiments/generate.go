@@ -93,20 +93,12 @@ type GenerateOptions struct {
 	// they made the 1.5b step 1.3-1.4 times faster, when the copies take at most a quarter of
 	// the machine's memory, or of the GPU's; inout elsewhere).
 	StepWeights string
-	// Unroll is the number of greedy steps per executable call (bm.GreedyDecoder.Unroll);
-	// the tokens still reach the callback one by one, k at a time. 0: automatic, AutoUnroll.
-	// Sampled generation runs one step per call.
+	// Unroll is the number of greedy steps per executable call (bm.GreedyDecoder.Unroll); the
+	// tokens still reach the callback one by one, k at a time; 0 or 1: one step per call.
+	// Sampled generation runs one step per call. On an H200 four steps per call took the 1.5b
+	// step with the transposed weights from 2.21 to 1.57 ms per token, but its graphs took about
+	// 15 s longer to compile: worth it for generations of tens of thousands of tokens.
 	Unroll int
-}
-
-// AutoUnroll is the automatic number of greedy steps per call: 4 on an NVIDIA GPU (with the
-// transposed step weights, 1.5b decoding took 1.57 ms per token at 4 steps per call against
-// 2.21 ms at one), 1 elsewhere (each call's graph is k steps long to compile).
-func AutoUnroll(backend backends.Backend) int {
-	if xla.IsCUDA(backend) {
-		return 4
-	}
-	return 1
 }
 
 // CopiesFit reports whether transposed weight copies of the given bytes fit the automatic
@@ -196,9 +188,6 @@ func Generate(backend backends.Backend, m *LoadedModel, prompt []int, o Generate
 		// Greedy: the argmax on the device, only the token copied back at each step.
 		g := bm.NewGreedyDecoder(d)
 		g.Unroll = o.Unroll
-		if g.Unroll <= 0 {
-			g.Unroll = AutoUnroll(backend)
-		}
 		defer g.Release()
 		generate = func(onToken func(int) bool) ([]int, error) { return g.GenerateStream(prompt, o.MaxTokens, onToken) }
 	}

@@ -43,7 +43,7 @@ func TestModelAndSamplingFlags(t *testing.T) {
 		{"negative top-p", "generate", "-top-p -0.2:", append(slices.Clone(ok), "-top-p", "-0.2")},
 		{"NaN top-p", "generate", "-top-p NaN:", append(slices.Clone(ok), "-top-p", "NaN")},
 		{"unknown step weights", "generate", `-step-weights "rows": want auto, inout, transposed or folded`, append(slices.Clone(ok), "-step-weights", "rows")},
-		{"negative unroll", "generate", "-unroll -2: want 0 (automatic) or a positive number of steps", append(slices.Clone(ok), "-unroll", "-2")},
+		{"negative unroll", "generate", "-unroll -2: want a positive number of steps", append(slices.Clone(ok), "-unroll", "-2")},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
