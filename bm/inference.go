@@ -136,11 +136,21 @@ const (
 	stepTNSuffix = "_stepTN"
 )
 
-// foldedNames are the weights whose products take the block's normed input (a block's first
-// products): FoldStepWeights' copies of them carry the norm's gain, so that the step can
-// multiply them by the residual over its rms (stepInput). The router stays float32; only
-// FoldStepWeights copies it.
-var foldedNames = []string{"in_proj", "fc1", "wq", "wk", "wv", "router_weight"}
+// foldedNames are the weights whose products take a block's normed input, the first products
+// of every block kind (firstProducts): FoldStepWeights' copies of them carry the norm's gain,
+// so that the step can multiply them by the residual over its rms (stepInput). The router
+// stays float32; only FoldStepWeights copies it.
+var foldedNames = func() []string {
+	var names []string
+	for _, kind := range []byte{KindMamba, KindAttention, KindMLP, KindMoE} {
+		for _, name := range firstProducts(kind) {
+			if !slices.Contains(names, name) {
+				names = append(names, name)
+			}
+		}
+	}
+	return names
+}()
 
 // StepLayout names the weights a decoding step reads.
 type StepLayout string
@@ -309,7 +319,11 @@ func isStepWeight(scope, name string) bool {
 func stepWeightVariables(ctx *context.Context, withRouters bool) []*context.Variable {
 	var weights []*context.Variable
 	for v := range ctx.IterVariables() {
-		if (IsCastWeight(v.Scope(), v.Name()) || (withRouters && isStepWeight(v.Scope(), v.Name()))) && v.Shape().Rank() >= 2 {
+		copied := IsCastWeight(v.Scope(), v.Name())
+		if withRouters {
+			copied = isStepWeight(v.Scope(), v.Name())
+		}
+		if copied && v.Shape().Rank() >= 2 {
 			weights = append(weights, v)
 		}
 	}
@@ -354,7 +368,7 @@ type stepInput struct {
 }
 
 // firstProducts returns the weights of a block kind whose products take the block's normed
-// input (all of them in foldedNames).
+// input.
 func firstProducts(kind byte) []string {
 	switch kind {
 	case KindMamba:
@@ -382,21 +396,19 @@ func foldedStepInput(mctx *context.Context, cfg Config, x *Node, names ...string
 	return stepInput{x: x, invRMS: Rsqrt(AddScalar(ms, cfg.NormEps))}, true
 }
 
-// batch returns the number of rows of the input.
-func (in stepInput) batch() int {
+// row returns the node the input holds: the raw residual x when folded, else u.
+func (in stepInput) row() *Node {
 	if in.folded() {
-		return in.x.Shape().Dim(0)
+		return in.x
 	}
-	return in.u.Shape().Dim(0)
+	return in.u
 }
 
+// batch returns the number of rows of the input.
+func (in stepInput) batch() int { return in.row().Shape().Dim(0) }
+
 // graph returns the graph of the input.
-func (in stepInput) graph() *Graph {
-	if in.folded() {
-		return in.x.Graph()
-	}
-	return in.u.Graph()
-}
+func (in stepInput) graph() *Graph { return in.row().Graph() }
 
 // folded reports whether the input is the raw residual with the norm's scale.
 func (in stepInput) folded() bool { return in.u == nil }
@@ -420,8 +432,9 @@ func (in stepInput) project(ctx *context.Context, cfg Config, name string, inDim
 // compiler to fuse into each reduction that reads it.
 func (in stepInput) scaled() *Node { return Mul(in.x, in.invRMS) }
 
-// DropStepWeights removes from ctx the copies TransposeStepWeights or FoldStepWeights added, freeing their memory,
-// so that decoding steps read the weights themselves again. It returns how many it removed.
+// DropStepWeights removes from ctx the copies TransposeStepWeights or FoldStepWeights added,
+// freeing their memory, so that decoding steps read the weights themselves again. It returns how
+// many it removed.
 func DropStepWeights(ctx *context.Context) (int, error) {
 	var copies []*context.Variable
 	for v := range ctx.IterVariables() {

@@ -146,17 +146,14 @@ func moeStep(ctx *context.Context, cfg Config, experts int, in stepInput) (out, 
 	g := in.graph()
 	d, f := cfg.Dim, cfg.FFN
 	x := in.u
-	var fc1T, fc2T *Node
+	fc1T, fc2T := stepTransposed(ctx, g, "fc1", in.folded(), experts, 2*f, d), stepTransposed(ctx, g, "fc2", false, experts, d, f)
+	transposed := fc1T != nil && fc2T != nil
 	if in.folded() {
 		x = in.scaled()
-		fc1T, fc2T = stepTransposed(ctx, g, "fc1", true, experts, 2*f, d), stepTransposed(ctx, g, "fc2", false, experts, d, f)
-		if fc1T == nil || fc2T == nil {
+		if !transposed {
 			panic(fmt.Sprintf("bm: MoE decoding step: fc1%s [%d, %d, %d] and fc2%s [%d, %d, %d] must both exist (FoldStepWeights)", stepTNSuffix, experts, 2*f, d, stepTSuffix, experts, d, f))
 		}
-	} else {
-		fc1T, fc2T = stepTransposed(ctx, g, "fc1", false, experts, 2*f, d), stepTransposed(ctx, g, "fc2", false, experts, d, f)
 	}
-	transposed := fc1T != nil && fc2T != nil
 	w := moeVariablesFor(ctx, g, cfg, experts, !transposed, !in.folded())
 	var logits *Node
 	if in.folded() {

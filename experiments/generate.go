@@ -116,21 +116,35 @@ func StepMemory(backend backends.Backend) int64 {
 	return xla.HostMemory()
 }
 
-// StepLayoutFor resolves GenerateOptions.StepWeights for backend, before the memory condition of
-// "auto" (CopiesFit): the layout named, or for "auto" and "" transposed on the pure-Go backend
-// and on an NVIDIA GPU and inout elsewhere. An unknown value is an error naming it.
-func StepLayoutFor(stepWeights string, backend backends.Backend) (bm.StepLayout, error) {
+// ParseStepWeights checks a GenerateOptions.StepWeights value: "auto" or "" (auto set), or the
+// name of a bm.StepLayout. An unknown value is an error naming it and the values (without the
+// option's name, which the caller prefixes).
+func ParseStepWeights(stepWeights string) (layout bm.StepLayout, auto bool, err error) {
 	if stepWeights == "" || stepWeights == "auto" {
-		if xla.IsPureGo(backend) || xla.IsCUDA(backend) {
-			return bm.StepTransposed, nil
-		}
-		return bm.StepInOut, nil
+		return "", true, nil
 	}
-	l, err := bm.ParseStepLayout(stepWeights)
+	if layout, err = bm.ParseStepLayout(stepWeights); err != nil {
+		return "", false, fmt.Errorf("%q: want auto, inout, transposed or folded", stepWeights)
+	}
+	return layout, false, nil
+}
+
+// StepLayoutFor resolves GenerateOptions.StepWeights for backend and copies of copyBytes (the
+// model's bm.StepWeightBytes): the layout named, or for "auto" and "" transposed on the pure-Go
+// backend and on an NVIDIA GPU when the copies fit (CopiesFit with StepMemory), and inout
+// otherwise. An unknown value is an error naming it.
+func StepLayoutFor(stepWeights string, backend backends.Backend, copyBytes int64) (bm.StepLayout, error) {
+	layout, auto, err := ParseStepWeights(stepWeights)
 	if err != nil {
-		return "", fmt.Errorf("step weights %q: want auto, inout, transposed or folded", stepWeights)
+		return "", fmt.Errorf("step weights %w", err)
 	}
-	return l, nil
+	if !auto {
+		return layout, nil
+	}
+	if (xla.IsPureGo(backend) || xla.IsCUDA(backend)) && CopiesFit(copyBytes, StepMemory(backend)) {
+		return bm.StepTransposed, nil
+	}
+	return bm.StepInOut, nil
 }
 
 // GenerateStats describes a generation.
@@ -159,12 +173,9 @@ func Generate(backend backends.Backend, m *LoadedModel, prompt []int, o Generate
 	if maxLen <= 0 {
 		maxLen = len(prompt) + max(o.MaxTokens, 1)
 	}
-	layout, err := StepLayoutFor(o.StepWeights, backend)
+	layout, err := StepLayoutFor(o.StepWeights, backend, bm.StepWeightBytes(m.Ctx))
 	if err != nil {
 		return st, fmt.Errorf("generate: %w", err)
-	}
-	if layout != bm.StepInOut && (o.StepWeights == "" || o.StepWeights == "auto") && !CopiesFit(bm.StepWeightBytes(m.Ctx), StepMemory(backend)) {
-		layout = bm.StepInOut
 	}
 	// Copies of another layout left by an earlier call are replaced (inout drops them).
 	if _, err = bm.SetStepLayout(backend, m.Ctx, layout); err != nil {

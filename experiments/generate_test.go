@@ -124,7 +124,7 @@ func TestGenerateFixture(t *testing.T) {
 		layout string
 		want   bool
 	}{{"", true}, {"auto", true}, {"inout", false}, {"transposed", true}, {"folded", true}} {
-		if got, err := StepLayoutFor(c.layout, backend); err != nil || (got != bm.StepInOut) != c.want {
+		if got, err := StepLayoutFor(c.layout, backend, 1); err != nil || (got != bm.StepInOut) != c.want {
 			t.Errorf("StepLayoutFor(%q, pure-Go backend) = %v, %v; want copies: %v", c.layout, got, err, c.want)
 		}
 	}

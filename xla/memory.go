@@ -21,8 +21,7 @@ func DeviceMemoryUsed() int64 {
 // DeviceMemoryTotal returns the memory of the first NVIDIA GPU this process sees (as
 // DeviceMemoryUsed), in bytes, or -1 when unknown.
 func DeviceMemoryTotal() int64 {
-	gpus, _ := nvidiaSMI()
-	gpus = visibleGPUs(gpus, os.Getenv("CUDA_VISIBLE_DEVICES"))
+	gpus := processGPUs()
 	if len(gpus) == 0 {
 		return -1
 	}
@@ -39,8 +38,7 @@ func MemoryIsHighWater() bool { return os.Getenv(GPUMemoryEnv) == "grow" }
 // BLACKMAMBA_GPU_MEMORY=grow each entry is the high-water mark on that GPU, as for
 // DeviceMemoryUsed, which is its first entry.
 func DevicesMemoryUsed() []int64 {
-	gpus, _ := nvidiaSMI()
-	gpus = visibleGPUs(gpus, os.Getenv("CUDA_VISIBLE_DEVICES"))
+	gpus := processGPUs()
 	if len(gpus) == 0 {
 		return nil
 	}
@@ -49,6 +47,13 @@ func DevicesMemoryUsed() []int64 {
 		used[i] = g.MemoryUsed
 	}
 	return used
+}
+
+// processGPUs returns the NVIDIA GPUs this process sees, as nvidia-smi reports them, in the
+// process's order (visibleGPUs), or nil when unknown.
+func processGPUs() []GPU {
+	gpus, _ := nvidiaSMI()
+	return visibleGPUs(gpus, os.Getenv("CUDA_VISIBLE_DEVICES"))
 }
 
 // visibleGPUs returns the GPUs named by a CUDA_VISIBLE_DEVICES value (comma-separated indices,

@@ -141,6 +141,9 @@ func Lengths(minLen, maxLen int) []int {
 func Window(L int) int { return max(1, min(128, L/4)) }
 
 func (o *Options) defaults() error {
+	if o.StepWeights == "" {
+		o.StepWeights = bm.StepInOut
+	}
 	if o.Family == "" {
 		o.Family = "1.5b"
 	}
@@ -241,7 +244,7 @@ func runArch(backend backends.Backend, cfg bm.Config, opts Options, afterRep fun
 	total, active := cfg.ParamCounts()
 	a := &Arch{Config: cfg.Name, Pattern: cfg.Pattern, Blocks: len(cfg.Blocks()), Dim: cfg.Dim,
 		TotalParams: total, ActiveParams: active, ComputeDType: cfg.ComputeDType, StepRows: cfg.StepRows,
-		StepTransposed: opts.StepWeights == bm.StepTransposed || opts.StepWeights == bm.StepFolded, StepFolded: opts.StepWeights == bm.StepFolded,
+		StepTransposed: opts.StepWeights != bm.StepInOut, StepFolded: opts.StepWeights == bm.StepFolded,
 		PeakMemoryBytes: -1, TokensRepeat: true}
 	fmt.Fprintf(opts.Log, "%s: %d blocks, d=%d, %.3gB total / %.3gB active parameters\n",
 		cfg.Name, a.Blocks, cfg.Dim, float64(total)/1e9, float64(active)/1e9)
@@ -256,10 +259,8 @@ func runArch(backend backends.Backend, cfg bm.Config, opts Options, afterRep fun
 	if _, err := bm.CastWeights(backend, ctx, bm.ComputeDType(cfg)); err != nil {
 		return nil, err
 	}
-	if opts.StepWeights != "" && opts.StepWeights != bm.StepInOut {
-		if _, err := bm.SetStepLayout(backend, ctx, opts.StepWeights); err != nil {
-			return nil, err
-		}
+	if _, err := bm.SetStepLayout(backend, ctx, opts.StepWeights); err != nil {
+		return nil, err
 	}
 	a.WeightsS = time.Since(start).Seconds()
 	dec, err := bm.NewDecoder(backend, ctx, cfg, 1, opts.MaxLen)

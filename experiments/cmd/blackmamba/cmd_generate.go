@@ -115,10 +115,8 @@ func runGenerate(fs *flag.FlagSet, args []string) error {
 	if *unroll < 1 {
 		return fmt.Errorf("-unroll %d: want a positive number of steps", *unroll)
 	}
-	switch *stepWeights {
-	case "auto", "inout", "transposed", "folded":
-	default:
-		return fmt.Errorf("-step-weights %q: want auto, inout, transposed or folded", *stepWeights)
+	if _, _, err := experiments.ParseStepWeights(*stepWeights); err != nil {
+		return fmt.Errorf("-step-weights %w", err)
 	}
 	backend, choice, err := xla.NewForDecoding(*backendFlag)
 	if err != nil {
