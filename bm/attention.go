@@ -118,7 +118,7 @@ func attentionStep(ctx *context.Context, cfg Config, in stepInput, pos, k, v *No
 	visible := LessOrEqual(keyPos, pos)                            // [L]
 	o := attendCore(cfg, q, k2, v2, Reshape(visible, 1, cacheLen)) // [B, H, 1, hd]
 	o = Reshape(Transpose(o, 1, 2), numB, d)
-	return stepMatmulVar(ctx, cfg, "wo", true, o, d, d), k2, v2
+	return in.product(ctx, cfg, "wo", true, o, d, d), k2, v2
 }
 
 // writeCacheAt writes update [B, H, 1, hd] into cache [B, H, L, hd] at position pos (int32

@@ -361,11 +361,17 @@ func stepMatmulVar(ctx *context.Context, cfg Config, name string, outProj bool, 
 
 // stepInput is the input of a block's decoding step. Either u, the token's row after the
 // block's RMSNorm, or, when the block's first products (foldedNames) read copies with the
-// norm's gain folded in (FoldStepWeights), the raw residual x [B, d] and invRMS [B, 1],
-// 1/sqrt(mean(x²) + eps), with u = x·invRMS·gain.
+// norm's gain folded in (FoldStepWeights), the raw residual x [B, d] float32, with
+// u = x·invRMS·gain and invRMS = 1/sqrt(mean(x²) + eps) held by norm.
 type stepInput struct {
-	u, x, invRMS *Node
+	u, x *Node
+	norm *stepNorm
 }
+
+// stepNorm holds the 1/rms [B, 1] of a folded stepInput once known. At batch 1 the first
+// product of the block computes it (stepRowProduct's extra row), so that the norm takes no
+// kernel of its own; at larger batches foldedStepInput computes it up front.
+type stepNorm struct{ invRMS *Node }
 
 // firstProducts returns the weights of a block kind whose products take the block's normed
 // input.
@@ -392,8 +398,12 @@ func foldedStepInput(mctx *context.Context, cfg Config, x *Node, names ...string
 			return in, false
 		}
 	}
-	ms := ReduceAndKeep(Square(x), ReduceMean, -1)
-	return stepInput{x: x, invRMS: Rsqrt(AddScalar(ms, cfg.NormEps))}, true
+	in = stepInput{x: x, norm: &stepNorm{}}
+	if !in.rowwise() {
+		ms := ReduceAndKeep(Square(x), ReduceMean, -1)
+		in.norm.invRMS = Rsqrt(AddScalar(ms, cfg.NormEps))
+	}
+	return in, true
 }
 
 // row returns the node the input holds: the raw residual x when folded, else u.
@@ -413,9 +423,13 @@ func (in stepInput) graph() *Graph { return in.row().Graph() }
 // folded reports whether the input is the raw residual with the norm's scale.
 func (in stepInput) folded() bool { return in.u == nil }
 
+// rowwise reports whether the folded input's products are stepRowProducts of the raw residual,
+// scaled by 1/rms afterwards: at batch 1. Larger batches take matmuls of x·invRMS, which read
+// each weight once for all rows.
+func (in stepInput) rowwise() bool { return in.folded() && in.batch() == 1 }
+
 // project is the step's product of the block input with the first-product weight name [in,
-// out] of ctx's scope → [B, out] float32: stepMatmulVar of u, or the gain-folded copy's product
-// with x·invRMS.
+// out] of ctx's scope → [B, out] float32: stepMatmulVar of u, or from the gain-folded copy.
 func (in stepInput) project(ctx *context.Context, cfg Config, name string, inDim, outDim int) *Node {
 	if !in.folded() {
 		return stepMatmulVar(ctx, cfg, name, false, in.u, inDim, outDim)
@@ -424,13 +438,68 @@ func (in stepInput) project(ctx *context.Context, cfg Config, name string, inDim
 	if wt == nil {
 		panic(fmt.Sprintf("bm: decoding step: %s%s is missing or not [%d, %d]", name, stepTNSuffix, outDim, inDim))
 	}
-	return stepEinsum(cfg, "bd,ed->be", in.scaled(), wt)
+	if !in.rowwise() {
+		return stepEinsum(cfg, "bd,ed->be", in.scaled(), wt)
+	}
+	return in.rowProduct(cfg, wt)
+}
+
+// product is the step's product of x [B, in] float32, an activation of the block, with the
+// weight name [in, out] of ctx's scope (not a first product) → [B, out] float32: a
+// stepRowProduct with the weight's transposed copy when the block's input is rowwise, else
+// stepMatmulVar.
+func (in stepInput) product(ctx *context.Context, cfg Config, name string, outProj bool, x *Node, inDim, outDim int) *Node {
+	if in.rowwise() {
+		if wt := stepTransposed(ctx, x.Graph(), name, false, outDim, inDim); wt != nil {
+			p, _ := stepRowProduct(x, wt, false)
+			return p
+		}
+	}
+	return stepMatmulVar(ctx, cfg, name, outProj, x, inDim, outDim)
+}
+
+// rowProduct is the product of a folded input at batch 1 with wt [out, in] (a gain-folded copy,
+// or [B, out, in] gathered from one) → [B, out] float32, times 1/rms: by stepRowProduct, which
+// also computes the 1/rms when no product of the block has yet.
+func (in stepInput) rowProduct(cfg Config, wt *Node) *Node {
+	if in.norm.invRMS != nil {
+		p, _ := stepRowProduct(in.x, wt, false)
+		return Mul(p, in.norm.invRMS)
+	}
+	p, squares := stepRowProduct(in.x, wt, true)
+	in.norm.invRMS = Rsqrt(AddScalar(DivScalar(squares, float64(in.x.Shape().Dim(1))), cfg.NormEps))
+	return Mul(p, in.norm.invRMS)
+}
+
+// stepRowProduct returns p [B, out], p[b, j] = Σ_k wt[(b,) j, k]·x[b, k] in float32, for x [B,
+// in] (taken in float32) and wt [out, in] or [B, out, in] in any dtype, written as an elementwise product
+// and a sum along wt's rows, a single row reduction on a GPU, with the dtype conversion inside
+// it. With squares set it also returns Σ_k x[b, k]² [B, 1], from one more row, x itself, in the
+// same reduction: the norm's sum of squares without a kernel of its own.
+func stepRowProduct(x, wt *Node, squares bool) (p, sq *Node) {
+	numB, in := x.Shape().Dim(0), x.Shape().Dim(1)
+	out := wt.Shape().Dim(-2)
+	if wt.Shape().Dim(-1) != in || (wt.Rank() == 3 && wt.Shape().Dim(0) != numB) || wt.Rank() < 2 || wt.Rank() > 3 {
+		panic(fmt.Sprintf("bm: step row product: want x [B, in] and wt [out, in] or [B, out, in], got %s and %s", x.Shape(), wt.Shape()))
+	}
+	w := ConvertDType(wt, dtypes.Float32)
+	if w.Rank() == 2 {
+		w = BroadcastToDims(InsertAxes(w, 0), numB, out, in)
+	}
+	xr := InsertAxes(ConvertDType(x, dtypes.Float32), 1) // [B, 1, in]
+	if squares {
+		w = Concatenate([]*Node{w, xr}, 1) // [B, out+1, in]
+	}
+	s := ReduceSum(Mul(w, xr), -1) // [B, out(+1)]
+	if !squares {
+		return s, nil
+	}
+	return SliceAxis(s, 1, AxisRange(0, out)), SliceAxis(s, 1, AxisRange(out, out+1))
 }
 
 // scaled returns x·invRMS, the normed token without the gain, [B, d] float32: the operand of
-// the gain-folded copies. A product and a broadcast of one value per row, cheap enough for the
-// compiler to fuse into each reduction that reads it.
-func (in stepInput) scaled() *Node { return Mul(in.x, in.invRMS) }
+// the gain-folded copies at batches above 1.
+func (in stepInput) scaled() *Node { return Mul(in.x, in.norm.invRMS) }
 
 // DropStepWeights removes from ctx the copies TransposeStepWeights or FoldStepWeights added,
 // freeing their memory, so that decoding steps read the weights themselves again. It returns how

@@ -190,7 +190,7 @@ func mambaStep(ctx *context.Context, cfg Config, in stepInput, conv, ssm *Node) 
 	// One matmul for the three parts here (a decode step is bound by its kernel count, and the
 	// slow kernel xProjections avoids only arises in the sequence form); in float32 its values
 	// equal the sequence form's.
-	xdbl := stepMatmulVar(ctx, cfg, "x_proj", false, xc, D, R+2*N) // [B, R+2N]
+	xdbl := in.product(ctx, cfg, "x_proj", false, xc, D, R+2*N) // [B, R+2N]
 	dt := SliceAxis(xdbl, -1, AxisRange(0, R))
 	bm := SliceAxis(xdbl, -1, AxisRange(R, R+N))
 	cm := SliceAxis(xdbl, -1, AxisRange(R+N, R+2*N))
@@ -201,7 +201,7 @@ func mambaStep(ctx *context.Context, cfg Config, in stepInput, conv, ssm *Node) 
 	ssm2 = Add(Mul(decay, ssm), Mul(InsertAxes(Mul(delta, xc), -1), InsertAxes(bm, 1))) // [B, D, N]
 	y := Add(ReduceSum(Mul(ssm2, InsertAxes(cm, 1)), -1), Mul(xc, ExpandLeftToRank(w.dSkip, 2)))
 	y = Mul(y, activations.Swish(z))
-	out = stepMatmulVar(ctx, cfg, "out_proj", true, y, D, d)
+	out = in.product(ctx, cfg, "out_proj", true, y, D, d)
 	return out, conv2, ssm2
 }
 

@@ -31,7 +31,7 @@ func MLP(ctx *context.Context, cfg Config, u *Node) *Node {
 func mlpStep(ctx *context.Context, cfg Config, in stepInput) *Node {
 	d, f := cfg.Dim, cfg.FFN
 	h := in.project(ctx, cfg, "fc1", d, 2*f)
-	return stepMatmulVar(ctx, cfg, "fc2", true, gatedActivation(cfg, h), f, d)
+	return in.product(ctx, cfg, "fc2", true, gatedActivation(cfg, h), f, d)
 }
 
 // flattenTokens reshapes x [..., d] to [N, d] and returns the leading dimensions, so that the

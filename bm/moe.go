@@ -149,23 +149,37 @@ func moeStep(ctx *context.Context, cfg Config, experts int, in stepInput) (out, 
 	fc1T, fc2T := stepTransposed(ctx, g, "fc1", in.folded(), experts, 2*f, d), stepTransposed(ctx, g, "fc2", false, experts, d, f)
 	transposed := fc1T != nil && fc2T != nil
 	if in.folded() {
-		x = in.scaled()
+		if !in.rowwise() {
+			x = in.scaled()
+		}
 		if !transposed {
 			panic(fmt.Sprintf("bm: MoE decoding step: fc1%s [%d, %d, %d] and fc2%s [%d, %d, %d] must both exist (FoldStepWeights)", stepTNSuffix, experts, 2*f, d, stepTSuffix, experts, d, f))
 		}
 	}
 	w := moeVariablesFor(ctx, g, cfg, experts, !transposed, !in.folded())
 	var logits *Node
-	if in.folded() {
+	switch {
+	case in.rowwise():
+		// The router's product first: it computes the norm's 1/rms for fc1's too.
+		logits = Add(in.project(ctx, cfg, "router_weight", d, experts), InsertAxes(w.routerB, 0))
+	case in.folded():
 		routerT := stepTransposed(ctx, g, "router_weight", true, experts, d)
 		logits = Add(Einsum("bd,ed->be", x, routerT), InsertAxes(w.routerB, 0))
-	} else {
+	default:
 		logits = Add(Einsum("bd,de->be", x, w.routerW), InsertAxes(w.routerB, 0))
 	}
 	choice = ArgMax(logits, -1, dtypes.Int32)
 	// sigmoid(ℓ_{e*}) as the sigmoid of the largest logit: the same value, and a reduction over
 	// the same logits as the argmax's, which the compiler can compute in the same kernel.
 	gate := Sigmoid(ReduceMax(logits, -1))
+	if in.rowwise() {
+		// The chosen expert's rows, as row reductions of the raw residual, then of the
+		// activation, in float32 (stepRowProduct).
+		idx := InsertAxes(choice, -1)
+		h := in.rowProduct(cfg, Gather(fc1T, idx))                                // [1, 2F]
+		y, _ := stepRowProduct(gatedActivation(cfg, h), Gather(fc2T, idx), false) // [1, d]
+		return Mul(y, InsertAxes(gate, -1)), choice
+	}
 	// One group per sequence, its token padded to cfg.StepRows rows (see StepProduct).
 	xs, cut := padStepRows(cfg, InsertAxes(x, 1), 1)
 	var y *Node

@@ -60,12 +60,13 @@
 #                                               transposed copies, and reading them with the norm
 #                                               gains folded in (DECODE_CASES; kernel counts, the
 #                                               step's optimised HLO), then the scan variants at
-#                                               2048 tokens (the 2026-11-28 run:
+#                                               2048 tokens unless SCAN=0 (the 2026-11-28 run:
 #                                               DECODE_CASES="decode decode-t decode-fa0
 #                                               decode-t-fa0")
 #   scripts/gpu-paper.sh BUNDLE_DIR latency-one on one GPU: the decode benchmark at UNROLL (default
-#                                               4) steps per call with the [in, out] weights and
-#                                               with STEP_WEIGHTS (default transposed), then the
+#                                               4) steps per call with BASE_WEIGHTS (default
+#                                               inout, the [in, out] weights) and with
+#                                               STEP_WEIGHTS (default transposed), then the
 #                                               1.5B BlackMamba latency sweep with STEP_WEIGHTS at
 #                                               UNROLL steps per call, with XLA_STEP_FLAGS if set
 #                                               (the 2026-11-28 run used UNROLL=16)
@@ -295,17 +296,19 @@ decode-layout)
 	;;
 decode-one)
 	# The single-GPU form of the decode-layout phase's measurements of the step, one after
-	# another (about a minute each), then the scan variants.
+	# another (about a minute each), then the scan variants (unless SCAN=0).
 	# shellcheck disable=SC2086
 	LIMIT=${DIAG_LIMIT:-140} "$here/gpu-diagnose.sh" "$bundle" ${DECODE_CASES:-decode decode-t decode-tn}
-	SCAN_SHAPES=2048 SCAN_VARIANTS=quick SCAN_LIMIT=${SCAN_LIMIT:-180} "$here/gpu-bench.sh" "$bundle" scan
+	if [[ "${SCAN:-1}" != 0 ]]; then
+		SCAN_SHAPES=2048 SCAN_VARIANTS=quick SCAN_LIMIT=${SCAN_LIMIT:-180} "$here/gpu-bench.sh" "$bundle" scan
+	fi
 	;;
 latency-one)
-	# The unrolled decode step (UNROLL steps per call) with the weights as stored and with
-	# STEP_WEIGHTS, then the 1.5B BlackMamba sweep with STEP_WEIGHTS (XLA_STEP_FLAGS, e.g. the
-	# fusion autotuner off, apply to both).
-	w="${STEP_WEIGHTS:-transposed}"
-	XLA_FLAGS="${XLA_STEP_FLAGS:-}" DECODE_STEP_WEIGHTS="$([[ $w == inout ]] && echo inout || echo inout,$w)" DECODE_UNROLL="${UNROLL:-4}" DECODE_LIMIT=${DECODE_LIMIT:-270} "$here/gpu-bench.sh" "$bundle" decode
+	# The unrolled decode step (UNROLL steps per call) with the weights in BASE_WEIGHTS' layout
+	# (default inout: as stored) and with STEP_WEIGHTS, then the 1.5B BlackMamba sweep with
+	# STEP_WEIGHTS (XLA_STEP_FLAGS, e.g. the fusion autotuner off, apply to both).
+	w="${STEP_WEIGHTS:-transposed}" base="${BASE_WEIGHTS:-inout}"
+	XLA_FLAGS="${XLA_STEP_FLAGS:-}" DECODE_STEP_WEIGHTS="$([[ $w == "$base" ]] && echo "$base" || echo "$base,$w")" DECODE_UNROLL="${UNROLL:-4}" DECODE_LIMIT=${DECODE_LIMIT:-270} "$here/gpu-bench.sh" "$bundle" decode
 	XLA_FLAGS="${XLA_STEP_FLAGS:-}" timeout -k 10 "${T_LAT_LIMIT:-270}" "$run" blackmamba latency -family 1.5b -archs 1.5b -unroll "${UNROLL:-4}" -step-weights "$w" -max-len "${MAX_LEN:-16384}" -reps "${REPS:-2}" -out "$out/latency-1.5b-$w.json" -plots "$out/plots-1.5b-$w" >"$out/latency-1.5b-$w.log" 2>&1
 	;;
 total-2.8b)
