@@ -263,6 +263,7 @@ func runArch(backend backends.Backend, cfg bm.Config, opts Options, afterRep fun
 		return nil, err
 	}
 	a.WeightsS = time.Since(start).Seconds()
+	fmt.Fprintf(opts.Log, "  weights ready: %.1fs; compiling\n", a.WeightsS)
 	dec, err := bm.NewDecoder(backend, ctx, cfg, 1, opts.MaxLen)
 	if err != nil {
 		return nil, err
