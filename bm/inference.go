@@ -104,29 +104,52 @@ func embed(emb, ids *Node) *Node {
 
 // InitWeights creates and initialises every variable of the model cfg in ctx (those already
 // there are kept): it builds the forward pass on a single token, which creates the variables,
-// without compiling or running it, and then runs only the variables' initialisers
-// (Context.InitializeVariables), in the order the forward creates them, so the values are those
-// a first forward call would have drawn. Compiling that forward took a large part of the
-// warm-up at the sizes with many blocks.
+// without compiling or running it, and runs the variables' initialisers
+// (Context.InitializeVariables) in the order the forward creates them, so the values are those
+// a first forward call would have drawn. The initialisers run in groups of
+// ParamInitBlocks blocks (default DefaultInitBlocks; 0 or less: all in one graph), each
+// group's graph compiled and run as soon as the forward has built its blocks: the values are
+// the same whatever the grouping (the random state passes from one group to the next), and on
+// a GPU one graph for a deep model compiled for minutes.
 func InitWeights(backend backends.Backend, ctx *context.Context, cfg Config) (err error) {
 	m, err := New(cfg)
 	if err != nil {
 		return err
 	}
+	group := context.GetParamOr(ctx, ParamInitBlocks, DefaultInitBlocks)
 	g := NewGraph(backend, "bm.InitWeights")
 	defer g.Finalize()
+	stage := "building the forward graph"
 	defer func() {
 		if r := recover(); r != nil {
-			err = fmt.Errorf("bm.InitWeights: building the forward graph: %v", r)
+			err = fmt.Errorf("bm.InitWeights: %s: %v", stage, r)
 		}
 	}()
+	opts := ForwardOptions{}
+	if group > 0 {
+		opts.AfterBlock = func(i int) {
+			if (i+1)%group == 0 {
+				if err := ctx.InitializeVariables(backend, nil); err != nil {
+					stage = fmt.Sprintf("initialising the variables up to block %d", i)
+					panic(err)
+				}
+			}
+		}
+	}
 	tokens := Parameter(g, "tokens", shapes.Make(dtypes.Int32, 1, 1))
-	m.Forward(ctx.Checked(false), tokens, ForwardOptions{})
+	m.Forward(ctx.Checked(false), tokens, opts)
 	if err := ctx.InitializeVariables(backend, nil); err != nil {
 		return fmt.Errorf("bm.InitWeights: %w", err)
 	}
 	return nil
 }
+
+// ParamInitBlocks is the context parameter (int) of InitWeights: the number of blocks whose
+// variables are initialised by one graph; 0 or less initialises every variable in one graph.
+const ParamInitBlocks = "bm_init_blocks"
+
+// DefaultInitBlocks is InitWeights' default ParamInitBlocks.
+const DefaultInitBlocks = 4
 
 // stepTSuffix ends the name of the transposed copy of a block matmul weight made by
 // TransposeStepWeights; stepTNSuffix that of a transposed copy with the gain of the block's

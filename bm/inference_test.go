@@ -4,6 +4,7 @@ import (
 	"math/rand/v2"
 	"testing"
 
+	"github.com/gomlx/gomlx/backends"
 	"github.com/gomlx/gomlx/pkg/core/dtypes"
 	. "github.com/gomlx/gomlx/pkg/core/graph"
 	"github.com/gomlx/gomlx/pkg/core/tensors"
@@ -89,37 +90,47 @@ func TestCastWeights(t *testing.T) {
 // TestInitWeightsMatchesFirstForward checks that InitWeights, which only builds the forward
 // graph and runs the initialisers, gives every variable (the RNG state included) exactly the
 // value a first forward call through context.Exec draws with the same seed, for the four
-// architectures.
+// architectures, with the initialisers in one graph and in groups of 1, 3 and
+// DefaultInitBlocks blocks (ParamInitBlocks).
 func TestInitWeightsMatchesFirstForward(t *testing.T) {
 	backend := cpuBackend(t)
 	for _, cfg := range DecodeCheckConfigs() {
-		a := context.New()
-		a.SetParam(initializers.ParamInitialSeed, int64(3))
-		if err := InitWeights(backend, a, cfg); err != nil {
-			t.Fatal(err)
+		for _, group := range []int{0, 1, 3, DefaultInitBlocks} {
+			testInitWeightsGroup(t, backend, cfg, group)
 		}
-		b := context.New()
-		b.SetParam(initializers.ParamInitialSeed, int64(3))
-		m, err := New(cfg)
-		if err != nil {
-			t.Fatal(err)
+	}
+}
+
+// testInitWeightsGroup is TestInitWeightsMatchesFirstForward for one config and group size.
+func testInitWeightsGroup(t *testing.T, backend backends.Backend, cfg Config, group int) {
+	t.Helper()
+	a := context.New()
+	a.SetParam(initializers.ParamInitialSeed, int64(3))
+	a.SetParam(ParamInitBlocks, group)
+	if err := InitWeights(backend, a, cfg); err != nil {
+		t.Fatal(err)
+	}
+	b := context.New()
+	b.SetParam(initializers.ParamInitialSeed, int64(3))
+	m, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	context.MustExecOnce(backend, b, func(ctx *context.Context, tokens *Node) *Node {
+		return ReduceAllSum(m.Forward(ctx, tokens, ForwardOptions{}).Logits)
+	}, tensors.FromFlatDataAndDimensions([]int32{0}, 1, 1))
+	n := 0
+	for v := range b.IterVariables() {
+		w := a.InspectVariableIfLoaded(v.Scope(), v.Name())
+		if w == nil {
+			t.Fatalf("%s: InitWeights did not create %s", cfg.Name, v.ScopeAndName())
 		}
-		context.MustExecOnce(backend, b, func(ctx *context.Context, tokens *Node) *Node {
-			return ReduceAllSum(m.Forward(ctx, tokens, ForwardOptions{}).Logits)
-		}, tensors.FromFlatDataAndDimensions([]int32{0}, 1, 1))
-		n := 0
-		for v := range b.IterVariables() {
-			w := a.InspectVariableIfLoaded(v.Scope(), v.Name())
-			if w == nil {
-				t.Fatalf("%s: InitWeights did not create %s", cfg.Name, v.ScopeAndName())
-			}
-			if !w.MustValue().Equal(v.MustValue()) {
-				t.Errorf("%s: %s differs from the first forward's", cfg.Name, v.ScopeAndName())
-			}
-			n++
+		if !w.MustValue().Equal(v.MustValue()) {
+			t.Errorf("%s, groups of %d blocks: %s differs from the first forward's", cfg.Name, group, v.ScopeAndName())
 		}
-		if n < 10 {
-			t.Errorf("%s: only %d variables compared", cfg.Name, n)
-		}
+		n++
+	}
+	if n < 10 {
+		t.Errorf("%s: only %d variables compared", cfg.Name, n)
 	}
 }

@@ -33,6 +33,9 @@ type ForwardOptions struct {
 	// Routing forces the expert choice of the MoE blocks: one of the Routing* constants. Empty
 	// means cfg.Routing in training graphs (ctx.IsTraining) and RoutingArgmax otherwise.
 	Routing string
+	// AfterBlock, if not nil, is called with each block's index once the block is built (its
+	// norm's and mixer's variables created).
+	AfterBlock func(block int)
 }
 
 // Output is the result of Model.Forward.
@@ -81,7 +84,10 @@ func (m *Model) Forward(ctx *context.Context, tokens *Node, opts ForwardOptions)
 	emb := embeddingTable(ctx, cfg, g)
 	x := embed(emb, ConvertDType(tokens, dtypes.Int32)) // [B, T, d]
 	var out Output
-	x = Residual(ctx, cfg, x, func(_ int, b Block, mctx *context.Context, h *Node) *Node {
+	x = Residual(ctx, cfg, x, func(i int, b Block, mctx *context.Context, h *Node) *Node {
+		if opts.AfterBlock != nil {
+			defer opts.AfterBlock(i)
+		}
 		switch b.Kind {
 		case KindMamba:
 			return Mamba(mctx, cfg, h)
