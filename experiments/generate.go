@@ -130,9 +130,12 @@ func ParseStepWeights(stepWeights string) (layout bm.StepLayout, auto bool, err 
 }
 
 // StepLayoutFor resolves GenerateOptions.StepWeights for backend and copies of copyBytes (the
-// model's bm.StepWeightBytes): the layout named, or for "auto" and "" transposed on the pure-Go
-// backend and on an NVIDIA GPU when the copies fit (CopiesFit with StepMemory), and inout
-// otherwise. An unknown value is an error naming it.
+// model's bm.StepWeightBytes): the layout named, or for "auto" and "" folded on an NVIDIA GPU
+// and transposed on the pure-Go backend when the copies fit (CopiesFit with StepMemory), and
+// inout otherwise. An unknown value is an error naming it. (On an H200 the 1.5b step took
+// 2.06 ms folded against 2.22 ms transposed, one step per call, 231 kernels against 276; on
+// the pure-Go backend the folded step's float32 row products are written out in full, so the
+// transposed copies stay its choice.)
 func StepLayoutFor(stepWeights string, backend backends.Backend, copyBytes int64) (bm.StepLayout, error) {
 	layout, auto, err := ParseStepWeights(stepWeights)
 	if err != nil {
@@ -141,7 +144,13 @@ func StepLayoutFor(stepWeights string, backend backends.Backend, copyBytes int64
 	if !auto {
 		return layout, nil
 	}
-	if (xla.IsPureGo(backend) || xla.IsCUDA(backend)) && CopiesFit(copyBytes, StepMemory(backend)) {
+	if !CopiesFit(copyBytes, StepMemory(backend)) {
+		return bm.StepInOut, nil
+	}
+	switch {
+	case xla.IsCUDA(backend):
+		return bm.StepFolded, nil
+	case xla.IsPureGo(backend):
 		return bm.StepTransposed, nil
 	}
 	return bm.StepInOut, nil

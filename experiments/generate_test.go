@@ -128,6 +128,9 @@ func TestGenerateFixture(t *testing.T) {
 			t.Errorf("StepLayoutFor(%q, pure-Go backend) = %v, %v; want copies: %v", c.layout, got, err, c.want)
 		}
 	}
+	if got, _ := StepLayoutFor("auto", backend, 1); got != bm.StepTransposed {
+		t.Errorf("StepLayoutFor(auto, pure-Go backend) = %v, want transposed", got)
+	}
 	// Stop at EOS: with EOS set to the first greedy token, one token comes out.
 	st, err = Generate(backend, m, prompt, GenerateOptions{MaxTokens: 6, StopEOS: true, EOS: greedy[0]}, nil)
 	if err != nil {

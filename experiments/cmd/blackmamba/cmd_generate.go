@@ -93,7 +93,7 @@ func runGenerate(fs *flag.FlagSet, args []string) error {
 	seed := fs.Uint64("seed", 1, "random seed of the sampler (and of the weights with -random)")
 	activation := fs.String("activation", "", "override the expert activation: silu (the paper's SwiGLU) or gelu (the released inference code); empty keeps the config's")
 	stopEOS := fs.Bool("stop-eos", true, "stop after the end-of-text token (id 0)")
-	stepWeights := fs.String("step-weights", "auto", "layout of the weights the decoding steps read: inout (the model's), transposed (copies made once, as much memory again as the matmul weights), folded (those copies with the norm gains folded into the blocks' first products) or auto (transposed on the pure-Go backend and on an NVIDIA GPU, where it is faster, when the copies take at most a quarter of the machine's memory, or of the GPU's)")
+	stepWeights := fs.String("step-weights", "auto", "layout of the weights the decoding steps read: inout (the model's), transposed (copies made once, as much memory again as the matmul weights), folded (those copies with the norm gains folded into the blocks' first products) or auto (when the copies take at most a quarter of the GPU's memory, or of the machine's: folded on an NVIDIA GPU, transposed on the pure-Go backend, where each is the fastest)")
 	unroll := fs.Int("unroll", 1, "greedy steps per executable call (tokens still stream one by one, k at a time); on an H200, 4 took the 1.5b from 2.21 to 1.57 ms per token but about 15 s longer to compile: for long generations")
 	backendFlag := xla.AddFlag(fs)
 	if err := fs.Parse(args); err != nil {
