@@ -262,7 +262,11 @@ func TransposeStepWeights(backend backends.Backend, ctx *context.Context) (int, 
 // the compiler can fuse into the reductions reading it, where the normalisation (a division per
 // element, then the gain) was written to memory by a kernel of its own before them, and the
 // router becomes a row reduction too. The values are the same up to rounding and summation
-// order. The copies hold the norm gains of the time of the call.
+// order. The copies hold the norm gains of the time of the call. At batch 1 the step goes
+// further (stepInput.rowwise): every product with a copy is a float32 row reduction of the raw
+// residual or activation, scaled by 1/rms afterwards where the gain was folded in, and the
+// block's first product also sums the residual's squares for that 1/rms, so that the norm takes
+// no kernel of its own.
 func FoldStepWeights(backend backends.Backend, ctx *context.Context) (int, error) {
 	return makeStepCopies(backend, ctx, true)
 }
@@ -447,8 +451,8 @@ func (in stepInput) graph() *Graph { return in.row().Graph() }
 func (in stepInput) folded() bool { return in.u == nil }
 
 // rowwise reports whether the folded input's products are stepRowProducts of the raw residual,
-// scaled by 1/rms afterwards: at batch 1. Larger batches take matmuls of x·invRMS, which read
-// each weight once for all rows.
+// scaled by 1/rms afterwards: at batch 1 (cfg.StepRows does not apply to them). Larger batches
+// take matmuls of x·invRMS, which read each weight once for all rows.
 func (in stepInput) rowwise() bool { return in.folded() && in.batch() == 1 }
 
 // project is the step's product of the block input with the first-product weight name [in,
@@ -494,11 +498,12 @@ func (in stepInput) rowProduct(cfg Config, wt *Node) *Node {
 	return Mul(p, in.norm.invRMS)
 }
 
-// stepRowProduct returns p [B, out], p[b, j] = Σ_k wt[(b,) j, k]·x[b, k] in float32, for x [B,
-// in] (taken in float32) and wt [out, in] or [B, out, in] in any dtype, written as an elementwise product
-// and a sum along wt's rows, a single row reduction on a GPU, with the dtype conversion inside
-// it. With squares set it also returns Σ_k x[b, k]² [B, 1], from one more row, x itself, in the
-// same reduction: the norm's sum of squares without a kernel of its own.
+// stepRowProduct returns p [B, out], p[b, j] = Σ_k wt[(b,) j, k]·x[b, k] in float32, for x
+// [B, in] (taken in float32) and wt [out, in] or [B, out, in] in any dtype, written as an
+// elementwise product and a sum along wt's rows, a single row reduction on a GPU, with the
+// dtype conversion inside it. With squares set it also returns Σ_k x[b, k]² [B, 1], from one
+// more row, x itself, in the same reduction: the norm's sum of squares without a kernel of its
+// own.
 func stepRowProduct(x, wt *Node, squares bool) (p, sq *Node) {
 	numB, in := x.Shape().Dim(0), x.Shape().Dim(1)
 	out := wt.Shape().Dim(-2)

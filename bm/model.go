@@ -84,10 +84,7 @@ func (m *Model) Forward(ctx *context.Context, tokens *Node, opts ForwardOptions)
 	emb := embeddingTable(ctx, cfg, g)
 	x := embed(emb, ConvertDType(tokens, dtypes.Int32)) // [B, T, d]
 	var out Output
-	x = Residual(ctx, cfg, x, func(i int, b Block, mctx *context.Context, h *Node) *Node {
-		if opts.AfterBlock != nil {
-			defer opts.AfterBlock(i)
-		}
+	mixer := func(b Block, mctx *context.Context, h *Node) *Node {
 		switch b.Kind {
 		case KindMamba:
 			return Mamba(mctx, cfg, h)
@@ -108,6 +105,13 @@ func (m *Model) Forward(ctx *context.Context, tokens *Node, opts ForwardOptions)
 			}
 		}
 		return r.Out
+	}
+	x = Residual(ctx, cfg, x, func(i int, b Block, mctx *context.Context, h *Node) *Node {
+		y := mixer(b, mctx, h)
+		if opts.AfterBlock != nil {
+			opts.AfterBlock(i)
+		}
+		return y
 	})
 	out.Hidden, out.Logits = headLogits(ctx, cfg, x, emb)
 	return out
