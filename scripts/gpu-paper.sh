@@ -77,6 +77,9 @@
 #   scripts/gpu-paper.sh BUNDLE_DIR loss-1.5b   on a 4-GPU host: the first training steps of 1.5b
 #                                               on one GPU and on two, their losses compared, and
 #                                               the 2.8b equal-total dense Mamba to 2048 tokens
+#   scripts/gpu-paper.sh BUNDLE_DIR loss-two    on a 2-GPU host: the loss-1.5b comparison, one GPU
+#                                               then two, one after the other (LOSS_DEVICES,
+#                                               default "1 2"; LOSS_LIMIT per run, default 280)
 #   scripts/gpu-paper.sh BUNDLE_DIR finish      on a 4-GPU host: data-parallel training on GPUs 0
 #                                               and 1, the dense Mamba at equal total parameters
 #                                               alone on GPU 2, the MoE and 2048-token step
@@ -90,7 +93,7 @@
 # result with `blackmamba experiment training -merge`.)
 #
 # Everything lands in OUT (default ./gpu-out) and is packed into OUT/paper-PHASE.tar.xz, the
-# HLO dumps (hlo-*.tar.xz) left out.
+# HLO dumps (hlo-*.tar.xz) left out; with PACK_ONLY=1 only the archives stay in OUT.
 # Environment: SIZE (the training experiment's -size, default gpu; cpu-smoke tries the script
 # on a machine without a GPU), TOKENS (training tokens per run, default 5000000 at size gpu), LIMIT (seconds per lane,
 # default 480), FAMILY (inference: the preset family, default 1.5b; tiny tries it on a CPU),
@@ -328,6 +331,25 @@ loss-1.5b)
 		"3: timeout -k 10 ${TOTAL_LIMIT:-540} $run blackmamba latency -archs 2.8b-mamba-total -family 2.8b -max-len ${MAX_LEN:-2048} -reps ${REPS:-1} -out \$OUT/latency-total-2.8b.json -plots \$OUT/plots-2.8b"
 	"$run" blackmamba compare-runs -tol 1e-2 "$out/lane0/loss-1.5b-1dev.jsonl" "$out/lane1/loss-1.5b-2dev.jsonl" 2>&1 | tee "$out/loss-compare-1.5b.log"
 	;;
+loss-two)
+	# The loss-1.5b comparison on a 2-GPU host (or in two jobs on one): the same training run on
+	# one GPU (GPU 0) and data-parallel on two (GPUs 0 and 1), one after the other, for each count
+	# in LOSS_DEVICES (default "1 2"), each run limited to LOSS_LIMIT (default 280) seconds; then
+	# compare-runs when both logs are in OUT (copy the first job's loss-1.5b-1dev.jsonl there to
+	# compare across jobs).
+	tr="timeout -k 10 ${LOSS_LIMIT:-280} $run blackmamba train -config 1.5b -corpus $corpus -steps ${LOSS_STEPS:-6} -batch 4 -seq ${LOSS_SEQ:-2048} -log-every 1 -eval-batches 1 -seed 1 ${LOSS_DTYPE:+-dtype $LOSS_DTYPE}"
+	for n in ${LOSS_DEVICES:-1 2}; do
+		gpus=0
+		[[ "$n" == 2 ]] && gpus=0,1
+		echo "=== loss-1.5b on $n GPU(s) ($gpus)" | tee -a "$out/summary.txt"
+		CUDA_VISIBLE_DEVICES="$gpus" bash -c "$tr -devices $n -dir /tmp/loss-${n}dev" >"$out/train-${n}dev.log" 2>&1
+		echo "--- rc=$?" | tee -a "$out/summary.txt"
+		cp "/tmp/loss-${n}dev/metrics.jsonl" "$out/loss-1.5b-${n}dev.jsonl" 2>/dev/null
+	done
+	if [[ -e "$out/loss-1.5b-1dev.jsonl" && -e "$out/loss-1.5b-2dev.jsonl" ]]; then
+		"$run" blackmamba compare-runs -tol 1e-2 "$out/loss-1.5b-1dev.jsonl" "$out/loss-1.5b-2dev.jsonl" 2>&1 | tee "$out/loss-compare-1.5b.log"
+	fi
+	;;
 multi)
 	for p in ${DP_PHASES:-small test}; do
 		SMALL_BATCH="${SMALL_BATCH:-32}" SMALL_SEQ="${SMALL_SEQ:-512}" "$here/gpu-multi.sh" "$bundle" "$p"
@@ -348,7 +370,7 @@ finish)
 		"3: $here/gpu-bench.sh $bundle moe; TRAIN_SMALL_DTYPES=bfloat16 TRAIN_SMALL_LIMIT=${TRAIN_SMALL_LIMIT:-270} $here/gpu-bench.sh $bundle train-small"
 	;;
 *)
-	echo "unknown phase $phase (want training, inference, latency, latency-checks, latency-total, owed, decode, rows, scaling, decode-layout, decode-one, latency-one, total-2.8b, loss-1.5b, compile, multi or finish)" >&2
+	echo "unknown phase $phase (want training, inference, latency, latency-checks, latency-total, owed, decode, rows, scaling, decode-layout, decode-one, latency-one, total-2.8b, loss-1.5b, loss-two, compile, multi or finish)" >&2
 	exit 2
 	;;
 esac
@@ -356,3 +378,7 @@ esac
 tmp="$(mktemp -d)"
 tar -C "$out" --exclude="paper-*.tar.xz" --exclude="hlo-*.tar.xz" -cJf "$tmp/paper-$phase.tar.xz" . && mv "$tmp/paper-$phase.tar.xz" "$out/"
 ls -la "$out/paper-$phase.tar.xz"
+# PACK_ONLY=1 leaves only the archives in OUT, for machines that send back few files.
+if [[ "${PACK_ONLY:-0}" == 1 ]]; then
+	find "$out" -mindepth 1 -not -name 'paper-*.tar.xz' -delete
+fi
