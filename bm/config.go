@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -88,6 +89,20 @@ type Config struct {
 	// an elementwise product and a reduction, where two rows stay a matrix multiplication.
 	// 0 or 1: no padding.
 	StepRows int `json:"step_rows,omitempty"`
+	// StepFuse lists, comma-separated, extra rearrangements of the batch-1 decoding step with
+	// the folded weight copies (FoldStepWeights), each aimed at one kernel per block on a GPU:
+	// "gate" folds the Mamba output gate silu(z) and the D skip term into the state update's sum
+	// over the states; "residual" makes the residual add part of each block's last product (one
+	// more column holding the residual). The values are the same up to rounding. Empty: neither.
+	StepFuse string `json:"step_fuse,omitempty"`
+}
+
+// StepFusions lists the values StepFuse may hold.
+var StepFusions = []string{"gate", "residual"}
+
+// stepFuses reports whether c.StepFuse names fusion.
+func (c Config) stepFuses(fusion string) bool {
+	return slices.Contains(strings.Split(c.StepFuse, ","), fusion)
 }
 
 // NeoX vocabulary sizes (SPEC.md §1).
@@ -373,6 +388,23 @@ func (c Config) Validate() error {
 	}
 	if c.StepRows < 0 || c.StepRows > MaxStepRows {
 		return bad("step_rows must be between 0 and %d (0: no padding), got %d", MaxStepRows, c.StepRows)
+	}
+	if err := CheckStepFuse(c.StepFuse); err != nil {
+		return bad("%v", err)
+	}
+	return nil
+}
+
+// CheckStepFuse returns an error naming s and its unknown entry unless s is empty or a
+// comma-separated list of StepFusions.
+func CheckStepFuse(s string) error {
+	if s == "" {
+		return nil
+	}
+	for _, f := range strings.Split(s, ",") {
+		if !slices.Contains(StepFusions, f) {
+			return fmt.Errorf("step_fuse %q: unknown fusion %q (want a comma-separated list of %s)", s, f, strings.Join(StepFusions, ", "))
+		}
 	}
 	return nil
 }

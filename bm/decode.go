@@ -412,7 +412,11 @@ func decodeStepGraph(ctx *context.Context, cfg Config, token, pos *Node, states 
 		default:
 			f, _ = moeStep(mctx, cfg, b.Experts, in)
 		}
-		x = Add(x, ConvertDType(f, dtypes.Float32))
+		if in.addsResidual(cfg) {
+			x = f // the block's step added its input already (cfg.StepFuse "residual")
+		} else {
+			x = Add(x, ConvertDType(f, dtypes.Float32))
+		}
 	}
 	_, logits := headLogits(ctx, cfg, x, emb)
 	return append([]*Node{logits}, next...)

@@ -36,18 +36,21 @@ func DecodeCheckConfigs() []Config {
 // random tokens [2, 10] and the recurrent decoder (prefill of 1, 2, 3, 5 and 8 tokens, then
 // one step per token), and returns an error if any logit differs from the forward's by more
 // than 1e-4 of the largest logit magnitude, with the norm gains set to random values
-// (RandomizeNormGains). Each architecture is checked four times: as it is, with its step
+// (RandomizeNormGains). Each architecture is checked six times: as it is, with its step
 // products padded to 4 rows (Config.StepRows), with the steps reading the weights' transposed
-// copies (TransposeStepWeights), and with those copies carrying the norm gains
-// (FoldStepWeights). It returns one report line per check.
+// copies (TransposeStepWeights), with those copies carrying the norm gains (FoldStepWeights),
+// and the last at batch 1 too, where the folded step takes its row products (plain, and with
+// both Config.StepFuse rearrangements). It returns one report line per check.
 func CheckDecode(backend backends.Backend) (report []string, err error) {
-	const B, T, tol = 2, 10, 1e-4
+	const T, tol = 10, 1e-4
 	for _, cfg := range DecodeCheckConfigs() {
 		for _, variant := range []struct {
-			rows   int
-			layout StepLayout
-		}{{0, StepInOut}, {4, StepInOut}, {0, StepTransposed}, {0, StepFolded}} {
-			cfg.StepRows = variant.rows
+			rows, batch int
+			layout      StepLayout
+			fuse        string
+		}{{0, 2, StepInOut, ""}, {4, 2, StepInOut, ""}, {0, 2, StepTransposed, ""}, {0, 2, StepFolded, ""},
+			{0, 1, StepFolded, ""}, {0, 1, StepFolded, "gate,residual"}} {
+			cfg.StepRows, cfg.StepFuse = variant.rows, variant.fuse
 			name := cfg.Name
 			if variant.rows > 0 {
 				name = fmt.Sprintf("%s, step rows %d", cfg.Name, variant.rows)
@@ -55,11 +58,17 @@ func CheckDecode(backend backends.Backend) (report []string, err error) {
 			if variant.layout != StepInOut {
 				name += ", " + string(variant.layout)
 			}
-			worst, err := checkDecodeArch(backend, cfg, B, T, variant.layout)
+			if variant.batch == 1 {
+				name += ", batch 1"
+			}
+			if variant.fuse != "" {
+				name += ", " + variant.fuse
+			}
+			worst, err := checkDecodeArch(backend, cfg, variant.batch, T, variant.layout)
 			if err != nil {
 				return report, fmt.Errorf("%s: %w", name, err)
 			}
-			report = append(report, fmt.Sprintf("decode %-29s prompts 1,2,3,5,8 of %d: max rel err %.2g (tol %.0e)", name, T, worst, tol))
+			report = append(report, fmt.Sprintf("decode %-44s prompts 1,2,3,5,8 of %d: max rel err %.2g (tol %.0e)", name, T, worst, tol))
 			if worst > tol {
 				return report, fmt.Errorf("%s: decoder vs forward max relative error %.3g > %g", name, worst, tol)
 			}

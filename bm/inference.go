@@ -474,47 +474,64 @@ func (in stepInput) project(ctx *context.Context, cfg Config, name string, inDim
 // product is the step's product of x [B, in] float32, an activation of the block, with the
 // weight name [in, out] of ctx's scope (not a first product) → [B, out] float32: a
 // stepRowProduct with the weight's transposed copy when the block's input is rowwise, else
-// stepMatmulVar.
+// stepMatmulVar. The block's output projection (outProj) returns the new residual, the
+// product plus the block's input, when the input addsResidual.
 func (in stepInput) product(ctx *context.Context, cfg Config, name string, outProj bool, x *Node, inDim, outDim int) *Node {
 	if in.rowwise() {
 		if wt := stepTransposed(ctx, x.Graph(), name, false, outDim, inDim); wt != nil {
-			p, _ := stepRowProduct(x, wt, false)
+			var add *Node
+			if outProj && in.addsResidual(cfg) {
+				add = in.x
+			}
+			p, _ := stepRowProduct(x, wt, false, add)
 			return p
 		}
 	}
 	return stepMatmulVar(ctx, cfg, name, outProj, x, inDim, outDim)
 }
 
+// addsResidual reports whether the block's step returns the new residual (its output plus the
+// block's input, added inside its last product: cfg.StepFuse "residual") rather than its
+// output: for rowwise inputs.
+func (in stepInput) addsResidual(cfg Config) bool { return in.rowwise() && cfg.stepFuses("residual") }
+
 // rowProduct is the product of a folded input at batch 1 with wt [out, in] (a gain-folded copy,
 // or [B, out, in] gathered from one) → [B, out] float32, times 1/rms: by stepRowProduct, which
 // also computes the 1/rms when no product of the block has yet.
 func (in stepInput) rowProduct(cfg Config, wt *Node) *Node {
 	if in.norm.invRMS != nil {
-		p, _ := stepRowProduct(in.x, wt, false)
+		p, _ := stepRowProduct(in.x, wt, false, nil)
 		return Mul(p, in.norm.invRMS)
 	}
-	p, squares := stepRowProduct(in.x, wt, true)
+	p, squares := stepRowProduct(in.x, wt, true, nil)
 	in.norm.invRMS = Rsqrt(AddScalar(DivScalar(squares, float64(in.x.Shape().Dim(1))), cfg.NormEps))
 	return Mul(p, in.norm.invRMS)
 }
 
-// stepRowProduct returns p [B, out], p[b, j] = Σ_k wt[(b,) j, k]·x[b, k] in float32, for x
-// [B, in] (taken in float32) and wt [out, in] or [B, out, in] in any dtype, written as an
-// elementwise product and a sum along wt's rows, a single row reduction on a GPU, with the
-// dtype conversion inside it. With squares set it also returns Σ_k x[b, k]² [B, 1], from one
-// more row, x itself, in the same reduction: the norm's sum of squares without a kernel of its
-// own.
-func stepRowProduct(x, wt *Node, squares bool) (p, sq *Node) {
+// stepRowProduct returns p [B, out], p[b, j] = Σ_k wt[(b,) j, k]·x[b, k] (+ add[b, j]) in
+// float32, for x [B, in] (taken in float32), wt [out, in] or [B, out, in] in any dtype and add
+// [B, out] float32 or nil, written as an elementwise product and a sum along wt's rows, a single
+// row reduction on a GPU, with the dtype conversion inside it; add enters as one more column of
+// wt against a column of ones in x. With squares set it also returns Σ_k x[b, k]² [B, 1], from
+// one more row, x itself, in the same reduction: the norm's sum of squares without a kernel of
+// its own (not with add).
+func stepRowProduct(x, wt *Node, squares bool, add *Node) (p, sq *Node) {
 	numB, in := x.Shape().Dim(0), x.Shape().Dim(1)
 	out := wt.Shape().Dim(-2)
-	if wt.Shape().Dim(-1) != in || (wt.Rank() == 3 && wt.Shape().Dim(0) != numB) || wt.Rank() < 2 || wt.Rank() > 3 {
-		panic(fmt.Sprintf("bm: step row product: want x [B, in] and wt [out, in] or [B, out, in], got %s and %s", x.Shape(), wt.Shape()))
+	if wt.Shape().Dim(-1) != in || (wt.Rank() == 3 && wt.Shape().Dim(0) != numB) || wt.Rank() < 2 || wt.Rank() > 3 ||
+		(add != nil && (squares || !slices.Equal(add.Shape().Dimensions, []int{numB, out}))) {
+		panic(fmt.Sprintf("bm: step row product: want x [B, in], wt [out, in] or [B, out, in] and add [B, out] or nil (not with squares), got %s, %s and %v", x.Shape(), wt.Shape(), add))
 	}
 	w := ConvertDType(wt, dtypes.Float32)
 	if w.Rank() == 2 {
 		w = BroadcastToDims(InsertAxes(w, 0), numB, out, in)
 	}
-	xr := InsertAxes(ConvertDType(x, dtypes.Float32), 1) // [B, 1, in]
+	xf := ConvertDType(x, dtypes.Float32)
+	if add != nil {
+		w = Concatenate([]*Node{w, InsertAxes(ConvertDType(add, dtypes.Float32), -1)}, 2) // [B, out, in+1]
+		xf = Concatenate([]*Node{xf, Ones(x.Graph(), shapes.Make(dtypes.Float32, numB, 1))}, 1)
+	}
+	xr := InsertAxes(xf, 1) // [B, 1, in(+1)]
 	if squares {
 		w = Concatenate([]*Node{w, xr}, 1) // [B, out+1, in]
 	}

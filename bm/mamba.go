@@ -199,8 +199,18 @@ func mambaStep(ctx *context.Context, cfg Config, in stepInput, conv, ssm *Node) 
 
 	decay := Exp(Mul(InsertAxes(delta, -1), InsertAxes(A, 0)))                          // [B, D, N]
 	ssm2 = Add(Mul(decay, ssm), Mul(InsertAxes(Mul(delta, xc), -1), InsertAxes(bm, 1))) // [B, D, N]
-	y := Add(ReduceSum(Mul(ssm2, InsertAxes(cm, 1)), -1), Mul(xc, ExpandLeftToRank(w.dSkip, 2)))
-	y = Mul(y, activations.Swish(z))
+	var y *Node
+	if in.rowwise() && cfg.stepFuses("gate") {
+		// y = (Σ_n C_n·h_n + D·x)·silu(z) as one sum over the states: the skip term split evenly
+		// over them and every term times the gate, so that the gated output comes out of the
+		// state update's reduction (cfg.StepFuse "gate").
+		skip := MulScalar(Mul(xc, ExpandLeftToRank(w.dSkip, 2)), 1/float64(N)) // [B, D]
+		terms := Add(Mul(ssm2, InsertAxes(cm, 1)), InsertAxes(skip, -1))       // [B, D, N]
+		y = ReduceSum(Mul(terms, InsertAxes(activations.Swish(z), -1)), -1)    // [B, D]
+	} else {
+		y = Add(ReduceSum(Mul(ssm2, InsertAxes(cm, 1)), -1), Mul(xc, ExpandLeftToRank(w.dSkip, 2)))
+		y = Mul(y, activations.Swish(z))
+	}
 	out = in.product(ctx, cfg, "out_proj", true, y, D, d)
 	return out, conv2, ssm2
 }

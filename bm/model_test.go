@@ -192,6 +192,7 @@ func TestValidate(t *testing.T) {
 		{"compute dtype", func(c *Config) { c.ComputeDType = "float16" }, "compute_dtype"},
 		{"scan chunk", func(c *Config) { c.ScanChunk = -1 }, "scan_chunk"},
 		{"max seq len", func(c *Config) { c.MaxSeqLen = 0 }, "max_seq_len"},
+		{"step fusion", func(c *Config) { c.StepFuse = "gate,norm" }, "step_fuse"},
 	} {
 		cfg := ok
 		c.mutate(&cfg)

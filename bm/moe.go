@@ -176,8 +176,14 @@ func moeStep(ctx *context.Context, cfg Config, experts int, in stepInput) (out, 
 		// The chosen expert's rows, as row reductions of the raw residual, then of the
 		// activation, in float32 (stepRowProduct).
 		idx := InsertAxes(choice, -1)
-		h := in.rowProduct(cfg, Gather(fc1T, idx))                                // [1, 2F]
-		y, _ := stepRowProduct(gatedActivation(cfg, h), Gather(fc2T, idx), false) // [1, d]
+		h := in.rowProduct(cfg, Gather(fc1T, idx)) // [1, 2F]
+		a := gatedActivation(cfg, h)
+		if in.addsResidual(cfg) {
+			// The gate inside the product, the residual as its extra column: the new residual.
+			y, _ := stepRowProduct(Mul(a, InsertAxes(gate, -1)), Gather(fc2T, idx), false, in.x)
+			return y, choice
+		}
+		y, _ := stepRowProduct(a, Gather(fc2T, idx), false, nil) // [1, d]
 		return Mul(y, InsertAxes(gate, -1)), choice
 	}
 	// One group per sequence, its token padded to cfg.StepRows rows (see StepProduct).

@@ -69,8 +69,8 @@ func TestStepProduct(t *testing.T) {
 // of the plain decoder, for the four small architectures, one step per call and unrolled. The
 // folded layout's batch-1 products sum in float32 where the others round their inputs to
 // bfloat16 first, so in bfloat16 its greedy tokens may part from the plain decoder's at a
-// near tie; it is checked for the same tokens in float32, and in bfloat16 by
-// TestFoldedStepLogitsBF16.
+// near tie; it is checked for the same tokens in float32 (also with both Config.StepFuse
+// rearrangements), and in bfloat16 by TestFoldedStepLogitsBF16.
 func TestStepVariantsGreedyTokens(t *testing.T) {
 	backend := cpuBackend(t)
 	const maxLen = 20
@@ -80,7 +80,7 @@ func TestStepVariantsGreedyTokens(t *testing.T) {
 				t.Run(fmt.Sprintf("%s/unroll%d/%s", cfg.Name, unroll, dtype), func(t *testing.T) {
 					variants := []string{"plain", "rows", "transposed"}
 					if dtype == "float32" {
-						variants = []string{"plain", "folded"}
+						variants = []string{"plain", "folded", "folded-fused"}
 					}
 					var want []int
 					for _, variant := range variants {
@@ -88,6 +88,9 @@ func TestStepVariantsGreedyTokens(t *testing.T) {
 						c.ComputeDType = dtype
 						if variant == "rows" {
 							c.StepRows = 2
+						}
+						if variant == "folded-fused" {
+							c.StepFuse, variant = "gate,residual", "folded"
 						}
 						ctx := stepVariantContext(t, backend, c, variant)
 						dec, err := NewDecoder(backend, ctx, c, 1, maxLen)

@@ -25,7 +25,12 @@
 #   decode-t-fa0     both: the transposed copies and the fusion autotuner off
 #   decode-tn        the decode case with the steps reading the transposed copies with the norm
 #                    gains folded into the blocks' first products and the routers' copies
-#                    (bm.FoldStepWeights: no kernel writing the normed token)
+#                    (bm.FoldStepWeights: at batch 1 float32 row reductions, the norm's sum of
+#                    squares an extra row of each block's first product)
+#   decode-tn-gate, decode-tn-res, decode-tn-fuse
+#                    decode-tn with the config's step_fuse "gate" (the Mamba output gate in the
+#                    state update's sum), "residual" (the residual add in each block's last
+#                    product), both
 #   decode-ncu       the decode case's bench (3 tokens, one pass) under Nsight Compute: the
 #                    duration of every kernel (gpu__time_duration), as CSV in OUT/ncu-decode.csv,
 #                    with XLA's autotuning off so that the compilation launches few kernels of
@@ -59,7 +64,7 @@ cases=("$@")
 echo '{"sinkhorn_max_iter": 1}' >"$out/small-sk1.json"
 echo '{"scan_max_tokens": 8192}' >"$out/small-split.json"
 for c in "${cases[@]}"; do
-	cfg=small seq="${SEQ:-512}" batch="${BATCH:-16}" flags="" decode=false weights="${DECODE_STEP_WEIGHTS:-inout}"
+	cfg=small seq="${SEQ:-512}" batch="${BATCH:-16}" flags="" decode=false weights="${DECODE_STEP_WEIGHTS:-inout}" fuse=none
 	case "$c" in
 	transformer) cfg=small-transformer ;;
 	transformer-at0) cfg=small-transformer flags="--xla_gpu_autotune_level=0" ;;
@@ -77,6 +82,9 @@ for c in "${cases[@]}"; do
 	decode-t) decode=true weights=transposed ;;
 	decode-t-fa0) decode=true weights=transposed flags="--xla_gpu_experimental_enable_fusion_autotuner=false" ;;
 	decode-tn) decode=true weights=folded ;;
+	decode-tn-gate) decode=true weights=folded fuse=gate ;;
+	decode-tn-res) decode=true weights=folded fuse=residual ;;
+	decode-tn-fuse) decode=true weights=folded fuse=gate+residual ;;
 	decode-ncu)
 		ncu="$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -n 1)"
 		echo "=== decode-ncu: $ncu (limit ${LIMIT:-150}s)" | tee -a "$out/summary.txt"
@@ -99,7 +107,7 @@ for c in "${cases[@]}"; do
 	esac
 	if $decode; then
 		what="1.5b decode, bf16, 128 tokens" lines="^decode"
-		bench=(-what decode -config 1.5b -dtype bfloat16 -decode-tokens 128 -decode-unroll "${DECODE_UNROLL:-1}" -decode-batch "${DECODE_BATCH:-1}" -decode-step-rows "${DECODE_STEP_ROWS:-0}" -decode-step-weights "$weights" -reps 3)
+		bench=(-what decode -config 1.5b -dtype bfloat16 -decode-tokens 128 -decode-unroll "${DECODE_UNROLL:-1}" -decode-batch "${DECODE_BATCH:-1}" -decode-step-rows "${DECODE_STEP_ROWS:-0}" -decode-step-weights "$weights" -decode-step-fuse "$fuse" -reps 3)
 	else
 		what="-config $cfg -batch $batch -seq $seq" lines="Very slow|took|^train-step|^graph"
 		bench=(-what graph,train-step -config "$cfg" -dtype bfloat16 -batch "$batch" -seq "$seq" -reps 1)

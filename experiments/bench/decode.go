@@ -3,6 +3,7 @@ package bench
 import (
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/gomlx/gomlx/backends"
@@ -64,6 +65,9 @@ func DecodeVariant(backend backends.Backend, cfg bm.Config, batch, tokens, unrol
 	}
 	if transposed {
 		variant += ", " + string(layout)
+	}
+	if cfg.StepFuse != "" {
+		variant += ", fuse " + strings.ReplaceAll(cfg.StepFuse, ",", "+")
 	}
 	row := Row{Bench: "decode", Variant: variant,
 		Shape: fmt.Sprintf("batch %d, prompt 1, %d tokens", batch, tokens), Reps: reps, PeakBytes: -1}

@@ -50,7 +50,10 @@ type Options struct {
 	// StepWeights is the layout of the weights the decode steps read (bm.SetStepLayout);
 	// "" is bm.StepInOut.
 	StepWeights bm.StepLayout
-	Log         io.Writer
+	// StepFuse is bm.Config.StepFuse for every architecture (the folded layout's batch-1 step
+	// rearrangements); "": none.
+	StepFuse string
+	Log      io.Writer
 	// AfterArch, if set, receives the result so far after each architecture (e.g. to save it,
 	// so that a run stopped by a time limit keeps the architectures it finished), and after
 	// every timed pass with the current architecture's statistics over the passes done so far
@@ -92,7 +95,8 @@ type Arch struct {
 	// StepTransposed set too).
 	StepTransposed bool    `json:"step_transposed,omitempty"`
 	StepFolded     bool    `json:"step_folded,omitempty"`
-	CompileS       float64 `json:"compile_s"` // warm-up: weight initialisation + compiling every graph the sweep runs
+	StepFuse       string  `json:"step_fuse,omitempty"` // bm.Config.StepFuse (absent: none)
+	CompileS       float64 `json:"compile_s"`           // warm-up: weight initialisation + compiling every graph the sweep runs
 	// WeightsS is the part of CompileS spent making the random weights (initialisation, the cast
 	// to bfloat16, the transposed copies); absent in results written before it was recorded.
 	WeightsS     float64 `json:"weights_s,omitempty"`
@@ -185,6 +189,9 @@ func (o *Options) defaults() error {
 	if o.StepRows < 0 || o.StepRows > bm.MaxStepRows {
 		return fmt.Errorf("latency: step rows (%d) must be between 0 and %d", o.StepRows, bm.MaxStepRows)
 	}
+	if err := bm.CheckStepFuse(o.StepFuse); err != nil {
+		return fmt.Errorf("latency: %w", err)
+	}
 	if o.Log == nil {
 		o.Log = io.Discard
 	}
@@ -237,14 +244,14 @@ func Run(backend backends.Backend, opts Options) (*Result, error) {
 func runArch(backend backends.Backend, cfg bm.Config, opts Options, afterRep func(*Arch) error) (*Arch, error) {
 	cfg.ComputeDType = "bfloat16"
 	cfg.MaxSeqLen = max(cfg.MaxSeqLen, opts.MaxLen)
-	cfg.StepRows = opts.StepRows
+	cfg.StepRows, cfg.StepFuse = opts.StepRows, opts.StepFuse
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	total, active := cfg.ParamCounts()
 	a := &Arch{Config: cfg.Name, Pattern: cfg.Pattern, Blocks: len(cfg.Blocks()), Dim: cfg.Dim,
 		TotalParams: total, ActiveParams: active, ComputeDType: cfg.ComputeDType, StepRows: cfg.StepRows,
-		StepTransposed: opts.StepWeights != bm.StepInOut, StepFolded: opts.StepWeights == bm.StepFolded,
+		StepTransposed: opts.StepWeights != bm.StepInOut, StepFolded: opts.StepWeights == bm.StepFolded, StepFuse: cfg.StepFuse,
 		PeakMemoryBytes: -1, TokensRepeat: true}
 	fmt.Fprintf(opts.Log, "%s: %d blocks, d=%d, %.3gB total / %.3gB active parameters\n",
 		cfg.Name, a.Blocks, cfg.Dim, float64(total)/1e9, float64(active)/1e9)

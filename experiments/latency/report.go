@@ -157,6 +157,9 @@ func WriteMarkdown(w io.Writer, r *Result) error {
 		} else if a.StepTransposed {
 			layout = "transposed"
 		}
+		if a.StepFuse != "" {
+			layout += ", fuse " + a.StepFuse
+		}
 		passes := fmt.Sprint(r.Reps)
 		if a.RepsDone > 0 && a.RepsDone < r.Reps {
 			passes = fmt.Sprintf("%d of %d (stopped)", a.RepsDone, r.Reps)

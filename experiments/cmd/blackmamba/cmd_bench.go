@@ -38,6 +38,7 @@ func runBench(fs *flag.FlagSet, args []string) error {
 	decodeUnroll := fs.String("decode-unroll", "1", "decode: comma-separated greedy steps per executable call, one row each (1: a call per token; k > 1 unrolls k steps into one graph)")
 	decodeStepRows := fs.String("decode-step-rows", "0", "decode: comma-separated rows of the step's weight products (bm.Config.StepRows; 0: not padded, 2: a batch-1 step's products stay matrix multiplications on a GPU), one row each")
 	decodeWeights := fs.String("decode-step-weights", "inout", `decode: comma-separated layouts of the weights the steps read, one row each: "inout" (the model's [in, out]), "transposed" (bm.TransposeStepWeights' [out, in] copies) or "folded" (bm.FoldStepWeights: those copies, the blocks' first products with the norm gain folded in)`)
+	decodeFuse := fs.String("decode-step-fuse", "none", `decode: comma-separated bm.Config.StepFuse values, one row each: "none", or fusions joined by "+" ("gate", "residual", "gate+residual"); they change the batch-1 steps of the "folded" layout only`)
 	reps := fs.Int("reps", 10, "timed repetitions after warm-up (the median is reported)")
 	devices := fs.Int("devices", 1, "train-step: data-parallel on this many devices of the backend (-batch is the global batch)")
 	out := fs.String("json", "", "write the report as JSON to this file")
@@ -67,6 +68,18 @@ func runBench(fs *flag.FlagSet, args []string) error {
 	stepRows, err := parseStepRows(*decodeStepRows)
 	if err != nil {
 		return err
+	}
+	var fuses []string // per -decode-step-fuse entry, as bm.Config.StepFuse
+	for _, f := range strings.Split(*decodeFuse, ",") {
+		f = strings.TrimSpace(f)
+		if f == "none" {
+			f = ""
+		}
+		f = strings.ReplaceAll(f, "+", ",")
+		if err := bm.CheckStepFuse(f); err != nil {
+			return fmt.Errorf("-decode-step-fuse %q: %w", *decodeFuse, err)
+		}
+		fuses = append(fuses, f)
 	}
 	var layouts []bm.StepLayout // per -decode-step-weights entry
 	for _, f := range strings.Split(*decodeWeights, ",") {
@@ -144,12 +157,14 @@ func runBench(fs *flag.FlagSet, args []string) error {
 			report.Rows = append(report.Rows, bench.Breakdown(backend, cfg, *batch, *seqLen, *reps)...)
 		case "decode":
 			for _, rows := range stepRows {
-				c := cfg
-				c.StepRows = rows
-				for _, layout := range layouts {
-					for _, b := range batches {
-						for _, k := range unrolls {
-							report.Rows = append(report.Rows, bench.DecodeVariant(backend, c, b, *decodeTokens, k, *reps, layout))
+				for _, fuse := range fuses {
+					c := cfg
+					c.StepRows, c.StepFuse = rows, fuse
+					for _, layout := range layouts {
+						for _, b := range batches {
+							for _, k := range unrolls {
+								report.Rows = append(report.Rows, bench.DecodeVariant(backend, c, b, *decodeTokens, k, *reps, layout))
+							}
 						}
 					}
 				}

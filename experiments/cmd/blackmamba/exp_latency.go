@@ -32,6 +32,7 @@ func runLatency(fs *flag.FlagSet, args []string) error {
 	seed := fs.Int64("seed", 1, "seed of the random weights")
 	unroll := fs.Int("unroll", 1, "greedy steps per executable call (1: one call per token; k > 1 unrolls k steps into one graph, compiled once per KV-cache length)")
 	stepRows := fs.Int("step-rows", 0, "rows of the decode step's weight products (bm.Config.StepRows): 2 keeps them matrix multiplications on a GPU, where XLA rewrites single-row products; 0: not padded")
+	stepFuse := fs.String("step-fuse", "", `rearrangements of the folded layout's batch-1 step (bm.Config.StepFuse): "gate", "residual" or "gate,residual"; "": none`)
 	stepWeights := fs.String("step-weights", "inout", "layout of the weights the decode steps read: inout (the model's), transposed (bm.TransposeStepWeights: [out, in] copies, row reductions on a GPU; the copies double the matmul weights' memory) or folded (bm.FoldStepWeights: those copies with the norm gains folded into the blocks' first products)")
 	stepTransposed := fs.Bool("step-transposed", false, "the same as -step-weights transposed")
 	out := fs.String("out", "experiments/results/latency.json", "result JSON to write")
@@ -80,12 +81,15 @@ func runLatency(fs *flag.FlagSet, args []string) error {
 			}
 			layout = bm.StepTransposed
 		}
+		if *stepFuse != "" && layout != bm.StepFolded {
+			return fmt.Errorf("-step-fuse %q: applies to -step-weights folded only, not %s", *stepFuse, layout)
+		}
 		backend, choice, err := xla.NewForDecoding(*backendFlag)
 		if err != nil {
 			return err
 		}
 		fmt.Fprintf(os.Stderr, "backend: %s\n", choice)
-		opts := latency.Options{Family: *family, MaxLen: *maxLen, MinLen: *minLen, Reps: *reps, Seed: *seed, Unroll: *unroll, StepRows: *stepRows, StepWeights: layout, Log: os.Stderr}
+		opts := latency.Options{Family: *family, MaxLen: *maxLen, MinLen: *minLen, Reps: *reps, Seed: *seed, Unroll: *unroll, StepRows: *stepRows, StepWeights: layout, StepFuse: *stepFuse, Log: os.Stderr}
 		if *archs != "" {
 			opts.Archs = strings.Split(*archs, ",")
 		}
