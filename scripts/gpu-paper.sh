@@ -70,6 +70,9 @@
 #                                               1.5B BlackMamba latency sweep with STEP_WEIGHTS at
 #                                               UNROLL steps per call, with XLA_STEP_FLAGS if set
 #                                               (the 2026-11-28 run used UNROLL=16)
+#   scripts/gpu-paper.sh BUNDLE_DIR latency-best on one GPU: experiment 3 with every architecture
+#                                               at STEP_WEIGHTS (default folded) and UNROLL
+#                                               (default 4), ARCHS one after another, merged
 #   scripts/gpu-paper.sh BUNDLE_DIR total-2.8b  on one GPU: the 2.8b dense Mamba at equal total
 #                                               parameters to MAX_LEN (default 4096) tokens,
 #                                               REPS (default 2) passes, its result saved after
@@ -314,6 +317,26 @@ latency-one)
 	XLA_FLAGS="${XLA_STEP_FLAGS:-}" DECODE_STEP_WEIGHTS="$([[ $w == "$base" ]] && echo "$base" || echo "$base,$w")" DECODE_UNROLL="${UNROLL:-4}" DECODE_LIMIT=${DECODE_LIMIT:-270} "$here/gpu-bench.sh" "$bundle" decode
 	XLA_FLAGS="${XLA_STEP_FLAGS:-}" timeout -k 10 "${T_LAT_LIMIT:-270}" "$run" blackmamba latency -family 1.5b -archs 1.5b -unroll "${UNROLL:-4}" -step-weights "$w" -max-len "${MAX_LEN:-16384}" -reps "${REPS:-2}" -out "$out/latency-1.5b-$w.json" -plots "$out/plots-1.5b-$w" >"$out/latency-1.5b-$w.log" 2>&1
 	;;
+latency-best)
+	# Experiment 3 on one GPU with every architecture at the step settings that measured fastest
+	# for BlackMamba: STEP_WEIGHTS (default folded) and UNROLL (default 4) steps per call. The
+	# architectures of ARCHS (default the FAMILY's four, default family 1.5b) run one after
+	# another, each in its own process limited to ARCH_LIMIT (default 280) seconds and saved
+	# after every pass; the results present are then merged into OUT/latency-FAMILY-best.json
+	# with its figures. Two jobs of two architectures each fit the 10-minute limit, e.g.
+	# ARCHS="1.5b 1.5b-mamba", then ARCHS="1.5b-transformer 1.5b-transformer-moe"; merge the two
+	# jobs' results with `blackmamba latency -merge`.
+	f="${FAMILY:-1.5b}"
+	for a in ${ARCHS:-$f $f-mamba $f-transformer $f-transformer-moe}; do
+		echo "=== latency $a (limit ${ARCH_LIMIT:-280}s)" | tee -a "$out/summary.txt"
+		timeout -k 10 "${ARCH_LIMIT:-280}" "$run" blackmamba latency -family "$f" -archs "$a" -unroll "${UNROLL:-4}" -step-weights "${STEP_WEIGHTS:-folded}" -max-len "${MAX_LEN:-16384}" -reps "${REPS:-2}" -out "$out/latency-best-$a.json" -plots "$out/plots-best-$a" >"$out/latency-best-$a.log" 2>&1
+		echo "--- rc=$?" | tee -a "$out/summary.txt"
+	done
+	parts=$(ls "$out"/latency-best-*.json 2>/dev/null | paste -sd, -)
+	if [[ -n "$parts" ]]; then
+		"$run" blackmamba latency -merge "$parts" -out "$out/latency-$f-best.json" -plots "$out/plots-latency-$f-best" 2>&1 | tee "$out/latency-merge.log"
+	fi
+	;;
 total-2.8b)
 	timeout -k 10 "${TOTAL_LIMIT:-560}" "$run" blackmamba latency -family 2.8b -archs 2.8b-mamba-total -max-len "${MAX_LEN:-4096}" -reps "${REPS:-2}" -out "$out/latency-total-2.8b.json" -plots "$out/plots-2.8b" >"$out/latency-total-2.8b.log" 2>&1
 	;;
@@ -370,7 +393,7 @@ finish)
 		"3: $here/gpu-bench.sh $bundle moe; TRAIN_SMALL_DTYPES=bfloat16 TRAIN_SMALL_LIMIT=${TRAIN_SMALL_LIMIT:-270} $here/gpu-bench.sh $bundle train-small"
 	;;
 *)
-	echo "unknown phase $phase (want training, inference, latency, latency-checks, latency-total, owed, decode, rows, scaling, decode-layout, decode-one, latency-one, total-2.8b, loss-1.5b, loss-two, compile, multi or finish)" >&2
+	echo "unknown phase $phase (want training, inference, latency, latency-checks, latency-total, owed, decode, rows, scaling, decode-layout, decode-one, latency-one, latency-best, total-2.8b, loss-1.5b, loss-two, compile, multi or finish)" >&2
 	exit 2
 	;;
 esac
