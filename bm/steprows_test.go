@@ -9,7 +9,9 @@ import (
 	"testing"
 
 	"github.com/gomlx/gomlx/backends"
+	"github.com/gomlx/gomlx/pkg/core/dtypes"
 	. "github.com/gomlx/gomlx/pkg/core/graph"
+	"github.com/gomlx/gomlx/pkg/core/shapes"
 	"github.com/gomlx/gomlx/pkg/core/tensors"
 	"github.com/gomlx/gomlx/pkg/ml/context"
 	"github.com/gomlx/gomlx/pkg/ml/context/initializers"
@@ -425,5 +427,77 @@ func randomizeNormGains(t *testing.T, ctx *context.Context, seed uint64) {
 	t.Helper()
 	if err := RandomizeNormGains(ctx, seed); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestStepRowProduct checks stepRowProduct against a float64 sum: x [B, in] against weights
+// [out, in] and [B, out, in] in float32 and bfloat16 (the reference rounds the weights the same
+// way), with the sum of squares row and with the added column, to 1e-5 of the largest term sum.
+func TestStepRowProduct(t *testing.T) {
+	backend := cpuBackend(t)
+	rng := rand.New(rand.NewPCG(3, 4))
+	const B, in, out = 2, 7, 5
+	xs := make([]float32, B*in)
+	for i := range xs {
+		xs[i] = float32(rng.NormFloat64())
+	}
+	ws := make([]float32, B*out*in)
+	for i := range ws {
+		ws[i] = float32(rng.NormFloat64())
+	}
+	adds := make([]float32, B*out)
+	for i := range adds {
+		adds[i] = float32(rng.NormFloat64())
+	}
+	xt := tensors.FromFlatDataAndDimensions(xs, B, in)
+	at := tensors.FromFlatDataAndDimensions(adds, B, out)
+	for _, dtype := range []dtypes.DType{dtypes.Float32, dtypes.BFloat16} {
+		for _, batched := range []bool{false, true} {
+			dims := []int{out, in}
+			if batched {
+				dims = []int{B, out, in}
+			}
+			wt := MustExecOnce(backend, func(w *Node) *Node { return ConvertDType(w, dtype) },
+				tensors.FromFlatDataAndDimensions(ws[:shapes.Make(dtypes.Float32, dims...).Size()], dims...))
+			wr := MustExecOnce(backend, func(w *Node) *Node { return ConvertDType(w, dtypes.Float32) }, wt)
+			wv := tensors.MustCopyFlatData[float32](wr) // the weights as the product sees them
+			w := func(b, j, k int) float64 {
+				if batched {
+					return float64(wv[(b*out+j)*in+k])
+				}
+				return float64(wv[j*in+k])
+			}
+			outs := MustExecOnceN(backend, func(x, w, add *Node) []*Node {
+				p, sq := stepRowProduct(x, w, true, nil)
+				pa, _ := stepRowProduct(x, w, false, add)
+				return []*Node{p, sq, pa}
+			}, xt, wt, at)
+			p, sq, pa := tensors.MustCopyFlatData[float32](outs[0]), tensors.MustCopyFlatData[float32](outs[1]), tensors.MustCopyFlatData[float32](outs[2])
+			name := fmt.Sprintf("%s, batched %v", dtype, batched)
+			for b := range B {
+				var wantSq float64
+				for k := range in {
+					wantSq += float64(xs[b*in+k]) * float64(xs[b*in+k])
+				}
+				if math.Abs(float64(sq[b])-wantSq) > 1e-5*wantSq {
+					t.Errorf("%s: squares[%d] = %g, want %g", name, b, sq[b], wantSq)
+				}
+				for j := range out {
+					var want, scale float64
+					for k := range in {
+						term := w(b, j, k) * float64(xs[b*in+k])
+						want += term
+						scale += math.Abs(term)
+					}
+					if math.Abs(float64(p[b*out+j])-want) > 1e-5*scale {
+						t.Errorf("%s: p[%d, %d] = %g, want %g", name, b, j, p[b*out+j], want)
+					}
+					wantA := want + float64(adds[b*out+j])
+					if math.Abs(float64(pa[b*out+j])-wantA) > 1e-5*(scale+math.Abs(float64(adds[b*out+j]))) {
+						t.Errorf("%s: with the added column [%d, %d] = %g, want %g", name, b, j, pa[b*out+j], wantA)
+					}
+				}
+			}
+		}
 	}
 }
