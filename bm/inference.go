@@ -486,6 +486,9 @@ func (in stepInput) product(ctx *context.Context, cfg Config, name string, outPr
 			p, _ := stepRowProduct(x, wt, false, add)
 			return p
 		}
+		if outProj && in.addsResidual(cfg) {
+			panic(fmt.Sprintf("bm: decoding step: %s%s is missing or not [%d, %d], which step_fuse residual needs (FoldStepWeights)", name, stepTSuffix, outDim, inDim))
+		}
 	}
 	return stepMatmulVar(ctx, cfg, name, outProj, x, inDim, outDim)
 }
