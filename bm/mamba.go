@@ -199,17 +199,19 @@ func mambaStep(ctx *context.Context, cfg Config, in stepInput, conv, ssm *Node) 
 
 	decay := Exp(Mul(InsertAxes(delta, -1), InsertAxes(A, 0)))                          // [B, D, N]
 	ssm2 = Add(Mul(decay, ssm), Mul(InsertAxes(Mul(delta, xc), -1), InsertAxes(bm, 1))) // [B, D, N]
+	// y = (Σ_n C_n·h_n + D·x)·silu(z)
+	states := Mul(ssm2, InsertAxes(cm, 1))        // [B, D, N]
+	skip := Mul(xc, ExpandLeftToRank(w.dSkip, 2)) // [B, D]
+	gate := activations.Swish(z)                  // [B, D]
 	var y *Node
 	if in.rowwise() && cfg.stepFuses("gate") {
-		// y = (Σ_n C_n·h_n + D·x)·silu(z) as one sum over the states: the skip term split evenly
-		// over them and every term times the gate, so that the gated output comes out of the
-		// state update's reduction (cfg.StepFuse "gate").
-		skip := MulScalar(Mul(xc, ExpandLeftToRank(w.dSkip, 2)), 1/float64(N)) // [B, D]
-		terms := Add(Mul(ssm2, InsertAxes(cm, 1)), InsertAxes(skip, -1))       // [B, D, N]
-		y = ReduceSum(Mul(terms, InsertAxes(activations.Swish(z), -1)), -1)    // [B, D]
+		// As one sum over the states: the skip term split evenly over them and every term times
+		// the gate, so that the gated output comes out of the state update's reduction
+		// (cfg.StepFuse "gate").
+		terms := Add(states, InsertAxes(MulScalar(skip, 1/float64(N)), -1))
+		y = ReduceSum(Mul(terms, InsertAxes(gate, -1)), -1)
 	} else {
-		y = Add(ReduceSum(Mul(ssm2, InsertAxes(cm, 1)), -1), Mul(xc, ExpandLeftToRank(w.dSkip, 2)))
-		y = Mul(y, activations.Swish(z))
+		y = Mul(Add(ReduceSum(states, -1), skip), gate)
 	}
 	out = in.product(ctx, cfg, "out_proj", true, y, D, d)
 	return out, conv2, ssm2

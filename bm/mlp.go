@@ -25,9 +25,8 @@ func MLP(ctx *context.Context, cfg Config, u *Node) *Node {
 	return Reshape(y, append(lead, d)...)
 }
 
-// mlpStep is MLP for a decoding step, u [B, d] → [B, d] float32, its two products by stepMatmul
-// (the weights' transposed copies when TransposeStepWeights made them; rows padded to
-// cfg.StepRows).
+// mlpStep is MLP for a decoding step, the block's input → [B, d] float32: fc1 by the input's
+// project, fc2 by its product (the weights' transposed or gain-folded copies when they exist).
 func mlpStep(ctx *context.Context, cfg Config, in stepInput) *Node {
 	d, f := cfg.Dim, cfg.FFN
 	h := in.project(ctx, cfg, "fc1", d, 2*f)

@@ -88,10 +88,10 @@ type GenerateOptions struct {
 	// bm.SetStepLayout in the model's context on first use; another layout later replaces the
 	// copies): "inout" (the model's own), "transposed" (bm.TransposeStepWeights' copies, as
 	// much memory again as the matmul weights), "folded" (bm.FoldStepWeights: those copies with
-	// the norm gains folded into the blocks' first products) or "auto"/"" (transposed on the
-	// pure-Go backend, where they made a step 1.3-2.4 times faster, and on an NVIDIA GPU, where
-	// they made the 1.5b step 1.3-1.4 times faster, when the copies take at most a quarter of
-	// the machine's memory, or of the GPU's; inout elsewhere).
+	// the norm gains folded into the blocks' first products) or "auto"/"" (StepLayoutFor:
+	// transposed on the pure-Go backend, where they made a step 1.3-2.4 times faster, folded on
+	// an NVIDIA GPU, when the copies take at most a quarter of the machine's memory, or of the
+	// GPU's; inout elsewhere).
 	StepWeights string
 	// Unroll is the number of greedy steps per executable call (bm.GreedyDecoder.Unroll); the
 	// tokens still reach the callback one by one, k at a time; 0 or 1: one step per call.

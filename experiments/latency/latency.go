@@ -192,6 +192,9 @@ func (o *Options) defaults() error {
 	if err := bm.CheckStepFuse(o.StepFuse); err != nil {
 		return fmt.Errorf("latency: %w", err)
 	}
+	if o.StepFuse != "" && o.StepWeights != bm.StepFolded {
+		return fmt.Errorf("latency: step fuse %q applies to the folded step weights only, not %s", o.StepFuse, o.StepWeights)
+	}
 	if o.Log == nil {
 		o.Log = io.Discard
 	}

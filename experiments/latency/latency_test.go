@@ -171,6 +171,12 @@ func TestLoadErrors(t *testing.T) {
 	if _, err := Run(cpuBackend(t), Options{Family: "tiny", StepRows: -1}); err == nil || !strings.Contains(err.Error(), "step rows (-1)") {
 		t.Errorf("step rows -1: error %v, want one naming the step rows", err)
 	}
+	if _, err := Run(cpuBackend(t), Options{Family: "tiny", StepFuse: "gate"}); err == nil || !strings.Contains(err.Error(), "folded") {
+		t.Errorf("step fuse without the folded weights: error %v, want one naming the folded layout", err)
+	}
+	if _, err := Run(cpuBackend(t), Options{Family: "tiny", StepFuse: "gat", StepWeights: bm.StepFolded}); err == nil || !strings.Contains(err.Error(), `"gat"`) {
+		t.Errorf("unknown step fuse: error %v, want one naming it", err)
+	}
 }
 
 // TestMerge checks that parts of one measurement combine in order, that an architecture timed

@@ -81,9 +81,6 @@ func runLatency(fs *flag.FlagSet, args []string) error {
 			}
 			layout = bm.StepTransposed
 		}
-		if *stepFuse != "" && layout != bm.StepFolded {
-			return fmt.Errorf("-step-fuse %q: applies to -step-weights folded only, not %s", *stepFuse, layout)
-		}
 		backend, choice, err := xla.NewForDecoding(*backendFlag)
 		if err != nil {
 			return err
