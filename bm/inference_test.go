@@ -134,3 +134,35 @@ func testInitWeightsGroup(t *testing.T, backend backends.Backend, cfg Config, gr
 		t.Errorf("%s: only %d variables compared", cfg.Name, n)
 	}
 }
+
+// TestIsExpertWeight checks the variables expert parallelism splits: for each check config,
+// exactly two per MoE block (fc1 and fc2), each with the block's expert count as first axis, and
+// none of a model without MoE blocks.
+func TestIsExpertWeight(t *testing.T) {
+	backend := cpuBackend(t)
+	for _, cfg := range DecodeCheckConfigs() {
+		ctx := context.New()
+		if err := InitWeights(backend, ctx, cfg); err != nil {
+			t.Fatal(err)
+		}
+		moe, experts := 0, 0
+		for _, b := range cfg.Blocks() {
+			if b.Kind == KindMoE {
+				moe++
+				experts = b.Experts
+			}
+		}
+		n := 0
+		for v := range ctx.IterVariables() {
+			if IsExpertWeight(v) {
+				n++
+				if v.Shape().Dim(0) != experts {
+					t.Errorf("%s: %s %s: first axis is not the %d experts", cfg.Name, v.ScopeAndName(), v.Shape(), experts)
+				}
+			}
+		}
+		if n != 2*moe {
+			t.Errorf("%s: %d expert weights selected, want 2 per MoE block (%d blocks)", cfg.Name, n, moe)
+		}
+	}
+}

@@ -204,6 +204,13 @@ func moeStep(ctx *context.Context, cfg Config, experts int, in stepInput) (out, 
 
 type moeWeights struct{ routerW, routerB, fc1, fc2 *Node }
 
+// IsExpertWeight reports whether v is an MoE block's expert weight, fc1 [E, d, 2F] or fc2
+// [E, F, d]: the variables that expert parallelism splits over the devices along the expert
+// axis (train.Config.Sharded). The dense MLP's fc1 and fc2 are rank 2 and not selected.
+func IsExpertWeight(v *context.Variable) bool {
+	return (v.Name() == "fc1" || v.Name() == "fc2") && v.Shape().Rank() == 3
+}
+
 // moeVariables creates or reuses the MoE variables in the scope of ctx.
 func moeVariables(ctx *context.Context, g *Graph, cfg Config, experts int) moeWeights {
 	return moeVariablesFor(ctx, g, cfg, experts, true, true)

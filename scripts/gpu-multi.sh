@@ -12,6 +12,9 @@
 #   scripts/gpu-multi.sh BUNDLE_DIR loss    20 steps of `blackmamba train` on 1 and 2 GPUs (same
 #                                           seed and global batch), metrics and their comparison
 #   scripts/gpu-multi.sh BUNDLE_DIR [dp]    test, small and loss (about 8 minutes)
+#   scripts/gpu-multi.sh BUNDLE_DIR experts the data-parallel tests, then the small step on DEVICES
+#                                           GPUs with the experts replicated and split over them
+#                                           (SMALL_BATCH x SMALL_SEQ, here default 32 x 512)
 #   scripts/gpu-multi.sh BUNDLE_DIR 1.5b    the 1.5b train step (bf16, global batch BIG_BATCH x
 #                                           2048, default 4) on 1 and 2 GPUs
 #
@@ -62,6 +65,22 @@ phase_loss() {
 	done
 	step loss-compare 20 "$run" blackmamba compare-runs -tol 1e-2 "$out/loss-1dev.jsonl" "$out/loss-${devices}dev.jsonl"
 }
+phase_experts() {
+	# Expert parallelism on DEVICES GPUs: the small step at a global batch of SMALL_BATCH x
+	# SMALL_SEQ (default 32 x 512) with the experts split over the GPUs (-shard-experts), the
+	# data-parallel tests (with variables split over the devices among them), the same step with
+	# the experts replicated.
+	local b="${SMALL_BATCH:-32}" s="${SMALL_SEQ:-512}" x
+	for x in split test replicated; do
+		if [[ $x == test ]]; then
+			phase_test
+			continue
+		fi
+		step "train-small-${devices}dev-$x" "${SMALL_LIMIT:-170}" "$run" blackmamba bench -what train-step -config small \
+			-dtype bfloat16 -batch "$b" -seq "$s" -reps 5 -devices "$devices" $([[ $x == split ]] && echo -shard-experts) \
+			-json "$out/bench-train-small-${devices}dev-$x.json"
+	done
+}
 phase_big() {
 	local d
 	for d in "${counts[@]}"; do
@@ -79,8 +98,9 @@ dp)
 	phase_loss
 	;;
 1.5b) phase_big ;;
+experts) phase_experts ;;
 *)
-	echo "unknown phase $phase (want test, small, loss, dp or 1.5b)" >&2
+	echo "unknown phase $phase (want test, small, loss, dp, 1.5b or experts)" >&2
 	exit 2
 	;;
 esac

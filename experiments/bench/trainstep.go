@@ -16,18 +16,22 @@ import (
 // update, in one compiled graph) of cfg at [batch, seqLen] on random tokens, and reports
 // tokens/s and the model FLOPs utilisation against PeakBF16FLOPs.
 func TrainStep(backend backends.Backend, cfg bm.Config, batch, seqLen, reps int) Row {
-	return TrainStepDevices(backend, cfg, batch, seqLen, reps, 1)
+	return TrainStepDevices(backend, cfg, batch, seqLen, reps, 1, false)
 }
 
 // TrainStepDevices is TrainStep data-parallel on devices devices of the backend (see
 // train.Config.Devices): batch is the global batch, split into batch/devices rows per device.
 // Tokens/s counts the global batch; the MFU is per device (against devices × PeakBF16FLOPs).
-// devices <= 1 is TrainStep on one device.
-func TrainStepDevices(backend backends.Backend, cfg bm.Config, batch, seqLen, reps, devices int) Row {
+// devices <= 1 is TrainStep on one device. shardExperts splits the experts' weights and their
+// AdamW moments over the devices (train.Config.Sharded with bm.IsExpertWeight).
+func TrainStepDevices(backend backends.Backend, cfg bm.Config, batch, seqLen, reps, devices int, shardExperts bool) Row {
 	variant := fmt.Sprintf("%s %s routing=%s", cfg.Name, cfg.ComputeDType, cfg.Routing)
 	shape := fmt.Sprintf("batch %d x %d", batch, seqLen)
 	if devices > 1 {
 		variant += fmt.Sprintf(" devices=%d", devices)
+		if shardExperts {
+			variant += " experts-sharded"
+		}
 		shape += fmt.Sprintf(" (%d per device)", batch/devices)
 	}
 	row := Row{Bench: "train-step", Variant: variant, Shape: shape, Reps: reps, PeakBytes: -1}
@@ -38,6 +42,9 @@ func TrainStepDevices(backend backends.Backend, cfg bm.Config, batch, seqLen, re
 	row.Extra = map[string]float64{"params_total": float64(total), "params_active": float64(active)}
 	if devices > 1 {
 		row.Extra["devices"] = float64(devices)
+		if shardExperts {
+			row.Extra["experts_sharded"] = 1
+		}
 	}
 	err := catch(func() error {
 		m, err := bm.New(cfg)
@@ -47,9 +54,11 @@ func TrainStepDevices(backend backends.Backend, cfg bm.Config, batch, seqLen, re
 		ctx := context.New()
 		opt := train.DefaultAdamW(1e-3, 1000)
 		opt.NoDecay = experiments.NoDecay
-		tr, err := train.New(backend, ctx, experiments.LossFn(m, bm.ForwardOptions{}), train.Config{
-			Batch: batch, SeqLen: seqLen, Optimizer: opt, Devices: devices,
-		})
+		tcfg := train.Config{Batch: batch, SeqLen: seqLen, Optimizer: opt, Devices: devices}
+		if shardExperts {
+			tcfg.Sharded = bm.IsExpertWeight
+		}
+		tr, err := train.New(backend, ctx, experiments.LossFn(m, bm.ForwardOptions{}), tcfg)
 		if err != nil {
 			return err
 		}

@@ -5,6 +5,7 @@ import (
 
 	"github.com/gomlx/gomlx/backends"
 	"github.com/gomlx/gomlx/pkg/core/distributed"
+	. "github.com/gomlx/gomlx/pkg/core/graph"
 	"github.com/gomlx/gomlx/pkg/core/tensors"
 	"github.com/gomlx/gomlx/pkg/ml/context"
 )
@@ -26,6 +27,7 @@ type dataParallel struct {
 	mesh       *distributed.DeviceMesh
 	batch      *distributed.ShardingSpec // [B, T+1] split on B over DataAxis
 	replicated *distributed.ShardingSpec
+	sharded    int // variables split along their first axis (Config.Sharded), moments included
 }
 
 // newDataParallel returns the layout for devices > 1 devices of backend, checking that the backend
@@ -72,6 +74,48 @@ func (dp *dataParallel) exec(e *context.Exec, in *tensors.Tensor) ([]*tensors.Te
 		x.FinalizeAll()
 	}
 	return outs[:n], nil
+}
+
+// shardVariable makes v split along its first axis over DataAxis: each device holds
+// 1/devices of its rows. It must be called before v's value is first distributed.
+func (dp *dataParallel) shardVariable(v *context.Variable) error {
+	shape := v.Shape()
+	if shape.Rank() == 0 || shape.Dim(0)%dp.devices != 0 {
+		return fmt.Errorf("train config: sharded variable %s %s: its first axis cannot be split over %d devices",
+			v.ScopeAndName(), shape, dp.devices)
+	}
+	b := distributed.BuildSpec(dp.mesh).S(DataAxis)
+	for range shape.Rank() - 1 {
+		b = b.R()
+	}
+	spec, err := b.Done()
+	if err == nil {
+		err = v.SetShardingSpec(spec)
+	}
+	if err != nil {
+		return fmt.Errorf("train config: sharding variable %s %s over %d devices: %w", v.ScopeAndName(), shape, dp.devices, err)
+	}
+	dp.sharded++
+	return nil
+}
+
+// setOutputSpecs gives the graph g that e is compiling its output shardings: context.Exec
+// returns the variables that g changes first (in the context's variable order), then the graph
+// function's own outputs. Each changed variable keeps its own sharding (split variables stay
+// split, so their update runs on their shards), the rest is replicated. Called at the end of
+// the graph function, before e compiles g.
+func (dp *dataParallel) setOutputSpecs(e *context.Exec, ctx *context.Context, g *Graph) {
+	var specs []*distributed.ShardingSpec
+	for v := range ctx.IterVariables() {
+		if v.ChangedInGraph(g) {
+			spec := v.ShardingSpec()
+			if spec == nil {
+				spec = dp.replicated
+			}
+			specs = append(specs, spec)
+		}
+	}
+	e.WithOutputShardingSpecs(append(specs, dp.replicated)...) // the last spec repeats
 }
 
 // preCompile compiles e for batches shaped like in, split over the mesh.

@@ -2,6 +2,7 @@ package train
 
 import (
 	"bytes"
+	"fmt"
 	"math"
 	"os"
 	"strings"
@@ -10,6 +11,7 @@ import (
 	"github.com/gomlx/gomlx/backends"
 	_ "github.com/gomlx/gomlx/backends/xla"
 	"github.com/gomlx/gomlx/pkg/core/tensors"
+	"github.com/gomlx/gomlx/pkg/ml/context"
 
 	"blackmamba/experiments/results"
 )
@@ -43,12 +45,15 @@ func TestDevicesValidation(t *testing.T) {
 // held-out loss) and every final variable must be bitwise identical.
 func TestOneDeviceIsDefault(t *testing.T) {
 	const steps = 8
-	var logs [2][]results.TrainRecord
-	var trs [2]*Trainer
-	for i, devices := range []int{0, 1} {
+	var logs [3][]results.TrainRecord
+	var trs [3]*Trainer
+	for i, devices := range []int{0, 1, 1} {
 		dir := t.TempDir()
 		cfg := toyConfig(dir, steps)
 		cfg.Devices = devices
+		if i == 2 {
+			cfg.Sharded = toySharded // no effect on one device
+		}
 		tr, err := New(testBackend, newToyCtx(), toyLoss, cfg)
 		if err != nil {
 			t.Fatal(err)
@@ -58,27 +63,37 @@ func TestOneDeviceIsDefault(t *testing.T) {
 		}
 		logs[i], trs[i] = readLog(t, dir), tr
 	}
-	if len(logs[0]) != steps || len(logs[1]) != steps {
-		t.Fatalf("records: %d and %d, want %d each", len(logs[0]), len(logs[1]), steps)
-	}
-	for i := range logs[0] {
-		a, b := logs[0][i], logs[1][i]
-		if a.Loss != b.Loss || a.GradNorm != b.GradNorm || a.LR != b.LR || a.HeldOut["synth"] != b.HeldOut["synth"] ||
-			a.Extras["logit_sq"] != b.Extras["logit_sq"] || !equalFloats(a.ExpertCounts["toy"], b.ExpertCounts["toy"]) {
-			t.Errorf("step %d differs:\n devices 0: %+v\n devices 1: %+v", i+1, a, b)
+	names := []string{"devices 0", "devices 1", "devices 1 with Sharded"}
+	for k := 1; k < len(logs); k++ {
+		if len(logs[0]) != steps || len(logs[k]) != steps {
+			t.Fatalf("records: %d and %d, want %d each", len(logs[0]), len(logs[k]), steps)
+		}
+		for i := range logs[0] {
+			a, b := logs[0][i], logs[k][i]
+			if a.Loss != b.Loss || a.GradNorm != b.GradNorm || a.LR != b.LR || a.HeldOut["synth"] != b.HeldOut["synth"] ||
+				a.Extras["logit_sq"] != b.Extras["logit_sq"] || !equalFloats(a.ExpertCounts["toy"], b.ExpertCounts["toy"]) {
+				t.Errorf("step %d differs:\n %s: %+v\n %s: %+v", i+1, names[0], a, names[k], b)
+			}
+		}
+		for v := range trs[0].Context().IterVariables() {
+			w := trs[k].Context().GetVariableByScopeAndName(v.Scope(), v.Name())
+			if w == nil {
+				t.Fatalf("variable %s missing with %s", v.ScopeAndName(), names[k])
+			}
+			var eq bool
+			v.MustValue().ConstBytes(func(x []byte) { w.MustValue().ConstBytes(func(y []byte) { eq = bytes.Equal(x, y) }) })
+			if !eq {
+				t.Errorf("variable %s differs between %s and %s", v.ScopeAndName(), names[0], names[k])
+			}
 		}
 	}
-	for v := range trs[0].Context().IterVariables() {
-		w := trs[1].Context().GetVariableByScopeAndName(v.Scope(), v.Name())
-		if w == nil {
-			t.Fatalf("variable %s missing with devices 1", v.ScopeAndName())
-		}
-		var eq bool
-		v.MustValue().ConstBytes(func(x []byte) { w.MustValue().ConstBytes(func(y []byte) { eq = bytes.Equal(x, y) }) })
-		if !eq {
-			t.Errorf("variable %s differs between devices 0 and 1", v.ScopeAndName())
-		}
-	}
+}
+
+// toySharded selects the toy's two matrices, embed/weight [32, 16] and head/weight [16, 32], for
+// Config.Sharded: split along their first axis, the embedding is gathered from and the head is
+// contracted over a split axis.
+func toySharded(v *context.Variable) bool {
+	return v.Name() == "weight" && v.Shape().Rank() == 2
 }
 
 func equalFloats(a, b []float64) bool {
@@ -125,10 +140,13 @@ func TestDataParallelMatchesOneDevice(t *testing.T) {
 		t.Skipf("backend %s has %d device: data-parallel comparison needs >= 2 (set BLACKMAMBA_TEST_BACKEND)", backend.Name(), n)
 	}
 	const steps, batch = 10, 8
-	run := func(devices int) ([]results.TrainRecord, *Trainer) {
+	run := func(devices int, sharded bool) ([]results.TrainRecord, *Trainer) {
 		dir := t.TempDir()
 		cfg := toyConfig(dir, steps)
 		cfg.Batch, cfg.Devices = batch, devices
+		if sharded {
+			cfg.Sharded = toySharded
+		}
 		cfg.HeldOut = map[string]Batches{"synth": newSynth(7, batch, 16)}
 		tr, err := New(backend, newToyCtx(), toyLoss, cfg)
 		if err != nil {
@@ -139,22 +157,37 @@ func TestDataParallelMatchesOneDevice(t *testing.T) {
 		}
 		return readLog(t, dir), tr
 	}
-	ref, refTr := run(1)
-	for _, devices := range []int{2, 4} {
+	ref, refTr := run(1, false)
+	for _, c := range []struct {
+		devices int
+		sharded bool
+	}{{2, false}, {2, true}, {4, false}, {4, true}} {
+		devices := c.devices
 		if devices > n {
 			break
 		}
-		got, tr := run(devices)
+		got, tr := run(devices, c.sharded)
+		label := fmt.Sprintf("devices %d (sharded %v)", devices, c.sharded)
+		if c.sharded {
+			if tr.dp == nil || tr.dp.sharded != 6 { // 2 matrices and their 2 moments each
+				t.Fatalf("devices %d sharded: %v variables split, want 6", devices, tr.dp)
+			}
+			for v := range tr.Context().IterVariables() {
+				if toySharded(v) && v.ShardingSpec().NumDevicesShardingAxis(0) != devices {
+					t.Errorf("devices %d: %s is not split over the devices along its first axis (%v)", devices, v.ScopeAndName(), v.ShardingSpec())
+				}
+			}
+		}
 		if len(got) != len(ref) {
-			t.Fatalf("devices %d: %d records, want %d", devices, len(got), len(ref))
+			t.Fatalf("%s: %d records, want %d", label, len(got), len(ref))
 		}
 		for i := range ref {
 			a, b := ref[i], got[i]
-			t.Logf("devices %d step %d: loss %.6f vs %.6f, grad norm %.6f vs %.6f", devices, a.Step, a.Loss, b.Loss, a.GradNorm, b.GradNorm)
+			t.Logf("devices %d (sharded %v) step %d: loss %.6f vs %.6f, grad norm %.6f vs %.6f", devices, c.sharded, a.Step, a.Loss, b.Loss, a.GradNorm, b.GradNorm)
 			if !relClose(a.Loss, b.Loss, 1e-4) || !relClose(a.GradNorm, b.GradNorm, 1e-3) || a.LR != b.LR ||
 				!relClose(a.Extras["logit_sq"], b.Extras["logit_sq"], 1e-3) {
-				t.Errorf("devices %d, step %d: loss %v / %v, grad norm %v / %v, lr %v / %v, logit_sq %v / %v (1 device / data-parallel)",
-					devices, a.Step, a.Loss, b.Loss, a.GradNorm, b.GradNorm, a.LR, b.LR, a.Extras["logit_sq"], b.Extras["logit_sq"])
+				t.Errorf("%s, step %d: loss %v / %v, grad norm %v / %v, lr %v / %v, logit_sq %v / %v (1 device / data-parallel)",
+					label, a.Step, a.Loss, b.Loss, a.GradNorm, b.GradNorm, a.LR, b.LR, a.Extras["logit_sq"], b.Extras["logit_sq"])
 			}
 			ca, cb := a.ExpertCounts["toy"], b.ExpertCounts["toy"]
 			var sum, l1 float64
@@ -163,21 +196,21 @@ func TestDataParallelMatchesOneDevice(t *testing.T) {
 				l1 += math.Abs(ca[j] - cb[j])
 			}
 			if len(ca) != len(cb) || sum != batch*16 || l1 > 0.02*batch*16 {
-				t.Errorf("devices %d, step %d: counts %v, want a sum of %d close to %v", devices, a.Step, cb, batch*16, ca)
+				t.Errorf("%s, step %d: counts %v, want a sum of %d close to %v", label, a.Step, cb, batch*16, ca)
 			}
 			if ha, hb := a.HeldOut["synth"], b.HeldOut["synth"]; (ha == 0) != (hb == 0) || !relClose(ha, hb, 1e-4) {
-				t.Errorf("devices %d, step %d: held-out %v / %v", devices, a.Step, ha, hb)
+				t.Errorf("%s, step %d: held-out %v / %v", label, a.Step, ha, hb)
 			}
 		}
 		for v := range refTr.Context().IterVariables() {
 			w := tr.Context().GetVariableByScopeAndName(v.Scope(), v.Name())
 			if w == nil {
-				t.Fatalf("devices %d: variable %s missing", devices, v.ScopeAndName())
+				t.Fatalf("%s: variable %s missing", label, v.ScopeAndName())
 			}
 			x, y := flatFloat64(t, v.MustValue()), flatFloat64(t, w.MustValue())
 			for j := range x {
 				if math.Abs(x[j]-y[j]) > 1e-3 {
-					t.Errorf("devices %d: variable %s[%d] = %v, want %v (1 device)", devices, v.ScopeAndName(), j, y[j], x[j])
+					t.Errorf("%s: variable %s[%d] = %v, want %v (1 device)", label, v.ScopeAndName(), j, y[j], x[j])
 					break
 				}
 			}

@@ -16,6 +16,7 @@ import (
 	"blackmamba/experiments/results"
 
 	"github.com/gomlx/gomlx/pkg/core/tensors"
+	"github.com/gomlx/gomlx/pkg/ml/context"
 )
 
 // MetricsFile is the name of the JSON Lines metrics file (one results.TrainRecord per line)
@@ -42,6 +43,14 @@ type Config struct {
 	// a backend with at least that many devices (XLA; the pure-Go backend has one) and a Batch
 	// divisible by Devices. Runs may resume with another number of devices.
 	Devices int
+	// Sharded, with Devices > 1, selects the trainable variables that are split over the devices
+	// along their first axis instead of replicated, together with their AdamW moments (expert
+	// parallelism: bm.IsExpertWeight selects the MoE experts' weights [E, …], so each device
+	// holds and updates E/Devices experts). XLA's partitioner then moves whatever the step needs
+	// between the devices. Each selected variable's first dimension must be divisible by Devices,
+	// and at least one variable must be selected. Checkpoints still hold whole variables. On one
+	// device it has no effect.
+	Sharded func(v *context.Variable) bool `json:"-"`
 	// Optimizer holds AdamW and its schedule; Optimizer.Schedule.Total is the run's length
 	// in steps.
 	Optimizer AdamW

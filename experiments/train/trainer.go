@@ -151,6 +151,9 @@ func (t *Trainer) trainGraph(ctx *context.Context, tokens *Node) []*Node {
 	for _, n := range names {
 		outs = append(outs, ConvertDType(StopGradient(extra[n]), dtypes.Float32))
 	}
+	if t.dp != nil && t.dp.sharded > 0 {
+		t.dp.setOutputSpecs(t.trainExec, ctx, g)
+	}
 	return outs
 }
 
@@ -175,6 +178,18 @@ func (t *Trainer) build() error {
 				return err
 			}
 			ctx = t.ctx.Reuse()
+			if t.cfg.Sharded != nil {
+				for v := range t.ctx.IterVariables() {
+					if v.Trainable && t.cfg.Sharded(v) {
+						if err := t.dp.shardVariable(v); err != nil {
+							return err
+						}
+					}
+				}
+				if t.dp.sharded == 0 {
+					return fmt.Errorf("train config: Sharded selects none of the model's %d variables", t.ctx.NumVariables())
+				}
+			}
 		}
 		var err error
 		t.evalExec, err = context.NewExec(t.backend, ctx, func(ctx *context.Context, tokens *Node) *Node {
@@ -209,8 +224,14 @@ func (t *Trainer) build() error {
 		}
 		stepVariable(t.ctx)
 		for _, v := range trainable {
-			momentVariable(t.ctx, v, "adam_m")
-			momentVariable(t.ctx, v, "adam_v")
+			for _, kind := range []string{"adam_m", "adam_v"} {
+				m := momentVariable(t.ctx, v, kind)
+				if t.dp != nil && t.cfg.Sharded != nil && t.cfg.Sharded(v) {
+					if err := t.dp.shardVariable(m); err != nil {
+						return err
+					}
+				}
+			}
 		}
 		t.trainExec, err = context.NewExec(t.backend, t.ctx.Reuse(), t.trainGraph)
 		if err != nil {

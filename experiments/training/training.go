@@ -47,6 +47,10 @@ type Spec struct {
 	// Devices > 1 trains data-parallel on that many devices of the backend (see
 	// train.Config.Devices); Batch is the global batch.
 	Devices int
+	// ShardExperts, with Devices > 1, splits the MoE experts' weights and their optimizer
+	// moments over the devices along the expert axis (expert parallelism, bm.IsExpertWeight)
+	// instead of replicating them.
+	ShardExperts bool
 }
 
 // Trained is what Train returns: the summary, the trainer (its context holds the trained
@@ -95,12 +99,16 @@ func Train(backend backends.Backend, s Spec) (*Trained, error) {
 	}
 	ctx := context.New()
 	ctx.SetParam(initializers.ParamInitialSeed, s.Seed)
-	tr, err := train.New(backend, ctx, experiments.LossFn(m, bm.ForwardOptions{}), train.Config{
+	tcfg := train.Config{
 		Batch: s.Batch, SeqLen: s.SeqLen, Optimizer: opt, FLOPsPerToken: trn,
 		Dir: s.Dir, Resume: s.Resume, LogEvery: logEvery, CheckpointEvery: s.CheckpointEvery,
 		EvalEvery: s.EvalEvery, EvalBatches: s.EvalBatches, HeldOut: held, Progress: s.Progress,
 		Meta: map[string]string{"config": cfgJSON}, Devices: s.Devices,
-	})
+	}
+	if s.ShardExperts {
+		tcfg.Sharded = bm.IsExpertWeight
+	}
+	tr, err := train.New(backend, ctx, experiments.LossFn(m, bm.ForwardOptions{}), tcfg)
 	if err != nil {
 		return nil, err
 	}

@@ -41,6 +41,7 @@ func runBench(fs *flag.FlagSet, args []string) error {
 	decodeFuse := fs.String("decode-step-fuse", "none", `decode: comma-separated bm.Config.StepFuse values, one row each: "none", or fusions joined by "+" ("gate", "residual", "gate+residual"); they change the batch-1 steps of the "folded" layout only`)
 	reps := fs.Int("reps", 10, "timed repetitions after warm-up (the median is reported)")
 	devices := fs.Int("devices", 1, "train-step: data-parallel on this many devices of the backend (-batch is the global batch)")
+	shardExperts := fs.Bool("shard-experts", false, "train-step with -devices > 1: split the MoE experts' weights and optimizer moments over the devices (expert parallelism) instead of replicating them")
 	out := fs.String("json", "", "write the report as JSON to this file")
 	check := fs.Bool("check", false, "check the scan variants against the float64 reference before timing them")
 	if err := fs.Parse(args); err != nil {
@@ -170,7 +171,7 @@ func runBench(fs *flag.FlagSet, args []string) error {
 				}
 			}
 		case "train-step":
-			row := bench.TrainStepDevices(backend, cfg, *batch, *seqLen, *reps, *devices)
+			row := bench.TrainStepDevices(backend, cfg, *batch, *seqLen, *reps, *devices, *shardExperts)
 			if *devices > 1 && xla.MemoryIsHighWater() {
 				for i, used := range xla.DevicesMemoryUsed() {
 					if i < *devices {

@@ -58,6 +58,7 @@ func runTrain(fs *flag.FlagSet, args []string) error {
 	ckptEvery := fs.Int("checkpoint-every", 0, "steps between checkpoints, a multiple of -log-every (0: only at the end)")
 	seed := fs.Int64("seed", 1, "seed of the initialization and of the data order")
 	devices := fs.Int("devices", 1, "train data-parallel on this many devices of the backend (GPUs of one host; -batch is the global batch, split evenly)")
+	shardExperts := fs.Bool("shard-experts", false, "with -devices > 1: split the MoE experts' weights and optimizer moments over the devices along the expert axis (expert parallelism) instead of replicating them; no effect on one device")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -96,11 +97,11 @@ func runTrain(fs *flag.FlagSet, args []string) error {
 	}
 	total, active := cfg.ParamCounts()
 	_, trn := cfg.FLOPsPerToken(*seq)
-	fmt.Fprintf(os.Stderr, "backend: %s\nmodel %s (pattern %s, %s compute, routing %s): %.1fM params, %.1fM active, %.3g training FLOPs/token\ncorpus %s, %d steps of %d x %d tokens on %d device(s)\n",
-		choice, cfg.Name, cfg.Pattern, cfg.ComputeDType, cfg.Routing, float64(total)/1e6, float64(active)/1e6, trn, corpus.Dir, *steps, *batch, *seq, max(1, *devices))
+	fmt.Fprintf(os.Stderr, "backend: %s\nmodel %s (pattern %s, %s compute, routing %s): %.1fM params, %.1fM active, %.3g training FLOPs/token\ncorpus %s, %d steps of %d x %d tokens on %d device(s)%s\n",
+		choice, cfg.Name, cfg.Pattern, cfg.ComputeDType, cfg.Routing, float64(total)/1e6, float64(active)/1e6, trn, corpus.Dir, *steps, *batch, *seq, max(1, *devices), expertNote(*shardExperts, *devices))
 	t, err := training.Train(backend, training.Spec{Cfg: cfg, Corpus: corpus, SeqLen: *seq, Batch: *batch, Steps: *steps,
 		LR: *lr, Warmup: *warmup, Seed: *seed, Dir: *dir, Resume: *resume, LogEvery: *logEvery, EvalEvery: *evalEvery,
-		CheckpointEvery: *ckptEvery, EvalBatches: *evalBatches, Devices: *devices})
+		CheckpointEvery: *ckptEvery, EvalBatches: *evalBatches, Devices: *devices, ShardExperts: *shardExperts})
 	if err != nil {
 		return err
 	}
@@ -114,6 +115,17 @@ func runTrain(fs *flag.FlagSet, args []string) error {
 	}
 	fmt.Printf("metrics: %s\ncheckpoint: %s\n", s.Metrics, s.LastCheckpoint)
 	return nil
+}
+
+// expertNote says how the experts are placed when -shard-experts is given.
+func expertNote(shard bool, devices int) string {
+	switch {
+	case !shard:
+		return ""
+	case devices > 1:
+		return fmt.Sprintf(", the experts split over the %d devices", devices)
+	}
+	return ", the experts on the one device (-shard-experts needs -devices > 1 to split them)"
 }
 
 // checkDevices checks the -devices flag against the backend and the global batch -batch.
