@@ -99,6 +99,13 @@ type GenerateOptions struct {
 	// step with the transposed weights from 2.21 to 1.57 ms per token, but its graphs took about
 	// 15 s longer to compile: worth it for generations of tens of thousands of tokens.
 	Unroll int
+	// WarmUp compiles and runs the generation's graphs once on a dummy prompt of the same
+	// length before the clock starts (greedy: the prefill and every step graph the generation
+	// will call, bm.GreedyDecoder.WarmUpGreedy; sampled: the prefill and the first step graph),
+	// so that GenerateStats.TimeToFirst and TokensPerSecond time the generation itself and
+	// GenerateStats.WarmUp the compilation. Without it, the first calls compile their graphs
+	// inside the timed generation.
+	WarmUp bool
 }
 
 // CopiesFit reports whether transposed weight copies of the given bytes fit the automatic
@@ -159,6 +166,7 @@ func StepLayoutFor(stepWeights string, backend backends.Backend, copyBytes int64
 // GenerateStats describes a generation.
 type GenerateStats struct {
 	PromptTokens    int
+	WarmUp          time.Duration // GenerateOptions.WarmUp's compiling and running the graphs once; 0 without it
 	Tokens          []int         // generated ids
 	TimeToFirst     time.Duration // from the call to the first generated token (prefill included)
 	Total           time.Duration
@@ -199,10 +207,16 @@ func Generate(backend backends.Backend, m *LoadedModel, prompt []int, o Generate
 	if err != nil {
 		return st, err
 	}
-	start := time.Now()
 	var missing error
 	generate := func(onToken func(int) bool) ([]int, error) {
 		return d.Generate(prompt, o.MaxTokens, bm.NewSampler(o.Sampler), onToken)
+	}
+	warmUp := func() error { // the prefill and the first step, on a prompt of zeros
+		if _, err := d.Prefill([][]int{make([]int, len(prompt))}); err != nil {
+			return err
+		}
+		_, err := d.Step([]int{0})
+		return err
 	}
 	if o.Sampler.Temperature <= 0 {
 		// Greedy: the argmax on the device, only the token copied back at each step.
@@ -210,7 +224,20 @@ func Generate(backend backends.Backend, m *LoadedModel, prompt []int, o Generate
 		g.Unroll = o.Unroll
 		defer g.Release()
 		generate = func(onToken func(int) bool) ([]int, error) { return g.GenerateStream(prompt, o.MaxTokens, onToken) }
+		warmUp = func() error { return g.WarmUpGreedy(len(prompt), max(o.MaxTokens, 1)) }
 	}
+	if o.WarmUp {
+		t0 := time.Now()
+		if err := warmUp(); err != nil {
+			return st, fmt.Errorf("generate: warm-up: %w", err)
+		}
+		st.WarmUp = time.Since(t0)
+		// The graphs are built by now: any new variable was missing from the weights.
+		if n := numVariables(m.Ctx); n != before {
+			return st, fmt.Errorf("generate: the weights of %s lack %d variable(s) the model needs (e.g. %s)", m.Path, n-before, newVariable(m.Ctx, known))
+		}
+	}
+	start := time.Now()
 	_, err = generate(func(id int) bool {
 		if len(st.Tokens) == 0 {
 			st.TimeToFirst = time.Since(start)

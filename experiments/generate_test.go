@@ -161,13 +161,48 @@ func TestGenerateErrors(t *testing.T) {
 		t.Fatalf("fixture has no tensor %s", drop)
 	}
 	delete(ts, drop)
-	ctx := context.New()
-	if err := weights.IntoContext(ctx, ts); err != nil {
+	for _, warm := range []bool{false, true} {
+		ctx := context.New()
+		if err := weights.IntoContext(ctx, ts); err != nil {
+			t.Fatal(err)
+		}
+		_, err = Generate(backend, &LoadedModel{Cfg: cfg, Ctx: ctx, Path: "fixture"}, []int{1, 2}, GenerateOptions{MaxTokens: 2, WarmUp: warm}, nil)
+		if err == nil || !strings.Contains(err.Error(), drop) {
+			t.Errorf("missing variable (warm-up %v): got %v, want an error naming %s", warm, err, drop)
+		}
+	}
+}
+
+// TestGenerateWarmUp checks that GenerateOptions.WarmUp changes no token: greedy at one and four
+// steps per call and seeded sampling give the same tokens with and without it, and only the
+// warm-up reports a warm-up time.
+func TestGenerateWarmUp(t *testing.T) {
+	backend := cpuBackend(t)
+	m, err := LoadModel(fixtureDir, "")
+	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = Generate(backend, &LoadedModel{Cfg: cfg, Ctx: ctx, Path: "fixture"}, []int{1, 2}, GenerateOptions{MaxTokens: 2}, nil)
-	if err == nil || !strings.Contains(err.Error(), drop) {
-		t.Errorf("missing variable: got %v, want an error naming %s", err, drop)
+	prompt := []int{5, 9, 300, 2}
+	for _, o := range []GenerateOptions{
+		{MaxTokens: 7},
+		{MaxTokens: 7, Unroll: 4},
+		{MaxTokens: 7, Sampler: bm.SamplerOptions{Temperature: 30, TopP: 0.9, Seed: 5}},
+	} {
+		var toks [2][]int
+		for i, warm := range []bool{false, true} {
+			o.WarmUp = warm
+			st, err := Generate(backend, m, prompt, o, nil)
+			if err != nil {
+				t.Fatalf("%+v: %v", o, err)
+			}
+			if (st.WarmUp > 0) != warm {
+				t.Errorf("%+v: warm-up time %v", o, st.WarmUp)
+			}
+			toks[i] = st.Tokens
+		}
+		if len(toks[0]) != 7 || !slices.Equal(toks[0], toks[1]) {
+			t.Errorf("%+v: tokens %v without the warm-up, %v with it", o, toks[0], toks[1])
+		}
 	}
 }
 

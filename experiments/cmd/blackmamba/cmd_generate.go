@@ -94,6 +94,7 @@ func runGenerate(fs *flag.FlagSet, args []string) error {
 	activation := fs.String("activation", "", "override the expert activation: silu (the paper's SwiGLU) or gelu (the released inference code); empty keeps the config's")
 	stopEOS := fs.Bool("stop-eos", true, "stop after the end-of-text token (id 0)")
 	stepWeights := fs.String("step-weights", "auto", "layout of the weights the decoding steps read: inout (the model's), transposed (copies made once, as much memory again as the matmul weights), folded (those copies with the norm gains folded into the blocks' first products) or auto (when the copies take at most a quarter of the GPU's memory, or of the machine's: folded on an NVIDIA GPU, transposed on the pure-Go backend, where each is the fastest)")
+	warmUp := fs.Bool("warm-up", true, "compile and run the generation's graphs once on a dummy prompt before timing, so that the first-token time and tokens/s leave compilation out (it is reported as the warm-up)")
 	unroll := fs.Int("unroll", 1, "greedy steps per executable call (tokens still stream one by one, k at a time); on an H200, 4 took the 1.5b from 2.21 to 1.57 ms per token but about 15 s longer to compile: for long generations")
 	backendFlag := xla.AddFlag(fs)
 	if err := fs.Parse(args); err != nil {
@@ -168,6 +169,7 @@ func runGenerate(fs *flag.FlagSet, args []string) error {
 		EOS:         0,
 		StepWeights: *stepWeights,
 		Unroll:      *unroll,
+		WarmUp:      *warmUp,
 	}, onToken)
 	if streamer != nil {
 		streamer.Flush()
@@ -176,8 +178,12 @@ func runGenerate(fs *flag.FlagSet, args []string) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(os.Stderr, "%d tokens; time to first token %.3fs (prefill of %d tokens); %.2f tokens/s after it\n",
-		len(st.Tokens), st.TimeToFirst.Seconds(), st.PromptTokens, st.TokensPerSecond)
+	compiled := "compilation included"
+	if *warmUp {
+		compiled = fmt.Sprintf("after a warm-up of %.3fs that compiled the graphs", st.WarmUp.Seconds())
+	}
+	fmt.Fprintf(os.Stderr, "%d tokens; time to first token %.3fs (prefill of %d tokens); %.2f tokens/s after it (%s)\n",
+		len(st.Tokens), st.TimeToFirst.Seconds(), st.PromptTokens, st.TokensPerSecond, compiled)
 	if backend.Name() == xla.BackendXLA {
 		if used := xla.DeviceMemoryUsed(); used > 0 {
 			what := "XLA's reservation; BLACKMAMBA_GPU_MEMORY=grow measures the high-water mark"
