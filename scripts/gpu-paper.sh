@@ -83,6 +83,11 @@
 #   scripts/gpu-paper.sh BUNDLE_DIR loss-two    on a 2-GPU host: the loss-1.5b comparison, one GPU
 #                                               then two, one after the other (LOSS_DEVICES,
 #                                               default "1 2"; LOSS_LIMIT per run, default 280)
+#   scripts/gpu-paper.sh BUNDLE_DIR loss-experts on a 2-GPU host: loss-two's runs side by side,
+#                                               then expert parallelism (gpu-multi.sh experts)
+#   scripts/gpu-paper.sh BUNDLE_DIR two-owed    on a 2-GPU host: loss-two's two-GPU run, then
+#                                               latency-best on GPU 0 beside generation and the
+#                                               GPU checks on GPU 1
 #   scripts/gpu-paper.sh BUNDLE_DIR finish      on a 4-GPU host: data-parallel training on GPUs 0
 #                                               and 1, the dense Mamba at equal total parameters
 #                                               alone on GPU 2, the MoE and 2048-token step
@@ -140,6 +145,22 @@ latency_lanes() {
 	parts=$(ls "$out"/lane[0-3]/latency.json 2>/dev/null | paste -sd, -)
 	if [[ -n "$parts" ]]; then
 		"$run" blackmamba latency -merge "$parts" -out "$out/latency-$f.json" -plots "$out/plots-latency-$f" 2>&1 | tee "$out/latency-merge.log"
+	fi
+}
+
+# loss_train prints the command line of the loss comparison's training run at 1.5b: the first
+# LOSS_STEPS (default 6) steps at a global batch of 4 x LOSS_SEQ (default 2048) in LOSS_DTYPE
+# (default: the GPU's bfloat16), seed 1; append -devices N -dir DIR.
+loss_train() {
+	echo "$run blackmamba train -config 1.5b -corpus $corpus -steps ${LOSS_STEPS:-6} -batch 4 -seq ${LOSS_SEQ:-2048} -log-every 1 -eval-batches 1 -seed 1 ${LOSS_DTYPE:+-dtype $LOSS_DTYPE}"
+}
+# no_tf32_float32 turns TF32 off (cuBLAS, and XLA's Triton GEMMs) when LOSS_DTYPE is float32:
+# its rounding, about 1e-3 per product, would otherwise be what differs between two runs.
+no_tf32_float32() {
+	xla_flags0="${XLA_FLAGS:-}"
+	if [[ "${LOSS_DTYPE:-}" == float32 ]]; then
+		export NVIDIA_TF32_OVERRIDE=0
+		export XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_triton_gemm=false"
 	fi
 }
 
@@ -319,7 +340,8 @@ latency-one)
 	;;
 latency-best)
 	# Experiment 3 on one GPU with every architecture at the step settings that measured fastest
-	# for BlackMamba: STEP_WEIGHTS (default folded) and UNROLL (default 4) steps per call. The
+	# for BlackMamba: STEP_WEIGHTS (default folded) and UNROLL (default 4) steps per call, with
+	# the folded step's STEP_FUSE rearrangements if set (e.g. residual). The
 	# architectures of ARCHS (default the FAMILY's four, default family 1.5b) run one after
 	# another, each in its own process limited to ARCH_LIMIT (default 280) seconds and saved
 	# after every pass; the results present are then merged into OUT/latency-FAMILY-best.json
@@ -329,13 +351,41 @@ latency-best)
 	f="${FAMILY:-1.5b}"
 	for a in ${ARCHS:-$f $f-mamba $f-transformer $f-transformer-moe}; do
 		echo "=== latency $a (limit ${ARCH_LIMIT:-280}s)" | tee -a "$out/summary.txt"
-		timeout -k 10 "${ARCH_LIMIT:-280}" "$run" blackmamba latency -family "$f" -archs "$a" -unroll "${UNROLL:-4}" -step-weights "${STEP_WEIGHTS:-folded}" -max-len "${MAX_LEN:-16384}" -reps "${REPS:-2}" -out "$out/latency-best-$a.json" -plots "$out/plots-best-$a" >"$out/latency-best-$a.log" 2>&1
+		timeout -k 10 "${ARCH_LIMIT:-280}" "$run" blackmamba latency -family "$f" -archs "$a" -unroll "${UNROLL:-4}" -step-weights "${STEP_WEIGHTS:-folded}" ${STEP_FUSE:+-step-fuse "$STEP_FUSE"} -max-len "${MAX_LEN:-16384}" -reps "${REPS:-2}" -out "$out/latency-best-$a.json" -plots "$out/plots-best-$a" >"$out/latency-best-$a.log" 2>&1
 		echo "--- rc=$?" | tee -a "$out/summary.txt"
 	done
 	parts=$(ls "$out"/latency-best-*.json 2>/dev/null | paste -sd, -)
 	if [[ -n "$parts" ]]; then
 		"$run" blackmamba latency -merge "$parts" -out "$out/latency-$f-best.json" -plots "$out/plots-latency-$f-best" 2>&1 | tee "$out/latency-merge.log"
 	fi
+	;;
+loss-experts)
+	# On a 2-GPU host: loss-two's comparison with both runs side by side, the one-GPU run on GPU 1
+	# and the data-parallel one on GPUs 0 and 1 (they fit together; sharing a GPU changes no
+	# result), each within LOSS_LIMIT (default 300) s, TF32 off in float32; then expert
+	# parallelism on both GPUs (scripts/gpu-multi.sh experts: the data-parallel tests, among
+	# them the run with split variables, and the small step with the experts replicated and
+	# split).
+	no_tf32_float32
+	tr="timeout -k 10 ${LOSS_LIMIT:-300} $(loss_train)"
+	OUT="$out" "$here/gpu-lanes.sh" \
+		"1: $tr -devices 1 -dir /tmp/loss-1dev >\$OUT/train-1dev.log 2>&1; cp /tmp/loss-1dev/metrics.jsonl \$OUT/loss-1.5b-1dev.jsonl" \
+		"0,1: $tr -devices 2 -dir /tmp/loss-2dev >\$OUT/train-2dev.log 2>&1; cp /tmp/loss-2dev/metrics.jsonl \$OUT/loss-1.5b-2dev.jsonl"
+	"$run" blackmamba compare-runs -tol 1e-2 "$out/lane0/loss-1.5b-1dev.jsonl" "$out/lane1/loss-1.5b-2dev.jsonl" 2>&1 | tee "$out/loss-compare-1.5b.log"
+	(unset NVIDIA_TF32_OVERRIDE; export XLA_FLAGS="$xla_flags0"; OUT="$out/experts" "$here/gpu-multi.sh" "$bundle" experts)
+	;;
+two-owed)
+	# On a 2-GPU host: the loss-two comparison's data-parallel run (LOSS_DEVICES=2, both GPUs;
+	# copy the one-GPU run's loss-1.5b-1dev.jsonl beside it to compare), then side by side
+	# latency-best of ARCHS (default "1.5b 1.5b-mamba") on GPU 0, and on GPU 1 greedy generation
+	# of a random-weight 1.5b model with generate's defaults followed by the check phase of
+	# scripts/gpu-bench.sh (backends, self-checks, the bm tests), each lane within LANE_LIMIT
+	# (default 330) seconds.
+	PACK_ONLY=0 LOSS_DEVICES=2 OUT="$out/loss" "$0" "$bundle" loss-two
+	gen="$(generate 1.5b)"
+	OUT="$out" timeout -k 10 "${LANE_LIMIT:-330}" "$here/gpu-lanes.sh" \
+		"0: PACK_ONLY=0 ARCHS='${ARCHS:-1.5b 1.5b-mamba}' $0 $bundle latency-best" \
+		"1: $gen >\$OUT/generate-greedy.log 2>&1; $here/gpu-bench.sh $bundle check"
 	;;
 total-2.8b)
 	timeout -k 10 "${TOTAL_LIMIT:-560}" "$run" blackmamba latency -family 2.8b -archs 2.8b-mamba-total -max-len "${MAX_LEN:-4096}" -reps "${REPS:-2}" -out "$out/latency-total-2.8b.json" -plots "$out/plots-2.8b" >"$out/latency-total-2.8b.log" 2>&1
@@ -360,7 +410,8 @@ loss-two)
 	# in LOSS_DEVICES (default "1 2"), each run limited to LOSS_LIMIT (default 280) seconds; then
 	# compare-runs when both logs are in OUT (copy the first job's loss-1.5b-1dev.jsonl there to
 	# compare across jobs).
-	tr="timeout -k 10 ${LOSS_LIMIT:-280} $run blackmamba train -config 1.5b -corpus $corpus -steps ${LOSS_STEPS:-6} -batch 4 -seq ${LOSS_SEQ:-2048} -log-every 1 -eval-batches 1 -seed 1 ${LOSS_DTYPE:+-dtype $LOSS_DTYPE}"
+	no_tf32_float32
+	tr="timeout -k 10 ${LOSS_LIMIT:-280} $(loss_train)"
 	for n in ${LOSS_DEVICES:-1 2}; do
 		gpus=0
 		[[ "$n" == 2 ]] && gpus=0,1
@@ -393,7 +444,7 @@ finish)
 		"3: $here/gpu-bench.sh $bundle moe; TRAIN_SMALL_DTYPES=bfloat16 TRAIN_SMALL_LIMIT=${TRAIN_SMALL_LIMIT:-270} $here/gpu-bench.sh $bundle train-small"
 	;;
 *)
-	echo "unknown phase $phase (want training, inference, latency, latency-checks, latency-total, owed, decode, rows, scaling, decode-layout, decode-one, latency-one, latency-best, total-2.8b, loss-1.5b, loss-two, compile, multi or finish)" >&2
+	echo "unknown phase $phase (want training, inference, latency, latency-checks, latency-total, owed, decode, rows, scaling, decode-layout, decode-one, latency-one, latency-best, two-owed, total-2.8b, loss-1.5b, loss-two, loss-experts, compile, multi or finish)" >&2
 	exit 2
 	;;
 esac
