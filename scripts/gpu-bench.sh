@@ -23,7 +23,8 @@
 # (sequences decoded together) and DECODE_STEP_ROWS (rows of the step's weight products, 0: not
 # padded) and DECODE_STEP_WEIGHTS (inout and/or transposed), comma-separated lists, default 1, 1,
 # 0 and inout, and DECODE_LIMIT for decode; BIG_BATCH
-# (default 4) for train-1.5b.
+# (default 4) for train-1.5b; SELFCHECKS (selfcheck -checks, default all three) and
+# SELFCHECK_LIMIT (default 180 s), BM_TEST_LIMIT (default 280 s) for check.
 set -uo pipefail
 bundle="$(cd "$1" && pwd)"
 phase="$2"
@@ -74,7 +75,7 @@ train-1.5b) phase_train_big ;;
 check)
 	no_tf32
 	step backends 60 "$run" blackmamba backends
-	step selfcheck 180 "$run" blackmamba selfcheck
+	step selfcheck "${SELFCHECK_LIMIT:-180}" "$run" blackmamba selfcheck ${SELFCHECKS:+-checks "$SELFCHECKS"}
 	step bm-tests "$((${BM_TEST_LIMIT:-280} + 20))" "$run" bash -c 'BLACKMAMBA_TEST_BACKEND="$GOMLX_BACKEND" exec "$0" -test.timeout "${BM_TEST_LIMIT:-280}s" -test.v' "$bundle/bm.test"
 	;;
 scan)

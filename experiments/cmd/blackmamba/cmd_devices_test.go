@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"flag"
 	"math"
 	"strings"
 	"testing"
@@ -76,5 +77,24 @@ func TestCompareRuns(t *testing.T) {
 		if !strings.Contains(buf.String(), "largest relative loss difference") {
 			t.Errorf("%s: output lacks the summary line:\n%s", tc.name, buf.String())
 		}
+	}
+}
+
+// TestSelfCheckSubset runs `selfcheck -checks blocks` on the pure-Go backend (it must pass and
+// run only that check) and checks the error for an unknown check name.
+func TestSelfCheckSubset(t *testing.T) {
+	out, err := captureStdout(t, func() error {
+		return runSelfCheck(flag.NewFlagSet("selfcheck", flag.ContinueOnError), []string{"-backend", "go", "-checks", "blocks"})
+	})
+	if err != nil {
+		t.Fatalf("selfcheck -checks blocks: %v\n%s", err, out)
+	}
+	if !strings.Contains(out, "\nblocks   ok") || strings.Contains(out, "\nscan ") || strings.Contains(out, "\ndecode ") ||
+		!strings.Contains(out, "self-checks passed: blocks") {
+		t.Errorf("selfcheck -checks blocks printed:\n%s", out)
+	}
+	err = runSelfCheck(flag.NewFlagSet("selfcheck", flag.ContinueOnError), []string{"-backend", "go", "-checks", "blocks,scna"})
+	if err == nil || !strings.Contains(err.Error(), `unknown check "scna"`) {
+		t.Errorf("-checks blocks,scna: got %v, want an error naming scna", err)
 	}
 }
