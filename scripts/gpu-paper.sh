@@ -85,6 +85,8 @@
 #                                               default "1 2"; LOSS_LIMIT per run, default 280)
 #   scripts/gpu-paper.sh BUNDLE_DIR loss-experts on a 2-GPU host: loss-two's runs side by side,
 #                                               then expert parallelism (gpu-multi.sh experts)
+#   scripts/gpu-paper.sh BUNDLE_DIR one-owed    on one GPU: the decoding tests, the decoder
+#                                               self-check and generation with its warm-up
 #   scripts/gpu-paper.sh BUNDLE_DIR two-owed    on a 2-GPU host: loss-two's two-GPU run, then
 #                                               latency-best on GPU 0 beside generation and the
 #                                               GPU checks on GPU 1
@@ -374,6 +376,18 @@ loss-experts)
 	"$run" blackmamba compare-runs -tol 1e-2 "$out/lane0/loss-1.5b-1dev.jsonl" "$out/lane1/loss-1.5b-2dev.jsonl" 2>&1 | tee "$out/loss-compare-1.5b.log"
 	(unset NVIDIA_TF32_OVERRIDE; export XLA_FLAGS="$xla_flags0"; OUT="$out/experts" "$here/gpu-multi.sh" "$bundle" experts)
 	;;
+one-owed)
+	# On one GPU, the correctness of the decoding paths changed since the last GPU checks: the
+	# bm tests of decoding (BM_TEST_RUN, default the decoder, step, folded, greedy and generation
+	# tests) with TF32 off, the decoder self-check (every step layout, the folded batch-1 path and
+	# its step_fuse rearrangements among them), then greedy generation of a random-weight 1.5b
+	# model with generate's defaults (the warm-up on), each within its own limit.
+	BM_TEST_RUN="${BM_TEST_RUN:-Decoder|Step|Fold|Greedy|Generate|InitWeights|IsExpert}" BM_TEST_LIMIT="${BM_TEST_LIMIT:-220}" "$here/gpu-bench.sh" "$bundle" tests
+	(export NVIDIA_TF32_OVERRIDE=0; timeout -k 10 "${SELFCHECK_LIMIT:-220}" "$run" blackmamba selfcheck -checks decode >"$out/selfcheck-decode.log" 2>&1; echo "--- selfcheck -checks decode rc=$?" | tee -a "$out/summary.txt")
+	gen="$(generate 1.5b)"
+	bash -c "$gen" >"$out/generate-greedy.log" 2>&1
+	echo "--- generate rc=$?" | tee -a "$out/summary.txt"
+	;;
 two-owed)
 	# On a 2-GPU host: the loss-two comparison's data-parallel run (LOSS_DEVICES=2, both GPUs;
 	# copy the one-GPU run's loss-1.5b-1dev.jsonl beside it to compare), then side by side
@@ -444,7 +458,7 @@ finish)
 		"3: $here/gpu-bench.sh $bundle moe; TRAIN_SMALL_DTYPES=bfloat16 TRAIN_SMALL_LIMIT=${TRAIN_SMALL_LIMIT:-270} $here/gpu-bench.sh $bundle train-small"
 	;;
 *)
-	echo "unknown phase $phase (want training, inference, latency, latency-checks, latency-total, owed, decode, rows, scaling, decode-layout, decode-one, latency-one, latency-best, two-owed, total-2.8b, loss-1.5b, loss-two, loss-experts, compile, multi or finish)" >&2
+	echo "unknown phase $phase (want training, inference, latency, latency-checks, latency-total, owed, decode, rows, scaling, decode-layout, decode-one, latency-one, latency-best, one-owed, two-owed, total-2.8b, loss-1.5b, loss-two, loss-experts, compile, multi or finish)" >&2
 	exit 2
 	;;
 esac
