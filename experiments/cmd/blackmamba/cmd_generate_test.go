@@ -44,6 +44,8 @@ func TestModelAndSamplingFlags(t *testing.T) {
 		{"NaN top-p", "generate", "-top-p NaN:", append(slices.Clone(ok), "-top-p", "NaN")},
 		{"unknown step weights", "generate", `-step-weights "rows": want auto, inout, transposed or folded`, append(slices.Clone(ok), "-step-weights", "rows")},
 		{"negative unroll", "generate", "-unroll -2: want a positive number of steps", append(slices.Clone(ok), "-unroll", "-2")},
+		{"unknown step fuse", "generate", `-step-fuse "resid"`, append(slices.Clone(ok), "-step-fuse", "resid")},
+		{"step fuse without folded", "generate", `-step-fuse "residual" needs the folded step weights, and -step-weights transposed gives transposed`, append(slices.Clone(ok), "-backend", "go", "-step-fuse", "residual", "-step-weights", "transposed")},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -148,20 +150,28 @@ func TestGenerateRandom(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	out, err := captureStdout(t, func() error {
-		return runGenerate(flag.NewFlagSet("generate", flag.ContinueOnError), []string{
-			"-random", "tiny", "-seed", "5", "-prompt-ids", "11,12,13", "-max-tokens", "6", "-stop-eos=false", "-backend", "go"})
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var got []int
-	for _, f := range strings.Fields(out) {
-		id, err := strconv.Atoi(f)
+	run := func(extra ...string) []int {
+		out, err := captureStdout(t, func() error {
+			return runGenerate(flag.NewFlagSet("generate", flag.ContinueOnError), append([]string{
+				"-random", "tiny", "-seed", "5", "-prompt-ids", "11,12,13", "-max-tokens", "6", "-stop-eos=false", "-backend", "go"}, extra...))
+		})
 		if err != nil {
-			t.Fatalf("output %q: %q is not an id", out, f)
+			t.Fatal(err)
 		}
-		got = append(got, id)
+		var got []int
+		for _, f := range strings.Fields(out) {
+			id, err := strconv.Atoi(f)
+			if err != nil {
+				t.Fatalf("output %q: %q is not an id", out, f)
+			}
+			got = append(got, id)
+		}
+		return got
+	}
+	got := run()
+	// The folded step with both rearrangements (float32 on this backend) gives the same tokens.
+	if fused := run("-step-weights", "folded", "-step-fuse", "gate,residual"); !slices.Equal(fused, got) {
+		t.Errorf("-step-weights folded -step-fuse gate,residual printed %v, want %v", fused, got)
 	}
 	m, err := openModel(backend, "", "tiny", "", 5)
 	if err != nil {
