@@ -382,7 +382,7 @@ one-owed)
 	# tests) with TF32 off, the decoder self-check (every step layout, the folded batch-1 path and
 	# its step_fuse rearrangements among them), then greedy generation of a random-weight 1.5b
 	# model with generate's defaults (the warm-up on), and with -step-fuse residual, each within
-	# its own limit.
+	# its own limit. Generation needs the tokenizer (data/tokenizer) beside the bundle.
 	BM_TEST_RUN="${BM_TEST_RUN:-Decoder|Step|Fold|Greedy|Generate|IsExpert}" BM_TEST_LIMIT="${BM_TEST_LIMIT:-220}" "$here/gpu-bench.sh" "$bundle" tests
 	(export NVIDIA_TF32_OVERRIDE=0; timeout -k 10 "${SELFCHECK_LIMIT:-220}" "$run" blackmamba selfcheck -checks decode >"$out/selfcheck-decode.log" 2>&1; echo "--- selfcheck -checks decode rc=$?" | tee -a "$out/summary.txt")
 	gen="$(generate 1.5b)"
