@@ -94,7 +94,7 @@ func runGenerate(fs *flag.FlagSet, args []string) error {
 	activation := fs.String("activation", "", "override the expert activation: silu (the paper's SwiGLU) or gelu (the released inference code); empty keeps the config's")
 	stopEOS := fs.Bool("stop-eos", true, "stop after the end-of-text token (id 0)")
 	stepWeights := fs.String("step-weights", "auto", "layout of the weights the decoding steps read: inout (the model's), transposed (copies made once, as much memory again as the matmul weights), folded (those copies with the norm gains folded into the blocks' first products) or auto (when the copies take at most a quarter of the GPU's memory, or of the machine's: folded on an NVIDIA GPU, transposed on the pure-Go backend, where each is the fastest)")
-	stepFuse := fs.String("step-fuse", "", `rearrangements of the folded layout's batch-1 step (bm.Config.StepFuse): "residual" (on an H200 the 1.5b step went from 2.13 to 1.77 ms), "gate" (slower there) or "gate,residual"; "": none. Only with the folded step weights`)
+	stepFuse := fs.String("step-fuse", "auto", `rearrangements of the folded layout's batch-1 step (bm.Config.StepFuse): "residual" (on an H200 the 1.5b step went from 2.13 to 1.77 ms), "gate" (slower there), "gate,residual", "none", or "auto": residual when the steps read the folded weights, none otherwise. Other than auto and none, only with the folded step weights`)
 	warmUp := fs.Bool("warm-up", true, "compile and run the generation's graphs once on a dummy prompt before timing, so that the first-token time and tokens/s leave compilation out (it is reported as the warm-up)")
 	unroll := fs.Int("unroll", 1, "greedy steps per executable call (tokens still stream one by one, k at a time); on an H200, 4 took the 1.5b from 2.21 to 1.57 ms per token but about 15 s longer to compile: for long generations")
 	backendFlag := xla.AddFlag(fs)
@@ -120,8 +120,10 @@ func runGenerate(fs *flag.FlagSet, args []string) error {
 	if _, _, err := experiments.ParseStepWeights(*stepWeights); err != nil {
 		return fmt.Errorf("-step-weights %w", err)
 	}
-	if err := bm.CheckStepFuse(*stepFuse); err != nil {
-		return fmt.Errorf("-step-fuse %q: %w", *stepFuse, err)
+	if *stepFuse != "auto" && *stepFuse != "none" {
+		if err := bm.CheckStepFuse(*stepFuse); err != nil {
+			return fmt.Errorf("-step-fuse %q: %w", *stepFuse, err)
+		}
 	}
 	backend, choice, err := xla.NewForDecoding(*backendFlag)
 	if err != nil {
@@ -132,15 +134,20 @@ func runGenerate(fs *flag.FlagSet, args []string) error {
 	if err != nil {
 		return err
 	}
-	if *stepFuse != "" {
+	if fuse := *stepFuse; fuse != "none" && fuse != "" {
 		layout, err := experiments.StepLayoutFor(*stepWeights, backend, bm.StepWeightBytes(m.Ctx))
 		if err != nil {
 			return err
 		}
-		if layout != bm.StepFolded {
-			return fmt.Errorf("-step-fuse %q needs the folded step weights, and -step-weights %s gives %s here", *stepFuse, *stepWeights, layout)
+		switch {
+		case layout == bm.StepFolded && fuse == "auto":
+			m.Cfg.StepFuse = "residual"
+		case fuse == "auto":
+		case layout != bm.StepFolded:
+			return fmt.Errorf("-step-fuse %q needs the folded step weights, and -step-weights %s gives %s here", fuse, *stepWeights, layout)
+		default:
+			m.Cfg.StepFuse = fuse
 		}
-		m.Cfg.StepFuse = *stepFuse
 	}
 	var ids []int
 	var onToken func(int)

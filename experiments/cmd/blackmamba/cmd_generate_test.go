@@ -169,9 +169,17 @@ func TestGenerateRandom(t *testing.T) {
 		return got
 	}
 	got := run()
-	// The folded step with both rearrangements (float32 on this backend) gives the same tokens.
-	if fused := run("-step-weights", "folded", "-step-fuse", "gate,residual"); !slices.Equal(fused, got) {
-		t.Errorf("-step-weights folded -step-fuse gate,residual printed %v, want %v", fused, got)
+	// The folded step (float32 on this backend) gives the same tokens with -step-fuse auto
+	// (residual there), none and both rearrangements; auto with the transposed copies is none.
+	for _, extra := range [][]string{
+		{"-step-weights", "folded"},
+		{"-step-weights", "folded", "-step-fuse", "none"},
+		{"-step-weights", "folded", "-step-fuse", "gate,residual"},
+		{"-step-weights", "transposed", "-step-fuse", "auto"},
+	} {
+		if fused := run(extra...); !slices.Equal(fused, got) {
+			t.Errorf("%v printed %v, want %v", extra, fused, got)
+		}
 	}
 	m, err := openModel(backend, "", "tiny", "", 5)
 	if err != nil {
