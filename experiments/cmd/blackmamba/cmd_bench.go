@@ -171,6 +171,9 @@ func runBench(fs *flag.FlagSet, args []string) error {
 				}
 			}
 		case "train-step":
+			if err := checkShardExperts(cfg, *shardExperts); err != nil {
+				return err
+			}
 			row := bench.TrainStepDevices(backend, cfg, *batch, *seqLen, *reps, *devices, *shardExperts)
 			if *devices > 1 && xla.MemoryIsHighWater() {
 				for i, used := range xla.DevicesMemoryUsed() {

@@ -10,6 +10,7 @@ import (
 	"github.com/gomlx/gomlx/backends"
 	_ "github.com/gomlx/gomlx/backends/simplego"
 
+	"blackmamba/bm"
 	"blackmamba/experiments/results"
 	"blackmamba/xla"
 )
@@ -76,6 +77,27 @@ func TestCompareRuns(t *testing.T) {
 		}
 		if !strings.Contains(buf.String(), "largest relative loss difference") {
 			t.Errorf("%s: output lacks the summary line:\n%s", tc.name, buf.String())
+		}
+	}
+}
+
+// TestCheckShardExperts checks that -shard-experts is refused for a model without MoE blocks.
+func TestCheckShardExperts(t *testing.T) {
+	for _, name := range []string{"tiny", "tiny-mamba", "tiny-transformer"} {
+		cfg, err := bm.LoadConfig(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := checkShardExperts(cfg, false); err != nil {
+			t.Errorf("%s without -shard-experts: %v", name, err)
+		}
+		err = checkShardExperts(cfg, true)
+		moe := strings.Contains(cfg.Pattern, "8")
+		if moe && err != nil {
+			t.Errorf("%s (pattern %s): %v", name, cfg.Pattern, err)
+		}
+		if !moe && (err == nil || !strings.Contains(err.Error(), "has no MoE blocks")) {
+			t.Errorf("%s (pattern %s): got %v, want the no-MoE error", name, cfg.Pattern, err)
 		}
 	}
 }

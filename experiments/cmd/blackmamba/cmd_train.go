@@ -92,6 +92,9 @@ func runTrain(fs *flag.FlagSet, args []string) error {
 	if err := checkDevices(backend, *devices, *batch); err != nil {
 		return err
 	}
+	if err := checkShardExperts(cfg, *shardExperts); err != nil {
+		return err
+	}
 	if *dtype == "" && choice.Plugin != nil && choice.Plugin.CUDA {
 		cfg.ComputeDType = "bfloat16" // mixed precision by default on the GPU
 	}
@@ -115,6 +118,20 @@ func runTrain(fs *flag.FlagSet, args []string) error {
 	}
 	fmt.Printf("metrics: %s\ncheckpoint: %s\n", s.Metrics, s.LastCheckpoint)
 	return nil
+}
+
+// checkShardExperts refuses -shard-experts for a model without MoE blocks: it has no experts to
+// split.
+func checkShardExperts(cfg bm.Config, shard bool) error {
+	if !shard {
+		return nil
+	}
+	for _, b := range cfg.Blocks() {
+		if b.Kind == bm.KindMoE {
+			return nil
+		}
+	}
+	return fmt.Errorf("-shard-experts: model %s (pattern %s) has no MoE blocks, so no experts to split", cfg.Name, cfg.Pattern)
 }
 
 // expertNote says how the experts are placed when -shard-experts is given.
