@@ -120,10 +120,8 @@ func runGenerate(fs *flag.FlagSet, args []string) error {
 	if _, _, err := experiments.ParseStepWeights(*stepWeights); err != nil {
 		return fmt.Errorf("-step-weights %w", err)
 	}
-	if *stepFuse != "auto" && *stepFuse != "none" {
-		if err := bm.CheckStepFuse(*stepFuse); err != nil {
-			return fmt.Errorf("-step-fuse %q: %w", *stepFuse, err)
-		}
+	if err := experiments.CheckStepFuse(*stepFuse); err != nil {
+		return fmt.Errorf("-step-fuse %q: %w", *stepFuse, err)
 	}
 	backend, choice, err := xla.NewForDecoding(*backendFlag)
 	if err != nil {
@@ -133,21 +131,6 @@ func runGenerate(fs *flag.FlagSet, args []string) error {
 	m, err := openModel(backend, *modelPath, *random, *activation, int64(*seed))
 	if err != nil {
 		return err
-	}
-	if fuse := *stepFuse; fuse != "none" && fuse != "" {
-		layout, err := experiments.StepLayoutFor(*stepWeights, backend, bm.StepWeightBytes(m.Ctx))
-		if err != nil {
-			return err
-		}
-		switch {
-		case layout == bm.StepFolded && fuse == "auto":
-			m.Cfg.StepFuse = "residual"
-		case fuse == "auto":
-		case layout != bm.StepFolded:
-			return fmt.Errorf("-step-fuse %q needs the folded step weights, and -step-weights %s gives %s here", fuse, *stepWeights, layout)
-		default:
-			m.Cfg.StepFuse = fuse
-		}
 	}
 	var ids []int
 	var onToken func(int)
@@ -190,6 +173,7 @@ func runGenerate(fs *flag.FlagSet, args []string) error {
 		EOS:         0,
 		StepWeights: *stepWeights,
 		Unroll:      *unroll,
+		StepFuse:    *stepFuse,
 		WarmUp:      *warmUp,
 	}, onToken)
 	if streamer != nil {

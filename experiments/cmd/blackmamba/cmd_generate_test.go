@@ -45,7 +45,7 @@ func TestModelAndSamplingFlags(t *testing.T) {
 		{"unknown step weights", "generate", `-step-weights "rows": want auto, inout, transposed or folded`, append(slices.Clone(ok), "-step-weights", "rows")},
 		{"negative unroll", "generate", "-unroll -2: want a positive number of steps", append(slices.Clone(ok), "-unroll", "-2")},
 		{"unknown step fuse", "generate", `-step-fuse "resid"`, append(slices.Clone(ok), "-step-fuse", "resid")},
-		{"step fuse without folded", "generate", `-step-fuse "residual" needs the folded step weights, and -step-weights transposed gives transposed`, append(slices.Clone(ok), "-backend", "go", "-step-fuse", "residual", "-step-weights", "transposed")},
+		{"step fuse without folded", "generate", `step fuse "residual" needs the folded step weights, not transposed`, append(slices.Clone(ok), "-backend", "go", "-step-fuse", "residual", "-step-weights", "transposed")},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
