@@ -4,8 +4,11 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"time"
+
+	"github.com/gomlx/gomlx/backends"
 
 	"blackmamba/bm"
 	"blackmamba/xla"
@@ -27,17 +30,18 @@ func runSelfCheck(fs *flag.FlagSet, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	seen := map[string]bool{}
+	checks := map[string]func(backends.Backend) ([]string, error){
+		"scan":   func(b backends.Backend) ([]string, error) { return nil, bm.CheckScan(b) },
+		"blocks": bm.CheckBlocks,
+		"decode": bm.CheckDecode,
+	}
 	var order []string
 	for _, c := range strings.Split(*only, ",") {
 		c = strings.TrimSpace(c)
-		switch c {
-		case "scan", "blocks", "decode":
-		default:
+		if checks[c] == nil {
 			return fmt.Errorf("-checks %q: unknown check %q (want scan, blocks or decode)", *only, c)
 		}
-		if !seen[c] {
-			seen[c] = true
+		if !slices.Contains(order, c) {
 			order = append(order, c)
 		}
 	}
@@ -70,18 +74,13 @@ func runSelfCheck(fs *flag.FlagSet, args []string) error {
 		}
 		fmt.Printf("%-8s %-60s %6.1fs\n", name, status, time.Since(start).Seconds())
 	}
-	run := map[string]func() ([]string, error){
-		"scan":   func() ([]string, error) { return nil, bm.CheckScan(backend) },
-		"blocks": func() ([]string, error) { return bm.CheckBlocks(backend) },
-		"decode": func() ([]string, error) { return bm.CheckDecode(backend) },
-	}
 	for _, c := range order {
-		check(c, run[c])
+		check(c, func() ([]string, error) { return checks[c](backend) })
 	}
 	if failed > 0 {
 		return fmt.Errorf("%d self-checks failed", failed)
 	}
-	if len(order) == 3 {
+	if len(order) == len(checks) {
 		fmt.Println("all self-checks passed")
 	} else {
 		fmt.Printf("self-checks passed: %s\n", strings.Join(order, ", "))
