@@ -41,6 +41,7 @@ type Decoder struct {
 	states        []*tensors.Tensor
 	pos           int // tokens consumed so far
 	kvLen         int // current KV-cache length
+	built         int // graphs built so far (GraphsBuilt)
 }
 
 // NewDecoder returns a decoder of batch sequences of at most maxLen tokens (the KV-cache
@@ -68,6 +69,7 @@ func NewDecoder(backend backends.Backend, ctx *context.Context, cfg Config, batc
 	}
 	var err error
 	d.step, err = context.NewExec(backend, d.ctx, func(ctx *context.Context, inputs []*Node) []*Node {
+		d.built++
 		return decodeStepGraph(ctx, cfg, inputs[0], inputs[1], inputs[2:])
 	})
 	if err != nil {
@@ -93,6 +95,7 @@ func (d *Decoder) prefillExec(kvLen int) (*context.Exec, error) {
 		return e, nil
 	}
 	e, err := context.NewExec(d.backend, d.ctx, func(ctx *context.Context, inputs []*Node) []*Node {
+		d.built++
 		return decodePrefillGraph(ctx, d.cfg, inputs[0], kvLen)
 	})
 	if err != nil {
@@ -109,6 +112,7 @@ func (d *Decoder) growKV(newLen int) error {
 	if !ok {
 		var err error
 		e, err = NewExec(d.backend, func(caches []*Node) []*Node {
+			d.built++
 			out := make([]*Node, len(caches))
 			for i, c := range caches {
 				out[i] = ExtendKVCache(c, newLen)
@@ -138,6 +142,11 @@ func (d *Decoder) growKV(newLen int) error {
 	d.kvLen = newLen
 	return nil
 }
+
+// GraphsBuilt returns how many graphs the decoder has built so far, each of them one
+// compilation: the steps, prefills and cache extensions of every length, and a GreedyDecoder's
+// greedy graphs. A generation after a warm-up that covered it leaves the count unchanged.
+func (d *Decoder) GraphsBuilt() int { return d.built }
 
 // Pos returns the number of tokens consumed since the last Prefill.
 func (d *Decoder) Pos() int { return d.pos }

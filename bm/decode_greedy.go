@@ -43,6 +43,7 @@ func (d *GreedyDecoder) greedyExec() (*context.Exec, error) {
 	}
 	cfg := d.cfg
 	e, err := context.NewExec(d.backend, d.ctx, func(ctx *context.Context, inputs []*Node) []*Node {
+		d.built++
 		outs := decodeStepGraph(ctx, cfg, inputs[0], inputs[1], inputs[2:])
 		outs[0] = greedyArgmax(cfg, outs[0])
 		return outs
@@ -64,6 +65,7 @@ func (d *GreedyDecoder) multiExec(k int) (*context.Exec, error) {
 	}
 	cfg := d.cfg
 	e, err := context.NewExec(d.backend, d.ctx, func(ctx *context.Context, inputs []*Node) []*Node {
+		d.built++
 		tok, pos, states := inputs[0], inputs[1], inputs[2:]
 		toks := make([]*Node, k)
 		for i := range k {
@@ -100,7 +102,10 @@ func (d *GreedyDecoder) argmaxExec() (*Exec, error) {
 		return d.argmax, nil
 	}
 	cfg := d.cfg
-	e, err := NewExec(d.backend, func(logits *Node) *Node { return greedyArgmax(cfg, logits) })
+	e, err := NewExec(d.backend, func(logits *Node) *Node {
+		d.built++
+		return greedyArgmax(cfg, logits)
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -332,12 +337,15 @@ func (d *GreedyDecoder) WarmUpGreedy(promptLen, upTo int) error {
 			}
 		}
 	} else {
-		// Every size in every KV-cache bucket it fits: jump the position so that the call
-		// ends on the bucket's last position, where StepsGreedy grows the caches to that
-		// bucket and runs the graph of that length.
+		// Every size in every KV-cache bucket where a generation can call it (a call of s
+		// steps from a position at or after the prompt's end that ends within the bucket):
+		// place each call so that it ends on the bucket's last position, where StepsGreedy
+		// grows the caches to that bucket and runs the graph of that length. The position
+		// moves back between the sizes of one bucket (the states are scratch), so that the
+		// k-step graph and the single step both run at every length.
 		for b := KVCacheBucket(promptLen+1, d.maxLen); ; b = KVCacheBucket(b+1, d.maxLen) {
 			for _, s := range sizes {
-				if b-s >= max(promptLen, d.pos) {
+				if b-s >= promptLen {
 					d.pos = b - s
 					if err := run(s); err != nil {
 						return err

@@ -65,6 +65,55 @@ func TestGenerateGreedyMatchesHostSampling(t *testing.T) {
 	}
 }
 
+// TestWarmUpGreedyCompilesEverything checks that WarmUpGreedy builds every graph the
+// generation it announces will run: after it, GenerateGreedy builds none (GraphsBuilt stays
+// the same), for the four small architectures, one step per call and unrolled (4 divides the
+// KV-cache buckets 8, 16, 32; 5 does not), prompts of 1 and 5 tokens, and generations that end
+// in the last bucket (maxLen 40, not a power of two) or in a middle one.
+func TestWarmUpGreedyCompilesEverything(t *testing.T) {
+	backend := cpuBackend(t)
+	const maxLen = 40
+	for _, cfg := range DecodeCheckConfigs() {
+		for _, unroll := range []int{1, 4, 5} {
+			t.Run(fmt.Sprintf("%s/unroll%d", cfg.Name, unroll), func(t *testing.T) {
+				for _, tc := range []struct {
+					promptLen, n int
+				}{{1, maxLen}, {5, maxLen - 4}, {1, 20}, {5, 11}} {
+					dec, err := NewDecoder(backend, context.New(), cfg, 1, maxLen)
+					if err != nil {
+						t.Fatal(err)
+					}
+					g := NewGreedyDecoder(dec)
+					g.Unroll = unroll
+					if err := g.WarmUpGreedy(tc.promptLen, tc.n); err != nil {
+						t.Fatal(err)
+					}
+					warm := g.GraphsBuilt()
+					if warm == 0 {
+						t.Fatalf("prompt %d, %d tokens: the warm-up built no graph", tc.promptLen, tc.n)
+					}
+					prompt := make([]int, tc.promptLen)
+					for i := range prompt {
+						prompt[i] = 2 + i
+					}
+					got, err := g.GenerateGreedy(prompt, tc.n)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if len(got) != tc.n {
+						t.Errorf("prompt %d: got %d tokens, want %d", tc.promptLen, len(got), tc.n)
+					}
+					if after := g.GraphsBuilt(); after != warm {
+						t.Errorf("prompt %d, %d tokens: the generation built %d graphs after the warm-up's %d",
+							tc.promptLen, tc.n, after-warm, warm)
+					}
+					g.Release()
+				}
+			})
+		}
+	}
+}
+
 // TestGreedyDecoderErrors checks the messages for misuse of the greedy path.
 func TestGreedyDecoderErrors(t *testing.T) {
 	backend := cpuBackend(t)

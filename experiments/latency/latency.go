@@ -104,6 +104,9 @@ type Arch struct {
 	Points       []Point `json:"points"`
 	// TokensRepeat reports whether every repetition produced the same tokens at the checkpoints.
 	TokensRepeat bool `json:"tokens_repeat"`
+	// TimedCompiles counts the graphs built during the timed passes, which the warm-up should
+	// have built (bm.Decoder.GraphsBuilt): when not 0 the times include compilation.
+	TimedCompiles int `json:"timed_compiles,omitempty"`
 	// RepsDone is the number of timed passes the statistics come from: Result.Reps once the
 	// architecture is finished, fewer in a result saved while it was still running (absent in
 	// results written before it was recorded: Result.Reps).
@@ -291,6 +294,7 @@ func runArch(backend backends.Backend, cfg bm.Config, opts Options, afterRep fun
 	a.CompileS = time.Since(start).Seconds()
 	fmt.Fprintf(opts.Log, "  warm-up: %.1fs (weights %.1fs, then compiling and running each graph once %.1fs)\n", a.CompileS, a.WeightsS, a.CompileS-a.WeightsS)
 
+	warmGraphs := g.GraphsBuilt()
 	lengths := Lengths(opts.MinLen, opts.MaxLen)
 	marks := map[int]bool{1: true}
 	for _, L := range lengths {
@@ -316,6 +320,10 @@ func runArch(backend backends.Backend, cfg bm.Config, opts Options, afterRep fun
 			}
 		}
 		fmt.Fprintf(opts.Log, "  rep %d: %d tokens in %.0f ms\n", r+1, opts.MaxLen, times[opts.MaxLen])
+		if n := g.GraphsBuilt() - warmGraphs; n != a.TimedCompiles {
+			fmt.Fprintf(opts.Log, "  WARNING: rep %d compiled %d graphs the warm-up had not: its times include compilation\n", r+1, n-a.TimedCompiles)
+			a.TimedCompiles = n
+		}
 		runtime.GC()
 		if afterRep != nil && r+1 < opts.Reps {
 			summarize(a, firsts, at[:r+1], lengths, nil)
@@ -359,7 +367,8 @@ func summarize(a *Arch, firsts []float64, at [][]float64, lengths []int, log io.
 // marks, the milliseconds from the start until that many tokens were on the host (the token at
 // a mark is copied to the host, which waits for the device), and the tokens at the marks. The
 // other tokens stay on the device until the pass ends. Steps run g.Unroll per call, never past
-// the next mark (bm.GreedyDecoder.NextSteps).
+// the next mark (bm.GreedyDecoder.NextSteps), one at a time where only a call of another size
+// would fit or realign.
 func timePass(g *bm.GreedyDecoder, n int, marks map[int]bool) ([]float64, map[int]int32, error) {
 	times := make([]float64, n+1)
 	toks := map[int]int32{}
@@ -403,7 +412,15 @@ func timePass(g *bm.GreedyDecoder, n int, marks map[int]bool) ([]float64, map[in
 		for stops[0] <= count {
 			stops = stops[1:]
 		}
-		if next, err = g.StepsGreedy(tok, g.NextSteps(stops[0])); err != nil {
+		// After the first call, a call that would only realign to the unrolled size (a mark
+		// that is not a multiple of it) runs as single steps instead, so that the pass uses no
+		// call size the warm-up did not compile (bm.GreedyDecoder.WarmUpGreedy: the first
+		// call's, 1 and Unroll).
+		k := g.NextSteps(stops[0])
+		if count > 1 && k != g.Unroll {
+			k = 1
+		}
+		if next, err = g.StepsGreedy(tok, k); err != nil {
 			return nil, nil, err
 		}
 	}

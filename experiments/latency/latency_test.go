@@ -97,6 +97,9 @@ func TestRunTinyAndReport(t *testing.T) {
 		if !a.TokensRepeat {
 			t.Errorf("%s: repetitions produced different tokens", a.Config)
 		}
+		if a.TimedCompiles != 0 {
+			t.Errorf("%s: %d graphs compiled during the timed passes", a.Config, a.TimedCompiles)
+		}
 		if !(a.WeightsS > 0 && a.WeightsS < a.CompileS) {
 			t.Errorf("%s: weights %.3fs not a positive part of the warm-up %.3fs", a.Config, a.WeightsS, a.CompileS)
 		}
@@ -252,5 +255,24 @@ func TestTimePassUnrolled(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestRunUnrolledCompilesNothingTimed checks that a sweep at 4 steps per call compiles every
+// graph in its warm-up, also for an attention model whose KV caches grow through several
+// buckets (8, 16, 32): no graph is built during the timed passes.
+func TestRunUnrolledCompilesNothingTimed(t *testing.T) {
+	backend := cpuBackend(t)
+	res, err := Run(backend, Options{Family: "tiny", Archs: []string{"tiny", "tiny-transformer"}, MaxLen: 32, MinLen: 8, Reps: 1, Unroll: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range res.Archs {
+		if a.Unroll != 4 {
+			t.Errorf("%s: unroll %d recorded, want 4", a.Config, a.Unroll)
+		}
+		if a.TimedCompiles != 0 {
+			t.Errorf("%s: %d graphs compiled during the timed passes", a.Config, a.TimedCompiles)
+		}
 	}
 }
