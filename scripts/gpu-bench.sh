@@ -15,6 +15,9 @@
 #   scripts/gpu-bench.sh BUNDLE_DIR train   moe, train-small and train-1.5b
 #   scripts/gpu-bench.sh BUNDLE_DIR decode  batch-1 greedy generation of the 1.5b preset (bf16
 #                                           weights, 512 tokens): ms/token, tokens/s, weight GB/s
+#   scripts/gpu-bench.sh BUNDLE_DIR kernels chains of dependent row-vector products (bf16): what
+#                                           one kernel of a batch-1 decode step costs, with the
+#                                           kernel count of each compiled chain
 #   scripts/gpu-bench.sh BUNDLE_DIR all     every phase without correctness checks: moe,
 #                                           train-small, train-1.5b, decode, breakdown
 #
@@ -24,7 +27,8 @@
 # padded) and DECODE_STEP_WEIGHTS (inout and/or transposed), comma-separated lists, default 1, 1,
 # 0 and inout, and DECODE_LIMIT for decode; BIG_BATCH
 # (default 4) for train-1.5b; SELFCHECKS (selfcheck -checks, default all three) and
-# SELFCHECK_LIMIT (default 180 s), BM_TEST_LIMIT (default 280 s) for check.
+# SELFCHECK_LIMIT (default 180 s), BM_TEST_LIMIT (default 280 s) for check; KERNEL_CHAINS
+# (bench -kernel-chains) and KERNELS_LIMIT (default 120 s) for kernels.
 set -uo pipefail
 bundle="$(cd "$1" && pwd)"
 phase="$2"
@@ -88,6 +92,19 @@ scan)
 			step "scan-$T" 150 "$run" blackmamba bench -what scan -scan-shape "8,$T,1536,16" -scan-variants default -reps 5 -json "$out/bench-scan-$T.json"
 		fi
 	done
+	;;
+kernels)
+	# Chains of dependent row-vector products (bench -what kernels, bf16, 20 timed calls each)
+	# with XLA's dumps on, then the kernels each compiled chain became: one line per module
+	# with its number of kernel thunks, so that the per-product times can be read per kernel.
+	dump=/tmp/hlo-kernels
+	rm -rf "$dump"
+	XLA_FLAGS="${XLA_FLAGS:-} --xla_dump_to=$dump --xla_dump_hlo_as_text" \
+		step kernels "${KERNELS_LIMIT:-120}" "$run" blackmamba bench -what kernels ${KERNEL_CHAINS:+-kernel-chains "$KERNEL_CHAINS"} -reps 20 -json "$out/bench-kernels.json"
+	for f in "$dump"/*thunk_sequence.txt; do
+		[[ -e "$f" ]] || continue
+		echo "$(grep -c -E '^[0-9]+: k' "$f") kernel thunks, $(grep -c -i -E '^[0-9]+: .*(gemm|cublas)' "$f") matmuls: $(basename "$f")"
+	done | sort -n | tee "$out/kernels-thunks.txt" >>"$out/summary.txt"
 	;;
 train)
 	phase_moe

@@ -8,6 +8,7 @@ import (
 
 	"github.com/gomlx/gomlx/backends"
 	_ "github.com/gomlx/gomlx/backends/simplego"
+	"github.com/gomlx/gomlx/pkg/core/dtypes"
 
 	"blackmamba/bm"
 	"blackmamba/xla"
@@ -198,5 +199,45 @@ func TestRouter(t *testing.T) {
 			t.Errorf("%s: %v rounds, largest share %.3f (argmax %.3f): want >= 1 round and a smaller share",
 				r.Variant, r.Extra["rounds"], r.Extra["max_share"], argmax)
 		}
+	}
+}
+
+// TestKernels checks the kernels benchmark's chains against the float64 host computation of
+// the same products (ChainReference): to 1e-4 relative in float32 (odd and even chain lengths,
+// square and rectangular matrices), to 10% with bfloat16 products (each rounds its operands to 8
+// bits and the chain amplifies that; a wrong weight is off by far more), and that a bad shape is
+// an error row naming it.
+func TestKernels(t *testing.T) {
+	backend, err := backends.NewWithConfig(xla.CPUConfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chains := []Chain{{5, 5, 1}, {8, 12, 3}, {12, 8, 4}}
+	for _, tc := range []struct {
+		dtype dtypes.DType
+		tol   float64
+	}{{dtypes.Float32, 1e-4}, {dtypes.BFloat16, 0.1}} {
+		rows := Kernels(backend, chains, tc.dtype, 2)
+		if len(rows) != len(chains) {
+			t.Fatalf("%s: got %d rows, want %d", tc.dtype, len(rows), len(chains))
+		}
+		for i, r := range rows {
+			c := chains[i]
+			if r.Err != "" || !(r.Ms > 0) {
+				t.Errorf("%s %v: error %q, median %.3g ms", tc.dtype, c, r.Err, r.Ms)
+				continue
+			}
+			want := ChainReference(c)
+			if got := r.Extra["result"]; math.Abs(got-want) > tc.tol*max(math.Abs(want), 0.01) {
+				t.Errorf("%s %v: chain result %.6g, float64 reference %.6g (tolerance %g)", tc.dtype, c, got, want, tc.tol)
+			}
+			if wantBytes := float64(c.K * c.In * c.Out * tc.dtype.Size()); r.Extra["weight_bytes"] != wantBytes {
+				t.Errorf("%s %v: weight_bytes %g, want %g", tc.dtype, c, r.Extra["weight_bytes"], wantBytes)
+			}
+		}
+	}
+	bad := Kernels(backend, []Chain{{4, 4, 0}}, dtypes.Float32, 1)
+	if len(bad) != 1 || !strings.Contains(bad[0].Err, "products (0)") {
+		t.Errorf("chain of 0 products: rows %+v, want an error naming the products", bad)
 	}
 }

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/gomlx/gomlx/pkg/core/dtypes"
+
 	"blackmamba/bm"
 	"blackmamba/experiments/bench"
 	"blackmamba/xla"
@@ -25,7 +27,7 @@ func init() {
 
 func runBench(fs *flag.FlagSet, args []string) error {
 	backendFlag := xla.AddFlag(fs)
-	what := fs.String("what", "scan,moe,train-step", "comma-separated benchmarks: scan, moe, train-step, breakdown (each block kind of -config timed alone at -batch x -seq), graph (operation counts of the training graph, built but not compiled), router (the expert choice alone: argmax and both Sinkhorns on -moe-tokens logits), decode (batch-1 greedy generation of -decode-tokens tokens with random weights stored in the compute dtype)")
+	what := fs.String("what", "scan,moe,train-step", "comma-separated benchmarks: scan, moe, train-step, breakdown (each block kind of -config timed alone at -batch x -seq), graph (operation counts of the training graph, built but not compiled), router (the expert choice alone: argmax and both Sinkhorns on -moe-tokens logits), decode (batch-1 greedy generation of -decode-tokens tokens with random weights stored in the compute dtype), kernels (chains of dependent row-vector products, -kernel-chains, in -dtype, default bfloat16: what the kernels of a batch-1 decode step cost apart from the model)")
 	scanShape := fs.String("scan-shape", "8,2048,1536,16", "scan shape B,T,D,N")
 	scanVariants := fs.String("scan-variants", "all", `"all" (bm.ScanBenchVariants: chunk sizes and backward variants), "quick" (the default variant at each chunk size plus the chunk-16 variants) or "default"`)
 	cfgName := fs.String("config", "small", "model preset or JSON config for moe, train-step, breakdown, graph and decode")
@@ -39,6 +41,7 @@ func runBench(fs *flag.FlagSet, args []string) error {
 	decodeStepRows := fs.String("decode-step-rows", "0", "decode: comma-separated rows of the step's weight products (bm.Config.StepRows; 0: not padded, 2: a batch-1 step's products stay matrix multiplications on a GPU), one row each")
 	decodeWeights := fs.String("decode-step-weights", "inout", `decode: comma-separated layouts of the weights the steps read, one row each: "inout" (the model's [in, out]), "transposed" (bm.TransposeStepWeights' [out, in] copies) or "folded" (bm.FoldStepWeights: those copies, the blocks' first products with the norm gain folded in)`)
 	decodeFuse := fs.String("decode-step-fuse", "none", `decode: comma-separated bm.Config.StepFuse values, one row each: "none", or fusions joined by "+" ("gate", "residual", "gate+residual"); they change the batch-1 steps of the "folded" layout only`)
+	kernelChains := fs.String("kernel-chains", formatChains(bench.DefaultChains), "kernels: comma-separated chains INxOUTxK (K dependent products of a row vector with [OUT, IN] and [IN, OUT] matrices in turn), one row each")
 	reps := fs.Int("reps", 10, "timed repetitions after warm-up (the median is reported)")
 	devices := fs.Int("devices", 1, "train-step: data-parallel on this many devices of the backend (-batch is the global batch)")
 	shardExperts := fs.Bool("shard-experts", false, "train-step with -devices > 1: split the MoE experts' weights and optimizer moments over the devices (expert parallelism) instead of replicating them")
@@ -81,6 +84,10 @@ func runBench(fs *flag.FlagSet, args []string) error {
 			return fmt.Errorf("-decode-step-fuse %q: %w", *decodeFuse, err)
 		}
 		fuses = append(fuses, f)
+	}
+	chains, err := parseChains(*kernelChains)
+	if err != nil {
+		return err
 	}
 	var layouts []bm.StepLayout // per -decode-step-weights entry
 	for _, f := range strings.Split(*decodeWeights, ",") {
@@ -170,6 +177,12 @@ func runBench(fs *flag.FlagSet, args []string) error {
 					}
 				}
 			}
+		case "kernels":
+			kdt := dtypes.BFloat16 // -dtype is checked with the config above
+			if *dtype == "float32" {
+				kdt = dtypes.Float32
+			}
+			report.Rows = append(report.Rows, bench.Kernels(backend, chains, kdt, *reps)...)
 		case "train-step":
 			if err := checkShardExperts(cfg, *shardExperts); err != nil {
 				return err
@@ -185,7 +198,7 @@ func runBench(fs *flag.FlagSet, args []string) error {
 			report.Rows = append(report.Rows, row)
 		case "":
 		default:
-			return fmt.Errorf("-what: unknown benchmark %q (want scan, moe, router, train-step, breakdown, graph, decode)", w)
+			return fmt.Errorf("-what: unknown benchmark %q (want scan, moe, router, train-step, breakdown, graph, decode, kernels)", w)
 		}
 		if xla.MemoryIsHighWater() {
 			// The allocator only grows: the device's used memory is this process's high-water mark.
@@ -281,4 +294,27 @@ func parseStepRows(s string) ([]int, error) {
 		rows = append(rows, k)
 	}
 	return rows, nil
+}
+
+// parseChains reads -kernel-chains: comma-separated INxOUTxK, all positive.
+func parseChains(s string) ([]bench.Chain, error) {
+	var cs []bench.Chain
+	for _, f := range strings.Split(s, ",") {
+		var c bench.Chain
+		f = strings.TrimSpace(f)
+		if n, err := fmt.Sscanf(f, "%dx%dx%d", &c.In, &c.Out, &c.K); err != nil || n != 3 || c.In < 1 || c.Out < 1 || c.K < 1 || f != fmt.Sprintf("%dx%dx%d", c.In, c.Out, c.K) {
+			return nil, fmt.Errorf("-kernel-chains %q: %q is not INxOUTxK with three positive numbers", s, f)
+		}
+		cs = append(cs, c)
+	}
+	return cs, nil
+}
+
+// formatChains writes chains as -kernel-chains reads them.
+func formatChains(cs []bench.Chain) string {
+	fs := make([]string, len(cs))
+	for i, c := range cs {
+		fs[i] = fmt.Sprintf("%dx%dx%d", c.In, c.Out, c.K)
+	}
+	return strings.Join(fs, ",")
 }

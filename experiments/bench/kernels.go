@@ -1,0 +1,177 @@
+package bench
+
+import (
+	"fmt"
+	"math"
+
+	"github.com/gomlx/gomlx/backends"
+	"github.com/gomlx/gomlx/pkg/core/dtypes"
+	. "github.com/gomlx/gomlx/pkg/core/graph"
+	"github.com/gomlx/gomlx/pkg/core/shapes"
+	"github.com/gomlx/gomlx/pkg/core/tensors"
+)
+
+// Chain is one shape of the kernels benchmark: K dependent products of a row vector with a
+// weight matrix, alternating [Out, In] and [In, Out] matrices (so the vector goes In → Out → In
+// …), each followed by a tanh: x_{i+1} = tanh(W_i · x_i).
+type Chain struct {
+	In, Out, K int
+}
+
+// DefaultChains are the shapes `blackmamba bench -what kernels` runs: tiny 64 × 64 products at
+// 1, 16, 64 and 256 per call, whose times give the fixed cost of one call and of one dependent
+// kernel, and products of the 1.5b model's in_proj size (1152 × 4608, 10.6 MB in bfloat16) at
+// 2, 30 and 120 per call, whose times give what a product reading a weight matrix of that size
+// costs.
+var DefaultChains = []Chain{{64, 64, 1}, {64, 64, 16}, {64, 64, 64}, {64, 64, 256}, {1152, 4608, 2}, {1152, 4608, 30}, {1152, 4608, 120}}
+
+// chainWeight is the value of element idx of the weight stacks: a pseudo-random number,
+// uniform in [−1, 1) times 2.5/√in (a tanh chain that neither dies out nor saturates), from a
+// multiply–xor hash of idx in int32 arithmetic (wrapping), the same on the host and in
+// the graph.
+func chainWeight(idx, in int) float64 {
+	h := (int32(idx)*1103515245 + 12345) & 0x7fffffff
+	h = ((h ^ (h / 65536)) * 747796405) & 0x7fffffff
+	u := float32((h/65536)%2048-1024) / 1024
+	return float64(u) * 2.5 / math.Sqrt(float64(in))
+}
+
+// chainWeights builds in the graph the two weight stacks of c: [⌈K/2⌉, Out, In] and
+// [⌊K/2⌋, In, Out] (at least one of each), of dtype.
+func chainWeights(g *Graph, c Chain, dtype dtypes.DType) (wa, wb *Node) {
+	stack := func(n, rows, cols, offset int) *Node {
+		idx := AddScalar(IotaFull(g, shapes.Make(dtypes.Int32, max(n, 1), rows, cols)), offset)
+		mask := Scalar(g, dtypes.Int32, 0x7fffffff)
+		h := BitwiseAnd(AddScalar(MulScalar(idx, 1103515245), 12345), mask)
+		h = BitwiseAnd(MulScalar(BitwiseXor(h, DivScalar(h, 65536)), 747796405), mask)
+		u := DivScalar(ConvertDType(AddScalar(ModScalar(DivScalar(h, 65536), 2048), -1024), dtypes.Float32), 1024)
+		return ConvertDType(MulScalar(u, 2.5/math.Sqrt(float64(c.In))), dtype)
+	}
+	na, nb := (c.K+1)/2, c.K/2
+	return stack(na, c.Out, c.In, 0), stack(nb, c.In, c.Out, max(na, 1)*c.Out*c.In)
+}
+
+// chainGraph returns the sum of squares of the entries of x_K (no cancellation, so bfloat16
+// products can be checked with a relative tolerance), the end of c's chain from x0 [In] float32,
+// with the products in dtype (each product's result converted to float32 for the tanh).
+func chainGraph(x0, wa, wb *Node, c Chain, dtype dtypes.DType) *Node {
+	x := x0
+	for i := range c.K {
+		var w *Node
+		if i%2 == 0 {
+			w = Reshape(SliceAxis(wa, 0, AxisElem(i/2)), c.Out, c.In)
+		} else {
+			w = Reshape(SliceAxis(wb, 0, AxisElem(i/2)), c.In, c.Out)
+		}
+		x = Tanh(ConvertDType(Dot(w, ConvertDType(x, dtype)), dtypes.Float32))
+	}
+	return ReduceAllSum(Square(x))
+}
+
+// chainInput is x0 of the chains: x0[j] = cos(j)/2.
+func chainInput(n int) []float32 {
+	x := make([]float32, n)
+	for j := range x {
+		x[j] = float32(math.Cos(float64(j)) / 2)
+	}
+	return x
+}
+
+// ChainReference computes the result of c's chain on the host in float64 from the same weights
+// and input (for the tests).
+func ChainReference(c Chain) float64 {
+	x := make([]float64, c.In)
+	for j, v := range chainInput(c.In) {
+		x[j] = float64(v)
+	}
+	na := max((c.K+1)/2, 1)
+	for i := range c.K {
+		rows, cols, base := c.Out, c.In, (i/2)*c.Out*c.In
+		if i%2 == 1 {
+			rows, cols, base = c.In, c.Out, na*c.Out*c.In+(i/2)*c.In*c.Out
+		}
+		y := make([]float64, rows)
+		for r := range rows {
+			var s float64
+			for k := range cols {
+				s += chainWeight(base+r*cols+k, c.In) * x[k]
+			}
+			y[r] = math.Tanh(s)
+		}
+		x = y
+	}
+	var sum float64
+	for _, v := range x {
+		sum += v * v
+	}
+	return sum
+}
+
+// Kernels times each chain of chains in dtype: the weights are made on the device once and
+// passed to every call as arguments, like a decode step's, and each call fetches the scalar
+// result (which waits for the device). A backend that turns each product into one kernel (XLA
+// on a GPU: a reduction fusion with the tanh and the conversions fused in) runs K dependent
+// kernels per call, so the rows measure what a batch-1 decode step is made of without the
+// model: Ms per call, Extra us_per_product (Ms/K), weight_bytes (the K matrices) and
+// weight_gb_per_s (those bytes over Ms), and result (the chain's value, checked against
+// ChainReference by the tests).
+func Kernels(backend backends.Backend, chains []Chain, dtype dtypes.DType, reps int) []Row {
+	var rows []Row
+	for _, c := range chains {
+		row := Row{Bench: "kernels", Variant: fmt.Sprintf("chain of %d products", c.K),
+			Shape: fmt.Sprintf("%d x %d, %s", c.In, c.Out, dtype), Reps: reps, PeakBytes: -1}
+		if c.In < 1 || c.Out < 1 || c.K < 1 || reps < 1 {
+			row.Err = fmt.Sprintf("kernels: in (%d), out (%d), products (%d) and reps (%d) must be positive", c.In, c.Out, c.K, reps)
+			rows = append(rows, row)
+			emit(row)
+			continue
+		}
+		var result float64
+		err := catch(func() error {
+			mk, err := NewExec(backend, func(g *Graph) []*Node {
+				wa, wb := chainWeights(g, c, dtype)
+				return []*Node{wa, wb}
+			})
+			if err != nil {
+				return err
+			}
+			ws, err := mk.Exec()
+			mk.Finalize()
+			if err != nil {
+				return err
+			}
+			defer finalize(ws)
+			e, err := NewExec(backend, func(x, wa, wb *Node) *Node { return chainGraph(x, wa, wb, c, dtype) })
+			if err != nil {
+				return err
+			}
+			defer e.Finalize()
+			x0 := tensors.FromFlatDataAndDimensions(chainInput(c.In), c.In)
+			call := func() error {
+				outs, err := e.Exec(x0, ws[0], ws[1])
+				if err != nil {
+					return err
+				}
+				result = float64(tensors.ToScalar[float32](outs[0]))
+				finalize(outs)
+				return nil
+			}
+			row.CompileS, row.Ms, row.MinMs, err = timeCalls(call, 3, reps)
+			return err
+		})
+		if err != nil {
+			row.Err = err.Error()
+		} else {
+			bytes := float64(c.K) * float64(c.In*c.Out) * float64(dtype.Size())
+			row.Extra = map[string]float64{
+				"us_per_product":  1000 * row.Ms / float64(c.K),
+				"weight_bytes":    bytes,
+				"weight_gb_per_s": bytes / (row.Ms / 1000) / 1e9,
+				"result":          result,
+			}
+		}
+		rows = append(rows, row)
+		emit(row)
+	}
+	return rows
+}
