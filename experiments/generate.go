@@ -204,6 +204,10 @@ type GenerateStats struct {
 	TimeToFirst     time.Duration // from the call to the first generated token (prefill included)
 	Total           time.Duration
 	TokensPerSecond float64 // after the first token: (len(Tokens)-1) / (Total - TimeToFirst)
+	// StepLayout and StepFuse are what the steps ran with, GenerateOptions.StepWeights and
+	// StepFuse resolved (auto made concrete; StepFuse "" is none).
+	StepLayout bm.StepLayout
+	StepFuse   string
 }
 
 // Generate continues prompt with the model m on backend, calling onToken (if not nil) with
@@ -231,6 +235,7 @@ func Generate(backend backends.Backend, m *LoadedModel, prompt []int, o Generate
 	if cfg.StepFuse, err = stepFuseFor(o.StepFuse, layout); err != nil {
 		return st, fmt.Errorf("generate: %w", err)
 	}
+	st.StepLayout, st.StepFuse = layout, cfg.StepFuse
 	// Copies of another layout left by an earlier call are replaced (inout drops them).
 	if _, err = bm.SetStepLayout(backend, m.Ctx, layout); err != nil {
 		return st, fmt.Errorf("generate: %w", err)

@@ -206,6 +206,36 @@ func TestGenerateWarmUp(t *testing.T) {
 	}
 }
 
+// TestGenerateReportsSteps checks that GenerateStats names the step layout and fusion the
+// steps ran with: "auto" resolved to residual with the folded copies and to none with the
+// transposed ones or the weights as stored, an explicit choice kept.
+func TestGenerateReportsSteps(t *testing.T) {
+	backend := cpuBackend(t)
+	m, err := LoadModel(fixtureDir, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		weights, fuse string
+		layout        bm.StepLayout
+		want          string
+	}{
+		{"folded", "auto", bm.StepFolded, "residual"},
+		{"folded", "none", bm.StepFolded, ""},
+		{"folded", "gate,residual", bm.StepFolded, "gate,residual"},
+		{"transposed", "auto", bm.StepTransposed, ""},
+		{"inout", "auto", bm.StepInOut, ""},
+	} {
+		st, err := Generate(backend, m, []int{5, 9}, GenerateOptions{MaxTokens: 3, StepWeights: tc.weights, StepFuse: tc.fuse}, nil)
+		if err != nil {
+			t.Fatalf("%s/%s: %v", tc.weights, tc.fuse, err)
+		}
+		if st.StepLayout != tc.layout || st.StepFuse != tc.want {
+			t.Errorf("%s/%s: steps ran with %s, fuse %q; want %s, %q", tc.weights, tc.fuse, st.StepLayout, st.StepFuse, tc.layout, tc.want)
+		}
+	}
+}
+
 func TestTextStreamer(t *testing.T) {
 	// Each id is one byte: "é" is 0xC3 0xA9 and "€" is 0xE2 0x82 0xAC, split across ids.
 	text := []byte("a é€!")

@@ -204,7 +204,7 @@ func TestRouter(t *testing.T) {
 
 // TestKernels checks the kernels benchmark's chains against the float64 host computation of
 // the same products (ChainReference): to 1e-4 relative in float32 (odd and even chain lengths,
-// square and rectangular matrices), to 10% with bfloat16 products (each rounds its operands to 8
+// square and rectangular matrices, stacked and one argument per matrix), to 10% with bfloat16 products (each rounds its operands to 8
 // bits and the chain amplifies that; a wrong weight is off by far more), and that a bad shape is
 // an error row naming it.
 func TestKernels(t *testing.T) {
@@ -212,7 +212,7 @@ func TestKernels(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	chains := []Chain{{5, 5, 1}, {8, 12, 3}, {12, 8, 4}}
+	chains := []Chain{{5, 5, 1, false}, {8, 12, 3, false}, {12, 8, 4, false}, {8, 12, 3, true}}
 	for _, tc := range []struct {
 		dtype dtypes.DType
 		tol   float64
@@ -231,12 +231,15 @@ func TestKernels(t *testing.T) {
 			if got := r.Extra["result"]; math.Abs(got-want) > tc.tol*max(math.Abs(want), 0.01) {
 				t.Errorf("%s %v: chain result %.6g, float64 reference %.6g (tolerance %g)", tc.dtype, c, got, want, tc.tol)
 			}
+			if wantArgs := map[bool]float64{false: 3, true: float64(c.K + 1)}[c.Split]; r.Extra["arguments"] != wantArgs {
+				t.Errorf("%s %v: %g arguments, want %g", tc.dtype, c, r.Extra["arguments"], wantArgs)
+			}
 			if wantBytes := float64(c.K * c.In * c.Out * tc.dtype.Size()); r.Extra["weight_bytes"] != wantBytes {
 				t.Errorf("%s %v: weight_bytes %g, want %g", tc.dtype, c, r.Extra["weight_bytes"], wantBytes)
 			}
 		}
 	}
-	bad := Kernels(backend, []Chain{{4, 4, 0}}, dtypes.Float32, 1)
+	bad := Kernels(backend, []Chain{{4, 4, 0, false}}, dtypes.Float32, 1)
 	if len(bad) != 1 || !strings.Contains(bad[0].Err, "products (0)") {
 		t.Errorf("chain of 0 products: rows %+v, want an error naming the products", bad)
 	}

@@ -16,14 +16,19 @@ import (
 // …), each followed by a tanh: x_{i+1} = tanh(W_i · x_i).
 type Chain struct {
 	In, Out, K int
+	// Split passes each product's matrix as its own argument (K + 1 arguments per call, as a
+	// decode step passes every weight of the model) instead of two stacked ones.
+	Split bool
 }
 
 // DefaultChains are the shapes `blackmamba bench -what kernels` runs: tiny 64 × 64 products at
 // 1, 16, 64 and 256 per call, whose times give the fixed cost of one call and of one dependent
 // kernel, and products of the 1.5b model's in_proj size (1152 × 4608, 10.6 MB in bfloat16) at
 // 2, 30 and 120 per call, whose times give what a product reading a weight matrix of that size
-// costs.
-var DefaultChains = []Chain{{64, 64, 1}, {64, 64, 16}, {64, 64, 64}, {64, 64, 256}, {1152, 4608, 2}, {1152, 4608, 30}, {1152, 4608, 120}}
+// costs; then 256 tiny and 30 large products with one argument per matrix, whose difference
+// from the stacked ones is the cost of a call's arguments.
+var DefaultChains = []Chain{{64, 64, 1, false}, {64, 64, 16, false}, {64, 64, 64, false}, {64, 64, 256, false},
+	{1152, 4608, 2, false}, {1152, 4608, 30, false}, {1152, 4608, 120, false}, {64, 64, 256, true}, {1152, 4608, 30, true}}
 
 // chainWeight is the value of element idx of the weight stacks: a pseudo-random number,
 // uniform in [−1, 1) times 2.5/√in (a tanh chain that neither dies out nor saturates), from a
@@ -52,20 +57,23 @@ func chainWeights(g *Graph, c Chain, dtype dtypes.DType) (wa, wb *Node) {
 }
 
 // chainGraph returns the sum of squares of the entries of x_K (no cancellation, so bfloat16
-// products can be checked with a relative tolerance), the end of c's chain from x0 [In] float32,
-// with the products in dtype (each product's result converted to float32 for the tanh).
-func chainGraph(x0, wa, wb *Node, c Chain, dtype dtypes.DType) *Node {
+// products can be checked with a relative tolerance), the end of c's chain from x0 [In]
+// float32, with the products in dtype (each product's result converted to float32 for the
+// tanh); weight(i) is product i's matrix, [Out, In] for even i and [In, Out] for odd i.
+func chainGraph(x0 *Node, weight func(i int) *Node, c Chain, dtype dtypes.DType) *Node {
 	x := x0
 	for i := range c.K {
-		var w *Node
-		if i%2 == 0 {
-			w = Reshape(SliceAxis(wa, 0, AxisElem(i/2)), c.Out, c.In)
-		} else {
-			w = Reshape(SliceAxis(wb, 0, AxisElem(i/2)), c.In, c.Out)
-		}
-		x = Tanh(ConvertDType(Dot(w, ConvertDType(x, dtype)), dtypes.Float32))
+		x = Tanh(ConvertDType(Dot(weight(i), ConvertDType(x, dtype)), dtypes.Float32))
 	}
 	return ReduceAllSum(Square(x))
+}
+
+// chainMatrix returns product i's matrix from the stacks wa and wb.
+func chainMatrix(wa, wb *Node, c Chain, i int) *Node {
+	if i%2 == 0 {
+		return Reshape(SliceAxis(wa, 0, AxisElem(i/2)), c.Out, c.In)
+	}
+	return Reshape(SliceAxis(wb, 0, AxisElem(i/2)), c.In, c.Out)
 }
 
 // chainInput is x0 of the chains: x0[j] = cos(j)/2.
@@ -108,7 +116,8 @@ func ChainReference(c Chain) float64 {
 }
 
 // Kernels times each chain of chains in dtype: the weights are made on the device once and
-// passed to every call as arguments, like a decode step's, and each call fetches the scalar
+// passed to every call as arguments (two stacks, or one buffer per matrix with Chain.Split),
+// like a decode step's, and each call fetches the scalar
 // result (which waits for the device). A backend that turns each product into one kernel (XLA
 // on a GPU: a reduction fusion with the tanh and the conversions fused in) runs K dependent
 // kernels per call, so the rows measure what a batch-1 decode step is made of without the
@@ -118,7 +127,11 @@ func ChainReference(c Chain) float64 {
 func Kernels(backend backends.Backend, chains []Chain, dtype dtypes.DType, reps int) []Row {
 	var rows []Row
 	for _, c := range chains {
-		row := Row{Bench: "kernels", Variant: fmt.Sprintf("chain of %d products", c.K),
+		variant := fmt.Sprintf("chain of %d products", c.K)
+		if c.Split {
+			variant += ", a buffer each"
+		}
+		row := Row{Bench: "kernels", Variant: variant,
 			Shape: fmt.Sprintf("%d x %d, %s", c.In, c.Out, dtype), Reps: reps, PeakBytes: -1}
 		if c.In < 1 || c.Out < 1 || c.K < 1 || reps < 1 {
 			row.Err = fmt.Sprintf("kernels: in (%d), out (%d), products (%d) and reps (%d) must be positive", c.In, c.Out, c.K, reps)
@@ -127,10 +140,18 @@ func Kernels(backend backends.Backend, chains []Chain, dtype dtypes.DType, reps 
 			continue
 		}
 		var result float64
+		nArgs := 0
 		err := catch(func() error {
 			mk, err := NewExec(backend, func(g *Graph) []*Node {
 				wa, wb := chainWeights(g, c, dtype)
-				return []*Node{wa, wb}
+				if !c.Split {
+					return []*Node{wa, wb}
+				}
+				ws := make([]*Node, c.K)
+				for i := range ws {
+					ws[i] = chainMatrix(wa, wb, c, i)
+				}
+				return ws
 			})
 			if err != nil {
 				return err
@@ -141,14 +162,25 @@ func Kernels(backend backends.Backend, chains []Chain, dtype dtypes.DType, reps 
 				return err
 			}
 			defer finalize(ws)
-			e, err := NewExec(backend, func(x, wa, wb *Node) *Node { return chainGraph(x, wa, wb, c, dtype) })
+			e, err := NewExec(backend, func(inputs []*Node) *Node {
+				x, ws := inputs[0], inputs[1:]
+				weight := func(i int) *Node { return chainMatrix(ws[0], ws[1], c, i) }
+				if c.Split {
+					weight = func(i int) *Node { return ws[i] }
+				}
+				return chainGraph(x, weight, c, dtype)
+			})
 			if err != nil {
 				return err
 			}
 			defer e.Finalize()
-			x0 := tensors.FromFlatDataAndDimensions(chainInput(c.In), c.In)
+			args := []any{tensors.FromFlatDataAndDimensions(chainInput(c.In), c.In)}
+			for _, w := range ws {
+				args = append(args, w)
+			}
+			nArgs = len(args)
 			call := func() error {
-				outs, err := e.Exec(x0, ws[0], ws[1])
+				outs, err := e.Exec(args...)
 				if err != nil {
 					return err
 				}
@@ -168,6 +200,7 @@ func Kernels(backend backends.Backend, chains []Chain, dtype dtypes.DType, reps 
 				"weight_bytes":    bytes,
 				"weight_gb_per_s": bytes / (row.Ms / 1000) / 1e9,
 				"result":          result,
+				"arguments":       float64(nArgs),
 			}
 		}
 		rows = append(rows, row)

@@ -41,7 +41,7 @@ func runBench(fs *flag.FlagSet, args []string) error {
 	decodeStepRows := fs.String("decode-step-rows", "0", "decode: comma-separated rows of the step's weight products (bm.Config.StepRows; 0: not padded, 2: a batch-1 step's products stay matrix multiplications on a GPU), one row each")
 	decodeWeights := fs.String("decode-step-weights", "inout", `decode: comma-separated layouts of the weights the steps read, one row each: "inout" (the model's [in, out]), "transposed" (bm.TransposeStepWeights' [out, in] copies) or "folded" (bm.FoldStepWeights: those copies, the blocks' first products with the norm gain folded in)`)
 	decodeFuse := fs.String("decode-step-fuse", "none", `decode: comma-separated bm.Config.StepFuse values, one row each: "none", or fusions joined by "+" ("gate", "residual", "gate+residual"); they change the batch-1 steps of the "folded" layout only`)
-	kernelChains := fs.String("kernel-chains", formatChains(bench.DefaultChains), "kernels: comma-separated chains INxOUTxK (K dependent products of a row vector with [OUT, IN] and [IN, OUT] matrices in turn), one row each")
+	kernelChains := fs.String("kernel-chains", formatChains(bench.DefaultChains), "kernels: comma-separated chains INxOUTxK (K dependent products of a row vector with [OUT, IN] and [IN, OUT] matrices in turn; a trailing s passes each matrix as its own argument), one row each")
 	reps := fs.Int("reps", 10, "timed repetitions after warm-up (the median is reported)")
 	devices := fs.Int("devices", 1, "train-step: data-parallel on this many devices of the backend (-batch is the global batch)")
 	shardExperts := fs.Bool("shard-experts", false, "train-step with -devices > 1: split the MoE experts' weights and optimizer moments over the devices (expert parallelism) instead of replicating them")
@@ -296,14 +296,17 @@ func parseStepRows(s string) ([]int, error) {
 	return rows, nil
 }
 
-// parseChains reads -kernel-chains: comma-separated INxOUTxK, all positive.
+// parseChains reads -kernel-chains: comma-separated INxOUTxK, all positive, each with an "s"
+// after K for one argument per matrix (bench.Chain.Split).
 func parseChains(s string) ([]bench.Chain, error) {
 	var cs []bench.Chain
 	for _, f := range strings.Split(s, ",") {
 		var c bench.Chain
 		f = strings.TrimSpace(f)
-		if n, err := fmt.Sscanf(f, "%dx%dx%d", &c.In, &c.Out, &c.K); err != nil || n != 3 || c.In < 1 || c.Out < 1 || c.K < 1 || f != fmt.Sprintf("%dx%dx%d", c.In, c.Out, c.K) {
-			return nil, fmt.Errorf("-kernel-chains %q: %q is not INxOUTxK with three positive numbers", s, f)
+		body, split := strings.CutSuffix(f, "s")
+		c.Split = split
+		if n, err := fmt.Sscanf(body, "%dx%dx%d", &c.In, &c.Out, &c.K); err != nil || n != 3 || c.In < 1 || c.Out < 1 || c.K < 1 || body != fmt.Sprintf("%dx%dx%d", c.In, c.Out, c.K) {
+			return nil, fmt.Errorf("-kernel-chains %q: %q is not INxOUTxK (or INxOUTxKs, one argument per matrix) with three positive numbers", s, f)
 		}
 		cs = append(cs, c)
 	}
@@ -315,6 +318,9 @@ func formatChains(cs []bench.Chain) string {
 	fs := make([]string, len(cs))
 	for i, c := range cs {
 		fs[i] = fmt.Sprintf("%dx%dx%d", c.In, c.Out, c.K)
+		if c.Split {
+			fs[i] += "s"
+		}
 	}
 	return strings.Join(fs, ",")
 }

@@ -189,6 +189,11 @@ func runGenerate(fs *flag.FlagSet, args []string) error {
 	}
 	fmt.Fprintf(os.Stderr, "%d tokens; time to first token %.3fs (prefill of %d tokens); %.2f tokens/s after it (%s)\n",
 		len(st.Tokens), st.TimeToFirst.Seconds(), st.PromptTokens, st.TokensPerSecond, compiled)
+	fuse := "none"
+	if st.StepFuse != "" {
+		fuse = st.StepFuse
+	}
+	fmt.Fprintf(os.Stderr, "steps: %s weights, step fuse %s, %d per call\n", st.StepLayout, fuse, max(*unroll, 1))
 	if backend.Name() == xla.BackendXLA {
 		if used := xla.DeviceMemoryUsed(); used > 0 {
 			what := "XLA's reservation; BLACKMAMBA_GPU_MEMORY=grow measures the high-water mark"
