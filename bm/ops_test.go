@@ -21,11 +21,13 @@ import (
 func cpuBackend(t testing.TB) backends.Backend {
 	t.Helper()
 	testBackendOnce.Do(func() {
-		config := xla.CPUConfig
 		if env := os.Getenv(TestBackendEnv); env != "" {
-			config = env
+			// Through xla.New, as the commands create theirs, so that the process's settings
+			// apply (BLACKMAMBA_GPU_MEMORY=grow lets several test processes share a GPU).
+			testBackendVal, _, testBackendErr = xla.New(env)
+			return
 		}
-		testBackendVal, testBackendErr = backends.NewWithConfig(config)
+		testBackendVal, testBackendErr = backends.NewWithConfig(xla.CPUConfig)
 	})
 	if testBackendErr != nil {
 		t.Fatalf("cannot create the test backend: %v", testBackendErr)

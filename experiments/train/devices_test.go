@@ -14,6 +14,7 @@ import (
 	"github.com/gomlx/gomlx/pkg/ml/context"
 
 	"blackmamba/experiments/results"
+	"blackmamba/xla"
 )
 
 // TestDevicesValidation checks the errors for a bad number of devices: negative, not dividing
@@ -116,7 +117,7 @@ func multiDeviceBackend(t *testing.T) backends.Backend {
 	if config == "" {
 		return testBackend
 	}
-	b, err := backends.NewWithConfig(config)
+	b, _, err := xla.New(config)
 	if err != nil {
 		t.Fatalf("backend %q from $BLACKMAMBA_TEST_BACKEND: %v", config, err)
 	}
