@@ -83,12 +83,10 @@ tests-all)
 	dec='^TestDecoderMatchesForward$'
 	gen='Greedy|GenerateStream|OneTokenPrompt|StepVariants'
 	scan='Scan'
-	i=0
 	for g in "dec:-test.run=$dec" "gen:-test.run=$gen" "scan:-test.run=$scan" "rest:-test.skip=$dec|$gen|$scan"; do
 		name="${g%%:*}" sel="${g#*:}"
 		(timeout -k 10 "$((limit + 20))" "$run" bash -c 'BLACKMAMBA_TEST_BACKEND="$GOMLX_BACKEND" exec "$0" "$1" -test.timeout "$2s" -test.v' "$bundle/bm.test" "$sel" "$limit" >"$out/bm-tests-$name.log" 2>&1
 			echo "--- bm-tests-$name ($sel) rc=$?" >>"$out/summary-$name.txt") &
-		i=$((i + 1))
 	done
 	wait
 	for g in dec gen scan rest; do

@@ -30,15 +30,23 @@ type Chain struct {
 var DefaultChains = []Chain{{64, 64, 1, false}, {64, 64, 16, false}, {64, 64, 64, false}, {64, 64, 256, false},
 	{1152, 4608, 2, false}, {1152, 4608, 30, false}, {1152, 4608, 120, false}, {64, 64, 256, true}, {1152, 4608, 30, true}}
 
+// The constants of the weights' hash (chainWeight and chainWeights compute the same values, on
+// the host and in the graph) and their gain.
+const (
+	chainHashMul1, chainHashAdd, chainHashMul2 = 1103515245, 12345, 747796405
+	chainHashMask                              = 0x7fffffff
+	chainGain                                  = 2.5
+)
+
 // chainWeight is the value of element idx of the weight stacks: a pseudo-random number,
-// uniform in [−1, 1) times 2.5/√in (a tanh chain that neither dies out nor saturates), from a
-// multiply–xor hash of idx in int32 arithmetic (wrapping), the same on the host and in
+// uniform in [−1, 1) times chainGain/√in (a tanh chain that neither dies out nor saturates),
+// from a multiply–xor hash of idx in int32 arithmetic (wrapping), the same on the host and in
 // the graph.
 func chainWeight(idx, in int) float64 {
-	h := (int32(idx)*1103515245 + 12345) & 0x7fffffff
-	h = ((h ^ (h / 65536)) * 747796405) & 0x7fffffff
+	h := (int32(idx)*chainHashMul1 + chainHashAdd) & chainHashMask
+	h = ((h ^ (h / 65536)) * chainHashMul2) & chainHashMask
 	u := float32((h/65536)%2048-1024) / 1024
-	return float64(u) * 2.5 / math.Sqrt(float64(in))
+	return float64(u) * chainGain / math.Sqrt(float64(in))
 }
 
 // chainWeights builds in the graph the two weight stacks of c: [⌈K/2⌉, Out, In] and
@@ -46,11 +54,11 @@ func chainWeight(idx, in int) float64 {
 func chainWeights(g *Graph, c Chain, dtype dtypes.DType) (wa, wb *Node) {
 	stack := func(n, rows, cols, offset int) *Node {
 		idx := AddScalar(IotaFull(g, shapes.Make(dtypes.Int32, max(n, 1), rows, cols)), offset)
-		mask := Scalar(g, dtypes.Int32, 0x7fffffff)
-		h := BitwiseAnd(AddScalar(MulScalar(idx, 1103515245), 12345), mask)
-		h = BitwiseAnd(MulScalar(BitwiseXor(h, DivScalar(h, 65536)), 747796405), mask)
+		mask := Scalar(g, dtypes.Int32, chainHashMask)
+		h := BitwiseAnd(AddScalar(MulScalar(idx, chainHashMul1), chainHashAdd), mask)
+		h = BitwiseAnd(MulScalar(BitwiseXor(h, DivScalar(h, 65536)), chainHashMul2), mask)
 		u := DivScalar(ConvertDType(AddScalar(ModScalar(DivScalar(h, 65536), 2048), -1024), dtypes.Float32), 1024)
-		return ConvertDType(MulScalar(u, 2.5/math.Sqrt(float64(c.In))), dtype)
+		return ConvertDType(MulScalar(u, chainGain/math.Sqrt(float64(c.In))), dtype)
 	}
 	na, nb := (c.K+1)/2, c.K/2
 	return stack(na, c.Out, c.In, 0), stack(nb, c.In, c.Out, max(na, 1)*c.Out*c.In)
