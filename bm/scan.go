@@ -3,6 +3,8 @@ package bm
 import (
 	"fmt"
 	"math"
+	"strconv"
+	"strings"
 
 	. "github.com/gomlx/gomlx/pkg/core/graph"
 	"github.com/gomlx/gomlx/pkg/core/shapes"
@@ -151,6 +153,59 @@ func (o ScanOptions) String() string {
 		s += fmt.Sprintf("/batch%d", o.MaxBatch)
 	}
 	return s
+}
+
+// ParseScanOptions parses the name that ScanOptions.String prints, e.g.
+// "chunked/L16/auto/correction/cached" or "chunked/L16/logdepth/recompute/bwd-twochain/bL32/cached";
+// as there, a name without a link suffix ("/cached" or "/concat") is LinkConcat. "default" is
+// the zero value. The result is validated.
+func ParseScanOptions(name string) (ScanOptions, error) {
+	if name == "default" {
+		return ScanOptions{}, nil
+	}
+	if name == ScanSequential {
+		return ScanOptions{Method: ScanSequential}, nil
+	}
+	parts := strings.Split(name, "/")
+	bad := func(why string) (ScanOptions, error) {
+		return ScanOptions{}, fmt.Errorf("scan variant %q: %s (want method/Lchunk/across/output[/autodiff|/bwd-variant][/bLchunk][/cached|/concat][/batchN], e.g. %q)",
+			name, why, ScanOptions{}.String())
+	}
+	if len(parts) < 4 {
+		return bad("too few parts")
+	}
+	o := ScanOptions{Method: parts[0], Across: parts[2], Output: parts[3], Link: LinkConcat}
+	if !strings.HasPrefix(parts[1], "L") {
+		return bad("the second part must be L followed by the chunk length")
+	}
+	var err error
+	if o.Chunk, err = strconv.Atoi(parts[1][1:]); err != nil {
+		return bad("chunk length " + parts[1][1:] + " is not a number")
+	}
+	for _, p := range parts[4:] {
+		switch {
+		case p == "autodiff":
+			o.Autodiff = true
+		case strings.HasPrefix(p, "bwd-"):
+			o.Backward = p[4:]
+		case strings.HasPrefix(p, "bL"):
+			if o.BackwardChunk, err = strconv.Atoi(p[2:]); err != nil {
+				return bad("backward chunk length " + p[2:] + " is not a number")
+			}
+		case p == LinkCached || p == LinkConcat:
+			o.Link = p
+		case strings.HasPrefix(p, "batch"):
+			if o.MaxBatch, err = strconv.Atoi(p[5:]); err != nil {
+				return bad("batch piece " + p[5:] + " is not a number")
+			}
+		default:
+			return bad("unknown part " + p)
+		}
+	}
+	if err := o.Validate(); err != nil {
+		return ScanOptions{}, fmt.Errorf("scan variant %q: %w", name, err)
+	}
+	return o, nil
 }
 
 func (o ScanOptions) withDefaults() ScanOptions {

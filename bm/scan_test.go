@@ -492,3 +492,38 @@ func TestSelectiveScanGradientLongSequence(t *testing.T) {
 		}
 	}
 }
+
+// TestParseScanOptions checks that ParseScanOptions reads back what ScanOptions.String prints,
+// for every benchmarked variant and a few more, and names the bad part of a wrong name.
+func TestParseScanOptions(t *testing.T) {
+	opts := append(ScanBenchVariants(),
+		ScanOptions{Output: OutputRecompute},
+		ScanOptions{MaxBatch: 2, Backward: BackwardStacked, BackwardChunk: 32},
+		ScanOptions{Method: ScanSequential})
+	for _, o := range opts {
+		got, err := ParseScanOptions(o.String())
+		if err != nil {
+			t.Fatalf("%s: %v", o, err)
+		}
+		// The link does not apply to automatic differentiation, and String leaves it out there.
+		if got.String() != o.String() || (!o.Autodiff && got.withDefaults() != o.withDefaults()) {
+			t.Errorf("%s: parsed back as %s (%+v)", o, got, got)
+		}
+	}
+	if got, err := ParseScanOptions("default"); err != nil || got.String() != (ScanOptions{}).String() {
+		t.Errorf("default: %v, %v", got, err)
+	}
+	for name, want := range map[string]string{
+		"chunked/L16/auto":                                     "too few parts",
+		"chunked/16/auto/correction":                           "L followed by",
+		"chunked/Lx/auto/correction":                           "not a number",
+		"chunked/L16/auto/correction/fast":                     "unknown part fast",
+		"chunked/L16/sideways/correction/cached":               "unknown across-chunk scan",
+		"chunked/L16/auto/correction/bwd-magic":                "unknown backward variant",
+		"chunked/L16/auto/correction/bwd-twochain/bL24/cached": "multiple of Chunk",
+	} {
+		if _, err := ParseScanOptions(name); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: error %v, want one containing %q", name, err, want)
+		}
+	}
+}
