@@ -35,6 +35,15 @@
 #                    duration of every kernel (gpu__time_duration), as CSV in OUT/ncu-decode.csv,
 #                    with XLA's autotuning off so that the compilation launches few kernels of
 #                    its own; ncu's own timings only, the bench's are not meaningful under it
+#   scan             the default selective scan at B=8 T=2048 D=1536 N=16, float32 (forward, and
+#                    forward+backward; 5 timed runs) with its optimised HLO and thunk sequences
+#                    kept (OUT/scan-*.xz): which fusions the unrolled chunks became. When the
+#                    machine has Nsight Systems (nsys), the same run again under it, with the
+#                    kernel summary (time per kernel name) in OUT/scan-nsys-k*.csv; otherwise
+#                    under Nsight Compute (each kernel's duration in OUT/scan-ncu.csv.xz)
+#   decode-nsys      the 1.5b decode bench (bf16, folded copies, step_fuse residual, 64 tokens,
+#                    one pass) under Nsight Systems when the machine has it: the kernel summary
+#                    in OUT/decode-nsys-kernels*.csv (Nsight Compute crashed under the plugin)
 #   step2048         small BlackMamba, bf16, 8 x 2048: the step whose compilation spends 2.5-3
 #                    minutes in one reduction fusion ("Compiling module input_reduce_fusion.N"),
 #                    and the same with one XLA option changed, to find which part of the
@@ -94,6 +103,63 @@ for c in "${cases[@]}"; do
 			"$bundle/blackmamba" bench -what decode -config 1.5b -dtype bfloat16 -decode-tokens 3 -reps 1 >"$out/$c.log" 2>&1
 		echo "--- $c rc=$? in $((SECONDS - t0))s, $(grep -c gpu__time_duration "$out/ncu-decode.csv" 2>/dev/null) kernels timed" | tee -a "$out/summary.txt"
 		xz -f "$out/ncu-decode.csv" "$out/$c.log" 2>/dev/null
+		continue
+		;;
+	scan)
+		# SCAN_VARIANTS (default "default"): bench -scan-variants.
+		dump=/tmp/hlo-scan
+		rm -rf "$dump"
+		echo "=== scan: dumps (limit ${LIMIT:-150}s)" | tee -a "$out/summary.txt"
+		t0=$SECONDS
+		sbench=(bench -what scan -scan-shape 8,2048,1536,16 -scan-variants "${SCAN_VARIANTS:-default}" -reps 5)
+		XLA_FLAGS="--xla_dump_to=$dump --xla_dump_hlo_as_text" timeout -k 10 "${LIMIT:-150}" "$run" blackmamba "${sbench[@]}" \
+			-json "$out/bench-scan.json" >"$out/scan.log" 2>&1
+		echo "--- scan rc=$? in $((SECONDS - t0))s" | tee -a "$out/summary.txt"
+		grep -E '^scan' "$out/scan.log" >>"$out/summary.txt"
+		for f in "$dump"/*thunk_sequence.txt; do
+			[[ -e "$f" ]] || continue
+			echo "$(grep -c -E '^[0-9]+: k' "$f") kernel thunks: $(basename "$f")"
+		done | sort -rn | head -n 8 >>"$out/summary.txt"
+		for f in "$dump"/*{gpu_after_optimizations.txt,thunk_sequence.txt,buffer-assignment.txt}; do
+			[[ -e "$f" && $(stat -c %s "$f") -gt 2000 ]] && xz -c "$f" >"$out/scan-$(basename "$f").xz"
+		done
+		nsys="$(command -v nsys || ls /opt/nvidia/nsight-systems/*/bin/nsys /usr/local/cuda*/bin/nsys 2>/dev/null | head -n 1 || true)"
+		echo "nsys: ${nsys:-none}; ncu: $(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda*/bin/ncu 2>/dev/null | head -n 1 || echo none)" | tee -a "$out/summary.txt"
+		if [[ -n "$nsys" ]]; then
+			t0=$SECONDS
+			timeout -k 10 "${LIMIT:-150}" "$run" "$nsys" profile --trace cuda --sample none --cpuctxsw none -o /tmp/scan-nsys -f true \
+				"$bundle/blackmamba" "${sbench[@]}" >"$out/scan-nsys.log" 2>&1
+			echo "--- scan-nsys rc=$? in $((SECONDS - t0))s" | tee -a "$out/summary.txt"
+			"$nsys" stats --report cuda_gpu_kern_sum --format csv -o /tmp/scan-nsys-k /tmp/scan-nsys.nsys-rep >>"$out/scan-nsys.log" 2>&1
+			cp /tmp/scan-nsys-k*.csv "$out/" 2>/dev/null
+			xz -f "$out/scan-nsys.log"
+		elif ncu="$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda*/bin/ncu 2>/dev/null | head -n 1)"; then
+			# Nsight Compute: the duration of each kernel of one forward and one forward+backward
+			# run (the bench's own times are not meaningful under it).
+			t0=$SECONDS
+			timeout -k 10 "${LIMIT:-150}" "$run" "$ncu" --clock-control none --metrics gpu__time_duration.sum --csv \
+				--log-file "$out/scan-ncu.csv" --launch-skip "${NCU_SKIP:-0}" --launch-count "${NCU_LAUNCHES:-3000}" \
+				"$bundle/blackmamba" bench -what scan -scan-shape 8,2048,1536,16 -scan-variants "${SCAN_VARIANTS:-default}" -reps 1 \
+				>"$out/scan-ncu.log" 2>&1
+			echo "--- scan-ncu rc=$? in $((SECONDS - t0))s, $(grep -c gpu__time_duration "$out/scan-ncu.csv" 2>/dev/null) kernels timed" | tee -a "$out/summary.txt"
+			xz -f "$out/scan-ncu.csv" "$out/scan-ncu.log" 2>/dev/null
+		fi
+		xz -f "$out/scan.log"
+		continue
+		;;
+	decode-nsys)
+		nsys="$(command -v nsys || ls /opt/nvidia/nsight-systems/*/bin/nsys /usr/local/cuda*/bin/nsys 2>/dev/null | head -n 1 || true)"
+		echo "=== decode-nsys: ${nsys:-no nsys} (limit ${LIMIT:-150}s)" | tee -a "$out/summary.txt"
+		[[ -n "$nsys" ]] || continue
+		t0=$SECONDS
+		timeout -k 10 "${LIMIT:-150}" "$run" "$nsys" profile --trace cuda --sample none --cpuctxsw none -o /tmp/decode-nsys -f true \
+			"$bundle/blackmamba" bench -what decode -config 1.5b -dtype bfloat16 -decode-tokens 64 -decode-step-weights folded \
+			-decode-step-fuse residual -reps 1 >"$out/decode-nsys.log" 2>&1
+		echo "--- decode-nsys rc=$? in $((SECONDS - t0))s" | tee -a "$out/summary.txt"
+		"$nsys" stats --report cuda_gpu_kern_sum --format csv -o /tmp/decode-nsys-k /tmp/decode-nsys.nsys-rep >>"$out/decode-nsys.log" 2>&1
+		cp /tmp/decode-nsys-k*.csv "$out/" 2>/dev/null
+		grep -E '^decode' "$out/decode-nsys.log" >>"$out/summary.txt"
+		xz -f "$out/decode-nsys.log"
 		continue
 		;;
 	decode-cmdbuf)
