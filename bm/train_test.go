@@ -12,6 +12,8 @@ import (
 	"github.com/gomlx/gomlx/pkg/ml/context/initializers"
 	"github.com/gomlx/gomlx/pkg/ml/train"
 	"github.com/gomlx/gomlx/pkg/ml/train/optimizers"
+
+	"blackmamba/xla"
 )
 
 // TestMambaGradient checks the gradient of a Mamba block, with respect to its input and to
@@ -161,7 +163,9 @@ func trainTiny(t *testing.T, seed int64, steps int) []float32 {
 // TestTrainingLowersLoss trains a tiny BlackMamba ("r8", d=32, vocab 64, T=32, batch 4,
 // Sinkhorn routing, AdamW lr 1e-2) on a fixed learnable stream: the mean loss of the last 20 of
 // 200 steps must be below 35% of the first step's (≈ ln 64), and a second run with the same seed
-// must give bit-identical losses for its 20 steps.
+// must give bit-identical losses for its 20 steps on the pure-Go backend; on a compiling backend
+// (a GPU, whose reductions XLA does not make bitwise reproducible from run to run: one H200 gave
+// differences of 1e-7 relative) the same losses to 1e-5 relative.
 func TestTrainingLowersLoss(t *testing.T) {
 	if testing.Short() {
 		t.Skip("training run skipped in -short mode")
@@ -180,7 +184,16 @@ func TestTrainingLowersLoss(t *testing.T) {
 		t.Errorf("loss did not fall: first %.3f, last-20 mean %.3f", a[0], tail)
 	}
 	b := trainTiny(t, 17, 20)
-	if fmt.Sprint(a[:20]) != fmt.Sprint(b) {
-		t.Errorf("same seed, different losses:\n%v\n%v", a[:20], b)
+	if xla.IsPureGo(cpuBackend(t)) {
+		if fmt.Sprint(a[:20]) != fmt.Sprint(b) {
+			t.Errorf("same seed, different losses:\n%v\n%v", a[:20], b)
+		}
+		return
+	}
+	for i := range b {
+		if d := math.Abs(float64(a[i]-b[i])) / math.Abs(float64(a[i])); d > 1e-5 {
+			t.Errorf("same seed, step %d: losses %g and %g differ by %.2g relative (> 1e-5):\n%v\n%v", i, a[i], b[i], d, a[:20], b)
+			break
+		}
 	}
 }
