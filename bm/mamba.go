@@ -111,7 +111,7 @@ func mambaSequence(ctx *context.Context, cfg Config, u *Node) (out, conv, ssm *N
 	delta := Softplus(Add(ComputeEinsum(cfg, "btr,rc->btc", dt, w.dtProj), ExpandLeftToRank(w.dtBias, 3))) // [B, T, D]
 	A := Neg(Exp(w.aLog))                                                                                  // [D, N]
 
-	y, hT := SelectiveScan(xc, delta, A, bm, cm, ScanOptions{Chunk: cfg.ScanChunk, MaxBatch: scanMaxBatch(cfg, T)})
+	y, hT := SelectiveScan(xc, delta, A, bm, cm, ScanOptions{Chunk: cfg.ScanChunk, MaxBatch: scanMaxBatch(cfg, T), Backward: cfg.ScanBackward})
 	y = Add(y, Mul(xc, ExpandLeftToRank(w.dSkip, 3)))
 	y = Mul(y, activations.Swish(z))
 	out = ComputeEinsum(cfg, "btc,cd->btd", y, w.outProj)

@@ -64,32 +64,35 @@ type ScanBenchResult struct {
 	Err string
 }
 
-// ScanBenchVariants is the set of variants worth comparing on a GPU (16, so that a run of all
-// of them stays short): the default, automatic differentiation of the chunked forward, chunk
-// lengths 32 and 64 and the log-depth across-chunk scan with the fused backward and the
-// concatenating link (LinkConcat, the default before LinkCached), then the backward variants
-// (BackwardTwoChain, BackwardStacked, a longer backward chunk) with either link, mostly at
-// L = 16: the 14 variants timed before LinkCached became the default, and the log-depth
-// across-chunk scan with LinkCached (with the fused and the two-chain backward), as log depth
-// was faster than the automatic choice with the concatenating link.
+// ScanBenchVariants is the set of variants worth comparing on a GPU (18, so that a run of all
+// of them stays short): the fused backward with the concatenating link (LinkConcat, the default
+// before LinkCached), automatic differentiation of the chunked forward, chunk lengths 32 and 64
+// and the log-depth across-chunk scan, then the backward variants (BackwardFused,
+// BackwardTwoChain, BackwardStacked, a longer backward chunk) with either link, mostly at
+// L = 16: the 14 variants timed before LinkCached became the default, the log-depth across-chunk
+// scan with LinkCached (with the fused and the two-chain backward), and the output recomputed
+// from the entering states with the fused and the two-chain backward.
 func ScanBenchVariants() []ScanOptions {
+	f, tc := BackwardFused, BackwardTwoChain
 	return []ScanOptions{
-		{Link: LinkConcat},
+		{Backward: f, Link: LinkConcat},
 		{Chunk: 16, Autodiff: true},
-		{Chunk: 32, Link: LinkConcat},
-		{Chunk: 64, Link: LinkConcat},
-		{Chunk: 16, Across: AcrossLogDepth, Link: LinkConcat},
-		{Chunk: 16, Link: LinkCached},
-		{Chunk: 16, Across: AcrossLogDepth, Link: LinkCached},
-		{Chunk: 16, Across: AcrossLogDepth, Backward: BackwardTwoChain, Link: LinkCached},
-		{Chunk: 16, Backward: BackwardTwoChain, Link: LinkConcat},
-		{Chunk: 16, Backward: BackwardTwoChain, Link: LinkCached},
-		{Chunk: 16, Backward: BackwardTwoChain, BackwardChunk: 32, Link: LinkCached},
+		{Chunk: 32, Backward: f, Link: LinkConcat},
+		{Chunk: 64, Backward: f, Link: LinkConcat},
+		{Chunk: 16, Across: AcrossLogDepth, Backward: f, Link: LinkConcat},
+		{Chunk: 16, Backward: f, Link: LinkCached},
+		{Chunk: 16, Across: AcrossLogDepth, Backward: f, Link: LinkCached},
+		{Chunk: 16, Across: AcrossLogDepth, Backward: tc, Link: LinkCached},
+		{Chunk: 16, Backward: tc, Link: LinkConcat},
+		{Chunk: 16, Backward: tc, Link: LinkCached},
+		{Chunk: 16, Backward: tc, BackwardChunk: 32, Link: LinkCached},
 		{Chunk: 16, Backward: BackwardStacked, Link: LinkConcat},
 		{Chunk: 16, Backward: BackwardStacked, Link: LinkCached},
 		{Chunk: 16, Backward: BackwardStacked, BackwardChunk: 32, Link: LinkCached},
 		{Chunk: 8, Backward: BackwardStacked, Link: LinkCached},
 		{Chunk: 32, Backward: BackwardStacked, Link: LinkCached},
+		{Chunk: 16, Output: OutputRecompute, Backward: f, Link: LinkCached},
+		{Chunk: 16, Output: OutputRecompute, Backward: tc, Link: LinkCached},
 	}
 }
 

@@ -76,7 +76,7 @@ func Breakdown(backend backends.Backend, cfg bm.Config, batch, seqLen, reps int)
 					return Log(AddScalar(Iota(g, s, 1), 1)) // A = −(1 … N), the Mamba initialisation
 				}).VariableWithShape("A_log", shapes.Make(dtypes.Float32, D, N)).ValueGraph(g)
 				delta := Softplus(AddScalar(in[1], -4)) // mostly small steps, as after dt_proj's bias
-				y, _ := bm.SelectiveScan(in[0], delta, Neg(Exp(aLog)), in[2], in[3], bm.ScanOptions{Chunk: cfg.ScanChunk})
+				y, _ := bm.SelectiveScan(in[0], delta, Neg(Exp(aLog)), in[2], in[3], bm.ScanOptions{Chunk: cfg.ScanChunk, Backward: cfg.ScanBackward})
 				return ReduceAllSum(Mul(y, in[4])), []*Node{in[0], in[1], in[2], in[3]}
 			}})
 	}
