@@ -83,8 +83,9 @@ type Config struct {
 	// same values, smaller kernels for the compiler. 0 scans the whole batch at once.
 	ScanMaxTokens int `json:"scan_max_tokens,omitempty"`
 	// ScanBackward is the parallel scan's hand-written backward pass (ScanOptions.Backward):
-	// "" or "twochain" (the default, the fastest on the GPU), "fused" (the most precise: dΔ and
-	// dA to about 1e-7 relative against 1e-5 and 2e-4 at 4,096 steps) or "stacked".
+	// "" or "fused" (the default, the most precise: dΔ and dA to about 1e-7 relative at 4,096
+	// steps), "twochain" (1e-5 and 2e-4 there; the fastest scan on its own on an H200, slower
+	// in the small preset's training step) or "stacked".
 	ScanBackward string `json:"scan_backward,omitempty"`
 	// StepRows, when larger than the decoding batch, has each weight product of a decoding
 	// step (StepProduct) run on that many rows: the batch's rows followed by zero rows, whose
@@ -391,9 +392,9 @@ func (c Config) Validate() error {
 		return bad("scan_max_tokens must be >= 0 (0: no split), got %d", c.ScanMaxTokens)
 	}
 	switch c.ScanBackward {
-	case "", BackwardTwoChain, BackwardFused, BackwardStacked:
+	case "", BackwardFused, BackwardTwoChain, BackwardStacked:
 	default:
-		return bad("scan_backward %q: want %q (the default), %q or %q", c.ScanBackward, BackwardTwoChain, BackwardFused, BackwardStacked)
+		return bad("scan_backward %q: want %q (the default), %q or %q", c.ScanBackward, BackwardFused, BackwardTwoChain, BackwardStacked)
 	}
 	if c.StepRows < 0 || c.StepRows > MaxStepRows {
 		return bad("step_rows must be between 0 and %d (0: no padding), got %d", MaxStepRows, c.StepRows)

@@ -23,7 +23,7 @@ import (
 //
 // The chunked method has a hand-written backward pass (a reverse scan of the adjoint state that
 // recomputes the states chunk by chunk), attached with IdentityWithCustomGradient; by default
-// the two-chain form (BackwardTwoChain), otherwise the fused one below. With
+// the fused form below (BackwardFused; ScanOptions.Backward has two others). With
 // g_t = ∂L/∂h_t, a_t = exp(Δ_t ⊗ A):
 //
 //	g_t  = a_{t+1} ⊙ g_{t+1} + dy_t ⊗ C_t  (+ ∂L/∂h_T at t = T−1)
@@ -60,9 +60,10 @@ const (
 const (
 	// BackwardFused computes all gradient terms in one pass that runs the adjoint recurrence
 	// (reverse) and the state recurrence (forward) side by side, using e_t = g_t ⊙ a_t ⊙ h_{t−1}.
-	// It is the most precise (dΔ and dA to about 1e-7 relative at T = 4096); on an H200 (B 8,
-	// T 2048, D 1536, N 16) its forward+backward took 8.3–8.5 ms against 6.6–7.0 ms for
-	// BackwardTwoChain.
+	// It is the default and the most precise (dΔ and dA to about 1e-7 relative at T = 4096).
+	// On an H200, alone at B 8, T 2048, D 1536, N 16, its forward+backward took 8.3–8.5 ms
+	// against 6.6–7.0 ms for BackwardTwoChain, but the small preset's training step (16 × 512)
+	// took 74.7 ms with it against 81.1 ms with BackwardTwoChain.
 	BackwardFused = "fused"
 	// BackwardTwoChain removes the coupling of the two recurrences: with
 	// e_t = Σ_{τ≥t} (u_τ ⊙ h_τ − b_τ ⊙ g_τ) (u_τ = dy_τ ⊗ C_τ, b_τ = (Δ_τ ⊙ x_τ) ⊗ B_τ), every
@@ -71,8 +72,8 @@ const (
 	// reverse cumulative sum over time of a [B, T, D] tensor and dA a weighted sum with the
 	// prefix sums of Δ. Those sums cancel, which costs precision in dΔ and dA on long sequences
 	// (relative errors of about 1e-5 and 2e-4 at T = 4096 with strongly decaying states, against
-	// 1e-7 for BackwardFused; far below the rounding of bfloat16 training). It is the default:
-	// the fastest on the GPU (see BackwardFused).
+	// 1e-7 for BackwardFused; far below the rounding of bfloat16 training). The fastest scan on
+	// its own on the GPU, not inside the training step (see BackwardFused).
 	BackwardTwoChain = "twochain"
 	// BackwardStacked stacks the adjoint states and the recomputed states of every step into
 	// two full state tensors ([B, T, D, N] and, with the entering states, [B, T+C, D, N]) and
@@ -86,7 +87,7 @@ const (
 const DefaultScanChunk = 16
 
 // ScanOptions selects how SelectiveScan is built. The zero value is the default: chunked,
-// L = 16, automatic across-chunk scan, output by correction, the hand-written two-chain backward.
+// L = 16, automatic across-chunk scan, output by correction, the hand-written fused backward.
 type ScanOptions struct {
 	// Method is ScanChunked ("" means chunked) or ScanSequential (unrolled over T; for tests and
 	// short sequences only, its graph has O(T) nodes and its gradient O(T²) memory).
@@ -101,7 +102,7 @@ type ScanOptions struct {
 	// Autodiff differentiates the chunked forward graph automatically instead of using the
 	// hand-written backward pass (for comparison; it stores every unrolled intermediate).
 	Autodiff bool
-	// Backward is the hand-written backward pass: BackwardTwoChain (""), BackwardFused or
+	// Backward is the hand-written backward pass: BackwardFused (""), BackwardTwoChain or
 	// BackwardStacked.
 	Backward string
 	// BackwardChunk is the chunk length of the backward pass (0 means Chunk). It must be a
@@ -133,10 +134,9 @@ const (
 	LinkCached = "cached"
 )
 
-// String describes the options compactly, e.g. "chunked/L16/auto/correction/bwd-twochain/cached"
-// (the default). A name without a link suffix is the LinkConcat link, and one without a
-// "bwd-" part the fused backward, as in results written before LinkCached and BackwardTwoChain
-// became the defaults.
+// String describes the options compactly, e.g. "chunked/L16/auto/correction/cached" (the
+// default; "/bwd-twochain" after the output names another backward). A name without a link
+// suffix is the LinkConcat link, as in results written before LinkCached became the default.
 func (o ScanOptions) String() string {
 	o = o.withDefaults()
 	if o.Method == ScanSequential {
@@ -163,7 +163,7 @@ func (o ScanOptions) String() string {
 }
 
 // ParseScanOptions parses the name that ScanOptions.String prints, e.g.
-// "chunked/L16/auto/correction/bwd-twochain/cached" or "chunked/L16/logdepth/recompute/cached";
+// "chunked/L16/auto/correction/cached" or "chunked/L16/logdepth/recompute/bwd-twochain/cached";
 // as there, a name without a link suffix ("/cached" or "/concat") is LinkConcat and one without
 // a "bwd-" part BackwardFused. "default" is the zero value. The result is validated.
 func ParseScanOptions(name string) (ScanOptions, error) {
@@ -229,7 +229,7 @@ func (o ScanOptions) withDefaults() ScanOptions {
 		o.Output = OutputCorrection
 	}
 	if o.Backward == "" {
-		o.Backward = BackwardTwoChain
+		o.Backward = BackwardFused
 	}
 	if o.BackwardChunk == 0 || o.Backward == BackwardFused {
 		o.BackwardChunk = o.Chunk

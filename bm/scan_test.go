@@ -479,7 +479,7 @@ func TestSelectiveScanGradientLongSequence(t *testing.T) {
 	}{
 		{ScanOptions{Backward: BackwardFused}, [5]float64{1e-5, 1e-5, 1e-5, 1e-5, 1e-5}},
 		{ScanOptions{Backward: BackwardStacked, Link: LinkCached}, [5]float64{1e-5, 1e-5, 1e-5, 1e-5, 1e-5}},
-		{ScanOptions{}, [5]float64{1e-5, 5e-5, 1e-3, 1e-5, 1e-5}}, // the default: two-chain, L = 16
+		{ScanOptions{Backward: BackwardTwoChain}, [5]float64{1e-5, 5e-5, 1e-3, 1e-5, 1e-5}},
 		{ScanOptions{Backward: BackwardTwoChain, BackwardChunk: 64}, [5]float64{1e-5, 5e-5, 1e-3, 1e-5, 1e-5}},
 	}
 	for _, tc := range cases {
