@@ -24,7 +24,7 @@
 #                                           train-small, train-1.5b, decode, breakdown
 #
 # Environment: MOE_LIMIT (seconds, default 200) and ROUTER=0 (skip the router timing) for moe;
-# SCAN_SHAPES and SCAN_VARIANTS for scan; DECODE_UNROLL (greedy steps per call), DECODE_BATCH
+# SCAN_SHAPES, SCAN_VARIANTS and SCAN_EACH (one process per variant) for scan; DECODE_UNROLL (greedy steps per call), DECODE_BATCH
 # (sequences decoded together) and DECODE_STEP_ROWS (rows of the step's weight products, 0: not
 # padded) and DECODE_STEP_WEIGHTS (inout and/or transposed), comma-separated lists, default 1, 1,
 # 0 and inout, and DECODE_LIMIT for decode; BIG_BATCH
@@ -116,8 +116,17 @@ check)
 scan)
 	# SCAN_SHAPES (default "2048 8192"): the sequence lengths to time, B = 8, D = 1536, N = 16;
 	# every variant (SCAN_VARIANTS) at 2048, the default one at 8192.
+	# SCAN_EACH=1 runs each variant of a comma-separated SCAN_VARIANTS in its own process
+	# (bench-scan-2048-K.json), so that each row's peak memory is that variant's alone.
 	for T in ${SCAN_SHAPES:-2048 8192}; do
-		if [[ "$T" == 2048 ]]; then
+		if [[ "$T" == 2048 && "${SCAN_EACH:-0}" == 1 ]]; then
+			k=0
+			IFS=, read -r -a each <<<"${SCAN_VARIANTS:-default}"
+			for v in "${each[@]}"; do
+				k=$((k + 1))
+				step "scan-2048-$k" "${SCAN_LIMIT:-60}" "$run" blackmamba bench -what scan -scan-shape 8,2048,1536,16 -scan-variants "$v" -reps 10 -json "$out/bench-scan-2048-$k.json"
+			done
+		elif [[ "$T" == 2048 ]]; then
 			step scan-2048 "${SCAN_LIMIT:-300}" "$run" blackmamba bench -what scan -scan-shape 8,2048,1536,16 -scan-variants "${SCAN_VARIANTS:-all}" -reps 10 -json "$out/bench-scan-2048.json"
 		else
 			step "scan-$T" 150 "$run" blackmamba bench -what scan -scan-shape "8,$T,1536,16" -scan-variants default -reps 5 -json "$out/bench-scan-$T.json"
