@@ -123,7 +123,7 @@ func maxRelErr(a, b []float64) float64 {
 func TestMambaMatchesReference(t *testing.T) {
 	backend := cpuBackend(t)
 	cfg := mambaTestConfig()
-	for _, T := range []int{1, 3, 4, 9, 37} { // 37: three scan chunks of 16, the last partial
+	for _, T := range []int{1, 3, 4, 9, 37} { // 37: five scan chunks of 8, the last partial
 		t.Run(fmt.Sprintf("T=%d", T), func(t *testing.T) {
 			ctx := context.New()
 			ctx.SetParam(initializers.ParamInitialSeed, int64(7))
@@ -242,7 +242,7 @@ func TestMambaPrefillStep(t *testing.T) {
 // gradient is computed: the gradients of a Mamba block with respect to its input and its
 // variables agree with the "fused" backward's to 1e-5 relative for the default ("", the fused
 // one) and "stacked", and to 1e-4 for "twochain", whose sums over the sequence cancel (1.7e-5
-// measured here for the dt bias, which sums dΔ; T = 37: three scan chunks, the last partial),
+// measured here for the dt bias, which sums dΔ; T = 37: several scan chunks, the last partial),
 // and a bad value is rejected with an error naming the field.
 func TestMambaScanBackward(t *testing.T) {
 	backend := cpuBackend(t)

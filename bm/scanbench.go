@@ -64,18 +64,21 @@ type ScanBenchResult struct {
 	Err string
 }
 
-// ScanBenchVariants is the set of variants worth comparing on a GPU (18, so that a run of all
-// of them stays short): the fused backward with the concatenating link (LinkConcat, the default
-// before LinkCached), automatic differentiation of the chunked forward, chunk lengths 32 and 64
-// and the log-depth across-chunk scan, then the backward variants (BackwardFused,
-// BackwardTwoChain, BackwardStacked, a longer backward chunk) with either link, mostly at
-// L = 16: the 14 variants timed before LinkCached became the default, the log-depth across-chunk
-// scan with LinkCached (with the fused and the two-chain backward), and the output recomputed
-// from the entering states with the fused and the two-chain backward.
+// ScanBenchVariants is the set of variants worth comparing on a GPU (20, so that a run of all
+// of them stays short): the default (L = 8, fused backward, LinkCached), L = 4, the fused
+// backward with the concatenating link (LinkConcat, the default before LinkCached),
+// automatic differentiation of the chunked forward, chunk lengths 32 and 64 and the log-depth
+// across-chunk scan, then the backward variants (BackwardFused, BackwardTwoChain,
+// BackwardStacked, a longer backward chunk) with either link, mostly at L = 16 (the default
+// chunk until 2026-11-29): the 14 variants timed before LinkCached became the default, the
+// log-depth across-chunk scan with LinkCached (with the fused and the two-chain backward), and
+// the output recomputed from the entering states with the fused and the two-chain backward.
 func ScanBenchVariants() []ScanOptions {
 	f, tc := BackwardFused, BackwardTwoChain
 	return []ScanOptions{
-		{Backward: f, Link: LinkConcat},
+		{},
+		{Chunk: 4},
+		{Chunk: 16, Backward: f, Link: LinkConcat},
 		{Chunk: 16, Autodiff: true},
 		{Chunk: 32, Backward: f, Link: LinkConcat},
 		{Chunk: 64, Backward: f, Link: LinkConcat},

@@ -29,7 +29,7 @@ func runBench(fs *flag.FlagSet, args []string) error {
 	backendFlag := xla.AddFlag(fs)
 	what := fs.String("what", "scan,moe,train-step", "comma-separated benchmarks: scan, moe, train-step, breakdown (each block kind of -config timed alone at -batch x -seq), graph (operation counts of the training graph, built but not compiled), router (the expert choice alone: argmax and both Sinkhorns on -moe-tokens logits), decode (batch-1 greedy generation of -decode-tokens tokens with random weights stored in the compute dtype), kernels (chains of dependent row-vector products, -kernel-chains, in -dtype, default bfloat16: what the kernels of a batch-1 decode step cost apart from the model)")
 	scanShape := fs.String("scan-shape", "8,2048,1536,16", "scan shape B,T,D,N")
-	scanVariants := fs.String("scan-variants", "all", `"all" (bm.ScanBenchVariants: chunk sizes and backward variants), "quick" (the default variant at each chunk size plus the chunk-16 variants), "default", or a comma-separated list of variant names as the table prints them (e.g. "default,chunked/L16/auto/recompute/cached")`)
+	scanVariants := fs.String("scan-variants", "all", `"all" (bm.ScanBenchVariants: chunk sizes and backward variants), "quick" (those of "all" with chunks of at most 16, without automatic differentiation), "default", or a comma-separated list of variant names as the table prints them (e.g. "default,chunked/L16/auto/recompute/cached")`)
 	cfgName := fs.String("config", "small", "model preset or JSON config for moe, train-step, breakdown, graph and decode")
 	dtype := fs.String("dtype", "", `override compute dtype ("float32" or "bfloat16") for moe, train-step, breakdown, graph and decode`)
 	batch := fs.Int("batch", 8, "train-step batch size")
@@ -135,8 +135,7 @@ func runBench(fs *flag.FlagSet, args []string) error {
 			case "quick":
 				variants = nil
 				for _, v := range bm.ScanBenchVariants() {
-					auto := v.Across == bm.AcrossAuto && v.Output == "" && !v.Autodiff
-					if auto || (v.Chunk == 16 && !(v.Across == bm.AcrossSequential)) {
+					if !v.Autodiff && v.Chunk <= 16 {
 						variants = append(variants, v)
 					}
 				}
