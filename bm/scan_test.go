@@ -108,7 +108,8 @@ func TestSelectiveScanForward(t *testing.T) {
 		{2, 70, 3, 4, ScanOptions{Chunk: 4, Across: AcrossLogDepth}},   // 18 chunks
 		{2, 70, 3, 4, ScanOptions{Chunk: 4, Across: AcrossSequential}}, // 18 chunks
 		{2, 200, 4, 8, ScanOptions{Chunk: 2, Across: AcrossBlocked}},   // 100 chunks: 10 blocks of 10
-		{2, 300, 4, 16, ScanOptions{}},                                 // default L=16: 19 chunks
+		{2, 300, 4, 16, ScanOptions{}},                                 // default L=8: 38 chunks, blocked
+		{2, 300, 4, 16, ScanOptions{Chunk: 16}},                        // 19 chunks
 		{3, 13, 3, 4, ScanOptions{Chunk: 4, MaxBatch: 2}},              // batch in pieces of 2 and 1
 		{2, 300, 4, 16, ScanOptions{Chunk: 32, Output: OutputRecompute, Across: AcrossLogDepth}},
 		{2, 13, 3, 4, ScanOptions{Chunk: 4, Link: LinkCached, Backward: BackwardTwoChain}},
