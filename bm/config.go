@@ -76,7 +76,7 @@ type Config struct {
 	// ComputeDType is "float32" or "bfloat16": the dtype of matmuls. The residual stream,
 	// norms, scan state and router stay float32.
 	ComputeDType string `json:"compute_dtype"`
-	// ScanChunk is the chunk length of the parallel selective scan (0 picks a default).
+	// ScanChunk is the chunk length of the parallel selective scan (0 picks DefaultScanChunk, 8).
 	ScanChunk int `json:"scan_chunk"`
 	// ScanMaxTokens, when > 0, has the parallel scan process the batch in pieces of at most
 	// this many tokens (whole sequences, at least one per piece; ScanOptions.MaxBatch): the
@@ -84,8 +84,9 @@ type Config struct {
 	ScanMaxTokens int `json:"scan_max_tokens,omitempty"`
 	// ScanBackward is the parallel scan's hand-written backward pass (ScanOptions.Backward):
 	// "" or "fused" (the default, the most precise: dΔ and dA to about 1e-7 relative at 4,096
-	// steps), "twochain" (1e-5 and 2e-4 there; the fastest scan on its own on an H200, slower
-	// in the small preset's training step) or "stacked".
+	// steps, and on an H200 the fastest with the default chunks of 8), "twochain" (1e-5 and 2e-4
+	// there; faster than the fused one on an H200 only with chunks of 16, and on the scan alone)
+	// or "stacked".
 	ScanBackward string `json:"scan_backward,omitempty"`
 	// StepRows, when larger than the decoding batch, has each weight product of a decoding
 	// step (StepProduct) run on that many rows: the batch's rows followed by zero rows, whose

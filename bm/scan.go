@@ -73,8 +73,9 @@ const (
 	// reverse cumulative sum over time of a [B, T, D] tensor and dA a weighted sum with the
 	// prefix sums of Δ. Those sums cancel, which costs precision in dΔ and dA on long sequences
 	// (relative errors of about 1e-5 and 2e-4 at T = 4096 with strongly decaying states, against
-	// 1e-7 for BackwardFused; far below the rounding of bfloat16 training). The fastest scan on
-	// its own on the GPU, not inside the training step (see BackwardFused).
+	// 1e-7 for BackwardFused; far below the rounding of bfloat16 training). On an H200 it was
+	// faster than BackwardFused only with chunks of 16, and only on the scan alone (see
+	// BackwardFused).
 	BackwardTwoChain = "twochain"
 	// BackwardStacked stacks the adjoint states and the recomputed states of every step into
 	// two full state tensors ([B, T, D, N] and, with the entering states, [B, T+C, D, N]) and
