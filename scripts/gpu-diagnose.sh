@@ -72,6 +72,22 @@ cases=("$@")
 ((${#cases[@]} == 0)) && cases=(transformer transformer-at0 transformer-t128 blackmamba blackmamba-sk1 mamba)
 echo '{"sinkhorn_max_iter": 1}' >"$out/small-sk1.json"
 echo '{"scan_max_tokens": 8192}' >"$out/small-split.json"
+# The Nsight tools of the machine, if any (on PATH or where the CUDA images install them).
+find_ncu() { command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda*/bin/ncu 2>/dev/null | head -n 1; }
+find_nsys() { command -v nsys || ls /opt/nvidia/nsight-systems/*/bin/nsys /usr/local/cuda*/bin/nsys 2>/dev/null | head -n 1; }
+# nsys_kernels NAME ARGS...: runs the bundle's blackmamba with ARGS under Nsight Systems ($nsys)
+# within LIMIT, logs to OUT/NAME.log.xz and writes the kernel summary (time per kernel name) to
+# OUT/NAME-k*.csv.
+nsys_kernels() {
+	local name="$1" t0=$SECONDS
+	shift
+	timeout -k 10 "${LIMIT:-150}" "$run" "$nsys" profile --trace cuda --sample none --cpuctxsw none -o "/tmp/$name" -f true \
+		"$bundle/blackmamba" "$@" >"$out/$name.log" 2>&1
+	echo "--- $name rc=$? in $((SECONDS - t0))s" | tee -a "$out/summary.txt"
+	"$nsys" stats --report cuda_gpu_kern_sum --format csv -o "/tmp/$name-k" "/tmp/$name.nsys-rep" >>"$out/$name.log" 2>&1
+	cp "/tmp/$name-k"*.csv "$out/" 2>/dev/null
+	xz -f "$out/$name.log"
+}
 for c in "${cases[@]}"; do
 	cfg=small seq="${SEQ:-512}" batch="${BATCH:-16}" flags="" decode=false weights="${DECODE_STEP_WEIGHTS:-inout}" fuse=none
 	case "$c" in
@@ -95,7 +111,7 @@ for c in "${cases[@]}"; do
 	decode-tn-res) decode=true weights=folded fuse=residual ;;
 	decode-tn-fuse) decode=true weights=folded fuse=gate+residual ;;
 	decode-ncu)
-		ncu="$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -n 1)"
+		ncu="$(find_ncu)"
 		echo "=== decode-ncu: $ncu (limit ${LIMIT:-150}s)" | tee -a "$out/summary.txt"
 		t0=$SECONDS
 		XLA_FLAGS="--xla_gpu_autotune_level=0" timeout -k 10 "${LIMIT:-150}" "$run" "$ncu" --clock-control none \
@@ -123,17 +139,11 @@ for c in "${cases[@]}"; do
 		for f in "$dump"/*{gpu_after_optimizations.txt,thunk_sequence.txt,buffer-assignment.txt}; do
 			[[ -e "$f" && $(stat -c %s "$f") -gt 2000 ]] && xz -c "$f" >"$out/scan-$(basename "$f").xz"
 		done
-		nsys="$(command -v nsys || ls /opt/nvidia/nsight-systems/*/bin/nsys /usr/local/cuda*/bin/nsys 2>/dev/null | head -n 1 || true)"
-		echo "nsys: ${nsys:-none}; ncu: $(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda*/bin/ncu 2>/dev/null | head -n 1 || echo none)" | tee -a "$out/summary.txt"
+		nsys="$(find_nsys)" ncu="$(find_ncu)"
+		echo "nsys: ${nsys:-none}; ncu: ${ncu:-none}" | tee -a "$out/summary.txt"
 		if [[ -n "$nsys" ]]; then
-			t0=$SECONDS
-			timeout -k 10 "${LIMIT:-150}" "$run" "$nsys" profile --trace cuda --sample none --cpuctxsw none -o /tmp/scan-nsys -f true \
-				"$bundle/blackmamba" "${sbench[@]}" >"$out/scan-nsys.log" 2>&1
-			echo "--- scan-nsys rc=$? in $((SECONDS - t0))s" | tee -a "$out/summary.txt"
-			"$nsys" stats --report cuda_gpu_kern_sum --format csv -o /tmp/scan-nsys-k /tmp/scan-nsys.nsys-rep >>"$out/scan-nsys.log" 2>&1
-			cp /tmp/scan-nsys-k*.csv "$out/" 2>/dev/null
-			xz -f "$out/scan-nsys.log"
-		elif ncu="$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda*/bin/ncu 2>/dev/null | head -n 1)"; then
+			nsys_kernels scan-nsys "${sbench[@]}"
+		elif [[ -n "$ncu" ]]; then
 			# Nsight Compute: the duration of each kernel of one forward and one forward+backward
 			# run (the bench's own times are not meaningful under it).
 			t0=$SECONDS
@@ -148,18 +158,13 @@ for c in "${cases[@]}"; do
 		continue
 		;;
 	decode-nsys)
-		nsys="$(command -v nsys || ls /opt/nvidia/nsight-systems/*/bin/nsys /usr/local/cuda*/bin/nsys 2>/dev/null | head -n 1 || true)"
+		nsys="$(find_nsys)"
 		echo "=== decode-nsys: ${nsys:-no nsys} (limit ${LIMIT:-150}s)" | tee -a "$out/summary.txt"
-		[[ -n "$nsys" ]] || continue
-		t0=$SECONDS
-		timeout -k 10 "${LIMIT:-150}" "$run" "$nsys" profile --trace cuda --sample none --cpuctxsw none -o /tmp/decode-nsys -f true \
-			"$bundle/blackmamba" bench -what decode -config 1.5b -dtype bfloat16 -decode-tokens 64 -decode-step-weights folded \
-			-decode-step-fuse residual -reps 1 >"$out/decode-nsys.log" 2>&1
-		echo "--- decode-nsys rc=$? in $((SECONDS - t0))s" | tee -a "$out/summary.txt"
-		"$nsys" stats --report cuda_gpu_kern_sum --format csv -o /tmp/decode-nsys-k /tmp/decode-nsys.nsys-rep >>"$out/decode-nsys.log" 2>&1
-		cp /tmp/decode-nsys-k*.csv "$out/" 2>/dev/null
-		grep -E '^decode' "$out/decode-nsys.log" >>"$out/summary.txt"
-		xz -f "$out/decode-nsys.log"
+		if [[ -n "$nsys" ]]; then
+			nsys_kernels decode-nsys bench -what decode -config 1.5b -dtype bfloat16 -decode-tokens 64 \
+				-decode-step-weights folded -decode-step-fuse residual -reps 1
+			xzcat "$out/decode-nsys.log.xz" | grep -E '^decode' >>"$out/summary.txt"
+		fi
 		continue
 		;;
 	decode-cmdbuf)
