@@ -128,20 +128,17 @@ func runBench(fs *flag.FlagSet, args []string) error {
 			if err != nil {
 				return err
 			}
-			variants := []bm.ScanOptions{{}}
+			var variants []bm.ScanOptions
 			switch *scanVariants {
 			case "all":
 				variants = bm.ScanBenchVariants()
 			case "quick":
-				variants = nil
 				for _, v := range bm.ScanBenchVariants() {
 					if !v.Autodiff && v.Chunk <= 16 {
 						variants = append(variants, v)
 					}
 				}
-			case "default":
-			default:
-				variants = nil
+			default: // "default" or a list of names, which may include "default"
 				for _, name := range strings.Split(*scanVariants, ",") {
 					v, err := bm.ParseScanOptions(strings.TrimSpace(name))
 					if err != nil {
