@@ -152,11 +152,13 @@ func BenchScan(backend backends.Backend, shape ScanShape, variants []ScanOptions
 			})
 			defer bwd.Finalize()
 			var err error
+			timedRegion = r.Variant + " forward"
 			r.ForwardCompileS, r.ForwardMs, r.ForwardMinMs, err = timeExec(fwd, inputs[:5], reps)
 			if err != nil {
 				r.Err = "forward: " + err.Error()
 				return
 			}
+			timedRegion = r.Variant + " forward+backward"
 			r.ForwardBackwardCompileS, r.ForwardBackwardMs, r.ForwardBackwardMinMs, err = timeExec(bwd, inputs, reps)
 			if err != nil {
 				r.Err = "forward+backward: " + err.Error()
@@ -191,6 +193,15 @@ func syncScalar(nodes ...*Node) *Node {
 	return sum
 }
 
+// ScanRegion, when set, is called around the timed runs of each BenchScan measurement: with
+// begin true just before the first timed run and false just after the last, the label
+// "<variant> forward" or "<variant> forward+backward", and the number of runs. The bench
+// command uses it to trace the kernels of each region.
+var ScanRegion func(label string, begin bool, runs int)
+
+// timedRegion is the label timeExec passes to ScanRegion.
+var timedRegion string
+
 // timeExec runs e once to compile (timed), once more to warm up, then reps times, each
 // synchronised by copying the last output (a scalar) to the host. Times in ms, compile in s.
 func timeExec(e *Exec, inputs []*tensors.Tensor, reps int) (compileS, medianMs, minMs float64, err error) {
@@ -223,12 +234,18 @@ func timeExec(e *Exec, inputs []*tensors.Tensor, reps int) (compileS, medianMs, 
 		return
 	}
 	times := make([]float64, reps)
+	if ScanRegion != nil {
+		ScanRegion(timedRegion, true, reps)
+	}
 	for i := range times {
 		d, err = run()
 		if err != nil {
 			return
 		}
 		times[i] = float64(d.Nanoseconds()) / 1e6
+	}
+	if ScanRegion != nil {
+		ScanRegion(timedRegion, false, reps)
 	}
 	slices.Sort(times)
 	return compileS, times[len(times)/2], times[0], nil

@@ -60,7 +60,10 @@
 # DECODE_STEP_ROWS (the decode cases' -decode-unroll, -decode-batch and -decode-step-rows lists,
 # default 1, 1 and 0), BATCH and SEQ (default 16 and 512; a case
 # that names its own length keeps it), DUMP (default 1; 0 skips the HLO dumps, which are large at
-# 2048 tokens).
+# 2048 tokens), TRACE (1: the decode and scan cases also record every kernel of their timed
+# regions with CUPTI, bench -kernel-trace, into OUT/trace-CASE.json, with the largest kernels in
+# summary.txt; the scan case then skips the Nsight tools) and SCAN_SHAPE (the scan case's
+# B,T,D,N, default 8,2048,1536,16).
 set -uo pipefail
 bundle="$(cd "$1" && pwd)"
 shift
@@ -88,7 +91,14 @@ nsys_kernels() {
 	cp "/tmp/$name-k"*.csv "$out/" 2>/dev/null
 	xz -f "$out/$name.log"
 }
+# trace_summary CASE: the totals and largest kernels of each traced region of the case's log.
+trace_summary() {
+	[[ "${TRACE:-0}" == 1 ]] && grep -A 32 -E ' kernels in [0-9.]+ µs; busy' "$out/$1.log" >>"$out/summary.txt"
+	return 0
+}
 for c in "${cases[@]}"; do
+	trace=()
+	[[ "${TRACE:-0}" == 1 ]] && trace=(-kernel-trace "$out/trace-$c.json")
 	cfg=small seq="${SEQ:-512}" batch="${BATCH:-16}" flags="" decode=false weights="${DECODE_STEP_WEIGHTS:-inout}" fuse=none
 	case "$c" in
 	transformer) cfg=small-transformer ;;
@@ -127,11 +137,12 @@ for c in "${cases[@]}"; do
 		rm -rf "$dump"
 		echo "=== scan: dumps (limit ${LIMIT:-150}s)" | tee -a "$out/summary.txt"
 		t0=$SECONDS
-		sbench=(bench -what scan -scan-shape 8,2048,1536,16 -scan-variants "${SCAN_VARIANTS:-default}" -reps 5)
+		sbench=(bench -what scan -scan-shape "${SCAN_SHAPE:-8,2048,1536,16}" -scan-variants "${SCAN_VARIANTS:-default}" -reps 5)
 		XLA_FLAGS="--xla_dump_to=$dump --xla_dump_hlo_as_text" timeout -k 10 "${LIMIT:-150}" "$run" blackmamba "${sbench[@]}" \
-			-json "$out/bench-scan.json" >"$out/scan.log" 2>&1
+			-json "$out/bench-scan.json" "${trace[@]}" >"$out/scan.log" 2>&1
 		echo "--- scan rc=$? in $((SECONDS - t0))s" | tee -a "$out/summary.txt"
 		grep -E '^scan' "$out/scan.log" >>"$out/summary.txt"
+		trace_summary scan
 		for f in "$dump"/*thunk_sequence.txt; do
 			[[ -e "$f" ]] || continue
 			echo "$(grep -c -E '^[0-9]+: k' "$f") kernel thunks: $(basename "$f")"
@@ -141,7 +152,9 @@ for c in "${cases[@]}"; do
 		done
 		nsys="$(find_nsys)" ncu="$(find_ncu)"
 		echo "nsys: ${nsys:-none}; ncu: ${ncu:-none}" | tee -a "$out/summary.txt"
-		if [[ -n "$nsys" ]]; then
+		if [[ "${TRACE:-0}" == 1 ]]; then
+			: # the kernels' times came from CUPTI
+		elif [[ -n "$nsys" ]]; then
 			nsys_kernels scan-nsys "${sbench[@]}"
 		elif [[ -n "$ncu" ]]; then
 			# Nsight Compute: the duration of each kernel of one forward and one forward+backward
@@ -192,9 +205,10 @@ for c in "${cases[@]}"; do
 	[[ "${DUMP:-1}" == 0 ]] && dumpflags=""
 	XLA_FLAGS="$dumpflags $flags" \
 		TF_CPP_MIN_LOG_LEVEL=0 TF_CPP_VMODULE="gpu_compiler=3,nvptx_compiler=3" \
-		timeout -k 10 "${LIMIT:-150}" "$run" blackmamba bench "${bench[@]}" -json "$out/bench-$c.json" >"$out/$c.log" 2>&1
+		timeout -k 10 "${LIMIT:-150}" "$run" blackmamba bench "${bench[@]}" -json "$out/bench-$c.json" "${trace[@]}" >"$out/$c.log" 2>&1
 	echo "--- $c rc=$? in $((SECONDS - t0))s" | tee -a "$out/summary.txt"
 	grep -E "$lines" "$out/$c.log" | tail -n 8 >>"$out/summary.txt"
+	trace_summary "$c"
 	if $decode; then
 		# Kernels per executable: the thunks of each module's thunk sequence (the decode step is
 		# the one with the most), and how many of them are library matrix multiplications.

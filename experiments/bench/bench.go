@@ -18,6 +18,8 @@ import (
 	. "github.com/gomlx/gomlx/pkg/core/graph"
 	"github.com/gomlx/gomlx/pkg/core/tensors"
 	"github.com/gomlx/gomlx/pkg/ml/context"
+
+	"blackmamba/xla/kerneltrace"
 )
 
 // PeakBF16FLOPs is the bf16 dense matrix rate measured on an H200 (FLOP/s), the reference of
@@ -52,10 +54,88 @@ type Row struct {
 // that a caller can print and save partial results of a run that a time limit may stop.
 var OnRow func(Row)
 
-// emit passes a finished row to OnRow.
-func emit(r Row) {
+// emit adds the kernels of the row's timed region to it (traceRow) and passes it to OnRow.
+func emit(r *Row) {
+	traceRow(r)
 	if OnRow != nil {
-		OnRow(r)
+		OnRow(*r)
+	}
+}
+
+// Trace, when set, records the device kernels of each row's timed region: the timed calls of
+// the scan, train-step, moe, router, breakdown and kernels benchmarks, and the steps of the
+// last timed pass of decode. Such a row gets Extra figures per call (per step for decode): trace_kernels
+// (kernels run), trace_busy_ms (time with a kernel running), trace_idle_ms (the rest of the
+// region: the device waiting for work), trace_sum_ms (the kernels' durations added up) and
+// trace_gap_us (the median time between one kernel's end and the next one's start); OnTrace
+// gets the region's summary, kernel by kernel.
+var Trace *kerneltrace.Tracer
+
+// OnTrace, when set with Trace, receives each traced row and its region's summary.
+var OnTrace func(Row, kerneltrace.Summary)
+
+// region is a timed region on the tracer's clock and the calls (or steps) it holds.
+type region struct {
+	from, to uint64
+	calls    int
+}
+
+// lastRegion is the most recent timed region not yet summarised into a row (calls 0: none).
+var lastRegion region
+
+// regionStart returns the tracer's time (0 without a trace).
+func regionStart() uint64 {
+	if Trace == nil {
+		return 0
+	}
+	t, _ := Trace.Now()
+	return t
+}
+
+// regionEnd closes the region opened at from, holding calls calls or steps.
+func regionEnd(from uint64, calls int) {
+	if Trace == nil {
+		return
+	}
+	to, _ := Trace.Now()
+	lastRegion = region{from: from, to: to, calls: calls}
+}
+
+// traceRow summarises the kernels of the last timed region into row (see Trace); a failure to
+// read them is noted in the row's error without replacing one it has.
+func traceRow(row *Row) {
+	reg := lastRegion
+	lastRegion = region{}
+	if Trace == nil || reg.calls == 0 {
+		return
+	}
+	ks, err := Trace.Collect()
+	if err == nil {
+		err = kerneltrace.Check(ks)
+	}
+	traceRowFrom(row, ks, err, reg)
+}
+
+// traceRowFrom is traceRow on kernels already collected (err: the failure to collect them).
+func traceRowFrom(row *Row, ks []kerneltrace.Kernel, err error, reg region) {
+	if err != nil {
+		if row.Err == "" {
+			row.Err = "kernel trace: " + err.Error()
+		}
+		return
+	}
+	s := kerneltrace.Summarize(row.Bench+" "+row.Variant+" "+row.Shape, ks, reg.from, reg.to)
+	if row.Extra == nil {
+		row.Extra = map[string]float64{}
+	}
+	n := float64(reg.calls)
+	row.Extra["trace_kernels"] = float64(s.Kernels) / n
+	row.Extra["trace_busy_ms"] = s.BusyUs / 1e3 / n
+	row.Extra["trace_idle_ms"] = s.IdleUs / 1e3 / n
+	row.Extra["trace_sum_ms"] = s.SumUs / 1e3 / n
+	row.Extra["trace_gap_us"] = s.GapMedianUs
+	if OnTrace != nil {
+		OnTrace(*row, s)
 	}
 }
 
@@ -82,6 +162,12 @@ func timeCalls(call func() error, warm, reps int) (compileS, medianMs, minMs flo
 		}
 	}
 	times := make([]float64, 0, reps)
+	from := regionStart()
+	defer func() {
+		if err == nil {
+			regionEnd(from, reps)
+		}
+	}()
 	for range reps {
 		t0 := time.Now()
 		if err = call(); err != nil {

@@ -2,6 +2,7 @@ package bench
 
 import (
 	"bytes"
+	"errors"
 	"math"
 	"strings"
 	"testing"
@@ -12,6 +13,7 @@ import (
 
 	"blackmamba/bm"
 	"blackmamba/xla"
+	"blackmamba/xla/kerneltrace"
 )
 
 // TestBenchmarksRun runs each benchmark at a tiny size on the pure-Go backend and checks that
@@ -242,5 +244,35 @@ func TestKernels(t *testing.T) {
 	bad := Kernels(backend, []Chain{{4, 4, 0, false}}, dtypes.Float32, 1)
 	if len(bad) != 1 || !strings.Contains(bad[0].Err, "products (0)") {
 		t.Errorf("chain of 0 products: rows %+v, want an error naming the products", bad)
+	}
+}
+
+// TestTraceRowFrom: a traced region's kernels become per-call figures of the row and reach
+// OnTrace; a failure to read them becomes the row's error.
+func TestTraceRowFrom(t *testing.T) {
+	ks := []kerneltrace.Kernel{
+		{Name: "a", StartNs: 1000, EndNs: 3000, Grid: [3]int32{1, 1, 1}, Block: [3]int32{32, 1, 1}},
+		{Name: "b", StartNs: 4000, EndNs: 5000, Grid: [3]int32{1, 1, 1}, Block: [3]int32{32, 1, 1}},
+		{Name: "a", StartNs: 6000, EndNs: 8000, Grid: [3]int32{1, 1, 1}, Block: [3]int32{32, 1, 1}},
+		{Name: "c", StartNs: 20000, EndNs: 21000, Grid: [3]int32{1, 1, 1}, Block: [3]int32{32, 1, 1}}, // outside
+	}
+	var got []kerneltrace.Summary
+	OnTrace = func(_ Row, s kerneltrace.Summary) { got = append(got, s) }
+	defer func() { OnTrace = nil }()
+	row := Row{Bench: "x", Variant: "v"}
+	traceRowFrom(&row, ks, nil, region{from: 1000, to: 11000, calls: 2})
+	want := map[string]float64{"trace_kernels": 1.5, "trace_busy_ms": 0.0025, "trace_idle_ms": 0.0025, "trace_sum_ms": 0.0025, "trace_gap_us": 1}
+	for k, w := range want {
+		if math.Abs(row.Extra[k]-w) > 1e-12 {
+			t.Errorf("%s = %v, want %v", k, row.Extra[k], w)
+		}
+	}
+	if len(got) != 1 || got[0].Kernels != 3 || got[0].Stats[0].Name != "a" {
+		t.Errorf("OnTrace got %+v", got)
+	}
+	bad := Row{Bench: "x"}
+	traceRowFrom(&bad, nil, errors.New("no records"), region{from: 0, to: 1, calls: 1})
+	if !strings.Contains(bad.Err, "kernel trace: no records") {
+		t.Errorf("error row: %q", bad.Err)
 	}
 }

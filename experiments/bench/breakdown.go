@@ -155,7 +155,7 @@ func Breakdown(backend backends.Backend, cfg bm.Config, batch, seqLen, reps int)
 				}
 			}
 			rows = append(rows, row)
-			emit(row)
+			emit(&row)
 		}
 	}
 	return rows

@@ -73,7 +73,7 @@ func DecodeVariant(backend backends.Backend, cfg bm.Config, batch, tokens, unrol
 		Shape: fmt.Sprintf("batch %d, prompt 1, %d tokens", batch, tokens), Reps: reps, PeakBytes: -1}
 	if tokens < 2 || reps < 1 || unroll < 1 || batch < 1 {
 		row.Err = fmt.Sprintf("decode: tokens (%d) must be >= 2, batch (%d), unroll (%d) and reps (%d) >= 1", tokens, batch, unroll, reps)
-		emit(row)
+		emit(&row)
 		return row
 	}
 	_, active := cfg.ParamCounts()
@@ -114,7 +114,7 @@ func DecodeVariant(backend backends.Backend, cfg bm.Config, batch, tokens, unrol
 		var ref []int32
 		repeat := 1.0
 		for pass := range reps + 1 {
-			p, err := decodePass(g, batch, tokens)
+			p, err := decodePass(g, batch, tokens, pass == reps)
 			if err != nil {
 				return fmt.Errorf("pass %d: %w", pass+1, err)
 			}
@@ -137,13 +137,13 @@ func DecodeVariant(backend backends.Backend, cfg bm.Config, batch, tokens, unrol
 	})
 	if err != nil {
 		row.Err = err.Error()
-		emit(row)
+		emit(&row)
 		return row
 	}
 	row.TokensPerS = float64(batch) * 1000 / row.Ms
 	row.Extra["weight_gb_per_s"] = weightBytes / (row.Ms / 1000) / 1e9
 	row.Extra["bw_util"] = weightBytes / (row.Ms / 1000) / PeakHBMBytesPerS
-	emit(row)
+	emit(&row)
 	return row
 }
 
@@ -157,8 +157,9 @@ type decodeResult struct {
 // decodePass generates n tokens greedily for each of batch sequences from one-token prompts
 // (1, 2, …), g.Unroll steps per call (bm.GreedyDecoder.NextSteps). The first and the last
 // tokens are copied to the host when they are produced (waiting for the device); the others
-// stay on the device until the pass is timed.
-func decodePass(g *bm.GreedyDecoder, batch, n int) (decodeResult, error) {
+// stay on the device until the pass is timed. With traced, the steps after the first token are
+// the region Trace summarises into the row.
+func decodePass(g *bm.GreedyDecoder, batch, n int, traced bool) (decodeResult, error) {
 	var r decodeResult
 	held := make([]*tensors.Tensor, 0, n)
 	defer func() { finalize(held) }()
@@ -177,6 +178,7 @@ func decodePass(g *bm.GreedyDecoder, batch, n int) (decodeResult, error) {
 	}
 	afterFirst := time.Now()
 	r.firstMs = float64(afterFirst.Sub(start).Nanoseconds()) / 1e6
+	from := regionStart()
 	for len(held) < n {
 		next, err := g.StepsGreedy(tok, g.NextSteps(n))
 		if err != nil {
@@ -189,6 +191,9 @@ func decodePass(g *bm.GreedyDecoder, batch, n int) (decodeResult, error) {
 		return r, err
 	}
 	r.stepsMs = float64(time.Since(afterFirst).Nanoseconds()) / 1e6
+	if traced {
+		regionEnd(from, n-1)
+	}
 	r.tokens = make([]int32, 0, len(held)*batch)
 	for i, t := range held {
 		v, err := tensors.CopyFlatData[int32](t)

@@ -144,7 +144,7 @@ func Kernels(backend backends.Backend, chains []Chain, dtype dtypes.DType, reps 
 		if c.In < 1 || c.Out < 1 || c.K < 1 || reps < 1 {
 			row.Err = fmt.Sprintf("kernels: in (%d), out (%d), products (%d) and reps (%d) must be positive", c.In, c.Out, c.K, reps)
 			rows = append(rows, row)
-			emit(row)
+			emit(&row)
 			continue
 		}
 		var result float64
@@ -212,7 +212,7 @@ func Kernels(backend backends.Backend, chains []Chain, dtype dtypes.DType, reps 
 			}
 		}
 		rows = append(rows, row)
-		emit(row)
+		emit(&row)
 	}
 	return rows
 }

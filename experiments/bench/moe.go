@@ -112,7 +112,7 @@ func MoE(backend backends.Backend, cfg bm.Config, experts, tokens, reps int) []R
 				}
 			}
 			rows = append(rows, row)
-			emit(row)
+			emit(&row)
 		}
 	}
 	return rows

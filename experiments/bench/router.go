@@ -71,7 +71,7 @@ func Router(backend backends.Backend, cfg bm.Config, experts, tokens, reps int) 
 			}
 		}
 		rows = append(rows, row)
-		emit(row)
+		emit(&row)
 	}
 	return rows
 }

@@ -88,5 +88,6 @@ func TrainStepDevices(backend backends.Backend, cfg bm.Config, batch, seqLen, re
 	}
 	row.TokensPerS = tokensPerStep / (row.Ms / 1000)
 	row.MFU = row.FLOPs / (row.Ms / 1000) / (PeakBF16FLOPs * float64(max(1, devices)))
+	traceRow(&row)
 	return row
 }

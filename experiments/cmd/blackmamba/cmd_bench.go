@@ -15,6 +15,7 @@ import (
 	"blackmamba/bm"
 	"blackmamba/experiments/bench"
 	"blackmamba/xla"
+	"blackmamba/xla/kerneltrace"
 )
 
 func init() {
@@ -47,6 +48,7 @@ func runBench(fs *flag.FlagSet, args []string) error {
 	shardExperts := fs.Bool("shard-experts", false, "train-step with -devices > 1: split the MoE experts' weights and optimizer moments over the devices (expert parallelism) instead of replicating them")
 	out := fs.String("json", "", "write the report as JSON to this file")
 	check := fs.Bool("check", false, "check the scan variants against the float64 reference before timing them")
+	kernelTrace := fs.String("kernel-trace", "", "record the GPU kernels of each timed region with CUPTI (found next to the PJRT plugin, or $"+kerneltrace.EnvLibrary+"): each row gets trace_* figures, and this JSON file every region's kernels, by name, grid and block, with their times (every benchmark but graph)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -55,6 +57,13 @@ func runBench(fs *flag.FlagSet, args []string) error {
 		return err
 	}
 	fmt.Fprintf(os.Stderr, "backend: %s\n", choice)
+	if *kernelTrace != "" {
+		stop, err := startKernelTrace(*kernelTrace, choice)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
 	if strings.Contains(*what, "decode") && *decodeTokens < 2 {
 		return fmt.Errorf("-decode-tokens %d: want at least 2 (the prompt's token and one step)", *decodeTokens)
 	}
@@ -221,6 +230,48 @@ func runBench(fs *flag.FlagSet, args []string) error {
 		return err
 	}
 	return writeReport(*out, report)
+}
+
+// startKernelTrace starts recording kernels for bench.Trace and writes every traced region's
+// summary to path (rewritten after each one, so that a time limit keeps what was traced), with
+// its 30 largest kernels on stderr. The returned function stops the trace.
+func startKernelTrace(path string, choice xla.Choice) (func(), error) {
+	plugin := ""
+	if choice.Plugin != nil {
+		plugin = choice.Plugin.Path
+	}
+	lib, err := kerneltrace.Find(plugin)
+	if err != nil {
+		return nil, fmt.Errorf("-kernel-trace: %w", err)
+	}
+	tr, err := kerneltrace.Start(lib)
+	if err != nil {
+		return nil, fmt.Errorf("-kernel-trace: %w", err)
+	}
+	fmt.Fprintf(os.Stderr, "kernel trace: CUPTI %s (API version %d), regions to %s\n", tr.Library, tr.Version, path)
+	type traced struct {
+		Row     bench.Row           `json:"row"`
+		Summary kerneltrace.Summary `json:"summary"`
+	}
+	var all []traced
+	bench.Trace = tr
+	bench.OnTrace = func(r bench.Row, s kerneltrace.Summary) {
+		all = append(all, traced{r, s})
+		fmt.Fprint(os.Stderr, s.Format(30))
+		b, err := json.MarshalIndent(all, "", "  ")
+		if err == nil {
+			err = os.WriteFile(path, append(b, '\n'), 0o644)
+		}
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "-kernel-trace: writing %s: %v\n", path, err)
+		}
+	}
+	return func() {
+		bench.Trace, bench.OnTrace = nil, nil
+		if err := tr.Stop(); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+		}
+	}, nil
 }
 
 // moeExperts returns the expert count of cfg's MoE blocks (the last one's), or 8 for a config
