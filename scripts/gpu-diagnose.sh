@@ -31,6 +31,7 @@
 #                    decode-tn with the config's step_fuse "gate" (the Mamba output gate in the
 #                    state update's sum), "residual" (the residual add in each block's last
 #                    product), both
+#   decode-tn-res-cmdbuf  decode-tn-res with the command buffers of decode-cmdbuf
 #   decode-ncu       the decode case's bench (3 tokens, one pass) under Nsight Compute: the
 #                    duration of every kernel (gpu__time_duration), as CSV in OUT/ncu-decode.csv,
 #                    with XLA's autotuning off so that the compilation launches few kernels of
@@ -56,7 +57,7 @@
 #
 #   scripts/gpu-diagnose.sh BUNDLE_DIR [CASE...]     (default: all, in the order above)
 #
-# Environment: LIMIT (seconds per case, default 150), DECODE_UNROLL, DECODE_BATCH and
+# Environment: LIMIT (seconds per case, default 150), DECODE_TOKENS (default 128), DECODE_UNROLL, DECODE_BATCH and
 # DECODE_STEP_ROWS (the decode cases' -decode-unroll, -decode-batch and -decode-step-rows lists,
 # default 1, 1 and 0), BATCH and SEQ (default 16 and 512; a case
 # that names its own length keeps it), DUMP (default 1; 0 skips the HLO dumps, which are large at
@@ -180,8 +181,9 @@ for c in "${cases[@]}"; do
 		fi
 		continue
 		;;
-	decode-cmdbuf)
+	decode-cmdbuf | decode-tn-res-cmdbuf)
 		decode=true
+		[[ "$c" == decode-tn-res-cmdbuf ]] && weights=folded fuse=residual
 		flags="--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,COLLECTIVES,CONDITIONAL,WHILE --xla_gpu_graph_min_graph_size=1"
 		;;
 	*)
@@ -190,8 +192,8 @@ for c in "${cases[@]}"; do
 		;;
 	esac
 	if $decode; then
-		what="1.5b decode, bf16, 128 tokens" lines="^decode"
-		bench=(-what decode -config 1.5b -dtype bfloat16 -decode-tokens 128 -decode-unroll "${DECODE_UNROLL:-1}" -decode-batch "${DECODE_BATCH:-1}" -decode-step-rows "${DECODE_STEP_ROWS:-0}" -decode-step-weights "$weights" -decode-step-fuse "$fuse" -reps 3)
+		what="1.5b decode, bf16, ${DECODE_TOKENS:-128} tokens" lines="^decode"
+		bench=(-what decode -config 1.5b -dtype bfloat16 -decode-tokens "${DECODE_TOKENS:-128}" -decode-unroll "${DECODE_UNROLL:-1}" -decode-batch "${DECODE_BATCH:-1}" -decode-step-rows "${DECODE_STEP_ROWS:-0}" -decode-step-weights "$weights" -decode-step-fuse "$fuse" -reps 3)
 	else
 		what="-config $cfg -batch $batch -seq $seq" lines="Very slow|took|^train-step|^graph"
 		bench=(-what graph,train-step -config "$cfg" -dtype bfloat16 -batch "$batch" -seq "$seq" -reps 1)

@@ -182,8 +182,49 @@ type Summary struct {
 	// GapMedianUs is the median time from one kernel's end to the next one's start (0 when they
 	// overlap), over consecutive kernels of the region.
 	GapMedianUs float64 `json:"gap_median_us"`
-	Stats       []Stat  `json:"stats"` // by total time, largest first
+	// Gaps counts and adds up those times by size (GapBuckets), and LargestGaps are the largest
+	// with the kernels around them: where the idle time is.
+	Gaps        []GapBucket `json:"gaps"`
+	LargestGaps []Gap       `json:"largest_gaps"`
+	Stats       []Stat      `json:"stats"` // by total time, largest first
+	// Timeline is the region's first TimelineKernels kernels in start order, times relative to
+	// the region's start: the order and spacing of one graph's kernels.
+	Timeline []Event `json:"timeline,omitempty"`
 }
+
+// GapBucket is the gaps between consecutive kernels of up to MaxUs (and more than the previous
+// bucket's MaxUs); the last bucket has MaxUs −1 (no bound).
+type GapBucket struct {
+	MaxUs   float64 `json:"max_us"`
+	Count   int     `json:"count"`
+	TotalUs float64 `json:"total_us"`
+}
+
+// GapBuckets are the upper bounds of Summary.Gaps' buckets in µs (0 holds back-to-back and
+// overlapping kernels).
+var GapBuckets = []float64{0, 1, 2, 5, 10, 20, 50, 100, 500, 2000}
+
+// Gap is one idle time between two consecutive kernels.
+type Gap struct {
+	Us      float64 `json:"us"`
+	AtUs    float64 `json:"at_us"` // from the region's start to the gap's start
+	Before  string  `json:"before"`
+	After   string  `json:"after"`
+	AfterNo int     `json:"after_no"` // the following kernel's rank in the region
+}
+
+// Event is one kernel of a timeline.
+type Event struct {
+	Name    string  `json:"name"`
+	StartUs float64 `json:"start_us"`
+	Us      float64 `json:"us"`
+}
+
+// TimelineKernels is how many kernels Summary.Timeline keeps; LargestGaps how many gaps.
+var (
+	TimelineKernels = 600
+	LargestGaps     = 20
+)
 
 // Summarize summarises the kernels of ks that start in [from, to).
 func Summarize(label string, ks []Kernel, from, to uint64) Summary {
@@ -218,11 +259,15 @@ func Summarize(label string, ks []Kernel, from, to uint64) Summary {
 		// Busy time: the union of [start, end) intervals, in start order.
 		kEnd := min(k.EndNs, to)
 		if i > 0 {
+			g := Gap{Before: in[i-1].Name, After: k.Name, AfterNo: i, AtUs: float64(end-from) / 1e3}
 			if k.StartNs > end {
-				gaps = append(gaps, float64(k.StartNs-end)/1e3)
-			} else {
-				gaps = append(gaps, 0)
+				g.Us = float64(k.StartNs-end) / 1e3
 			}
+			gaps = append(gaps, g.Us)
+			s.LargestGaps = append(s.LargestGaps, g)
+		}
+		if i < TimelineKernels {
+			s.Timeline = append(s.Timeline, Event{Name: k.Name, StartUs: (float64(k.StartNs) - float64(from)) / 1e3, Us: float64(d) / 1e3})
 		}
 		switch {
 		case i == 0 || k.StartNs >= end:
@@ -238,6 +283,18 @@ func Summarize(label string, ks []Kernel, from, to uint64) Summary {
 	s.BusyUs = float64(busy) / 1e3
 	s.IdleUs = max(0, s.SpanUs-s.BusyUs)
 	s.GapMedianUs = median(gaps)
+	s.Gaps = make([]GapBucket, len(GapBuckets)+1)
+	for i, b := range GapBuckets {
+		s.Gaps[i].MaxUs = b
+	}
+	s.Gaps[len(GapBuckets)].MaxUs = -1
+	for _, g := range gaps {
+		i, _ := slices.BinarySearch(GapBuckets, g) // the first bound >= g
+		s.Gaps[i].Count++
+		s.Gaps[i].TotalUs += g
+	}
+	slices.SortStableFunc(s.LargestGaps, func(a, b Gap) int { return cmp.Compare(b.Us, a.Us) })
+	s.LargestGaps = s.LargestGaps[:min(len(s.LargestGaps), LargestGaps)]
 	for kk, ds := range durs {
 		st := Stat{Name: kk.name, Grid: kk.grid, Block: kk.block, Count: len(ds), FirstOrder: first[kk]}
 		for _, d := range ds {
@@ -278,6 +335,30 @@ func (s Summary) Format(top int) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s: %d kernels in %.1f µs; busy %.1f µs (%.0f%%), idle %.1f µs, median gap %.2f µs\n",
 		s.Label, s.Kernels, s.SpanUs, s.BusyUs, pct(s.BusyUs, s.SpanUs), s.IdleUs, s.GapMedianUs)
+	fmt.Fprintf(&b, "  gaps between kernels:")
+	lo := 0.0
+	for _, g := range s.Gaps {
+		if g.Count == 0 {
+			lo = g.MaxUs
+			continue
+		}
+		r := fmt.Sprintf("%g-%g µs", lo, g.MaxUs)
+		switch {
+		case g.MaxUs == 0:
+			r = "none"
+		case g.MaxUs < 0:
+			r = fmt.Sprintf("> %g µs", lo)
+		}
+		fmt.Fprintf(&b, " %s: %d (%.1f µs);", r, g.Count, g.TotalUs)
+		lo = g.MaxUs
+	}
+	b.WriteString("\n")
+	for i, g := range s.LargestGaps {
+		if i == 5 {
+			break
+		}
+		fmt.Fprintf(&b, "  gap %.1f µs at %.1f µs, before kernel %d: %s → %s\n", g.Us, g.AtUs, g.AfterNo, shorten(g.Before, 40), shorten(g.After, 40))
+	}
 	fmt.Fprintf(&b, "  %8s %7s %9s %9s %6s  %-16s %-14s %s\n", "total µs", "count", "median µs", "max µs", "busy%", "grid", "block", "kernel")
 	for i, st := range s.Stats {
 		if top > 0 && i == top {

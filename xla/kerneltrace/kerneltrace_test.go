@@ -38,6 +38,15 @@ func TestSummarize(t *testing.T) {
 	near("sum", s.SumUs, 3)                 // 1 + 1 + 1
 	near("idle", s.IdleUs, 5.5)             // 8 − 2.5
 	near("gap median", s.GapMedianUs, 0.25) // gaps 0 (overlap) and 0.5 µs
+	if s.Gaps[0].Count != 1 || s.Gaps[1].Count != 1 || s.Gaps[1].TotalUs != 0.5 {
+		t.Errorf("gap buckets %+v, want one of none and one of 0.5 µs in 0-1 µs", s.Gaps[:2])
+	}
+	if g := s.LargestGaps[0]; g.Us != 0.5 || g.Before != "a" || g.After != "b" || g.AfterNo != 2 || g.AtUs != 1.5 {
+		t.Errorf("largest gap %+v, want 0.5 µs at 1.5 µs from a to b (kernel 2)", g)
+	}
+	if len(s.Timeline) != 3 || s.Timeline[2].Name != "b" || s.Timeline[2].StartUs != 2 || s.Timeline[2].Us != 1 {
+		t.Errorf("timeline %+v", s.Timeline)
+	}
 	if len(s.Stats) != 2 || s.Stats[0].Name != "a" || s.Stats[1].Name != "b" {
 		t.Fatalf("stats = %+v, want a then b", s.Stats)
 	}
