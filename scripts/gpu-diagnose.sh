@@ -32,6 +32,7 @@
 #                    state update's sum), "residual" (the residual add in each block's last
 #                    product), both
 #   decode-tn-res-cmdbuf  decode-tn-res with the command buffers of decode-cmdbuf
+#   decode-tn-res-nocmdbuf  decode-tn-res with command buffers off (XLA uses them by default)
 #   decode-ncu       the decode case's bench (3 tokens, one pass) under Nsight Compute: the
 #                    duration of every kernel (gpu__time_duration), as CSV in OUT/ncu-decode.csv,
 #                    with XLA's autotuning off so that the compilation launches few kernels of
@@ -181,6 +182,10 @@ for c in "${cases[@]}"; do
 		fi
 		continue
 		;;
+	decode-tn-res-nocmdbuf)
+		# Command buffers (CUDA graphs) off: XLA launches every kernel itself.
+		decode=true weights=folded fuse=residual flags="--xla_gpu_enable_command_buffer="
+		;;
 	decode-cmdbuf | decode-tn-res-cmdbuf)
 		decode=true
 		[[ "$c" == decode-tn-res-cmdbuf ]] && weights=folded fuse=residual
@@ -205,7 +210,8 @@ for c in "${cases[@]}"; do
 	t0=$SECONDS
 	dumpflags="--xla_dump_to=$dump --xla_dump_hlo_as_text"
 	[[ "${DUMP:-1}" == 0 ]] && dumpflags=""
-	XLA_FLAGS="$dumpflags $flags" \
+	xla_flags="$(echo $dumpflags $flags)" # without surrounding blanks: XLA reads a value not starting with -- as a file name
+	XLA_FLAGS="$xla_flags" \
 		TF_CPP_MIN_LOG_LEVEL=0 TF_CPP_VMODULE="gpu_compiler=3,nvptx_compiler=3" \
 		timeout -k 10 "${LIMIT:-150}" "$run" blackmamba bench "${bench[@]}" -json "$out/bench-$c.json" "${trace[@]}" >"$out/$c.log" 2>&1
 	echo "--- $c rc=$? in $((SECONDS - t0))s" | tee -a "$out/summary.txt"
