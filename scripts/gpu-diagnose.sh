@@ -64,7 +64,8 @@
 # that names its own length keeps it), DUMP (default 1; 0 skips the HLO dumps, which are large at
 # 2048 tokens), TRACE (1: the decode and scan cases also record every kernel of their timed
 # regions with CUPTI, bench -kernel-trace, into OUT/trace-CASE.json, with the largest kernels in
-# summary.txt; the scan case then skips the Nsight tools) and SCAN_SHAPE (the scan case's
+# summary.txt; the scan case then skips the Nsight tools), CPUPROFILE (1: the decode and scan
+# cases also write a Go CPU profile, OUT/cpu-CASE.pprof) and SCAN_SHAPE (the scan case's
 # B,T,D,N, default 8,2048,1536,16).
 set -uo pipefail
 bundle="$(cd "$1" && pwd)"
@@ -101,6 +102,7 @@ trace_summary() {
 for c in "${cases[@]}"; do
 	trace=()
 	[[ "${TRACE:-0}" == 1 ]] && trace=(-kernel-trace "$out/trace-$c.json")
+	[[ "${CPUPROFILE:-0}" == 1 ]] && trace+=(-cpuprofile "$out/cpu-$c.pprof")
 	cfg=small seq="${SEQ:-512}" batch="${BATCH:-16}" flags="" decode=false weights="${DECODE_STEP_WEIGHTS:-inout}" fuse=none
 	case "$c" in
 	transformer) cfg=small-transformer ;;

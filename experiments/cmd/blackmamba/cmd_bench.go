@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -49,8 +50,20 @@ func runBench(fs *flag.FlagSet, args []string) error {
 	out := fs.String("json", "", "write the report as JSON to this file")
 	check := fs.Bool("check", false, "check the scan variants against the float64 reference before timing them")
 	kernelTrace := fs.String("kernel-trace", "", "record the GPU kernels of each timed region with CUPTI (found next to the PJRT plugin, or $"+kerneltrace.EnvLibrary+"): each row gets trace_* figures, and this JSON file every region's kernels, by name, grid and block, with their times (every benchmark but graph)")
+	cpuProfile := fs.String("cpuprofile", "", "write a Go CPU profile of the whole run to this file (go tool pprof): where the host spends its time, e.g. between a decode step's kernels")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return fmt.Errorf("-cpuprofile: %w", err)
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return fmt.Errorf("-cpuprofile %s: %w", *cpuProfile, err)
+		}
+		defer pprof.StopCPUProfile()
 	}
 	backend, choice, err := xla.New(*backendFlag)
 	if err != nil {
