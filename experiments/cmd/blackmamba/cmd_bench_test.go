@@ -1,11 +1,15 @@
 package main
 
 import (
+	"flag"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 
 	"blackmamba/experiments/bench"
+	"blackmamba/xla/kerneltrace"
 )
 
 // TestParseChains checks -kernel-chains: the default round-trips (with its one-argument-per-matrix
@@ -23,5 +27,25 @@ func TestParseChains(t *testing.T) {
 		if _, err := parseChains(bad); err == nil || !strings.Contains(err.Error(), "INxOUTxK") {
 			t.Errorf("parseChains(%q): error %v, want one naming INxOUTxK", bad, err)
 		}
+	}
+}
+
+// TestBenchKernelTraceNeedsCUPTI: -kernel-trace on a machine without CUPTI (or with a CUPTI path
+// that does not exist) stops the bench before it measures anything, with an error naming what
+// is missing, and -cpuprofile writes a profile.
+func TestBenchKernelTraceNeedsCUPTI(t *testing.T) {
+	dir := t.TempDir()
+	t.Setenv(kerneltrace.EnvLibrary, filepath.Join(dir, "libcupti.so.13"))
+	fs := flag.NewFlagSet("blackmamba bench", flag.ContinueOnError)
+	err := runBench(fs, []string{"-backend", "go", "-what", "graph", "-config", "tiny", "-batch", "1", "-seq", "8",
+		"-kernel-trace", filepath.Join(dir, "trace.json"), "-cpuprofile", filepath.Join(dir, "cpu.pprof")})
+	if err == nil || !strings.Contains(err.Error(), "-kernel-trace") || !strings.Contains(err.Error(), "libcupti.so.13") {
+		t.Fatalf("bench -kernel-trace without CUPTI: %v, want an error naming the flag and the library", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "trace.json")); err == nil {
+		t.Errorf("a trace file was written although tracing could not start")
+	}
+	if fi, err := os.Stat(filepath.Join(dir, "cpu.pprof")); err != nil || fi.Size() == 0 {
+		t.Errorf("-cpuprofile: %v", err)
 	}
 }
