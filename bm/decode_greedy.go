@@ -20,9 +20,11 @@ import (
 // StepGreedy calls may be mixed.
 type GreedyDecoder struct {
 	*Decoder
-	greedyStep *context.Exec         // step graph returning tokens instead of logits
-	multi      map[int]*context.Exec // k unrolled greedy steps in one graph, by k
-	argmax     *Exec                 // logits [B, V] -> tokens [B]
+	greedyStep *context.Exec                 // step graph returning tokens instead of logits
+	multi      map[int]*context.Exec         // k unrolled greedy steps in one graph, by k
+	argmax     *Exec                         // logits [B, V] -> tokens [B]
+	resident   map[residentKey]*context.Exec // GenerateResident's pairs of executables
+	turn       int                           // which of a pair GenerateResident's next call runs
 
 	// Unroll is the number of greedy steps GenerateGreedy and WarmUpGreedy put into one
 	// executable (StepsGreedy); 0 or 1 runs one step per call. A batch-1 step of a large model
@@ -374,6 +376,9 @@ func (d *GreedyDecoder) Release() {
 		d.greedyStep.Finalize()
 	}
 	for _, e := range d.multi {
+		e.Finalize()
+	}
+	for _, e := range d.resident {
 		e.Finalize()
 	}
 	if d.argmax != nil {

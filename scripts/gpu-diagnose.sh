@@ -33,6 +33,9 @@
 #                    product), both
 #   decode-tn-res-cmdbuf  decode-tn-res with the command buffers of decode-cmdbuf
 #   decode-tn-res-nocmdbuf  decode-tn-res with command buffers off (XLA uses them by default)
+#   decode-tn-res-resident  decode-tn-res with the steps held (as above) and resident
+#                    (bm.GreedyDecoder.GenerateResident: every input of a call stays on the
+#                    device and is donated, two executables take turns), one row each
 #   decode-ncu       the decode case's bench (3 tokens, one pass) under Nsight Compute: the
 #                    duration of every kernel (gpu__time_duration), as CSV in OUT/ncu-decode.csv,
 #                    with XLA's autotuning off so that the compilation launches few kernels of
@@ -58,7 +61,8 @@
 #
 #   scripts/gpu-diagnose.sh BUNDLE_DIR [CASE...]     (default: all, in the order above)
 #
-# Environment: LIMIT (seconds per case, default 150), DECODE_TOKENS (default 128), DECODE_UNROLL, DECODE_BATCH and
+# Environment: LIMIT (seconds per case, default 150), DECODE_TOKENS (default 128), DECODE_LOOP
+# (bench -decode-loop, default held), DECODE_UNROLL, DECODE_BATCH and
 # DECODE_STEP_ROWS (the decode cases' -decode-unroll, -decode-batch and -decode-step-rows lists,
 # default 1, 1 and 0), BATCH and SEQ (default 16 and 512; a case
 # that names its own length keeps it), DUMP (default 1; 0 skips the HLO dumps, which are large at
@@ -103,7 +107,7 @@ for c in "${cases[@]}"; do
 	trace=()
 	[[ "${TRACE:-0}" == 1 ]] && trace=(-kernel-trace "$out/trace-$c.json")
 	[[ "${CPUPROFILE:-0}" == 1 ]] && trace+=(-cpuprofile "$out/cpu-$c.pprof")
-	cfg=small seq="${SEQ:-512}" batch="${BATCH:-16}" flags="" decode=false weights="${DECODE_STEP_WEIGHTS:-inout}" fuse=none
+	cfg=small seq="${SEQ:-512}" batch="${BATCH:-16}" flags="" decode=false weights="${DECODE_STEP_WEIGHTS:-inout}" fuse=none loop="${DECODE_LOOP:-held}"
 	case "$c" in
 	transformer) cfg=small-transformer ;;
 	transformer-at0) cfg=small-transformer flags="--xla_gpu_autotune_level=0" ;;
@@ -184,6 +188,7 @@ for c in "${cases[@]}"; do
 		fi
 		continue
 		;;
+	decode-tn-res-resident) decode=true weights=folded fuse=residual loop=held,resident ;;
 	decode-tn-res-nocmdbuf)
 		# Command buffers (CUDA graphs) off: XLA launches every kernel itself.
 		decode=true weights=folded fuse=residual flags="--xla_gpu_enable_command_buffer="
@@ -200,7 +205,7 @@ for c in "${cases[@]}"; do
 	esac
 	if $decode; then
 		what="1.5b decode, bf16, ${DECODE_TOKENS:-128} tokens" lines="^decode"
-		bench=(-what decode -config 1.5b -dtype bfloat16 -decode-tokens "${DECODE_TOKENS:-128}" -decode-unroll "${DECODE_UNROLL:-1}" -decode-batch "${DECODE_BATCH:-1}" -decode-step-rows "${DECODE_STEP_ROWS:-0}" -decode-step-weights "$weights" -decode-step-fuse "$fuse" -reps 3)
+		bench=(-what decode -config 1.5b -dtype bfloat16 -decode-tokens "${DECODE_TOKENS:-128}" -decode-unroll "${DECODE_UNROLL:-1}" -decode-batch "${DECODE_BATCH:-1}" -decode-step-rows "${DECODE_STEP_ROWS:-0}" -decode-step-weights "$weights" -decode-step-fuse "$fuse" -decode-loop "$loop" -reps 3)
 	else
 		what="-config $cfg -batch $batch -seq $seq" lines="Very slow|took|^train-step|^graph"
 		bench=(-what graph,train-step -config "$cfg" -dtype bfloat16 -batch "$batch" -seq "$seq" -reps 1)

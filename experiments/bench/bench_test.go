@@ -167,6 +167,11 @@ func TestDecodeRuns(t *testing.T) {
 			t.Errorf("decode %s: %+v", layout, r)
 		}
 	}
+	// The resident loop, two sequences, unrolled: named in the variant and extras, the same
+	// tokens every pass.
+	if r := DecodeWith(backend, cfg, 2, 12, 4, 2, bm.StepFolded, true); r.Err != "" || r.Extra["resident"] != 1 || r.Extra["tokens_repeat"] != 1 || !strings.Contains(r.Variant, "resident") {
+		t.Errorf("decode resident: %+v", r)
+	}
 	if r := DecodeBatch(backend, cfg, 0, 8, 1, 1); !strings.Contains(r.Err, "batch (0)") {
 		t.Errorf("batch 0: error %q, want one naming the batch", r.Err)
 	}

@@ -55,6 +55,14 @@ func DecodeBatch(backend backends.Backend, cfg bm.Config, batch, tokens, unroll,
 // Extra holds transposed = 1 (both copy layouts are transposed) and folded = 1 for the copies
 // carrying the norm gains.
 func DecodeVariant(backend backends.Backend, cfg bm.Config, batch, tokens, unroll, reps int, layout bm.StepLayout) Row {
+	return DecodeWith(backend, cfg, batch, tokens, unroll, reps, layout, false)
+}
+
+// DecodeWith is DecodeVariant, with resident: the steps after the first token run through
+// bm.GreedyDecoder.GenerateResident (every input of a call kept on the device and donated, two
+// executables taking turns, the tokens read once at the end) instead of StepsGreedy with each
+// token kept as its own tensor; the variant says "resident" and Extra holds resident = 1.
+func DecodeWith(backend backends.Backend, cfg bm.Config, batch, tokens, unroll, reps int, layout bm.StepLayout, resident bool) Row {
 	transposed := layout != bm.StepInOut
 	variant := fmt.Sprintf("%s %s greedy", cfg.Name, cfg.ComputeDType)
 	if unroll > 1 {
@@ -69,6 +77,9 @@ func DecodeVariant(backend backends.Backend, cfg bm.Config, batch, tokens, unrol
 	if cfg.StepFuse != "" {
 		variant += ", fuse " + strings.ReplaceAll(cfg.StepFuse, ",", "+")
 	}
+	if resident {
+		variant += ", resident"
+	}
 	row := Row{Bench: "decode", Variant: variant,
 		Shape: fmt.Sprintf("batch %d, prompt 1, %d tokens", batch, tokens), Reps: reps, PeakBytes: -1}
 	if tokens < 2 || reps < 1 || unroll < 1 || batch < 1 {
@@ -79,7 +90,7 @@ func DecodeVariant(backend backends.Backend, cfg bm.Config, batch, tokens, unrol
 	_, active := cfg.ParamCounts()
 	dtype := bm.ComputeDType(cfg)
 	weightBytes := float64(active) * float64(dtype.Size())
-	row.Extra = map[string]float64{"params_active": float64(active), "weight_bytes": weightBytes, "unroll": float64(unroll), "batch": float64(batch), "step_rows": float64(cfg.StepRows), "transposed": b2f(transposed), "folded": b2f(layout == bm.StepFolded)}
+	row.Extra = map[string]float64{"params_active": float64(active), "weight_bytes": weightBytes, "unroll": float64(unroll), "batch": float64(batch), "step_rows": float64(cfg.StepRows), "transposed": b2f(transposed), "folded": b2f(layout == bm.StepFolded), "resident": b2f(resident)}
 	err := catch(func() error {
 		cfg.MaxSeqLen = max(cfg.MaxSeqLen, tokens)
 		if err := cfg.Validate(); err != nil {
@@ -106,7 +117,11 @@ func DecodeVariant(backend backends.Backend, cfg bm.Config, batch, tokens, unrol
 		g := bm.NewGreedyDecoder(dec)
 		g.Unroll = unroll
 		defer g.Release()
-		if err := g.WarmUpGreedy(1, tokens); err != nil {
+		warm := g.WarmUpGreedy
+		if resident {
+			warm = g.WarmUpResident
+		}
+		if err := warm(1, tokens); err != nil {
 			return fmt.Errorf("warm-up: %w", err)
 		}
 		row.CompileS = time.Since(start).Seconds()
@@ -114,7 +129,11 @@ func DecodeVariant(backend backends.Backend, cfg bm.Config, batch, tokens, unrol
 		var ref []int32
 		repeat := 1.0
 		for pass := range reps + 1 {
-			p, err := decodePass(g, batch, tokens, pass == reps)
+			pass1 := decodePass
+			if resident {
+				pass1 = residentPass
+			}
+			p, err := pass1(g, batch, tokens, pass == reps)
 			if err != nil {
 				return fmt.Errorf("pass %d: %w", pass+1, err)
 			}
@@ -201,6 +220,45 @@ func decodePass(g *bm.GreedyDecoder, batch, n int, traced bool) (decodeResult, e
 			return r, fmt.Errorf("reading token %d: %w", i, err)
 		}
 		r.tokens = append(r.tokens, v...)
+	}
+	return r, nil
+}
+
+// residentPass is decodePass through bm.GreedyDecoder.GenerateResident: the first token is
+// copied to the host when it is produced, then the other n-1 come back together at the end.
+func residentPass(g *bm.GreedyDecoder, batch, n int, traced bool) (decodeResult, error) {
+	var r decodeResult
+	prompts := make([][]int, batch)
+	for b := range prompts {
+		prompts[b] = []int{1 + b}
+	}
+	start := time.Now()
+	tok, err := g.PrefillGreedy(prompts)
+	if err != nil {
+		return r, err
+	}
+	defer tok.FinalizeAll()
+	first, err := tensors.CopyFlatData[int32](tok)
+	if err != nil {
+		return r, err
+	}
+	afterFirst := time.Now()
+	r.firstMs = float64(afterFirst.Sub(start).Nanoseconds()) / 1e6
+	from := regionStart()
+	rest, err := g.GenerateResident(tok, n-1)
+	if err != nil {
+		return r, err
+	}
+	r.stepsMs = float64(time.Since(afterFirst).Nanoseconds()) / 1e6
+	if traced {
+		regionEnd(from, n-1)
+	}
+	// In the order decodePass gives: step by step, the batch's tokens of each step together.
+	r.tokens = append(r.tokens, first...)
+	for i := range n - 1 {
+		for b := range batch {
+			r.tokens = append(r.tokens, rest[b][i])
+		}
 	}
 	return r, nil
 }

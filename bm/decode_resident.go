@@ -1,0 +1,186 @@
+package bm
+
+import (
+	"fmt"
+
+	"github.com/gomlx/gomlx/pkg/core/dtypes"
+	. "github.com/gomlx/gomlx/pkg/core/graph"
+	"github.com/gomlx/gomlx/pkg/core/shapes"
+	"github.com/gomlx/gomlx/pkg/core/tensors"
+	"github.com/gomlx/gomlx/pkg/ml/context"
+)
+
+// Resident greedy decoding: every input of a call lives on the device and is donated to it, and
+// the call returns its replacement: the states, the current tokens [B], their position (an
+// int32 scalar) and the history [B, maxLen] int32 of the generated tokens, which is read once
+// at the end. Nothing goes from the host to the device between calls, and no output is kept
+// by the caller while the next call runs.
+//
+// Why: a batch-1 step of a large model is a few hundred small kernels, and XLA's GPU runtime
+// records them into a CUDA graph (its command buffers) that it must update, at about the cost
+// of launching them one by one, whenever a buffer the graph uses has moved. With the plain
+// greedy calls every call's buffers move: the states come back in new buffers (GoMLX declares
+// no input-output aliasing), the position is a new host-to-device buffer, and the tokens the
+// caller keeps hold their buffers. Here the buffers of one call are freed by the next, and two
+// executables of the same graph take turns, so that each sees the same buffers on every other
+// call and can replay its recorded graph as it is.
+
+// residentKey names a resident executable: steps per call and which of the pair.
+type residentKey struct{ k, turn int }
+
+// residentExec returns one of the two executables (turn 0 or 1) of k greedy steps: inputs
+// tokens [B] int32, position int32, history [B, maxLen] int32, then the states; outputs the same.
+// Each step writes its token into the history at the position it was fed.
+func (d *GreedyDecoder) residentExec(k, turn int) (*context.Exec, error) {
+	key := residentKey{k, turn}
+	if e := d.resident[key]; e != nil {
+		return e, nil
+	}
+	cfg, batch, maxLen := d.cfg, d.batch, d.maxLen
+	e, err := context.NewExec(d.backend, d.ctx, func(ctx *context.Context, inputs []*Node) []*Node {
+		d.built++
+		tok, pos, hist, states := inputs[0], inputs[1], inputs[2], inputs[3:]
+		g := tok.Graph()
+		col := Iota(g, shapes.Make(dtypes.Int32, batch, maxLen), 1)
+		for i := range k {
+			p := pos
+			if i > 0 {
+				p = AddScalar(pos, float64(i))
+			}
+			outs := decodeStepGraph(ctx, cfg, tok, p, states)
+			tok, states = greedyArgmax(cfg, outs[0]), outs[1:]
+			at := Equal(col, BroadcastToDims(p, batch, maxLen))
+			hist = Where(at, BroadcastToDims(Reshape(tok, batch, 1), batch, maxLen), hist)
+		}
+		return append([]*Node{tok, AddScalar(pos, float64(k)), hist}, states...)
+	})
+	if err != nil {
+		return nil, err
+	}
+	e.SetMaxCache(-1)
+	if d.resident == nil {
+		d.resident = map[residentKey]*context.Exec{}
+	}
+	d.resident[key] = e
+	return e, nil
+}
+
+// GenerateResident continues the sequences from tok [B] int32 (as returned by PrefillGreedy;
+// not consumed) by n greedy steps with every input kept on the device (see above), Unroll steps
+// per call where they fit (NextSteps), and returns the n tokens of each sequence, copied to the
+// host once at the end. It gives the tokens StepsGreedy gives. The n positions must fit maxLen
+// (the history's length), for every architecture.
+func (d *GreedyDecoder) GenerateResident(tok *tensors.Tensor, n int) ([][]int32, error) {
+	const name = "GreedyDecoder.GenerateResident"
+	if d.states == nil && d.pos == 0 {
+		return nil, fmt.Errorf("bm: %s: call Prefill or PrefillGreedy first", name)
+	}
+	if n < 1 {
+		return nil, fmt.Errorf("bm: %s: the number of steps must be positive, got %d", name, n)
+	}
+	if tok == nil || tok.DType() != dtypes.Int32 || tok.Rank() != 1 || tok.Shape().Dim(0) != d.batch {
+		shape := "nil"
+		if tok != nil {
+			shape = tok.Shape().String()
+		}
+		return nil, fmt.Errorf("bm: %s: tokens must be int32 [%d], got %s", name, d.batch, shape)
+	}
+	start, end := d.pos, d.pos+n
+	if end > d.maxLen {
+		return nil, fmt.Errorf("bm: %s: positions %d to %d go past maxLen %d (the length of the token history)", name, start, end-1, d.maxLen)
+	}
+	if d.hasAttention && end > d.kvLen {
+		if err := d.growKV(KVCacheBucket(end, d.maxLen)); err != nil {
+			return nil, fmt.Errorf("bm: %s: growing the KV caches: %w", name, err)
+		}
+	}
+	// The first call reads the caller's tokens without consuming them; after it every input is
+	// the previous call's output, donated.
+	cur := tok
+	owned := false
+	posT := tensors.FromScalar(int32(start))
+	hist := tensors.FromShape(shapes.Make(dtypes.Int32, d.batch, d.maxLen))
+	release := func() {
+		if owned {
+			cur.FinalizeAll()
+		}
+		posT.FinalizeAll()
+		hist.FinalizeAll()
+	}
+	for d.pos < end {
+		k := d.NextSteps(end)
+		e, err := d.residentExec(k, d.turn)
+		if err != nil {
+			release()
+			return nil, fmt.Errorf("bm: %s: %w", name, err)
+		}
+		args := make([]any, 0, 3+len(d.states))
+		if owned {
+			c, err := DonateTensorBuffer(cur, d.backend, 0)
+			if err != nil {
+				release()
+				return nil, fmt.Errorf("bm: %s: donating the tokens: %w", name, err)
+			}
+			args = append(args, c)
+		} else {
+			args = append(args, cur)
+		}
+		for i, t := range append([]*tensors.Tensor{posT, hist}, d.states...) {
+			donated, err := DonateTensorBuffer(t, d.backend, 0)
+			if err != nil {
+				release()
+				return nil, fmt.Errorf("bm: %s: donating input %d: %w", name, i+1, err)
+			}
+			args = append(args, donated)
+		}
+		outs, err := e.Exec(args...)
+		if err != nil {
+			d.states = nil // donated to the failed call
+			return nil, fmt.Errorf("bm: %s: %w", name, err)
+		}
+		cur, posT, hist, d.states = outs[0], outs[1], outs[2], outs[3:]
+		owned = true
+		d.pos += k
+		d.turn = 1 - d.turn
+	}
+	defer release()
+	flat, err := tensors.CopyFlatData[int32](hist)
+	if err != nil {
+		return nil, fmt.Errorf("bm: %s: reading the token history: %w", name, err)
+	}
+	out := make([][]int32, d.batch)
+	for b := range out {
+		out[b] = flat[b*d.maxLen+start : b*d.maxLen+end]
+	}
+	return out, nil
+}
+
+// WarmUpResident compiles every executable GenerateResident calls for a generation of upTo
+// tokens after a prompt of promptLen tokens (both executables of each call size) by running
+// one from a prompt of zeros, and leaves the decoder without a sequence.
+func (d *GreedyDecoder) WarmUpResident(promptLen, upTo int) error {
+	if promptLen < 1 || upTo < 2 {
+		return fmt.Errorf("bm: GreedyDecoder.WarmUpResident: promptLen (%d) must be positive and upTo (%d) at least 2", promptLen, upTo)
+	}
+	prompts := make([][]int, d.batch)
+	for b := range prompts {
+		prompts[b] = make([]int, promptLen)
+	}
+	// Two runs, the second starting on the other executable of the pair, so that every call of
+	// the first runs on the other executable in the second.
+	first := d.turn
+	for run := range 2 {
+		d.turn = first ^ run
+		tok, err := d.PrefillGreedy(prompts)
+		if err != nil {
+			return err
+		}
+		_, err = d.GenerateResident(tok, upTo-1)
+		tok.FinalizeAll()
+		if err != nil {
+			return err
+		}
+	}
+	d.dropSequence()
+	return nil
+}

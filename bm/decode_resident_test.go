@@ -1,0 +1,161 @@
+package bm
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/gomlx/gomlx/pkg/core/tensors"
+	"github.com/gomlx/gomlx/pkg/ml/context"
+	"github.com/gomlx/gomlx/pkg/ml/context/initializers"
+)
+
+// TestGenerateResidentMatchesGreedy checks, for the four small architectures, one step per call
+// and unrolled (4: an aligning first call, then 4 at a time, single steps at the end), prompts of
+// 1 and 5 tokens, that GenerateResident gives exactly the tokens of GenerateGreedy, that after
+// WarmUpResident it builds no graph, and that both executables of each pair ran (the history
+// and the position are carried from call to call on the device, through both).
+func TestGenerateResidentMatchesGreedy(t *testing.T) {
+	backend := cpuBackend(t)
+	const maxLen = 24
+	for _, cfg := range DecodeCheckConfigs() {
+		for _, unroll := range []int{1, 4} {
+			t.Run(fmt.Sprintf("%s/unroll%d", cfg.Name, unroll), func(t *testing.T) {
+				ctx := context.New()
+				ctx.SetParam(initializers.ParamInitialSeed, int64(5))
+				dec, err := NewDecoder(backend, ctx, cfg, 1, maxLen)
+				if err != nil {
+					t.Fatal(err)
+				}
+				g := NewGreedyDecoder(dec)
+				defer g.Release()
+				g.Unroll = unroll
+				for _, prompt := range [][]int{{7}, {3, 1, 4, 1, 5}} {
+					n := maxLen - len(prompt) + 1 // tokens after the prompt, the prefill's included
+					want, err := g.GenerateGreedy(prompt, n)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if err := g.WarmUpResident(len(prompt), n); err != nil {
+						t.Fatal(err)
+					}
+					built := g.GraphsBuilt()
+					tok, err := g.PrefillGreedy([][]int{prompt})
+					if err != nil {
+						t.Fatal(err)
+					}
+					first, err := tensors.CopyFlatData[int32](tok)
+					if err != nil {
+						t.Fatal(err)
+					}
+					rest, err := g.GenerateResident(tok, n-1)
+					tok.FinalizeAll()
+					if err != nil {
+						t.Fatal(err)
+					}
+					got := []int{int(first[0])}
+					for _, v := range rest[0] {
+						got = append(got, int(v))
+					}
+					if !slices.Equal(got, want) {
+						t.Errorf("prompt %v: resident tokens %v, greedy %v", prompt, got, want)
+					}
+					if b := g.GraphsBuilt() - built; b != 0 {
+						t.Errorf("prompt %v: %d graphs built after WarmUpResident", prompt, b)
+					}
+				}
+				if len(g.resident) == 0 || len(g.resident)%2 != 0 {
+					t.Errorf("%d resident executables, want pairs", len(g.resident))
+				}
+			})
+		}
+	}
+}
+
+// TestGenerateResidentBatch: two sequences decoded together give each its own greedy tokens.
+func TestGenerateResidentBatch(t *testing.T) {
+	backend := cpuBackend(t)
+	cfg := DecodeCheckConfigs()[0]
+	const maxLen, n = 12, 8
+	ctx := context.New()
+	ctx.SetParam(initializers.ParamInitialSeed, int64(6))
+	dec, err := NewDecoder(backend, ctx, cfg, 2, maxLen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := NewGreedyDecoder(dec)
+	defer g.Release()
+	tok, err := g.PrefillGreedy([][]int{{2}, {9}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := g.GenerateResident(tok, n)
+	tok.FinalizeAll()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The same through StepsGreedy, one token tensor per step.
+	tok, err = g.PrefillGreedy([][]int{{2}, {9}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := [][]int32{nil, nil}
+	for range n {
+		next, err := g.StepGreedy(tok)
+		tok.FinalizeAll()
+		if err != nil {
+			t.Fatal(err)
+		}
+		v, err := tensors.CopyFlatData[int32](next)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want[0], want[1] = append(want[0], v[0]), append(want[1], v[1])
+		tok = next
+	}
+	tok.FinalizeAll()
+	for b := range 2 {
+		if !slices.Equal(got[b], want[b]) {
+			t.Errorf("sequence %d: resident %v, step by step %v", b, got[b], want[b])
+		}
+	}
+}
+
+// TestGenerateResidentErrors: bad calls are errors that say what is wrong.
+func TestGenerateResidentErrors(t *testing.T) {
+	backend := cpuBackend(t)
+	cfg := DecodeCheckConfigs()[0]
+	ctx := context.New()
+	dec, err := NewDecoder(backend, ctx, cfg, 1, 8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := NewGreedyDecoder(dec)
+	defer g.Release()
+	ids := tensors.FromFlatDataAndDimensions([]int32{1}, 1)
+	if _, err := g.GenerateResident(ids, 2); err == nil || !strings.Contains(err.Error(), "PrefillGreedy first") {
+		t.Errorf("before a prefill: %v", err)
+	}
+	tok, err := g.PrefillGreedy([][]int{{1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tok.FinalizeAll()
+	for _, tc := range []struct {
+		tok  *tensors.Tensor
+		n    int
+		want string
+	}{
+		{tok, 0, "must be positive"},
+		{tok, 8, "past maxLen 8"},
+		{tensors.FromFlatDataAndDimensions([]float32{1}, 1), 2, "int32 [1]"},
+	} {
+		if _, err := g.GenerateResident(tc.tok, tc.n); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("GenerateResident(n=%d): %v, want an error containing %q", tc.n, err, tc.want)
+		}
+	}
+	if err := g.WarmUpResident(1, 1); err == nil || !strings.Contains(err.Error(), "at least 2") {
+		t.Errorf("WarmUpResident(1, 1): %v", err)
+	}
+}
