@@ -67,9 +67,10 @@ func (d *GreedyDecoder) residentExec(k, turn int) (*context.Exec, error) {
 
 // GenerateResident continues the sequences from tok [B] int32 (as returned by PrefillGreedy;
 // not consumed) by n greedy steps with every input kept on the device (see above), Unroll steps
-// per call where they fit (NextSteps), and returns the n tokens of each sequence, copied to the
-// host once at the end. It gives the tokens StepsGreedy gives. The n positions must fit maxLen
-// (the history's length), for every architecture.
+// per call while they fit and single steps after, and returns the n tokens of each sequence,
+// copied to the host once at the end. It gives the tokens StepsGreedy gives. The n positions
+// must fit maxLen (the history's length), for every architecture; with attention blocks the KV
+// caches first grow, bucket by bucket, to the one that holds them all.
 func (d *GreedyDecoder) GenerateResident(tok *tensors.Tensor, n int) ([][]int32, error) {
 	const name = "GreedyDecoder.GenerateResident"
 	if d.states == nil && d.pos == 0 {
@@ -89,8 +90,9 @@ func (d *GreedyDecoder) GenerateResident(tok *tensors.Tensor, n int) ([][]int32,
 	if end > d.maxLen {
 		return nil, fmt.Errorf("bm: %s: positions %d to %d go past maxLen %d (the length of the token history)", name, start, end-1, d.maxLen)
 	}
-	if d.hasAttention && end > d.kvLen {
-		if err := d.growKV(KVCacheBucket(end, d.maxLen)); err != nil {
+	// Bucket by bucket, so that the growths are those WarmUpResident compiles.
+	for d.hasAttention && end > d.kvLen {
+		if err := d.growKV(KVCacheBucket(d.kvLen+1, d.maxLen)); err != nil {
 			return nil, fmt.Errorf("bm: %s: growing the KV caches: %w", name, err)
 		}
 	}
@@ -108,7 +110,10 @@ func (d *GreedyDecoder) GenerateResident(tok *tensors.Tensor, n int) ([][]int32,
 		hist.FinalizeAll()
 	}
 	for d.pos < end {
-		k := d.NextSteps(end)
+		k := max(1, d.Unroll)
+		if d.pos+k > end {
+			k = 1
+		}
 		e, err := d.residentExec(k, d.turn)
 		if err != nil {
 			release()
@@ -155,30 +160,59 @@ func (d *GreedyDecoder) GenerateResident(tok *tensors.Tensor, n int) ([][]int32,
 	return out, nil
 }
 
-// WarmUpResident compiles every executable GenerateResident calls for a generation of upTo
-// tokens after a prompt of promptLen tokens (both executables of each call size) by running
-// one from a prompt of zeros, and leaves the decoder without a sequence.
+// WarmUpResident compiles every executable GenerateResident can call in a generation of upTo
+// tokens after a prompt of promptLen tokens, whatever its calls' lengths: both executables of
+// the pair for one step and for Unroll steps, and with attention blocks at every KV-cache length
+// the generation can reach. It runs them from a prompt of zeros and leaves the decoder without a
+// sequence.
 func (d *GreedyDecoder) WarmUpResident(promptLen, upTo int) error {
+	const name = "GreedyDecoder.WarmUpResident"
 	if promptLen < 1 || upTo < 2 {
-		return fmt.Errorf("bm: GreedyDecoder.WarmUpResident: promptLen (%d) must be positive and upTo (%d) at least 2", promptLen, upTo)
+		return fmt.Errorf("bm: %s: promptLen (%d) must be positive and upTo (%d) at least 2", name, promptLen, upTo)
+	}
+	last := promptLen + upTo - 1 // positions consumed by the end
+	if last > d.maxLen {
+		return fmt.Errorf("bm: %s: prompt (%d) + upTo (%d) - 1 exceeds maxLen %d", name, promptLen, upTo, d.maxLen)
 	}
 	prompts := make([][]int, d.batch)
 	for b := range prompts {
 		prompts[b] = make([]int, promptLen)
 	}
-	// Two runs, the second starting on the other executable of the pair, so that every call of
-	// the first runs on the other executable in the second.
-	first := d.turn
-	for run := range 2 {
-		d.turn = first ^ run
-		tok, err := d.PrefillGreedy(prompts)
-		if err != nil {
-			return err
+	tok, err := d.PrefillGreedy(prompts)
+	if err != nil {
+		return err
+	}
+	defer tok.FinalizeAll()
+	sizes := []int{1}
+	if k := d.Unroll; k > 1 && upTo-1 >= k {
+		sizes = append(sizes, k)
+	}
+	// The KV-cache lengths a generation reaches: the buckets from the one holding the first
+	// step's position to the one holding the last (one length, unused, without attention).
+	lengths := []int{d.maxLen}
+	if d.hasAttention {
+		lengths = nil
+		for L := KVCacheBucket(promptLen+1, d.maxLen); ; L = KVCacheBucket(2*L, d.maxLen) {
+			lengths = append(lengths, L)
+			if L >= KVCacheBucket(last, d.maxLen) {
+				break
+			}
 		}
-		_, err = d.GenerateResident(tok, upTo-1)
-		tok.FinalizeAll()
-		if err != nil {
-			return err
+	}
+	for _, L := range lengths {
+		for d.hasAttention && L > d.kvLen {
+			if err := d.growKV(KVCacheBucket(d.kvLen+1, d.maxLen)); err != nil {
+				return fmt.Errorf("bm: %s: growing the KV caches: %w", name, err)
+			}
+		}
+		for _, s := range sizes {
+			for turn := range 2 {
+				// The call's steps end on the length's last position (or maxLen's).
+				d.pos, d.turn = min(L, d.maxLen)-s, turn
+				if _, err := d.GenerateResident(tok, s); err != nil {
+					return err
+				}
+			}
 		}
 	}
 	d.dropSequence()

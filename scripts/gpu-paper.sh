@@ -343,7 +343,8 @@ latency-one)
 latency-best)
 	# Experiment 3 on one GPU with every architecture at the step settings that measured fastest
 	# for BlackMamba: STEP_WEIGHTS (default folded) and UNROLL (default 4) steps per call, with
-	# the folded step's STEP_FUSE rearrangements if set (e.g. residual). The
+	# the folded step's STEP_FUSE rearrangements if set (e.g. residual), and with RESIDENT=1 the
+	# resident loop (latency -resident: bm.GreedyDecoder.GenerateResident). The
 	# architectures of ARCHS (default the FAMILY's four, default family 1.5b) run one after
 	# another, each in its own process limited to ARCH_LIMIT (default 280) seconds and saved
 	# after every pass; the results present are then merged into OUT/latency-FAMILY-best.json
@@ -353,7 +354,7 @@ latency-best)
 	f="${FAMILY:-1.5b}"
 	for a in ${ARCHS:-$f $f-mamba $f-transformer $f-transformer-moe}; do
 		echo "=== latency $a (limit ${ARCH_LIMIT:-280}s)" | tee -a "$out/summary.txt"
-		timeout -k 10 "${ARCH_LIMIT:-280}" "$run" blackmamba latency -family "$f" -archs "$a" -unroll "${UNROLL:-4}" -step-weights "${STEP_WEIGHTS:-folded}" ${STEP_FUSE:+-step-fuse "$STEP_FUSE"} -max-len "${MAX_LEN:-16384}" -reps "${REPS:-2}" -out "$out/latency-best-$a.json" -plots "$out/plots-best-$a" >"$out/latency-best-$a.log" 2>&1
+		timeout -k 10 "${ARCH_LIMIT:-280}" "$run" blackmamba latency -family "$f" -archs "$a" -unroll "${UNROLL:-4}" -step-weights "${STEP_WEIGHTS:-folded}" ${STEP_FUSE:+-step-fuse "$STEP_FUSE"} $([[ "${RESIDENT:-0}" == 1 ]] && echo -resident) -max-len "${MAX_LEN:-16384}" -reps "${REPS:-2}" -out "$out/latency-best-$a.json" -plots "$out/plots-best-$a" >"$out/latency-best-$a.log" 2>&1
 		echo "--- rc=$?" | tee -a "$out/summary.txt"
 	done
 	parts=$(ls "$out"/latency-best-*.json 2>/dev/null | paste -sd, -)

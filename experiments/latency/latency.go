@@ -53,6 +53,10 @@ type Options struct {
 	// StepFuse is bm.Config.StepFuse for every architecture (the folded layout's batch-1 step
 	// rearrangements); "": none.
 	StepFuse string
+	// Resident runs the steps through bm.GreedyDecoder.GenerateResident (every input of a call
+	// kept on the device and donated, two executables taking turns) from one checkpoint to the
+	// next, instead of StepsGreedy with each token kept as its own tensor.
+	Resident bool
 	Log      io.Writer
 	// AfterArch, if set, receives the result so far after each architecture (e.g. to save it,
 	// so that a run stopped by a time limit keeps the architectures it finished), and after
@@ -96,6 +100,7 @@ type Arch struct {
 	StepTransposed bool    `json:"step_transposed,omitempty"`
 	StepFolded     bool    `json:"step_folded,omitempty"`
 	StepFuse       string  `json:"step_fuse,omitempty"` // bm.Config.StepFuse (absent: none)
+	Resident       bool    `json:"resident,omitempty"`  // the steps ran resident (Options.Resident)
 	CompileS       float64 `json:"compile_s"`           // warm-up: weight initialisation + compiling every graph the sweep runs
 	// WeightsS is the part of CompileS spent making the random weights (initialisation, the cast
 	// to bfloat16, the transposed copies); absent in results written before it was recorded.
@@ -258,7 +263,7 @@ func runArch(backend backends.Backend, cfg bm.Config, opts Options, afterRep fun
 	a := &Arch{Config: cfg.Name, Pattern: cfg.Pattern, Blocks: len(cfg.Blocks()), Dim: cfg.Dim,
 		TotalParams: total, ActiveParams: active, ComputeDType: cfg.ComputeDType, StepRows: cfg.StepRows,
 		StepTransposed: opts.StepWeights != bm.StepInOut, StepFolded: opts.StepWeights == bm.StepFolded, StepFuse: cfg.StepFuse,
-		PeakMemoryBytes: -1, TokensRepeat: true}
+		Resident: opts.Resident, PeakMemoryBytes: -1, TokensRepeat: true}
 	fmt.Fprintf(opts.Log, "%s: %d blocks, d=%d, %.3gB total / %.3gB active parameters\n",
 		cfg.Name, a.Blocks, cfg.Dim, float64(total)/1e9, float64(active)/1e9)
 
@@ -288,7 +293,11 @@ func runArch(backend backends.Backend, cfg bm.Config, opts Options, afterRep fun
 	}
 	defer g.Release()
 
-	if err := g.WarmUpGreedy(1, opts.MaxLen); err != nil {
+	warm, pass := g.WarmUpGreedy, timePass
+	if opts.Resident {
+		warm, pass = g.WarmUpResident, timePassResident
+	}
+	if err := warm(1, opts.MaxLen); err != nil {
 		return nil, fmt.Errorf("warm-up: %w", err)
 	}
 	a.CompileS = time.Since(start).Seconds()
@@ -304,7 +313,7 @@ func runArch(backend backends.Backend, cfg bm.Config, opts Options, afterRep fun
 	at := make([][]float64, opts.Reps) // at[r][n]: ms when n tokens were available, for the marks
 	var refTokens map[int]int32
 	for r := range opts.Reps {
-		times, toks, err := timePass(g, opts.MaxLen, marks)
+		times, toks, err := pass(g, opts.MaxLen, marks)
 		if err != nil {
 			return nil, fmt.Errorf("repetition %d: %w", r+1, err)
 		}
@@ -424,6 +433,49 @@ func timePass(g *bm.GreedyDecoder, n int, marks map[int]bool) ([]float64, map[in
 			return nil, nil, err
 		}
 	}
+}
+
+// timePassResident is timePass through bm.GreedyDecoder.GenerateResident: one call of it from
+// each checkpoint to the next, whose tokens come to the host at its end (the time of the
+// checkpoint); the last token feeds the next one from the host.
+func timePassResident(g *bm.GreedyDecoder, n int, marks map[int]bool) ([]float64, map[int]int32, error) {
+	times := make([]float64, n+1)
+	toks := map[int]int32{}
+	var stops []int // the marks after the first token in order, then n
+	for m := range marks {
+		if m > 1 && m < n {
+			stops = append(stops, m)
+		}
+	}
+	sort.Ints(stops)
+	stops = append(stops, n)
+	start := time.Now()
+	tok, err := g.PrefillGreedy([][]int{{1}})
+	if err != nil {
+		return nil, nil, err
+	}
+	v, err := tensors.CopyFlatData[int32](tok)
+	if err != nil {
+		tok.FinalizeAll()
+		return nil, nil, err
+	}
+	times[1], toks[1] = float64(time.Since(start).Nanoseconds())/1e6, v[0]
+	count := 1
+	for _, stop := range stops {
+		got, err := g.GenerateResident(tok, stop-count)
+		tok.FinalizeAll()
+		if err != nil {
+			return nil, nil, err
+		}
+		count = stop
+		last := got[0][len(got[0])-1]
+		if marks[count] {
+			times[count], toks[count] = float64(time.Since(start).Nanoseconds())/1e6, last
+		}
+		tok = tensors.FromFlatDataAndDimensions([]int32{last}, 1)
+	}
+	tok.FinalizeAll()
+	return times, toks, nil
 }
 
 // stat returns the median, minimum and maximum of xs (non-empty).

@@ -214,7 +214,9 @@ func TestMerge(t *testing.T) {
 
 // TestTimePassUnrolled checks that an unrolled pass (4 steps per call, single steps up to
 // checkpoints that are not multiples of 4) produces the same tokens at every checkpoint as the
-// pass of one call per token, and a time at each, for a Mamba and an attention model.
+// pass of one call per token, and a time at each, for a Mamba and an attention model; and the
+// same for the resident loop (bm.GreedyDecoder.GenerateResident), which also builds no graph
+// after its warm-up.
 func TestTimePassUnrolled(t *testing.T) {
 	backend := cpuBackend(t)
 	const n = 40
@@ -226,32 +228,42 @@ func TestTimePassUnrolled(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			var ref map[int]int32
 			for _, unroll := range []int{1, 4} {
-				cfg := bm.MustPreset(name)
-				ctx := context.New()
-				ctx.SetParam(initializers.ParamInitialSeed, int64(5))
-				dec, err := bm.NewDecoder(backend, ctx, cfg, 1, n)
-				if err != nil {
-					t.Fatal(err)
-				}
-				g := bm.NewGreedyDecoder(dec)
-				g.Unroll = unroll
-				if err := g.WarmUpGreedy(1, n); err != nil {
-					t.Fatal(err)
-				}
-				times, toks, err := timePass(g, n, marks)
-				g.Release()
-				if err != nil {
-					t.Fatal(err)
-				}
-				for m := range marks {
-					if !(times[m] > 0) {
-						t.Errorf("unroll %d: no time at checkpoint %d", unroll, m)
+				for _, resident := range []bool{false, true} {
+					cfg := bm.MustPreset(name)
+					ctx := context.New()
+					ctx.SetParam(initializers.ParamInitialSeed, int64(5))
+					dec, err := bm.NewDecoder(backend, ctx, cfg, 1, n)
+					if err != nil {
+						t.Fatal(err)
 					}
-				}
-				if ref == nil {
-					ref = toks
-				} else if !maps.Equal(toks, ref) {
-					t.Errorf("unroll %d: tokens at the checkpoints %v, one call per token %v", unroll, toks, ref)
+					g := bm.NewGreedyDecoder(dec)
+					g.Unroll = unroll
+					warm, pass := g.WarmUpGreedy, timePass
+					if resident {
+						warm, pass = g.WarmUpResident, timePassResident
+					}
+					if err := warm(1, n); err != nil {
+						t.Fatal(err)
+					}
+					built := g.GraphsBuilt()
+					times, toks, err := pass(g, n, marks)
+					if b := g.GraphsBuilt() - built; b != 0 {
+						t.Errorf("unroll %d, resident %v: the pass built %d graphs after the warm-up", unroll, resident, b)
+					}
+					g.Release()
+					if err != nil {
+						t.Fatal(err)
+					}
+					for m := range marks {
+						if !(times[m] > 0) {
+							t.Errorf("unroll %d, resident %v: no time at checkpoint %d", unroll, resident, m)
+						}
+					}
+					if ref == nil {
+						ref = toks
+					} else if !maps.Equal(toks, ref) {
+						t.Errorf("unroll %d, resident %v: tokens at the checkpoints %v, one call per token %v", unroll, resident, toks, ref)
+					}
 				}
 			}
 		})

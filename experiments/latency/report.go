@@ -145,7 +145,7 @@ func WriteMarkdown(w io.Writer, r *Result) error {
 		}
 		b.WriteString("\n")
 	}
-	fmt.Fprintf(&b, "| | steps per call | step product rows | step weights | timed passes | warm-up s | first token ms | peak device memory |\n|---|---:|---:|---|---:|---:|---:|---:|\n")
+	fmt.Fprintf(&b, "| | steps per call | step product rows | step weights | steps | timed passes | warm-up s | first token ms | peak device memory |\n|---|---:|---:|---|---|---:|---:|---:|---:|\n")
 	for _, a := range r.Archs {
 		mem := "–"
 		if a.PeakMemoryBytes > 0 {
@@ -164,7 +164,11 @@ func WriteMarkdown(w io.Writer, r *Result) error {
 		if a.RepsDone > 0 && a.RepsDone < r.Reps {
 			passes = fmt.Sprintf("%d of %d (stopped)", a.RepsDone, r.Reps)
 		}
-		fmt.Fprintf(&b, "| %s | %d | %d | %s | %s | %.1f | %.2f | %s |\n", a.Config, max(a.Unroll, 1), max(a.StepRows, 1), layout, passes, a.CompileS, a.FirstTokenMS.Median, mem)
+		loop := "held"
+		if a.Resident {
+			loop = "resident"
+		}
+		fmt.Fprintf(&b, "| %s | %d | %d | %s | %s | %s | %.1f | %.2f | %s |\n", a.Config, max(a.Unroll, 1), max(a.StepRows, 1), layout, loop, passes, a.CompileS, a.FirstTokenMS.Median, mem)
 	}
 	_, err := io.WriteString(w, b.String())
 	return err

@@ -35,6 +35,7 @@ func runLatency(fs *flag.FlagSet, args []string) error {
 	stepFuse := fs.String("step-fuse", "", `rearrangements of the folded layout's batch-1 step (bm.Config.StepFuse): "gate", "residual" or "gate,residual"; "": none`)
 	stepWeights := fs.String("step-weights", "inout", "layout of the weights the decode steps read: inout (the model's), transposed (bm.TransposeStepWeights: [out, in] copies, row reductions on a GPU; the copies double the matmul weights' memory) or folded (bm.FoldStepWeights: those copies with the norm gains folded into the blocks' first products)")
 	stepTransposed := fs.Bool("step-transposed", false, "the same as -step-weights transposed")
+	resident := fs.Bool("resident", false, "run the steps with every input of a call kept on the device and donated, two executables taking turns, the tokens read at each checkpoint (bm.GreedyDecoder.GenerateResident), instead of one tensor per token")
 	out := fs.String("out", "experiments/results/latency.json", "result JSON to write")
 	plotDir := fs.String("plots", "plots/latency", "directory for the PNG and SVG figures (empty: no plots)")
 	plotOnly := fs.Bool("plot-only", false, "do not measure: plot and tabulate the result in -in")
@@ -86,7 +87,7 @@ func runLatency(fs *flag.FlagSet, args []string) error {
 			return err
 		}
 		fmt.Fprintf(os.Stderr, "backend: %s\n", choice)
-		opts := latency.Options{Family: *family, MaxLen: *maxLen, MinLen: *minLen, Reps: *reps, Seed: *seed, Unroll: *unroll, StepRows: *stepRows, StepWeights: layout, StepFuse: *stepFuse, Log: os.Stderr}
+		opts := latency.Options{Family: *family, MaxLen: *maxLen, MinLen: *minLen, Reps: *reps, Seed: *seed, Unroll: *unroll, StepRows: *stepRows, StepWeights: layout, StepFuse: *stepFuse, Resident: *resident, Log: os.Stderr}
 		if *archs != "" {
 			opts.Archs = strings.Split(*archs, ",")
 		}
