@@ -173,18 +173,8 @@ func (d *GreedyDecoder) StepsGreedy(tok *tensors.Tensor, k int) ([]*tensors.Tens
 // steps runs k greedy steps from tok (k = 1: the single-step graph, else the k-step one),
 // donating the states, and returns the k tokens; name is the public method, for errors.
 func (d *GreedyDecoder) steps(name string, tok *tensors.Tensor, k int) ([]*tensors.Tensor, error) {
-	if d.states == nil && d.pos == 0 {
-		return nil, fmt.Errorf("bm: GreedyDecoder.%s: call Prefill or PrefillGreedy first", name)
-	}
-	if k < 1 {
-		return nil, fmt.Errorf("bm: GreedyDecoder.%s: the number of steps must be positive, got %d", name, k)
-	}
-	if tok == nil || tok.DType() != dtypes.Int32 || tok.Rank() != 1 || tok.Shape().Dim(0) != d.batch {
-		shape := "nil"
-		if tok != nil {
-			shape = tok.Shape().String()
-		}
-		return nil, fmt.Errorf("bm: GreedyDecoder.%s: tokens must be int32 [%d], got %s", name, d.batch, shape)
+	if err := d.checkCall(name, tok, k); err != nil {
+		return nil, err
 	}
 	if d.hasAttention && d.pos+k > d.maxLen {
 		if k == 1 {
@@ -222,6 +212,34 @@ func (d *GreedyDecoder) steps(name string, tok *tensors.Tensor, k int) ([]*tenso
 	d.states = outs[k:]
 	d.pos += k
 	return outs[:k], nil
+}
+
+// checkCall checks a call of the method name that feeds tok and runs steps steps: a sequence
+// started, a positive number of steps, tokens int32 [batch].
+func (d *GreedyDecoder) checkCall(name string, tok *tensors.Tensor, steps int) error {
+	if d.states == nil && d.pos == 0 {
+		return fmt.Errorf("bm: GreedyDecoder.%s: call Prefill or PrefillGreedy first", name)
+	}
+	if steps < 1 {
+		return fmt.Errorf("bm: GreedyDecoder.%s: the number of steps must be positive, got %d", name, steps)
+	}
+	if tok == nil || tok.DType() != dtypes.Int32 || tok.Rank() != 1 || tok.Shape().Dim(0) != d.batch {
+		shape := "nil"
+		if tok != nil {
+			shape = tok.Shape().String()
+		}
+		return fmt.Errorf("bm: GreedyDecoder.%s: tokens must be int32 [%d], got %s", name, d.batch, shape)
+	}
+	return nil
+}
+
+// zeroPrompts returns a prompt of n zeros for every sequence of the batch: what the warm-ups run.
+func (d *GreedyDecoder) zeroPrompts(n int) [][]int {
+	prompts := make([][]int, d.batch)
+	for b := range prompts {
+		prompts[b] = make([]int, n)
+	}
+	return prompts
 }
 
 // NextSteps returns how many greedy steps the next call should take (StepsGreedy) so that the
@@ -296,11 +314,7 @@ func (d *GreedyDecoder) WarmUpGreedy(promptLen, upTo int) error {
 	if d.hasAttention && last > d.maxLen {
 		return fmt.Errorf("bm: GreedyDecoder.WarmUpGreedy: prompt (%d) + upTo (%d) - 1 exceeds maxLen %d", promptLen, upTo, d.maxLen)
 	}
-	prompts := make([][]int, d.batch) // every sequence of the batch: promptLen zeros
-	for b := range prompts {
-		prompts[b] = make([]int, promptLen)
-	}
-	tok, err := d.PrefillGreedy(prompts)
+	tok, err := d.PrefillGreedy(d.zeroPrompts(promptLen))
 	if err != nil {
 		return err
 	}

@@ -73,18 +73,8 @@ func (d *GreedyDecoder) residentExec(k, turn int) (*context.Exec, error) {
 // caches first grow, bucket by bucket, to the one that holds them all.
 func (d *GreedyDecoder) GenerateResident(tok *tensors.Tensor, n int) ([][]int32, error) {
 	const name = "GreedyDecoder.GenerateResident"
-	if d.states == nil && d.pos == 0 {
-		return nil, fmt.Errorf("bm: %s: call Prefill or PrefillGreedy first", name)
-	}
-	if n < 1 {
-		return nil, fmt.Errorf("bm: %s: the number of steps must be positive, got %d", name, n)
-	}
-	if tok == nil || tok.DType() != dtypes.Int32 || tok.Rank() != 1 || tok.Shape().Dim(0) != d.batch {
-		shape := "nil"
-		if tok != nil {
-			shape = tok.Shape().String()
-		}
-		return nil, fmt.Errorf("bm: %s: tokens must be int32 [%d], got %s", name, d.batch, shape)
+	if err := d.checkCall("GenerateResident", tok, n); err != nil {
+		return nil, err
 	}
 	start, end := d.pos, d.pos+n
 	if end > d.maxLen {
@@ -174,11 +164,7 @@ func (d *GreedyDecoder) WarmUpResident(promptLen, upTo int) error {
 	if last > d.maxLen {
 		return fmt.Errorf("bm: %s: prompt (%d) + upTo (%d) - 1 exceeds maxLen %d", name, promptLen, upTo, d.maxLen)
 	}
-	prompts := make([][]int, d.batch)
-	for b := range prompts {
-		prompts[b] = make([]int, promptLen)
-	}
-	tok, err := d.PrefillGreedy(prompts)
+	tok, err := d.PrefillGreedy(d.zeroPrompts(promptLen))
 	if err != nil {
 		return err
 	}
