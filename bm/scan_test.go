@@ -327,7 +327,7 @@ func BenchmarkSelectiveScan(b *testing.B) {
 			args []*tensors.Tensor
 		}{{"fwd", fwd, inputs[:5]}, {"fwd+bwd", bwd, inputs}} {
 			b.Run(opts.String()+"/"+bc.name, func(b *testing.B) {
-				if _, _, _, err := timeExec(bc.e, bc.args, 1); err != nil { // compile and warm up
+				if _, _, _, err := timeExec(bc.e, bc.args, 1, ""); err != nil { // compile and warm up
 					b.Fatal(err)
 				}
 				args := make([]any, len(bc.args))

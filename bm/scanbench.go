@@ -152,14 +152,12 @@ func BenchScan(backend backends.Backend, shape ScanShape, variants []ScanOptions
 			})
 			defer bwd.Finalize()
 			var err error
-			timedRegion = r.Variant + " forward"
-			r.ForwardCompileS, r.ForwardMs, r.ForwardMinMs, err = timeExec(fwd, inputs[:5], reps)
+			r.ForwardCompileS, r.ForwardMs, r.ForwardMinMs, err = timeExec(fwd, inputs[:5], reps, r.Variant+" forward")
 			if err != nil {
 				r.Err = "forward: " + err.Error()
 				return
 			}
-			timedRegion = r.Variant + " forward+backward"
-			r.ForwardBackwardCompileS, r.ForwardBackwardMs, r.ForwardBackwardMinMs, err = timeExec(bwd, inputs, reps)
+			r.ForwardBackwardCompileS, r.ForwardBackwardMs, r.ForwardBackwardMinMs, err = timeExec(bwd, inputs, reps, r.Variant+" forward+backward")
 			if err != nil {
 				r.Err = "forward+backward: " + err.Error()
 				return
@@ -199,12 +197,10 @@ func syncScalar(nodes ...*Node) *Node {
 // command uses it to trace the kernels of each region.
 var ScanRegion func(label string, begin bool, runs int)
 
-// timedRegion is the label timeExec passes to ScanRegion.
-var timedRegion string
-
 // timeExec runs e once to compile (timed), once more to warm up, then reps times, each
 // synchronised by copying the last output (a scalar) to the host. Times in ms, compile in s.
-func timeExec(e *Exec, inputs []*tensors.Tensor, reps int) (compileS, medianMs, minMs float64, err error) {
+// label names the timed runs to ScanRegion.
+func timeExec(e *Exec, inputs []*tensors.Tensor, reps int, label string) (compileS, medianMs, minMs float64, err error) {
 	args := make([]any, len(inputs))
 	for i, t := range inputs {
 		args[i] = t
@@ -235,7 +231,7 @@ func timeExec(e *Exec, inputs []*tensors.Tensor, reps int) (compileS, medianMs, 
 	}
 	times := make([]float64, reps)
 	if ScanRegion != nil {
-		ScanRegion(timedRegion, true, reps)
+		ScanRegion(label, true, reps)
 	}
 	for i := range times {
 		d, err = run()
@@ -245,7 +241,7 @@ func timeExec(e *Exec, inputs []*tensors.Tensor, reps int) (compileS, medianMs, 
 		times[i] = float64(d.Nanoseconds()) / 1e6
 	}
 	if ScanRegion != nil {
-		ScanRegion(timedRegion, false, reps)
+		ScanRegion(label, false, reps)
 	}
 	slices.Sort(times)
 	return compileS, times[len(times)/2], times[0], nil
