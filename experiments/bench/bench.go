@@ -83,8 +83,8 @@ type region struct {
 // lastRegion is the most recent timed region not yet summarised into a row (calls 0: none).
 var lastRegion region
 
-// regionStart returns the tracer's time (0 without a trace).
-func regionStart() uint64 {
+// traceNow returns the tracer's time (0 without a trace).
+func traceNow() uint64 {
 	if Trace == nil {
 		return 0
 	}
@@ -97,8 +97,7 @@ func regionEnd(from uint64, calls int) {
 	if Trace == nil {
 		return
 	}
-	to, _ := Trace.Now()
-	lastRegion = region{from: from, to: to, calls: calls}
+	lastRegion = region{from: from, to: traceNow(), calls: calls}
 }
 
 // traceRow summarises the kernels of the last timed region into row (see Trace); a failure to
@@ -162,7 +161,7 @@ func timeCalls(call func() error, warm, reps int) (compileS, medianMs, minMs flo
 		}
 	}
 	times := make([]float64, 0, reps)
-	from := regionStart()
+	from := traceNow()
 	defer func() {
 		if err == nil {
 			regionEnd(from, reps)

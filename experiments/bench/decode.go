@@ -117,9 +117,9 @@ func DecodeWith(backend backends.Backend, cfg bm.Config, batch, tokens, unroll, 
 		g := bm.NewGreedyDecoder(dec)
 		g.Unroll = unroll
 		defer g.Release()
-		warm := g.WarmUpGreedy
+		warm, timedPass := g.WarmUpGreedy, decodePass
 		if resident {
-			warm = g.WarmUpResident
+			warm, timedPass = g.WarmUpResident, residentPass
 		}
 		if err := warm(1, tokens); err != nil {
 			return fmt.Errorf("warm-up: %w", err)
@@ -129,11 +129,7 @@ func DecodeWith(backend backends.Backend, cfg bm.Config, batch, tokens, unroll, 
 		var ref []int32
 		repeat := 1.0
 		for pass := range reps + 1 {
-			pass1 := decodePass
-			if resident {
-				pass1 = residentPass
-			}
-			p, err := pass1(g, batch, tokens, pass == reps)
+			p, err := timedPass(g, batch, tokens, pass == reps)
 			if err != nil {
 				return fmt.Errorf("pass %d: %w", pass+1, err)
 			}
@@ -182,22 +178,12 @@ func decodePass(g *bm.GreedyDecoder, batch, n int, traced bool) (decodeResult, e
 	var r decodeResult
 	held := make([]*tensors.Tensor, 0, n)
 	defer func() { finalize(held) }()
-	prompts := make([][]int, batch)
-	for b := range prompts {
-		prompts[b] = []int{1 + b}
-	}
-	start := time.Now()
-	tok, err := g.PrefillGreedy(prompts)
+	tok, _, afterFirst, err := prefillFirst(g, batch, &r)
 	if err != nil {
 		return r, err
 	}
 	held = append(held, tok)
-	if _, err := tensors.CopyFlatData[int32](tok); err != nil {
-		return r, err
-	}
-	afterFirst := time.Now()
-	r.firstMs = float64(afterFirst.Sub(start).Nanoseconds()) / 1e6
-	from := regionStart()
+	from := traceNow()
 	for len(held) < n {
 		next, err := g.StepsGreedy(tok, g.NextSteps(n))
 		if err != nil {
@@ -228,23 +214,12 @@ func decodePass(g *bm.GreedyDecoder, batch, n int, traced bool) (decodeResult, e
 // copied to the host when it is produced, then the other n-1 come back together at the end.
 func residentPass(g *bm.GreedyDecoder, batch, n int, traced bool) (decodeResult, error) {
 	var r decodeResult
-	prompts := make([][]int, batch)
-	for b := range prompts {
-		prompts[b] = []int{1 + b}
-	}
-	start := time.Now()
-	tok, err := g.PrefillGreedy(prompts)
+	tok, first, afterFirst, err := prefillFirst(g, batch, &r)
 	if err != nil {
 		return r, err
 	}
 	defer tok.FinalizeAll()
-	first, err := tensors.CopyFlatData[int32](tok)
-	if err != nil {
-		return r, err
-	}
-	afterFirst := time.Now()
-	r.firstMs = float64(afterFirst.Sub(start).Nanoseconds()) / 1e6
-	from := regionStart()
+	from := traceNow()
 	rest, err := g.GenerateResident(tok, n-1)
 	if err != nil {
 		return r, err
@@ -261,6 +236,29 @@ func residentPass(g *bm.GreedyDecoder, batch, n int, traced bool) (decodeResult,
 		}
 	}
 	return r, nil
+}
+
+// prefillFirst starts batch sequences from one-token prompts (1, 2, …) and waits for their first
+// tokens on the host: it returns them on the device and on the host, and when they arrived, and
+// sets r.firstMs to the time that took.
+func prefillFirst(g *bm.GreedyDecoder, batch int, r *decodeResult) (*tensors.Tensor, []int32, time.Time, error) {
+	prompts := make([][]int, batch)
+	for b := range prompts {
+		prompts[b] = []int{1 + b}
+	}
+	start := time.Now()
+	tok, err := g.PrefillGreedy(prompts)
+	if err != nil {
+		return nil, nil, time.Time{}, err
+	}
+	first, err := tensors.CopyFlatData[int32](tok)
+	if err != nil {
+		tok.FinalizeAll()
+		return nil, nil, time.Time{}, err
+	}
+	at := time.Now()
+	r.firstMs = float64(at.Sub(start).Nanoseconds()) / 1e6
+	return tok, first, at, nil
 }
 
 // b2f is 1 for true and 0 for false.

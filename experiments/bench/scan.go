@@ -21,11 +21,10 @@ func Scan(backend backends.Backend, shape bm.ScanShape, variants []bm.ScanOption
 		var from uint64
 		bm.ScanRegion = func(label string, begin bool, runs int) {
 			if begin {
-				from = regionStart()
+				from = traceNow()
 				return
 			}
-			regionEnd(from, runs)
-			regions[label], lastRegion = lastRegion, region{}
+			regions[label] = region{from: from, to: traceNow(), calls: runs}
 		}
 		defer func() { bm.ScanRegion = nil }()
 	}
