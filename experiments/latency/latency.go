@@ -387,14 +387,7 @@ func timePass(g *bm.GreedyDecoder, n int, marks map[int]bool) ([]float64, map[in
 			t.FinalizeAll()
 		}
 	}()
-	var stops []int // the marks in order, then n
-	for m := range marks {
-		if m < n {
-			stops = append(stops, m)
-		}
-	}
-	sort.Ints(stops)
-	stops = append(stops, n)
+	stops := checkpoints(marks, 0, n)
 	start := time.Now()
 	tok, err := g.PrefillGreedy([][]int{{1}})
 	if err != nil {
@@ -441,14 +434,7 @@ func timePass(g *bm.GreedyDecoder, n int, marks map[int]bool) ([]float64, map[in
 func timePassResident(g *bm.GreedyDecoder, n int, marks map[int]bool) ([]float64, map[int]int32, error) {
 	times := make([]float64, n+1)
 	toks := map[int]int32{}
-	var stops []int // the marks after the first token in order, then n
-	for m := range marks {
-		if m > 1 && m < n {
-			stops = append(stops, m)
-		}
-	}
-	sort.Ints(stops)
-	stops = append(stops, n)
+	stops := checkpoints(marks, 1, n)
 	start := time.Now()
 	tok, err := g.PrefillGreedy([][]int{{1}})
 	if err != nil {
@@ -476,6 +462,19 @@ func timePassResident(g *bm.GreedyDecoder, n int, marks map[int]bool) ([]float64
 	}
 	tok.FinalizeAll()
 	return times, toks, nil
+}
+
+// checkpoints returns the marks between after and n (both excluded) in order, then n: where a
+// pass stops to take a time.
+func checkpoints(marks map[int]bool, after, n int) []int {
+	var stops []int
+	for m := range marks {
+		if m > after && m < n {
+			stops = append(stops, m)
+		}
+	}
+	sort.Ints(stops)
+	return append(stops, n)
 }
 
 // stat returns the median, minimum and maximum of xs (non-empty).
