@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/gomlx/gomlx/backends"
 	"github.com/gomlx/gomlx/pkg/core/tensors"
 	"github.com/gomlx/gomlx/pkg/ml/context"
 	"github.com/gomlx/gomlx/pkg/ml/context/initializers"
@@ -26,13 +27,8 @@ func TestGenerateGreedyMatchesHostSampling(t *testing.T) {
 	for _, cfg := range DecodeCheckConfigs() {
 		for _, unroll := range []int{1, 4, 5} {
 			t.Run(fmt.Sprintf("%s/unroll%d", cfg.Name, unroll), func(t *testing.T) {
-				ctx := context.New()
-				ctx.SetParam(initializers.ParamInitialSeed, int64(3))
-				dec, err := NewDecoder(backend, ctx, cfg, 1, maxLen)
-				if err != nil {
-					t.Fatal(err)
-				}
-				g := NewGreedyDecoder(dec)
+				g := newSeededGreedy(t, backend, cfg, 1, maxLen, 3)
+				dec := g.Decoder
 				g.Unroll = unroll
 				for _, tc := range []struct {
 					prompt []int
@@ -65,6 +61,19 @@ func TestGenerateGreedyMatchesHostSampling(t *testing.T) {
 			})
 		}
 	}
+}
+
+// newSeededGreedy returns a greedy decoder of batch sequences of at most maxLen tokens over a
+// model of cfg whose weights are initialised from seed.
+func newSeededGreedy(t testing.TB, backend backends.Backend, cfg Config, batch, maxLen int, seed int64) *GreedyDecoder {
+	t.Helper()
+	ctx := context.New()
+	ctx.SetParam(initializers.ParamInitialSeed, seed)
+	dec, err := NewDecoder(backend, ctx, cfg, batch, maxLen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return NewGreedyDecoder(dec)
 }
 
 // TestWarmUpGreedyCompilesEverything checks that WarmUpGreedy builds every graph the
@@ -212,13 +221,8 @@ func TestGenerateStream(t *testing.T) {
 	}
 	for _, c := range cases {
 		cfg := c.cfg
-		ctx := context.New()
-		ctx.SetParam(initializers.ParamInitialSeed, int64(6))
-		dec, err := NewDecoder(backend, ctx, cfg, 1, maxLen)
-		if err != nil {
-			t.Fatal(err)
-		}
-		g := NewGreedyDecoder(dec)
+		g := newSeededGreedy(t, backend, cfg, 1, maxLen, 6)
+		dec := g.Decoder
 		g.Unroll = c.unroll
 		for _, prompt := range [][]int{{4}, {2, 7, 1}} {
 			n := maxLen - len(prompt) + 1

@@ -8,7 +8,6 @@ import (
 
 	"github.com/gomlx/gomlx/pkg/core/tensors"
 	"github.com/gomlx/gomlx/pkg/ml/context"
-	"github.com/gomlx/gomlx/pkg/ml/context/initializers"
 )
 
 // TestGenerateResidentMatchesGreedy checks, for the four small architectures, one step per call
@@ -22,13 +21,7 @@ func TestGenerateResidentMatchesGreedy(t *testing.T) {
 	for _, cfg := range DecodeCheckConfigs() {
 		for _, unroll := range []int{1, 4} {
 			t.Run(fmt.Sprintf("%s/unroll%d", cfg.Name, unroll), func(t *testing.T) {
-				ctx := context.New()
-				ctx.SetParam(initializers.ParamInitialSeed, int64(5))
-				dec, err := NewDecoder(backend, ctx, cfg, 1, maxLen)
-				if err != nil {
-					t.Fatal(err)
-				}
-				g := NewGreedyDecoder(dec)
+				g := newSeededGreedy(t, backend, cfg, 1, maxLen, 5)
 				defer g.Release()
 				g.Unroll = unroll
 				for _, prompt := range [][]int{{7}, {3, 1, 4, 1, 5}} {
@@ -78,13 +71,7 @@ func TestGenerateResidentBatch(t *testing.T) {
 	backend := cpuBackend(t)
 	cfg := DecodeCheckConfigs()[0]
 	const maxLen, n = 12, 8
-	ctx := context.New()
-	ctx.SetParam(initializers.ParamInitialSeed, int64(6))
-	dec, err := NewDecoder(backend, ctx, cfg, 2, maxLen)
-	if err != nil {
-		t.Fatal(err)
-	}
-	g := NewGreedyDecoder(dec)
+	g := newSeededGreedy(t, backend, cfg, 2, maxLen, 6)
 	defer g.Release()
 	tok, err := g.PrefillGreedy([][]int{{2}, {9}})
 	if err != nil {
