@@ -36,6 +36,7 @@
 #   decode-tn-res-resident  decode-tn-res with the steps held (as above) and resident
 #                    (bm.GreedyDecoder.GenerateResident: every input of a call stays on the
 #                    device and is donated, two executables take turns), one row each
+#                    (DECODE_LOOP=resident: that row alone)
 #   decode-ncu       the decode case's bench (3 tokens, one pass) under Nsight Compute: the
 #                    duration of every kernel (gpu__time_duration), as CSV in OUT/ncu-decode.csv,
 #                    with XLA's autotuning off so that the compilation launches few kernels of
@@ -70,7 +71,9 @@
 # regions with CUPTI, bench -kernel-trace, into OUT/trace-CASE.json, with the largest kernels in
 # summary.txt; the scan case then skips the Nsight tools), CPUPROFILE (1: the decode and scan
 # cases also write a Go CPU profile, OUT/cpu-CASE.pprof) and SCAN_SHAPE (the scan case's
-# B,T,D,N, default 8,2048,1536,16).
+# B,T,D,N, default 8,2048,1536,16), XLA_EXTRA (XLA flags added to every case's own, e.g.
+# --xla_gpu_command_buffer_update_mode=SKIP_TEMP) and VMODULE (more TF_CPP_VMODULE entries, e.g.
+# command_buffer_thunk=3: every update of a recorded CUDA graph and the allocations that moved).
 set -uo pipefail
 bundle="$(cd "$1" && pwd)"
 shift
@@ -102,6 +105,19 @@ nsys_kernels() {
 trace_summary() {
 	[[ "${TRACE:-0}" == 1 ]] && grep -A 32 -E ' kernels in [0-9.]+ µs; busy' "$out/$1.log" >>"$out/summary.txt"
 	return 0
+}
+# cmdbuf_summary CASE: with VMODULE=command_buffer_thunk=3, how often the case's recorded CUDA
+# graphs were executed and updated, the updates by command count and moved allocations, and the
+# time they took.
+cmdbuf_summary() {
+	local log="$out/$1.log"
+	grep -q 'command buffer on device' "$log" || return 0
+	{
+		echo "command buffers: $(grep -c 'Execute command buffer' "$log") executions, $(grep -c 'Update command buffer' "$log") updates"
+		grep 'Update command buffer' "$log" | sed -n -E 's/.*num_commands=([0-9]+); updated_allocs=([0-9]+).*/  update of \1 commands, \2 allocations moved/p' | sort | uniq -c | sort -rn | head -n 8
+		grep 'Updated command buffer in' "$log" | sed -n -E 's/.* in ([0-9]+) .*/\1/p' | sort -n |
+			awk '{a[NR] = $1} END {if (NR) print "  update time, us: median " a[int(NR / 2) + 1] ", max " a[NR] " (" NR " updates)"}'
+	} >>"$out/summary.txt"
 }
 for c in "${cases[@]}"; do
 	trace=()
@@ -188,7 +204,7 @@ for c in "${cases[@]}"; do
 		fi
 		continue
 		;;
-	decode-tn-res-resident) decode=true weights=folded fuse=residual loop=held,resident ;;
+	decode-tn-res-resident) decode=true weights=folded fuse=residual loop="${DECODE_LOOP:-held,resident}" ;;
 	decode-tn-res-nocmdbuf)
 		# Command buffers (CUDA graphs) off: XLA launches every kernel itself.
 		decode=true weights=folded fuse=residual flags="--xla_gpu_enable_command_buffer="
@@ -217,13 +233,15 @@ for c in "${cases[@]}"; do
 	t0=$SECONDS
 	dumpflags="--xla_dump_to=$dump --xla_dump_hlo_as_text"
 	[[ "${DUMP:-1}" == 0 ]] && dumpflags=""
+	flags="$(echo $flags ${XLA_EXTRA:-})"
 	xla_flags="$(echo $dumpflags $flags)" # without surrounding blanks: XLA reads a value not starting with -- as a file name
 	XLA_FLAGS="$xla_flags" \
-		TF_CPP_MIN_LOG_LEVEL=0 TF_CPP_VMODULE="gpu_compiler=3,nvptx_compiler=3" \
+		TF_CPP_MIN_LOG_LEVEL=0 TF_CPP_VMODULE="gpu_compiler=3,nvptx_compiler=3${VMODULE:+,$VMODULE}" \
 		timeout -k 10 "${LIMIT:-150}" "$run" blackmamba bench "${bench[@]}" -json "$out/bench-$c.json" "${trace[@]}" >"$out/$c.log" 2>&1
 	echo "--- $c rc=$? in $((SECONDS - t0))s" | tee -a "$out/summary.txt"
 	grep -E "$lines" "$out/$c.log" | tail -n 8 >>"$out/summary.txt"
 	trace_summary "$c"
+	cmdbuf_summary "$c"
 	if $decode; then
 		# Kernels per executable: the thunks of each module's thunk sequence (the decode step is
 		# the one with the most), and how many of them are library matrix multiplications.
