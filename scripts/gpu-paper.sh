@@ -466,10 +466,17 @@ finish)
 	exit 2
 	;;
 esac
-# At most a few files come back from some machines: pack everything into one archive.
+# At most a few files come back from some machines: pack everything into one archive. A phase
+# run again into the same OUT writes paper-PHASE-2.tar.xz, -3 and so on: with PACK_ONLY=1 the
+# earlier archive holds the only copy of the earlier run's files.
 tmp="$(mktemp -d)"
-tar -C "$out" --exclude="paper-*.tar.xz" --exclude="hlo-*.tar.xz" -cJf "$tmp/paper-$phase.tar.xz" . && mv "$tmp/paper-$phase.tar.xz" "$out/"
-ls -la "$out/paper-$phase.tar.xz"
+archive="paper-$phase.tar.xz"
+for ((i = 2; ; i++)); do
+	[[ -e "$out/$archive" ]] || break
+	archive="paper-$phase-$i.tar.xz"
+done
+tar -C "$out" --exclude="paper-*.tar.xz" --exclude="hlo-*.tar.xz" -cJf "$tmp/$archive" . && mv "$tmp/$archive" "$out/"
+ls -la "$out/$archive"
 # PACK_ONLY=1 leaves only the archives in OUT, for machines that send back few files.
 if [[ "${PACK_ONLY:-0}" == 1 ]]; then
 	find "$out" -mindepth 1 -not -name 'paper-*.tar.xz' -delete
