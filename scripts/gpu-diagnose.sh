@@ -35,7 +35,7 @@
 #   decode-tn-res-nocmdbuf  decode-tn-res with command buffers off (XLA uses them by default)
 #   decode-tn-res-resident  decode-tn-res with the steps held (as above) and resident
 #                    (bm.GreedyDecoder.GenerateResident: every input of a call stays on the
-#                    device and is donated, two executables take turns), one row each
+#                    device and is donated, on XLA written over by the call's outputs), one row each
 #                    (DECODE_LOOP=resident: that row alone)
 #   decode-ncu       the decode case's bench (3 tokens, one pass) under Nsight Compute: the
 #                    duration of every kernel (gpu__time_duration), as CSV in OUT/ncu-decode.csv,

@@ -59,9 +59,9 @@ func DecodeVariant(backend backends.Backend, cfg bm.Config, batch, tokens, unrol
 }
 
 // DecodeWith is DecodeVariant, with resident: the steps after the first token run through
-// bm.GreedyDecoder.GenerateResident (every input of a call kept on the device and donated, two
-// executables taking turns, the tokens read once at the end) instead of StepsGreedy with each
-// token kept as its own tensor; the variant says "resident" and Extra holds resident = 1.
+// bm.GreedyDecoder.GenerateResident (every input of a call kept on the device and donated, on
+// XLA written over by the call's outputs, the tokens read once at the end) instead of
+// StepsGreedy with each token kept as its own tensor; the variant says "resident" and Extra holds resident = 1.
 func DecodeWith(backend backends.Backend, cfg bm.Config, batch, tokens, unroll, reps int, layout bm.StepLayout, resident bool) Row {
 	transposed := layout != bm.StepInOut
 	variant := fmt.Sprintf("%s %s greedy", cfg.Name, cfg.ComputeDType)

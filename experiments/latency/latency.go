@@ -54,8 +54,8 @@ type Options struct {
 	// rearrangements); "": none.
 	StepFuse string
 	// Resident runs the steps through bm.GreedyDecoder.GenerateResident (every input of a call
-	// kept on the device and donated, two executables taking turns) from one checkpoint to the
-	// next, instead of StepsGreedy with each token kept as its own tensor.
+	// kept on the device and donated, on XLA written over by the call's outputs) from one
+	// checkpoint to the next, instead of StepsGreedy with each token kept as its own tensor.
 	Resident bool
 	Log      io.Writer
 	// AfterArch, if set, receives the result so far after each architecture (e.g. to save it,
