@@ -95,21 +95,88 @@ func (d *GreedyDecoder) residentExec(k, turn int) (*context.Exec, error) {
 // per call while they fit and single steps after, and returns the n tokens of each sequence,
 // copied to the host once at the end. It gives the tokens StepsGreedy gives. The n positions
 // must fit maxLen (the history's length), for every architecture; with attention blocks the KV
-// caches first grow, bucket by bucket, to the one that holds them all.
+// caches grow, bucket by bucket, as the positions reach them.
 func (d *GreedyDecoder) GenerateResident(tok *tensors.Tensor, n int) ([][]int32, error) {
 	const name = "GreedyDecoder.GenerateResident"
 	if err := d.checkCall("GenerateResident", tok, n); err != nil {
 		return nil, err
 	}
 	start, end := d.pos, d.pos+n
-	if end > d.maxLen {
-		return nil, fmt.Errorf("bm: %s: positions %d to %d go past maxLen %d (the length of the token history)", name, start, end-1, d.maxLen)
-	}
-	// Bucket by bucket, so that the growths are those WarmUpResident compiles.
-	for d.hasAttention && end > d.kvLen {
-		if err := d.growKV(KVCacheBucket(d.kvLen+1, d.maxLen)); err != nil {
-			return nil, fmt.Errorf("bm: %s: growing the KV caches: %w", name, err)
+	var out [][]int32
+	err := d.residentRun(name, tok, n, func(flat func() ([]int32, error), _, to int) (bool, error) {
+		if to < end {
+			return true, nil
 		}
+		h, err := flat()
+		if err != nil {
+			return false, err
+		}
+		out = make([][]int32, d.batch)
+		for b := range out {
+			out[b] = h[b*d.maxLen+start : b*d.maxLen+end]
+		}
+		return true, nil
+	})
+	return out, err
+}
+
+// GenerateResidentStream is GenerateStream through the resident steps: it continues one prompt
+// (batch 1) by up to maxNew tokens, the first from the prefill and the rest from resident calls
+// of Unroll steps (single steps at the end), and hands each token to onToken (if not nil) in
+// order, a call's tokens when the call is done: each call copies the token history back to the
+// host. onToken stops the generation by returning false, which leaves the decoder up to
+// Unroll-1 steps past the last token handed over. It gives GenerateStream's tokens. The prompt
+// and the tokens must fit maxLen, for every architecture.
+func (d *GreedyDecoder) GenerateResidentStream(prompt []int, maxNew int, onToken func(int) bool) ([]int, error) {
+	const name = "GreedyDecoder.GenerateResidentStream"
+	if err := d.checkOneSequence(name, "maxNew", len(prompt), maxNew); err != nil {
+		return nil, err
+	}
+	if last := len(prompt) + maxNew - 1; maxNew > 1 && last > d.maxLen {
+		return nil, fmt.Errorf("bm: %s: prompt (%d) + maxNew (%d) - 1 exceeds maxLen %d (the length of the token history)", name, len(prompt), maxNew, d.maxLen)
+	}
+	var out []int
+	if maxNew <= 0 {
+		return out, nil
+	}
+	tok, err := d.PrefillGreedy([][]int{prompt})
+	if err != nil {
+		return nil, err
+	}
+	defer tok.FinalizeAll()
+	first, err := tensors.CopyFlatData[int32](tok)
+	if err != nil {
+		return nil, fmt.Errorf("bm: %s: reading the first token: %w", name, err)
+	}
+	out = append(out, int(first[0]))
+	if (onToken != nil && !onToken(out[0])) || maxNew == 1 {
+		return out, nil
+	}
+	err = d.residentRun(name, tok, maxNew-1, func(flat func() ([]int32, error), from, to int) (bool, error) {
+		h, err := flat()
+		if err != nil {
+			return false, err
+		}
+		for _, v := range h[from:to] {
+			out = append(out, int(v))
+			if (onToken != nil && !onToken(int(v))) || len(out) == maxNew {
+				return false, nil
+			}
+		}
+		return true, nil
+	})
+	return out, err
+}
+
+// residentRun runs n greedy steps from tok [B] int32 (not consumed) with every input kept on the
+// device, Unroll steps per call while they fit and single steps after, growing the KV caches
+// bucket by bucket as the positions reach them. After each call it calls each with a function
+// that copies the token history [B, maxLen] to the host (positions [from, to) are the call's)
+// and stops when each returns false or an error.
+func (d *GreedyDecoder) residentRun(name string, tok *tensors.Tensor, n int, each func(flat func() ([]int32, error), from, to int) (bool, error)) error {
+	start, end := d.pos, d.pos+n
+	if end > d.maxLen {
+		return fmt.Errorf("bm: %s: positions %d to %d go past maxLen %d (the length of the token history)", name, start, end-1, d.maxLen)
 	}
 	// The first call reads the caller's tokens without consuming them; after it every input is
 	// the previous call's output, donated.
@@ -117,29 +184,33 @@ func (d *GreedyDecoder) GenerateResident(tok *tensors.Tensor, n int) ([][]int32,
 	owned := false
 	posT := tensors.FromScalar(int32(start))
 	hist := tensors.FromShape(shapes.Make(dtypes.Int32, d.batch, d.maxLen))
-	release := func() {
+	defer func() {
 		if owned {
 			cur.FinalizeAll()
 		}
 		posT.FinalizeAll()
 		hist.FinalizeAll()
-	}
+	}()
 	for d.pos < end {
 		k := max(1, d.Unroll)
 		if d.pos+k > end {
 			k = 1
 		}
+		// Bucket by bucket, so that the growths are those WarmUpResident compiles.
+		for d.hasAttention && d.pos+k > d.kvLen {
+			if err := d.growKV(KVCacheBucket(d.kvLen+1, d.maxLen)); err != nil {
+				return fmt.Errorf("bm: %s: growing the KV caches: %w", name, err)
+			}
+		}
 		e, err := d.residentExec(k, d.turn)
 		if err != nil {
-			release()
-			return nil, fmt.Errorf("bm: %s: %w", name, err)
+			return fmt.Errorf("bm: %s: %w", name, err)
 		}
 		args := make([]any, 0, 3+len(d.states))
 		if owned {
 			c, err := DonateTensorBuffer(cur, d.backend, 0)
 			if err != nil {
-				release()
-				return nil, fmt.Errorf("bm: %s: donating the tokens: %w", name, err)
+				return fmt.Errorf("bm: %s: donating the tokens: %w", name, err)
 			}
 			args = append(args, c)
 		} else {
@@ -148,31 +219,39 @@ func (d *GreedyDecoder) GenerateResident(tok *tensors.Tensor, n int) ([][]int32,
 		for i, t := range append([]*tensors.Tensor{posT, hist}, d.states...) {
 			donated, err := DonateTensorBuffer(t, d.backend, 0)
 			if err != nil {
-				release()
-				return nil, fmt.Errorf("bm: %s: donating input %d: %w", name, i+1, err)
+				return fmt.Errorf("bm: %s: donating input %d: %w", name, i+1, err)
 			}
 			args = append(args, donated)
 		}
 		outs, err := e.Exec(args...)
+		// The donated tensors keep a host copy if they had one (the history, once read).
+		posT.FinalizeAll()
+		hist.FinalizeAll()
+		if owned {
+			cur.FinalizeAll()
+		}
 		if err != nil {
 			d.states = nil // donated to the failed call
-			return nil, fmt.Errorf("bm: %s: %w", name, err)
+			owned = false  // finalized above, or the caller's
+			return fmt.Errorf("bm: %s: %w", name, err)
 		}
 		cur, posT, hist, d.states = outs[0], outs[1], outs[2], outs[3:]
 		owned = true
+		from := d.pos
 		d.pos += k
 		d.turn = (d.turn + 1) % d.residentTurns()
+		flat := func() ([]int32, error) {
+			h, err := tensors.CopyFlatData[int32](hist)
+			if err != nil {
+				return nil, fmt.Errorf("bm: %s: reading the token history: %w", name, err)
+			}
+			return h, nil
+		}
+		if more, err := each(flat, from, d.pos); err != nil || !more {
+			return err
+		}
 	}
-	defer release()
-	flat, err := tensors.CopyFlatData[int32](hist)
-	if err != nil {
-		return nil, fmt.Errorf("bm: %s: reading the token history: %w", name, err)
-	}
-	out := make([][]int32, d.batch)
-	for b := range out {
-		out[b] = flat[b*d.maxLen+start : b*d.maxLen+end]
-	}
-	return out, nil
+	return nil
 }
 
 // WarmUpResident compiles every executable GenerateResident can call in a generation of upTo

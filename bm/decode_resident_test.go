@@ -147,3 +147,73 @@ func TestGenerateResidentErrors(t *testing.T) {
 		t.Errorf("WarmUpResident(1, 1): %v", err)
 	}
 }
+
+// TestGenerateResidentStream checks, for the four small architectures, one step per call and
+// unrolled (4, which does not divide the 12 steps after the prefill's token: single steps end
+// it), that GenerateResidentStream hands over exactly GenerateStream's tokens, in order, that
+// after WarmUpResident it builds no graph, that a stop asked by onToken ends it at that token
+// (also within a call's tokens), and that one token is the prefill's alone.
+func TestGenerateResidentStream(t *testing.T) {
+	backend := cpuBackend(t)
+	const maxLen, maxNew = 16, 13
+	prompt := []int{3, 1, 4}
+	for _, cfg := range DecodeCheckConfigs() {
+		for _, unroll := range []int{1, 4} {
+			t.Run(fmt.Sprintf("%s/unroll%d", cfg.Name, unroll), func(t *testing.T) {
+				g := newSeededGreedy(t, backend, cfg, 1, maxLen, 8)
+				defer g.Release()
+				g.Unroll = unroll
+				want, err := g.GenerateStream(prompt, maxNew, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := g.WarmUpResident(len(prompt), maxNew); err != nil {
+					t.Fatal(err)
+				}
+				built := g.GraphsBuilt()
+				var seen []int
+				got, err := g.GenerateResidentStream(prompt, maxNew, func(id int) bool { seen = append(seen, id); return true })
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !slices.Equal(got, want) || !slices.Equal(seen, want) {
+					t.Errorf("resident stream %v (handed over %v), GenerateStream %v", got, seen, want)
+				}
+				if b := g.GraphsBuilt() - built; b != 0 {
+					t.Errorf("%d graphs built after WarmUpResident", b)
+				}
+				for _, stop := range []int{1, 2, 6} { // the prefill's token, the first call's, inside a call
+					seen = nil
+					got, err := g.GenerateResidentStream(prompt, maxNew, func(id int) bool { seen = append(seen, id); return len(seen) < stop })
+					if err != nil {
+						t.Fatal(err)
+					}
+					if !slices.Equal(got, want[:stop]) || !slices.Equal(seen, want[:stop]) {
+						t.Errorf("stopping at %d: %v (handed over %v), want %v", stop, got, seen, want[:stop])
+					}
+				}
+				one, err := g.GenerateResidentStream(prompt, 1, nil)
+				if err != nil || !slices.Equal(one, want[:1]) {
+					t.Errorf("one token: %v, %v; want %v", one, err, want[:1])
+				}
+			})
+		}
+	}
+}
+
+// TestGenerateResidentStreamErrors: a batch of two and a generation past maxLen are errors that
+// say so, for every architecture (the token history has maxLen positions).
+func TestGenerateResidentStreamErrors(t *testing.T) {
+	backend := cpuBackend(t)
+	cfg := DecodeCheckConfigs()[0]
+	g := newSeededGreedy(t, backend, cfg, 1, 8, 1)
+	defer g.Release()
+	if _, err := g.GenerateResidentStream([]int{1, 2}, 8, nil); err == nil || !strings.Contains(err.Error(), "exceeds maxLen 8") {
+		t.Errorf("past maxLen: %v", err)
+	}
+	g2 := newSeededGreedy(t, backend, cfg, 2, 8, 1)
+	defer g2.Release()
+	if _, err := g2.GenerateResidentStream([]int{1}, 2, nil); err == nil || !strings.Contains(err.Error(), "batch 1") {
+		t.Errorf("batch 2: %v", err)
+	}
+}
