@@ -111,6 +111,22 @@ func TestGenerateFixture(t *testing.T) {
 	if st, err := Generate(backend, m, prompt, GenerateOptions{MaxTokens: 6, Unroll: 4, StopEOS: true, EOS: greedy[2]}, nil); err != nil || !slices.Equal(st.Tokens, greedy[:slices.Index(greedy, greedy[2])+1]) {
 		t.Errorf("4 steps per call, EOS %d: %v, %v; want %v", greedy[2], st.Tokens, err, greedy[:slices.Index(greedy, greedy[2])+1])
 	}
+	// The resident steps: the same tokens, one or four steps per call, and the stop at EOS
+	// inside a call; one token is the prefill's alone, without them.
+	for _, unroll := range []int{1, 4} {
+		st, err := Generate(backend, m, prompt, GenerateOptions{MaxTokens: 6, Unroll: unroll, Resident: true, WarmUp: true}, nil)
+		if err != nil || !slices.Equal(st.Tokens, greedy) || !st.Resident {
+			t.Errorf("resident, %d steps per call: %v, %v (resident %v); want %v", unroll, st.Tokens, err, st.Resident, greedy)
+		}
+		eos := greedy[2]
+		want := greedy[:slices.Index(greedy, eos)+1]
+		if st, err := Generate(backend, m, prompt, GenerateOptions{MaxTokens: 6, Unroll: unroll, Resident: true, StopEOS: true, EOS: eos}, nil); err != nil || !slices.Equal(st.Tokens, want) {
+			t.Errorf("resident, %d steps per call, EOS %d: %v, %v; want %v", unroll, eos, st.Tokens, err, want)
+		}
+	}
+	if st, err := Generate(backend, m, prompt, GenerateOptions{MaxTokens: 1, Resident: true}, nil); err != nil || !slices.Equal(st.Tokens, greedy[:1]) || st.Resident {
+		t.Errorf("resident, one token: %v, %v (resident %v); want %v from the prefill", st.Tokens, err, st.Resident, greedy[:1])
+	}
 	if StepMemory(backend) != xla.HostMemory() {
 		t.Errorf("pure-Go backend: StepMemory %d, want the host's %d", StepMemory(backend), xla.HostMemory())
 	}
@@ -174,8 +190,8 @@ func TestGenerateErrors(t *testing.T) {
 }
 
 // TestGenerateWarmUp checks that GenerateOptions.WarmUp changes no token: greedy at one and four
-// steps per call and seeded sampling give the same tokens with and without it, and only the
-// warm-up reports a warm-up time.
+// steps per call, held and resident, and seeded sampling give the same tokens with and without
+// it, and only the warm-up reports a warm-up time.
 func TestGenerateWarmUp(t *testing.T) {
 	backend := cpuBackend(t)
 	m, err := LoadModel(fixtureDir, "")
@@ -186,6 +202,7 @@ func TestGenerateWarmUp(t *testing.T) {
 	for _, o := range []GenerateOptions{
 		{MaxTokens: 7},
 		{MaxTokens: 7, Unroll: 4},
+		{MaxTokens: 7, Unroll: 4, Resident: true},
 		{MaxTokens: 7, Sampler: bm.SamplerOptions{Temperature: 30, TopP: 0.9, Seed: 5}},
 	} {
 		var toks [2][]int

@@ -382,15 +382,17 @@ one-owed)
 	# bm tests of decoding (BM_TEST_RUN, default the decoder, step, folded, greedy and generation
 	# tests) with TF32 off, the decoder self-check (every step layout, the folded batch-1 path and
 	# its step_fuse rearrangements among them), then greedy generation of a random-weight 1.5b
-	# model with generate's defaults (the warm-up on), and with -step-fuse residual, each within
-	# its own limit. Generation needs the tokenizer (data/tokenizer) beside the bundle.
+	# model with generate's defaults (the warm-up on, the resident steps, one per call), with
+	# -unroll 8, and with -unroll 8 -resident=false (the held steps), each within its own limit. Generation needs the tokenizer (data/tokenizer) beside the bundle.
 	BM_TEST_RUN="${BM_TEST_RUN:-Decoder|Step|Fold|Greedy|Generate|IsExpert}" BM_TEST_LIMIT="${BM_TEST_LIMIT:-220}" "$here/gpu-bench.sh" "$bundle" tests
 	(export NVIDIA_TF32_OVERRIDE=0; timeout -k 10 "${SELFCHECK_LIMIT:-220}" "$run" blackmamba selfcheck -checks decode >"$out/selfcheck-decode.log" 2>&1; echo "--- selfcheck -checks decode rc=$?" | tee -a "$out/summary.txt")
 	gen="$(generate 1.5b)"
 	bash -c "$gen" >"$out/generate-greedy.log" 2>&1
 	echo "--- generate rc=$?" | tee -a "$out/summary.txt"
-	bash -c "$gen -step-fuse residual" >"$out/generate-greedy-fuse.log" 2>&1
-	echo "--- generate -step-fuse residual rc=$?" | tee -a "$out/summary.txt"
+	bash -c "$gen -unroll 8" >"$out/generate-greedy-unroll8.log" 2>&1
+	echo "--- generate -unroll 8 rc=$?" | tee -a "$out/summary.txt"
+	bash -c "$gen -unroll 8 -resident=false" >"$out/generate-greedy-unroll8-held.log" 2>&1
+	echo "--- generate -unroll 8 -resident=false rc=$?" | tee -a "$out/summary.txt"
 	;;
 two-owed)
 	# On a 2-GPU host: the loss-two comparison's data-parallel run (LOSS_DEVICES=2, both GPUs;

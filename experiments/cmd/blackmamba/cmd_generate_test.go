@@ -170,12 +170,16 @@ func TestGenerateRandom(t *testing.T) {
 	}
 	got := run()
 	// The folded step (float32 on this backend) gives the same tokens with -step-fuse auto
-	// (residual there), none and both rearrangements; auto with the transposed copies is none.
+	// (residual there), none and both rearrangements; auto with the transposed copies is none;
+	// the held steps (-resident=false) and four steps per call give them too.
 	for _, extra := range [][]string{
 		{"-step-weights", "folded"},
 		{"-step-weights", "folded", "-step-fuse", "none"},
 		{"-step-weights", "folded", "-step-fuse", "gate,residual"},
 		{"-step-weights", "transposed", "-step-fuse", "auto"},
+		{"-resident=false"},
+		{"-resident=false", "-unroll", "4"},
+		{"-unroll", "4"},
 	} {
 		if fused := run(extra...); !slices.Equal(fused, got) {
 			t.Errorf("%v printed %v, want %v", extra, fused, got)
@@ -185,6 +189,7 @@ func TestGenerateRandom(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The held steps, one per call, as the reference.
 	st, err := experiments.Generate(backend, m, []int{11, 12, 13}, experiments.GenerateOptions{MaxTokens: 6, Sampler: bm.SamplerOptions{}}, nil)
 	if err != nil {
 		t.Fatal(err)
