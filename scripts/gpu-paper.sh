@@ -71,8 +71,9 @@
 #                                               UNROLL steps per call, with XLA_STEP_FLAGS if set
 #                                               (the 2026-11-28 run used UNROLL=16)
 #   scripts/gpu-paper.sh BUNDLE_DIR latency-best on one GPU: experiment 3 with every architecture
-#                                               at STEP_WEIGHTS (default folded) and UNROLL
-#                                               (default 4), ARCHS one after another, merged
+#                                               at the fastest settings measured (default: the
+#                                               folded step with step_fuse residual, resident,
+#                                               8 steps per call), ARCHS one after another, merged
 #   scripts/gpu-paper.sh BUNDLE_DIR total-2.8b  on one GPU: the 2.8b dense Mamba at equal total
 #                                               parameters to MAX_LEN (default 4096) tokens,
 #                                               REPS (default 2) passes, its result saved after
@@ -342,9 +343,10 @@ latency-one)
 	;;
 latency-best)
 	# Experiment 3 on one GPU with every architecture at the step settings that measured fastest
-	# for BlackMamba: STEP_WEIGHTS (default folded) and UNROLL (default 4) steps per call, with
-	# the folded step's STEP_FUSE rearrangements if set (e.g. residual), and with RESIDENT=1 the
-	# resident loop (latency -resident: bm.GreedyDecoder.GenerateResident). The
+	# for BlackMamba: STEP_WEIGHTS (default folded) and UNROLL (default 8) steps per call, with
+	# the folded step's STEP_FUSE rearrangements (default residual; set empty for none), and
+	# unless RESIDENT=0 the resident loop (latency -resident: bm.GreedyDecoder.GenerateResident;
+	# the 2026-11-29 runs before 2026-11-29-resident/ used UNROLL=4, RESIDENT=0). The
 	# architectures of ARCHS (default the FAMILY's four, default family 1.5b) run one after
 	# another, each in its own process limited to ARCH_LIMIT (default 280) seconds and saved
 	# after every pass; the results present are then merged into OUT/latency-FAMILY-best.json
@@ -352,9 +354,10 @@ latency-best)
 	# ARCHS="1.5b 1.5b-mamba", then ARCHS="1.5b-transformer 1.5b-transformer-moe"; merge the two
 	# jobs' results with `blackmamba latency -merge`.
 	f="${FAMILY:-1.5b}"
+	fuse="${STEP_FUSE-residual}"
 	for a in ${ARCHS:-$f $f-mamba $f-transformer $f-transformer-moe}; do
 		echo "=== latency $a (limit ${ARCH_LIMIT:-280}s)" | tee -a "$out/summary.txt"
-		timeout -k 10 "${ARCH_LIMIT:-280}" "$run" blackmamba latency -family "$f" -archs "$a" -unroll "${UNROLL:-4}" -step-weights "${STEP_WEIGHTS:-folded}" ${STEP_FUSE:+-step-fuse "$STEP_FUSE"} $([[ "${RESIDENT:-0}" == 1 ]] && echo -resident) -max-len "${MAX_LEN:-16384}" -reps "${REPS:-2}" -out "$out/latency-best-$a.json" -plots "$out/plots-best-$a" >"$out/latency-best-$a.log" 2>&1
+		timeout -k 10 "${ARCH_LIMIT:-280}" "$run" blackmamba latency -family "$f" -archs "$a" -unroll "${UNROLL:-8}" -step-weights "${STEP_WEIGHTS:-folded}" ${fuse:+-step-fuse "$fuse"} $([[ "${RESIDENT:-1}" == 1 ]] && echo -resident) -max-len "${MAX_LEN:-16384}" -reps "${REPS:-2}" -out "$out/latency-best-$a.json" -plots "$out/plots-best-$a" >"$out/latency-best-$a.log" 2>&1
 		echo "--- rc=$?" | tee -a "$out/summary.txt"
 	done
 	parts=$(ls "$out"/latency-best-*.json 2>/dev/null | paste -sd, -)
