@@ -68,17 +68,8 @@ func (d *GreedyDecoder) multiExec(k int) (*context.Exec, error) {
 	cfg := d.cfg
 	e, err := context.NewExec(d.backend, d.ctx, func(ctx *context.Context, inputs []*Node) []*Node {
 		d.built++
-		tok, pos, states := inputs[0], inputs[1], inputs[2:]
-		toks := make([]*Node, k)
-		for i := range k {
-			p := pos
-			if i > 0 {
-				p = AddScalar(pos, float64(i))
-			}
-			outs := decodeStepGraph(ctx, cfg, tok, p, states)
-			tok = greedyArgmax(cfg, outs[0])
-			toks[i], states = tok, outs[1:]
-		}
+		toks := make([]*Node, 0, k)
+		states := greedySteps(ctx, cfg, k, inputs[0], inputs[1], inputs[2:], func(tok, _ *Node) { toks = append(toks, tok) })
 		return append(toks, states...)
 	})
 	if err != nil {
@@ -90,6 +81,22 @@ func (d *GreedyDecoder) multiExec(k int) (*context.Exec, error) {
 	}
 	d.multi[k] = e
 	return e, nil
+}
+
+// greedySteps builds k greedy steps from tok [B] int32 at position pos (int32 scalar) and the
+// states, calling each with every step's chosen tokens and the position it was fed; it returns
+// the states after the last step.
+func greedySteps(ctx *context.Context, cfg Config, k int, tok, pos *Node, states []*Node, each func(tok, p *Node)) []*Node {
+	for i := range k {
+		p := pos
+		if i > 0 {
+			p = AddScalar(pos, float64(i))
+		}
+		outs := decodeStepGraph(ctx, cfg, tok, p, states)
+		tok, states = greedyArgmax(cfg, outs[0]), outs[1:]
+		each(tok, p)
+	}
+	return states
 }
 
 // greedyArgmax returns the argmax [B] int32 of logits [B, V] over the ids < cfg.VocabReal.

@@ -59,16 +59,11 @@ func (d *GreedyDecoder) residentExec(k, turn int) (*context.Exec, error) {
 		tok, pos, hist, states := inputs[0], inputs[1], inputs[2], inputs[3:]
 		g := tok.Graph()
 		col := Iota(g, shapes.Make(dtypes.Int32, batch, maxLen), 1)
-		for i := range k {
-			p := pos
-			if i > 0 {
-				p = AddScalar(pos, float64(i))
-			}
-			outs := decodeStepGraph(ctx, cfg, tok, p, states)
-			tok, states = greedyArgmax(cfg, outs[0]), outs[1:]
+		states = greedySteps(ctx, cfg, k, tok, pos, states, func(next, p *Node) {
+			tok = next
 			at := Equal(col, BroadcastToDims(p, batch, maxLen))
 			hist = Where(at, BroadcastToDims(Reshape(tok, batch, 1), batch, maxLen), hist)
-		}
+		})
 		outs := append([]*Node{tok, AddScalar(pos, float64(k)), hist}, states...)
 		aliased, err := aliasOutputs(inputs[:len(outs)], outs)
 		if err != nil {
