@@ -99,12 +99,18 @@ type Config struct {
 	// the folded weight copies (FoldStepWeights), each aimed at one kernel per block on a GPU:
 	// "gate" folds the Mamba output gate silu(z) and the D skip term into the state update's sum
 	// over the states; "residual" makes the residual add part of each block's last product (one
-	// more column holding the residual). The values are the same up to rounding. Empty: neither.
+	// more column holding the residual); "router" computes the router logits of an MoE block
+	// that follows a Mamba block inside the Mamba block's two products (its in_proj takes the
+	// router's rows, its out_proj the rows of the router times out_proj, a copy FoldStepWeights
+	// makes), so that the router has no product of its own, and picks the expert with
+	// elementwise comparisons; "dt" writes the Mamba Δ projection (rank R) as R elementwise
+	// products and sums, which the compiler can fuse into the state update. The values are the
+	// same up to rounding. Empty: none.
 	StepFuse string `json:"step_fuse,omitempty"`
 }
 
 // StepFusions lists the values StepFuse may hold.
-var StepFusions = []string{"gate", "residual"}
+var StepFusions = []string{"gate", "residual", "router", "dt"}
 
 // stepFuses reports whether c.StepFuse names fusion.
 func (c Config) stepFuses(fusion string) bool {

@@ -395,10 +395,12 @@ func decodeStepGraph(ctx *context.Context, cfg Config, token, pos *Node, states 
 	emb := embeddingTable(ctx, cfg, g)
 	x := embed(emb, token) // [B, d]
 	var next []*Node
+	var routed *Node // the router logits of the next MoE block (Config.StepFuse "router")
+	blocks := cfg.Blocks()
 	// Residual's loop, with each block's input as a stepInput: the raw residual and the norm's
 	// 1/rms where the block's first products have gain-folded copies (FoldStepWeights), so
 	// that the normed token is never written out; else the normed token.
-	for i, b := range cfg.Blocks() {
+	for i, b := range blocks {
 		lctx := layerScope(ctx, i)
 		mctx := lctx.In("mixer")
 		in, ok := foldedStepInput(mctx, cfg, x, firstProducts(b.Kind)...)
@@ -410,7 +412,14 @@ func decodeStepGraph(ctx *context.Context, cfg Config, token, pos *Node, states 
 		switch b.Kind {
 		case KindMamba:
 			var conv, ssm *Node
-			f, conv, ssm = mambaStep(mctx, cfg, in, states[j], states[j+1])
+			var rf *routerFold
+			if i+1 < len(blocks) && blocks[i+1].Kind == KindMoE {
+				rf = newRouterFold(mctx, layerScope(ctx, i+1).In("mixer"), cfg, in, blocks[i+1].Experts)
+			}
+			f, conv, ssm = mambaStep(mctx, cfg, in, states[j], states[j+1], rf)
+			if rf != nil {
+				routed = rf.logits
+			}
 			next = append(next, conv, ssm)
 		case KindAttention:
 			var k, v *Node
@@ -419,7 +428,11 @@ func decodeStepGraph(ctx *context.Context, cfg Config, token, pos *Node, states 
 		case KindMLP:
 			f = mlpStep(mctx, cfg, in)
 		default:
-			f, _ = moeStep(mctx, cfg, b.Experts, in)
+			if !in.rowwise() {
+				routed = nil
+			}
+			f, _ = moeStep(mctx, cfg, b.Experts, in, routed)
+			routed = nil
 		}
 		if in.addsResidual(cfg) {
 			x = f // the block's step added its input already (cfg.StepFuse "residual")

@@ -25,6 +25,7 @@ func DecodeCheckConfigs() []Config {
 		c.Name, c.Pattern = name, pattern
 		c.Vocab, c.VocabReal = 97, 90
 		c.Dim, c.FFN, c.StateSize, c.Heads = 16, 32, 4, 2
+		c.DtRank = 3 // more than one, so that the Δ projection sums over several terms
 		c.MaxSeqLen = 64
 		c.InitStd, c.DtMin, c.DtMax = 0.3, 0.05, 1
 		return c
@@ -36,11 +37,12 @@ func DecodeCheckConfigs() []Config {
 // random tokens [2, 10] and the recurrent decoder (prefill of 1, 2, 3, 5 and 8 tokens, then
 // one step per token), and returns an error if any logit differs from the forward's by more
 // than 1e-4 of the largest logit magnitude, with the norm gains set to random values
-// (RandomizeNormGains). Each architecture is checked six times: as it is, with its step
+// (RandomizeNormGains). Each architecture is checked eight times: as it is, with its step
 // products padded to 4 rows (Config.StepRows), with the steps reading the weights' transposed
 // copies (TransposeStepWeights), with those copies carrying the norm gains (FoldStepWeights),
-// and the last at batch 1 too, where the folded step takes its row products (plain, and with
-// both Config.StepFuse rearrangements). It returns one report line per check.
+// and the last at batch 1 too, where the folded step takes its row products (plain, with
+// Config.StepFuse "gate,residual", "router,dt" and "residual,router,dt"). The router biases are
+// set to random values too. It returns one report line per check.
 func CheckDecode(backend backends.Backend) (report []string, err error) {
 	const T, tol = 10, 1e-4
 	for _, cfg := range DecodeCheckConfigs() {
@@ -49,7 +51,8 @@ func CheckDecode(backend backends.Backend) (report []string, err error) {
 			layout      StepLayout
 			fuse        string
 		}{{0, 2, StepInOut, ""}, {4, 2, StepInOut, ""}, {0, 2, StepTransposed, ""}, {0, 2, StepFolded, ""},
-			{0, 1, StepFolded, ""}, {0, 1, StepFolded, "gate,residual"}} {
+			{0, 1, StepFolded, ""}, {0, 1, StepFolded, "gate,residual"}, {0, 1, StepFolded, "router,dt"},
+			{0, 1, StepFolded, "residual,router,dt"}} {
 			cfg.StepRows, cfg.StepFuse = variant.rows, variant.fuse
 			name := cfg.Name
 			if variant.rows > 0 {
@@ -120,6 +123,18 @@ func checkDecodeArch(backend backends.Backend, cfg Config, B, T int, layout Step
 		return 0, err
 	}
 	rng := rand.New(rand.NewPCG(5, 5))
+	// Router biases other than their initial 0, which the "router" step adds after scaling.
+	for v := range ctx.IterVariables() {
+		if v.Name() == "router_bias" {
+			vals := make([]float32, v.Shape().Size())
+			for i := range vals {
+				vals[i] = float32(rng.NormFloat64() * 0.1)
+			}
+			if err := v.SetValue(tensors.FromFlatDataAndDimensions(vals, v.Shape().Dimensions...)); err != nil {
+				return 0, fmt.Errorf("router bias %s: %w", v.ScopeAndName(), err)
+			}
+		}
+	}
 	ids := make([][]int, B)
 	flat := make([]int32, 0, B*T)
 	for b := range ids {

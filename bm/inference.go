@@ -3,6 +3,7 @@ package bm
 import (
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/gomlx/gomlx/backends"
@@ -157,6 +158,10 @@ const DefaultInitBlocks = 4
 const (
 	stepTSuffix  = "_stepT"
 	stepTNSuffix = "_stepTN"
+	// stepRouterSuffix ends the name of FoldStepWeights' float32 [E, D] copy beside a Mamba
+	// block's out_proj that is followed by an MoE block: that block's gain-folded router times
+	// the out_proj weight (Config.StepFuse "router").
+	stepRouterSuffix = "_stepRouter"
 )
 
 // foldedNames are the weights whose products take a block's normed input, the first products
@@ -329,6 +334,69 @@ func makeStepCopies(backend backends.Backend, ctx *context.Context, fold bool) (
 			return n, fmt.Errorf("%s: transposing %s: %w", name, v.ScopeAndName(), err)
 		}
 		scope.VariableWithValue(v.Name()+suffix, outs[0]).SetTrainable(false)
+		n++
+	}
+	if fold {
+		m, err := makeRouterCopies(backend, ctx)
+		n += m
+		if err != nil {
+			return n, fmt.Errorf("%s: %w", name, err)
+		}
+	}
+	return n, nil
+}
+
+// makeRouterCopies adds, beside the out_proj of each Mamba block followed by an MoE block, the
+// float32 [E, D] product of that MoE block's gain-folded router copy [E, d] with the out_proj
+// weight [D, d]ᵀ (its transposed copy, [d, D], converted to float32): the rows a batch-1 step
+// with Config.StepFuse "router" adds to the out_proj product to get the router's logits of the
+// new residual. It returns how many it added (copies present are kept).
+func makeRouterCopies(backend backends.Backend, ctx *context.Context) (int, error) {
+	var routers []*context.Variable
+	for v := range ctx.IterVariables() {
+		if v.Name() == "router_weight"+stepTNSuffix && strings.HasSuffix(v.Scope(), "/mixer") {
+			routers = append(routers, v)
+		}
+	}
+	var exec *Exec
+	n := 0
+	for _, v := range routers {
+		layers, idx, ok := strings.Cut(strings.TrimSuffix(v.Scope(), "/mixer"), "/layers/")
+		i, err := strconv.Atoi(idx)
+		if !ok || err != nil || i == 0 {
+			continue
+		}
+		prev := fmt.Sprintf("%s/layers/%d/mixer", layers, i-1)
+		outT := ctx.InspectVariableIfLoaded(prev, "out_proj"+stepTSuffix)
+		if outT == nil || ctx.InspectVariableIfLoaded(prev, "in_proj"+stepTNSuffix) == nil ||
+			ctx.InspectVariableIfLoaded(prev, "out_proj"+stepRouterSuffix) != nil {
+			continue // not after a Mamba block, or done already
+		}
+		if outT.Shape().Rank() != 2 || v.Shape().Rank() != 2 || outT.Shape().Dim(0) != v.Shape().Dim(1) {
+			return n, fmt.Errorf("router copy %s %s does not fit %s/out_proj%s %s", v.ScopeAndName(), v.Shape(), prev, stepTSuffix, outT.Shape())
+		}
+		if exec == nil {
+			if exec, err = NewExec(backend, func(rt, ot *Node) *Node {
+				return Einsum("ed,dk->ek", ConvertDType(rt, dtypes.Float32), ConvertDType(ot, dtypes.Float32))
+			}); err != nil {
+				return n, err
+			}
+			exec.SetMaxCache(-1)
+			defer exec.Finalize()
+		}
+		rt, err := v.Value()
+		if err != nil {
+			return n, fmt.Errorf("reading %s: %w", v.ScopeAndName(), err)
+		}
+		ot, err := outT.Value()
+		if err != nil {
+			return n, fmt.Errorf("reading %s: %w", outT.ScopeAndName(), err)
+		}
+		outs, err := exec.Exec(rt, ot)
+		if err != nil {
+			return n, fmt.Errorf("router copy of %s: %w", v.ScopeAndName(), err)
+		}
+		ctx.InAbsPath(prev).Checked(false).VariableWithValue("out_proj"+stepRouterSuffix, outs[0]).SetTrainable(false)
 		n++
 	}
 	return n, nil
@@ -555,7 +623,7 @@ func (in stepInput) scaled() *Node { return Mul(in.x, in.norm.invRMS) }
 func DropStepWeights(ctx *context.Context) (int, error) {
 	var copies []*context.Variable
 	for v := range ctx.IterVariables() {
-		for _, suffix := range []string{stepTSuffix, stepTNSuffix} {
+		for _, suffix := range []string{stepTSuffix, stepTNSuffix, stepRouterSuffix} {
 			if strings.HasSuffix(v.Name(), suffix) && isStepWeight(v.Scope(), strings.TrimSuffix(v.Name(), suffix)) {
 				copies = append(copies, v)
 			}

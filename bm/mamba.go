@@ -160,17 +160,23 @@ func conv1dTaps(padded, w *Node, T int) *Node {
 // conv: [B, D, K] and ssm: [B, D, N] float32, the states after the previous token (from
 // MambaPrefill or a previous MambaStep). It returns out [B, d] float32 and the new states.
 func MambaStep(ctx *context.Context, cfg Config, u, conv, ssm *Node) (out, conv2, ssm2 *Node) {
-	return mambaStep(ctx, cfg, normedStepInput(u), conv, ssm)
+	return mambaStep(ctx, cfg, normedStepInput(u), conv, ssm, nil)
 }
 
 // mambaStep is MambaStep with the block's input as a stepInput (the normed token, or the raw
-// residual for in_proj's gain-folded copy).
-func mambaStep(ctx *context.Context, cfg Config, in stepInput, conv, ssm *Node) (out, conv2, ssm2 *Node) {
+// residual for in_proj's gain-folded copy). With rf (Config.StepFuse "router", batch 1) its
+// two products also compute the next MoE block's router logits, into rf.logits.
+func mambaStep(ctx *context.Context, cfg Config, in stepInput, conv, ssm *Node, rf *routerFold) (out, conv2, ssm2 *Node) {
 	g := in.graph()
 	w := mambaVariablesFor(ctx, cfg, g, false)
 	d, D, N, K, R := cfg.Dim, cfg.Inner(), cfg.StateSize, cfg.ConvKernel, cfg.Rank()
 
-	xz := in.project(ctx, cfg, "in_proj", d, 2*D) // [B, 2D]
+	var xz *Node
+	if rf != nil {
+		xz = rf.inProj(ctx, cfg, in, d, 2*D)
+	} else {
+		xz = in.project(ctx, cfg, "in_proj", d, 2*D) // [B, 2D]
+	}
 	x := SliceAxis(xz, -1, AxisRange(0, D))
 	z := SliceAxis(xz, -1, AxisRange(D, 2*D))
 
@@ -194,8 +200,14 @@ func mambaStep(ctx *context.Context, cfg Config, in stepInput, conv, ssm *Node) 
 	dt := SliceAxis(xdbl, -1, AxisRange(0, R))
 	bm := SliceAxis(xdbl, -1, AxisRange(R, R+N))
 	cm := SliceAxis(xdbl, -1, AxisRange(R+N, R+2*N))
-	delta := Softplus(Add(StepProduct(cfg, dt, w.dtProj), ExpandLeftToRank(w.dtBias, 2))) // [B, D]
-	A := Neg(Exp(w.aLog))                                                                 // [D, N]
+	var dtw *Node
+	if in.rowwise() && cfg.stepFuses("dt") {
+		dtw = elementwiseProduct(cfg, dt, w.dtProj)
+	} else {
+		dtw = StepProduct(cfg, dt, w.dtProj)
+	}
+	delta := Softplus(Add(dtw, ExpandLeftToRank(w.dtBias, 2))) // [B, D]
+	A := Neg(Exp(w.aLog))                                      // [D, N]
 
 	decay := Exp(Mul(InsertAxes(delta, -1), InsertAxes(A, 0)))                          // [B, D, N]
 	ssm2 = Add(Mul(decay, ssm), Mul(InsertAxes(Mul(delta, xc), -1), InsertAxes(bm, 1))) // [B, D, N]
@@ -213,8 +225,37 @@ func mambaStep(ctx *context.Context, cfg Config, in stepInput, conv, ssm *Node) 
 	} else {
 		y = Mul(Add(ReduceSum(states, -1), skip), gate)
 	}
+	if rf != nil {
+		return rf.outProj(ctx, cfg, in, y, D, d), conv2, ssm2
+	}
 	out = in.product(ctx, cfg, "out_proj", true, y, D, d)
 	return out, conv2, ssm2
+}
+
+// elementwiseProduct is x·w for x [B, R] and w [R, D] → [B, D] float32, written as R
+// elementwise products of x's columns with w's rows, summed pairwise: no reduction, so that a
+// compiler can fuse it into the elementwise kernel that consumes it (Config.StepFuse "dt"). The
+// operands are rounded to the compute dtype first, as StepProduct's are.
+func elementwiseProduct(cfg Config, x, w *Node) *Node {
+	dt := ComputeDType(cfg)
+	x = ConvertDType(ConvertDType(x, dt), dtypes.Float32)
+	w = ConvertDType(ConvertDType(w, dt), dtypes.Float32)
+	R := w.Shape().Dim(0)
+	terms := make([]*Node, R)
+	for r := range R {
+		terms[r] = Mul(SliceAxis(x, 1, AxisElem(r)), SliceAxis(w, 0, AxisElem(r))) // [B, 1]·[1, D]
+	}
+	for len(terms) > 1 {
+		next := terms[:0:0]
+		for i := 0; i+1 < len(terms); i += 2 {
+			next = append(next, Add(terms[i], terms[i+1]))
+		}
+		if len(terms)%2 == 1 {
+			next = append(next, terms[len(terms)-1])
+		}
+		terms = next
+	}
+	return terms[0]
 }
 
 // scanMaxBatch is the ScanOptions.MaxBatch of cfg.ScanMaxTokens for sequences of T tokens: 0

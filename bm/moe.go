@@ -137,12 +137,14 @@ func MoEStep(ctx *context.Context, cfg Config, experts int, u *Node) (out, choic
 	if u.Rank() != 2 || u.Shape().Dim(1) != cfg.Dim {
 		panic(fmt.Sprintf("bm.MoEStep: input must be [B, d=%d], got %s", cfg.Dim, u.Shape()))
 	}
-	return moeStep(ctx, cfg, experts, normedStepInput(ConvertDType(u, dtypes.Float32)))
+	return moeStep(ctx, cfg, experts, normedStepInput(ConvertDType(u, dtypes.Float32)), nil)
 }
 
 // moeStep is MoEStep with the block's input as a stepInput: the normed token, or the raw
-// residual for the gain-folded copies of the router and fc1 (FoldStepWeights).
-func moeStep(ctx *context.Context, cfg Config, experts int, in stepInput) (out, choice *Node) {
+// residual for the gain-folded copies of the router and fc1 (FoldStepWeights). routed, when not
+// nil, holds the router's raw logits of the rowwise input, computed by the Mamba block before it
+// (routerFold.logits, Config.StepFuse "router").
+func moeStep(ctx *context.Context, cfg Config, experts int, in stepInput, routed *Node) (out, choice *Node) {
 	g := in.graph()
 	d, f := cfg.Dim, cfg.FFN
 	x := in.u
@@ -157,8 +159,12 @@ func moeStep(ctx *context.Context, cfg Config, experts int, in stepInput) (out, 
 		}
 	}
 	w := moeVariablesFor(ctx, g, cfg, experts, !transposed, !in.folded())
-	var logits *Node
+	var logits, gate *Node
 	switch {
+	case in.rowwise() && routed != nil:
+		var best *Node
+		choice, best = argMaxFew(routedLogits(cfg, in, routed, w.routerB))
+		gate = Sigmoid(best)
 	case in.rowwise():
 		// The router's product first: it computes the norm's 1/rms for fc1's too.
 		logits = Add(in.project(ctx, cfg, "router_weight", d, experts), InsertAxes(w.routerB, 0))
@@ -168,10 +174,12 @@ func moeStep(ctx *context.Context, cfg Config, experts int, in stepInput) (out, 
 	default:
 		logits = Add(Einsum("bd,de->be", x, w.routerW), InsertAxes(w.routerB, 0))
 	}
-	choice = ArgMax(logits, -1, dtypes.Int32)
-	// sigmoid(ℓ_{e*}) as the sigmoid of the largest logit: the same value, and a reduction over
-	// the same logits as the argmax's, which the compiler can compute in the same kernel.
-	gate := Sigmoid(ReduceMax(logits, -1))
+	if gate == nil {
+		choice = ArgMax(logits, -1, dtypes.Int32)
+		// sigmoid(ℓ_{e*}) as the sigmoid of the largest logit: the same value, and a reduction
+		// over the same logits as the argmax's, which the compiler can compute in the same kernel.
+		gate = Sigmoid(ReduceMax(logits, -1))
+	}
 	if in.rowwise() {
 		// The chosen expert's rows, as row reductions of the raw residual, then of the
 		// activation, in float32 (stepRowProduct).

@@ -88,8 +88,8 @@ func TestStepProduct(t *testing.T) {
 // of the plain decoder, for the four small architectures, one step per call and unrolled. The
 // folded layout's batch-1 products sum in float32 where the others round their inputs to
 // bfloat16 first, so in bfloat16 its greedy tokens may part from the plain decoder's at a
-// near tie; it is checked for the same tokens in float32 (also with both Config.StepFuse
-// rearrangements), and in bfloat16 by TestFoldedStepLogitsBF16. On a compiling backend (a GPU)
+// near tie; it is checked for the same tokens in float32 (also with Config.StepFuse
+// "gate,residual", "router,dt" and "residual,router,dt"), and in bfloat16 by TestFoldedStepLogitsBF16. On a compiling backend (a GPU)
 // the same holds for the padded rows in bfloat16: there the one-row product rounds each
 // bfloat16 product before its float32 sum and the padded one is a matrix multiplication that
 // does not (TestStepProduct bounds the difference), so the padded rows are checked for the
@@ -103,7 +103,7 @@ func TestStepVariantsGreedyTokens(t *testing.T) {
 				t.Run(fmt.Sprintf("%s/unroll%d/%s", cfg.Name, unroll, dtype), func(t *testing.T) {
 					variants := []string{"plain", "rows", "transposed"}
 					if dtype == "float32" {
-						variants = []string{"plain", "folded", "folded-fused"}
+						variants = []string{"plain", "folded", "folded-fused", "folded-router", "folded-all"}
 					}
 					if !xla.IsPureGo(backend) {
 						if dtype == "float32" {
@@ -119,8 +119,13 @@ func TestStepVariantsGreedyTokens(t *testing.T) {
 						if variant == "rows" {
 							c.StepRows = 2
 						}
-						if variant == "folded-fused" {
+						switch variant {
+						case "folded-fused":
 							c.StepFuse, variant = "gate,residual", "folded"
+						case "folded-router":
+							c.StepFuse, variant = "router,dt", "folded"
+						case "folded-all":
+							c.StepFuse, variant = "residual,router,dt", "folded"
 						}
 						ctx := stepVariantContext(t, backend, c, variant)
 						dec, err := NewDecoder(backend, ctx, c, 1, maxLen)
@@ -228,7 +233,8 @@ func TestFoldedStepLogitsBF16(t *testing.T) {
 
 // TestStepWeightCopies checks the copies of TransposeStepWeights and FoldStepWeights (the norm
 // gains set to random values first): one per block matmul weight, and for FoldStepWeights one
-// per router weight too (none for the norms or the embedding), each the transpose of its last
+// per router weight and one router copy per Mamba block followed by an MoE block too (none for
+// the norms or the embedding), each the transpose of its last
 // two axes in the weight's dtype, and for FoldStepWeights' copies of the blocks' first products
 // (foldedNames) that transpose times the block's norm gain along its input axis; none added by
 // a second call. The step reads the copies and not the weights they replace; DropStepWeights
@@ -262,9 +268,15 @@ func TestStepWeightCopies(t *testing.T) {
 			if StepLayoutOf(ctx) != StepInOut {
 				t.Errorf("before any copies: layout %q, want inout", StepLayoutOf(ctx))
 			}
+			routerCopies := 0 // FoldStepWeights' router copies (makeRouterCopies; TestRouterCopies)
+			for i, b := range cfg.Blocks() {
+				if fold && b.Kind == KindMamba && i+1 < len(cfg.Blocks()) && cfg.Blocks()[i+1].Kind == KindMoE {
+					routerCopies++
+				}
+			}
 			n, err := SetStepLayout(backend, ctx, layout)
-			if err != nil || n != len(weights) || n == 0 {
-				t.Fatalf("SetStepLayout(%s): %d copies, error %v; want %d", layout, n, err, len(weights))
+			if err != nil || n != len(weights)+routerCopies || n == 0 {
+				t.Fatalf("SetStepLayout(%s): %d copies, error %v; want %d", layout, n, err, len(weights)+routerCopies)
 			}
 			if StepLayoutOf(ctx) != layout {
 				t.Errorf("layout %q after SetStepLayout(%s)", StepLayoutOf(ctx), layout)
@@ -391,8 +403,8 @@ func TestStepWeightCopies(t *testing.T) {
 				t.Errorf("with the copies zeroed: step and prefill logits differ by only %g; the step does not read the copies", d)
 			}
 			// DropStepWeights removes the copies: the step reads the weights again.
-			if n, err := DropStepWeights(ctx); err != nil || n != len(weights) {
-				t.Errorf("DropStepWeights: %d removed, error %v; want %d", n, err, len(weights))
+			if n, err := DropStepWeights(ctx); err != nil || n != len(weights)+routerCopies {
+				t.Errorf("DropStepWeights: %d removed, error %v; want %d", n, err, len(weights)+routerCopies)
 			}
 			if d := stepVsPrefill(); d > 1e-5 {
 				t.Errorf("after DropStepWeights: step and prefill logits differ by %g", d)

@@ -63,7 +63,9 @@
 #   scripts/gpu-diagnose.sh BUNDLE_DIR [CASE...]     (default: all, in the order above)
 #
 # Environment: LIMIT (seconds per case, default 150), DECODE_TOKENS (default 128), DECODE_LOOP
-# (bench -decode-loop, default held), DECODE_UNROLL, DECODE_BATCH and
+# (bench -decode-loop, default held), DECODE_FUSE (the decode cases' -decode-step-fuse list in
+# place of the case's own, e.g. residual,residual+router+dt: one row each), DECODE_UNROLL,
+# DECODE_BATCH and
 # DECODE_STEP_ROWS (the decode cases' -decode-unroll, -decode-batch and -decode-step-rows lists,
 # default 1, 1 and 0), BATCH and SEQ (default 16 and 512; a case
 # that names its own length keeps it), DUMP (default 1; 0 skips the HLO dumps, which are large at
@@ -220,6 +222,7 @@ for c in "${cases[@]}"; do
 		;;
 	esac
 	if $decode; then
+		fuse="${DECODE_FUSE:-$fuse}"
 		what="1.5b decode, bf16, ${DECODE_TOKENS:-128} tokens" lines="^decode"
 		bench=(-what decode -config 1.5b -dtype bfloat16 -decode-tokens "${DECODE_TOKENS:-128}" -decode-unroll "${DECODE_UNROLL:-1}" -decode-batch "${DECODE_BATCH:-1}" -decode-step-rows "${DECODE_STEP_ROWS:-0}" -decode-step-weights "$weights" -decode-step-fuse "$fuse" -decode-loop "$loop" -reps 3)
 	else
