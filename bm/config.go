@@ -103,14 +103,12 @@ type Config struct {
 	// that follows a Mamba block inside the Mamba block's two products (its in_proj takes the
 	// router's rows, its out_proj the rows of the router times out_proj, a copy FoldStepWeights
 	// makes), so that the router has no product of its own, and picks the expert with
-	// elementwise comparisons; "dt" writes the Mamba Δ projection (rank R) as R elementwise
-	// products and sums, which the compiler can fuse into the state update. The values are the
-	// same up to rounding. Empty: none.
+	// elementwise comparisons. The values are the same up to rounding. Empty: none.
 	StepFuse string `json:"step_fuse,omitempty"`
 }
 
 // StepFusions lists the values StepFuse may hold.
-var StepFusions = []string{"gate", "residual", "router", "dt"}
+var StepFusions = []string{"gate", "residual", "router"}
 
 // stepFuses reports whether c.StepFuse names fusion.
 func (c Config) stepFuses(fusion string) bool {

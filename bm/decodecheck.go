@@ -25,7 +25,7 @@ func DecodeCheckConfigs() []Config {
 		c.Name, c.Pattern = name, pattern
 		c.Vocab, c.VocabReal = 97, 90
 		c.Dim, c.FFN, c.StateSize, c.Heads = 16, 32, 4, 2
-		c.DtRank = 3 // more than one, so that the Δ projection sums over several terms
+		c.DtRank = 3 // more than one term in the Δ projection
 		c.MaxSeqLen = 64
 		c.InitStd, c.DtMin, c.DtMax = 0.3, 0.05, 1
 		return c
@@ -41,7 +41,7 @@ func DecodeCheckConfigs() []Config {
 // products padded to 4 rows (Config.StepRows), with the steps reading the weights' transposed
 // copies (TransposeStepWeights), with those copies carrying the norm gains (FoldStepWeights),
 // and the last at batch 1 too, where the folded step takes its row products (plain, with
-// Config.StepFuse "gate,residual", "router,dt" and "residual,router,dt"). The router biases are
+// Config.StepFuse "gate,residual", "router" and "residual,router"). The router biases are
 // set to random values too. It returns one report line per check.
 func CheckDecode(backend backends.Backend) (report []string, err error) {
 	const T, tol = 10, 1e-4
@@ -51,8 +51,8 @@ func CheckDecode(backend backends.Backend) (report []string, err error) {
 			layout      StepLayout
 			fuse        string
 		}{{0, 2, StepInOut, ""}, {4, 2, StepInOut, ""}, {0, 2, StepTransposed, ""}, {0, 2, StepFolded, ""},
-			{0, 1, StepFolded, ""}, {0, 1, StepFolded, "gate,residual"}, {0, 1, StepFolded, "router,dt"},
-			{0, 1, StepFolded, "residual,router,dt"}} {
+			{0, 1, StepFolded, ""}, {0, 1, StepFolded, "gate,residual"}, {0, 1, StepFolded, "router"},
+			{0, 1, StepFolded, "residual,router"}} {
 			cfg.StepRows, cfg.StepFuse = variant.rows, variant.fuse
 			name := cfg.Name
 			if variant.rows > 0 {

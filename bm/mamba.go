@@ -200,14 +200,8 @@ func mambaStep(ctx *context.Context, cfg Config, in stepInput, conv, ssm *Node, 
 	dt := SliceAxis(xdbl, -1, AxisRange(0, R))
 	bm := SliceAxis(xdbl, -1, AxisRange(R, R+N))
 	cm := SliceAxis(xdbl, -1, AxisRange(R+N, R+2*N))
-	var dtw *Node
-	if in.rowwise() && cfg.stepFuses("dt") {
-		dtw = elementwiseProduct(cfg, dt, w.dtProj)
-	} else {
-		dtw = StepProduct(cfg, dt, w.dtProj)
-	}
-	delta := Softplus(Add(dtw, ExpandLeftToRank(w.dtBias, 2))) // [B, D]
-	A := Neg(Exp(w.aLog))                                      // [D, N]
+	delta := Softplus(Add(StepProduct(cfg, dt, w.dtProj), ExpandLeftToRank(w.dtBias, 2))) // [B, D]
+	A := Neg(Exp(w.aLog))                                                                 // [D, N]
 
 	decay := Exp(Mul(InsertAxes(delta, -1), InsertAxes(A, 0)))                          // [B, D, N]
 	ssm2 = Add(Mul(decay, ssm), Mul(InsertAxes(Mul(delta, xc), -1), InsertAxes(bm, 1))) // [B, D, N]
@@ -230,32 +224,6 @@ func mambaStep(ctx *context.Context, cfg Config, in stepInput, conv, ssm *Node, 
 	}
 	out = in.product(ctx, cfg, "out_proj", true, y, D, d)
 	return out, conv2, ssm2
-}
-
-// elementwiseProduct is x·w for x [B, R] and w [R, D] → [B, D] float32, written as R
-// elementwise products of x's columns with w's rows, summed pairwise: no reduction, so that a
-// compiler can fuse it into the elementwise kernel that consumes it (Config.StepFuse "dt"). The
-// operands are rounded to the compute dtype first, as StepProduct's are.
-func elementwiseProduct(cfg Config, x, w *Node) *Node {
-	dt := ComputeDType(cfg)
-	x = ConvertDType(ConvertDType(x, dt), dtypes.Float32)
-	w = ConvertDType(ConvertDType(w, dt), dtypes.Float32)
-	R := w.Shape().Dim(0)
-	terms := make([]*Node, R)
-	for r := range R {
-		terms[r] = Mul(SliceAxis(x, 1, AxisElem(r)), SliceAxis(w, 0, AxisElem(r))) // [B, 1]·[1, D]
-	}
-	for len(terms) > 1 {
-		next := terms[:0:0]
-		for i := 0; i+1 < len(terms); i += 2 {
-			next = append(next, Add(terms[i], terms[i+1]))
-		}
-		if len(terms)%2 == 1 {
-			next = append(next, terms[len(terms)-1])
-		}
-		terms = next
-	}
-	return terms[0]
 }
 
 // scanMaxBatch is the ScanOptions.MaxBatch of cfg.ScanMaxTokens for sequences of T tokens: 0

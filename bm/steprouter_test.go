@@ -2,7 +2,6 @@ package bm
 
 import (
 	"math"
-	"math/rand/v2"
 	"slices"
 	"strings"
 	"testing"
@@ -39,44 +38,6 @@ func TestArgMaxFew(t *testing.T) {
 	}
 	if want := []int32{1, 0, 3, 0, 7, 0}; !slices.Equal(idx, want) {
 		t.Errorf("argMaxFew: indices %v, want %v", idx, want)
-	}
-}
-
-// TestElementwiseProduct checks the Δ projection written as elementwise products ("dt") against
-// the matmul it replaces: 1e-6 relative in float32; in bfloat16 both round their operands to
-// bfloat16, and the matmul its result too, so within one bfloat16 unit of the result.
-func TestElementwiseProduct(t *testing.T) {
-	backend := cpuBackend(t)
-	rng := rand.New(rand.NewPCG(8, 9))
-	for _, R := range []int{1, 5, 72} {
-		const B, D = 2, 24
-		x, w := make([]float32, B*R), make([]float32, R*D)
-		for i := range x {
-			x[i] = float32(rng.NormFloat64())
-		}
-		for i := range w {
-			w[i] = float32(rng.NormFloat64())
-		}
-		for _, dtype := range []string{"float32", "bfloat16"} {
-			cfg := MustPreset("tiny")
-			cfg.ComputeDType = dtype
-			outs := MustExecOnceN(backend, func(x, w *Node) []*Node {
-				return []*Node{elementwiseProduct(cfg, x, w), ConvertDType(ComputeEinsum(cfg, "br,rd->bd", x, w), dtypes.Float32)}
-			}, tensors.FromFlatDataAndDimensions(x, B, R), tensors.FromFlatDataAndDimensions(w, R, D))
-			if dims := outs[0].Shape().Dimensions; !slices.Equal(dims, []int{B, D}) {
-				t.Fatalf("R=%d %s: shape %v, want [%d %d]", R, dtype, dims, B, D)
-			}
-			got, want := tensors.MustCopyFlatData[float32](outs[0]), tensors.MustCopyFlatData[float32](outs[1])
-			for i := range got {
-				tol := 1e-6 * (1 + math.Abs(float64(want[i])))
-				if dtype == "bfloat16" {
-					tol += math.Abs(float64(want[i])) / 128
-				}
-				if d := math.Abs(float64(got[i] - want[i])); d > tol {
-					t.Fatalf("R=%d %s: element %d is %g, matmul %g", R, dtype, i, got[i], want[i])
-				}
-			}
-		}
 	}
 }
 

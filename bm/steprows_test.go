@@ -89,7 +89,7 @@ func TestStepProduct(t *testing.T) {
 // folded layout's batch-1 products sum in float32 where the others round their inputs to
 // bfloat16 first, so in bfloat16 its greedy tokens may part from the plain decoder's at a
 // near tie; it is checked for the same tokens in float32 (also with Config.StepFuse
-// "gate,residual", "router,dt" and "residual,router,dt"), and in bfloat16 by TestFoldedStepLogitsBF16. On a compiling backend (a GPU)
+// "gate,residual", "router" and "residual,router"), and in bfloat16 by TestFoldedStepLogitsBF16. On a compiling backend (a GPU)
 // the same holds for the padded rows in bfloat16: there the one-row product rounds each
 // bfloat16 product before its float32 sum and the padded one is a matrix multiplication that
 // does not (TestStepProduct bounds the difference), so the padded rows are checked for the
@@ -123,9 +123,9 @@ func TestStepVariantsGreedyTokens(t *testing.T) {
 						case "folded-fused":
 							c.StepFuse, variant = "gate,residual", "folded"
 						case "folded-router":
-							c.StepFuse, variant = "router,dt", "folded"
+							c.StepFuse, variant = "router", "folded"
 						case "folded-all":
-							c.StepFuse, variant = "residual,router,dt", "folded"
+							c.StepFuse, variant = "residual,router", "folded"
 						}
 						ctx := stepVariantContext(t, backend, c, variant)
 						dec, err := NewDecoder(backend, ctx, c, 1, maxLen)

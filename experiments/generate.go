@@ -100,9 +100,11 @@ type GenerateOptions struct {
 	// 15 s longer to compile: worth it for generations of tens of thousands of tokens.
 	Unroll int
 	// StepFuse is bm.Config.StepFuse for the generation (the folded layout's batch-1 step
-	// rearrangements, "gate", "residual" or "gate,residual"), which needs StepWeights to resolve
-	// to folded; "auto" is "residual" when it does and none otherwise; "" and "none": none. On
-	// an H200 "residual" took the 1.5b step from 2.13 to 1.77 ms, and "gate" made it slower.
+	// rearrangements "gate", "residual" and "router", comma-separated), which needs StepWeights
+	// to resolve to folded; "auto" is "residual" when it does and none otherwise; "" and "none":
+	// none. On an H200 "residual" took the 1.5b step from 2.13 to 1.77 ms; "gate" made it
+	// slower, and so did "router" (0.726 against 0.680 ms per token, with "residual", resident
+	// at 8 steps per call).
 	StepFuse string
 	// Resident runs greedy generation through bm.GreedyDecoder.GenerateResidentStream: every
 	// input of a call stays on the device, on XLA written over by the call's outputs, and each

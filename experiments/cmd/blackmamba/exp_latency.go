@@ -32,7 +32,7 @@ func runLatency(fs *flag.FlagSet, args []string) error {
 	seed := fs.Int64("seed", 1, "seed of the random weights")
 	unroll := fs.Int("unroll", 1, "greedy steps per executable call (1: one call per token; k > 1 unrolls k steps into one graph, compiled once per KV-cache length)")
 	stepRows := fs.Int("step-rows", 0, "rows of the decode step's weight products (bm.Config.StepRows): 2 keeps them matrix multiplications on a GPU, where XLA rewrites single-row products; 0: not padded")
-	stepFuse := fs.String("step-fuse", "", `rearrangements of the folded layout's batch-1 step (bm.Config.StepFuse): a comma-separated list of "gate", "residual", "router" and "dt"; "": none`)
+	stepFuse := fs.String("step-fuse", "", `rearrangements of the folded layout's batch-1 step (bm.Config.StepFuse): a comma-separated list of "gate", "residual" and "router"; "": none`)
 	stepWeights := fs.String("step-weights", "inout", "layout of the weights the decode steps read: inout (the model's), transposed (bm.TransposeStepWeights: [out, in] copies, row reductions on a GPU; the copies double the matmul weights' memory) or folded (bm.FoldStepWeights: those copies with the norm gains folded into the blocks' first products)")
 	stepTransposed := fs.Bool("step-transposed", false, "the same as -step-weights transposed")
 	resident := fs.Bool("resident", false, "run the steps with every input of a call kept on the device and donated, on XLA written over by the call's outputs, the tokens read at each checkpoint (bm.GreedyDecoder.GenerateResident), instead of one tensor per token; on an H200 the 1.5b sweep took 0.67-0.69 ms per token this way with -unroll 8 -step-weights folded -step-fuse residual")
