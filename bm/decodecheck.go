@@ -44,6 +44,13 @@ func DecodeCheckConfigs() []Config {
 // Config.StepFuse "gate,residual", "router" and "residual,router"). The router biases are
 // set to random values too. It returns one report line per check.
 func CheckDecode(backend backends.Backend) (report []string, err error) {
+	err = CheckDecodeEach(backend, func(line string) { report = append(report, line) })
+	return report, err
+}
+
+// CheckDecodeEach is CheckDecode, handing each report line to each as soon as its check is done
+// (a time-limited run then keeps the lines of the checks it finished).
+func CheckDecodeEach(backend backends.Backend, each func(line string)) error {
 	const T, tol = 10, 1e-4
 	for _, cfg := range DecodeCheckConfigs() {
 		for _, variant := range []struct {
@@ -69,15 +76,15 @@ func CheckDecode(backend backends.Backend) (report []string, err error) {
 			}
 			worst, err := checkDecodeArch(backend, cfg, variant.batch, T, variant.layout)
 			if err != nil {
-				return report, fmt.Errorf("%s: %w", name, err)
+				return fmt.Errorf("%s: %w", name, err)
 			}
-			report = append(report, fmt.Sprintf("decode %-44s prompts 1,2,3,5,8 of %d: max rel err %.2g (tol %.0e)", name, T, worst, tol))
+			each(fmt.Sprintf("decode %-44s prompts 1,2,3,5,8 of %d: max rel err %.2g (tol %.0e)", name, T, worst, tol))
 			if worst > tol {
-				return report, fmt.Errorf("%s: decoder vs forward max relative error %.3g > %g", name, worst, tol)
+				return fmt.Errorf("%s: decoder vs forward max relative error %.3g > %g", name, worst, tol)
 			}
 		}
 	}
-	return report, nil
+	return nil
 }
 
 // RandomizeNormGains sets every norm gain of ctx (a variable "weight" in a scope ending in
