@@ -211,7 +211,7 @@ func TestRouter(t *testing.T) {
 
 // TestKernels checks the kernels benchmark's chains against the float64 host computation of
 // the same products (ChainReference): to 1e-4 relative in float32 (odd and even chain lengths,
-// square and rectangular matrices, stacked and one argument per matrix), to 10% with bfloat16 products (each rounds its operands to 8
+// square and rectangular matrices, stacked and one argument per matrix, one row and several), to 10% with bfloat16 products (each rounds its operands to 8
 // bits and the chain amplifies that; a wrong weight is off by far more), and that a bad shape is
 // an error row naming it.
 func TestKernels(t *testing.T) {
@@ -219,7 +219,7 @@ func TestKernels(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	chains := []Chain{{5, 5, 1, false}, {8, 12, 3, false}, {12, 8, 4, false}, {8, 12, 3, true}}
+	chains := []Chain{{5, 5, 1, false, 0}, {8, 12, 3, false, 0}, {12, 8, 4, false, 0}, {8, 12, 3, true, 0}, {8, 12, 3, false, 2}, {12, 8, 4, true, 3}}
 	for _, tc := range []struct {
 		dtype dtypes.DType
 		tol   float64
@@ -246,7 +246,7 @@ func TestKernels(t *testing.T) {
 			}
 		}
 	}
-	bad := Kernels(backend, []Chain{{4, 4, 0, false}}, dtypes.Float32, 1)
+	bad := Kernels(backend, []Chain{{4, 4, 0, false, 0}}, dtypes.Float32, 1)
 	if len(bad) != 1 || !strings.Contains(bad[0].Err, "products (0)") {
 		t.Errorf("chain of 0 products: rows %+v, want an error naming the products", bad)
 	}

@@ -19,16 +19,26 @@ type Chain struct {
 	// Split passes each product's matrix as its own argument (K + 1 arguments per call, as a
 	// decode step passes every weight of the model) instead of two stacked ones.
 	Split bool
+	// Rows, when above 1, makes the chain's input that many (equal) rows, so that each product
+	// is a matrix multiplication of [Rows, In] with the matrix: XLA on a GPU keeps it a library
+	// or Triton matrix multiplication, where it rewrites a row vector's product with a matrix
+	// of fewer than 10M elements into an elementwise product and a reduction. 0 or 1: a vector.
+	Rows int
 }
+
+// rows is the number of input rows of c, at least 1.
+func (c Chain) rows() int { return max(c.Rows, 1) }
 
 // DefaultChains are the shapes `blackmamba bench -what kernels` runs: tiny 64 × 64 products at
 // 1, 16, 64 and 256 per call, whose times give the fixed cost of one call and of one dependent
 // kernel, and products of the 1.5b model's in_proj size (1152 × 4608, 10.6 MB in bfloat16) at
 // 2, 30 and 120 per call, whose times give what a product reading a weight matrix of that size
 // costs; then 256 tiny and 30 large products with one argument per matrix, whose difference
-// from the stacked ones is the cost of a call's arguments.
-var DefaultChains = []Chain{{64, 64, 1, false}, {64, 64, 16, false}, {64, 64, 64, false}, {64, 64, 256, false},
-	{1152, 4608, 2, false}, {1152, 4608, 30, false}, {1152, 4608, 120, false}, {64, 64, 256, true}, {1152, 4608, 30, true}}
+// from the stacked ones is the cost of a call's arguments; then the 30 large products of two
+// rows, matrix multiplications rather than reductions.
+var DefaultChains = []Chain{{64, 64, 1, false, 0}, {64, 64, 16, false, 0}, {64, 64, 64, false, 0}, {64, 64, 256, false, 0},
+	{1152, 4608, 2, false, 0}, {1152, 4608, 30, false, 0}, {1152, 4608, 120, false, 0}, {64, 64, 256, true, 0},
+	{1152, 4608, 30, true, 0}, {1152, 4608, 30, false, 2}}
 
 // The constants of the weights' hash (chainWeight and chainWeights compute the same values, on
 // the host and in the graph) and their gain.
@@ -65,13 +75,19 @@ func chainWeights(g *Graph, c Chain, dtype dtypes.DType) (wa, wb *Node) {
 }
 
 // chainGraph returns the sum of squares of the entries of x_K (no cancellation, so bfloat16
-// products can be checked with a relative tolerance), the end of c's chain from x0 [In]
-// float32, with the products in dtype (each product's result converted to float32 for the
-// tanh); weight(i) is product i's matrix, [Out, In] for even i and [In, Out] for odd i.
+// products can be checked with a relative tolerance), the end of c's chain from x0 [In] (or
+// [Rows, In]) float32, with the products in dtype (each product's result converted to float32
+// for the tanh); weight(i) is product i's matrix, [Out, In] for even i and [In, Out] for odd i.
 func chainGraph(x0 *Node, weight func(i int) *Node, c Chain, dtype dtypes.DType) *Node {
 	x := x0
 	for i := range c.K {
-		x = Tanh(ConvertDType(Dot(weight(i), ConvertDType(x, dtype)), dtypes.Float32))
+		var p *Node
+		if x.Rank() == 2 {
+			p = Einsum("ab,rb->ra", weight(i), ConvertDType(x, dtype))
+		} else {
+			p = Dot(weight(i), ConvertDType(x, dtype))
+		}
+		x = Tanh(ConvertDType(p, dtypes.Float32))
 	}
 	return ReduceAllSum(Square(x))
 }
@@ -93,8 +109,20 @@ func chainInput(n int) []float32 {
 	return x
 }
 
+// chainInputTensor is c's input: chainInput(In) as a vector, or as each of Rows rows.
+func chainInputTensor(c Chain) *tensors.Tensor {
+	if c.rows() == 1 {
+		return tensors.FromFlatDataAndDimensions(chainInput(c.In), c.In)
+	}
+	x := make([]float32, 0, c.rows()*c.In)
+	for range c.rows() {
+		x = append(x, chainInput(c.In)...)
+	}
+	return tensors.FromFlatDataAndDimensions(x, c.rows(), c.In)
+}
+
 // ChainReference computes the result of c's chain on the host in float64 from the same weights
-// and input (for the tests).
+// and input (for the tests); its Rows equal rows add up to Rows times one row's.
 func ChainReference(c Chain) float64 {
 	x := make([]float64, c.In)
 	for j, v := range chainInput(c.In) {
@@ -120,7 +148,7 @@ func ChainReference(c Chain) float64 {
 	for _, v := range x {
 		sum += v * v
 	}
-	return sum
+	return sum * float64(c.rows())
 }
 
 // Kernels times each chain of chains in dtype: the weights are made on the device once and
@@ -139,10 +167,13 @@ func Kernels(backend backends.Backend, chains []Chain, dtype dtypes.DType, reps 
 		if c.Split {
 			variant += ", a buffer each"
 		}
+		if c.rows() > 1 {
+			variant += fmt.Sprintf(", %d rows", c.rows())
+		}
 		row := Row{Bench: "kernels", Variant: variant,
 			Shape: fmt.Sprintf("%d x %d, %s", c.In, c.Out, dtype), Reps: reps, PeakBytes: -1}
-		if c.In < 1 || c.Out < 1 || c.K < 1 || reps < 1 {
-			row.Err = fmt.Sprintf("kernels: in (%d), out (%d), products (%d) and reps (%d) must be positive", c.In, c.Out, c.K, reps)
+		if c.In < 1 || c.Out < 1 || c.K < 1 || reps < 1 || c.Rows < 0 {
+			row.Err = fmt.Sprintf("kernels: in (%d), out (%d), products (%d) and reps (%d) must be positive, rows (%d) not negative", c.In, c.Out, c.K, reps, c.Rows)
 			rows = append(rows, row)
 			emit(&row)
 			continue
@@ -182,7 +213,7 @@ func Kernels(backend backends.Backend, chains []Chain, dtype dtypes.DType, reps 
 				return err
 			}
 			defer e.Finalize()
-			args := []any{tensors.FromFlatDataAndDimensions(chainInput(c.In), c.In)}
+			args := []any{chainInputTensor(c)}
 			for _, w := range ws {
 				args = append(args, w)
 			}

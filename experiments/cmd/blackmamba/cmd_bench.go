@@ -44,7 +44,7 @@ func runBench(fs *flag.FlagSet, args []string) error {
 	decodeWeights := fs.String("decode-step-weights", "inout", `decode: comma-separated layouts of the weights the steps read, one row each: "inout" (the model's [in, out]), "transposed" (bm.TransposeStepWeights' [out, in] copies) or "folded" (bm.FoldStepWeights: those copies, the blocks' first products with the norm gain folded in)`)
 	decodeFuse := fs.String("decode-step-fuse", "none", `decode: comma-separated bm.Config.StepFuse values, one row each: "none", or fusions joined by "+" from "gate", "residual" and "router" (e.g. "residual+router"); they change the batch-1 steps of the "folded" layout only`)
 	decodeLoop := fs.String("decode-loop", "held", `decode: comma-separated ways of running the steps, one row each: "held" (each call's tokens kept as tensors, the position sent from the host: bm.GreedyDecoder.StepsGreedy) or "resident" (every input of a call kept on the device and donated, on XLA written over by the call's outputs, one executable; the tokens read at the end: GenerateResident)`)
-	kernelChains := fs.String("kernel-chains", formatChains(bench.DefaultChains), "kernels: comma-separated chains INxOUTxK (K dependent products of a row vector with [OUT, IN] and [IN, OUT] matrices in turn; a trailing s passes each matrix as its own argument), one row each")
+	kernelChains := fs.String("kernel-chains", formatChains(bench.DefaultChains), "kernels: comma-separated chains INxOUTxK[rROWS][s] (K dependent products of a row vector, or with rROWS of that many equal rows, with [OUT, IN] and [IN, OUT] matrices in turn; a trailing s passes each matrix as its own argument), one row each")
 	reps := fs.Int("reps", 10, "timed repetitions after warm-up (the median is reported)")
 	devices := fs.Int("devices", 1, "train-step: data-parallel on this many devices of the backend (-batch is the global batch)")
 	shardExperts := fs.Bool("shard-experts", false, "train-step with -devices > 1: split the MoE experts' weights and optimizer moments over the devices (expert parallelism) instead of replicating them")
@@ -386,8 +386,14 @@ func parseChains(s string) ([]bench.Chain, error) {
 		f = strings.TrimSpace(f)
 		body, split := strings.CutSuffix(f, "s")
 		c.Split = split
+		if head, rows, ok := strings.Cut(body, "r"); ok {
+			if n, err := fmt.Sscanf(rows, "%d", &c.Rows); err != nil || n != 1 || c.Rows < 1 || rows != fmt.Sprint(c.Rows) {
+				return nil, fmt.Errorf("-kernel-chains %q: %q is not INxOUTxK[rROWS][s]: the rows after r must be a positive number", s, f)
+			}
+			body = head
+		}
 		if n, err := fmt.Sscanf(body, "%dx%dx%d", &c.In, &c.Out, &c.K); err != nil || n != 3 || c.In < 1 || c.Out < 1 || c.K < 1 || body != fmt.Sprintf("%dx%dx%d", c.In, c.Out, c.K) {
-			return nil, fmt.Errorf("-kernel-chains %q: %q is not INxOUTxK (or INxOUTxKs, one argument per matrix) with three positive numbers", s, f)
+			return nil, fmt.Errorf("-kernel-chains %q: %q is not INxOUTxK[rROWS][s] (rROWS: that many input rows; s: one argument per matrix) with positive numbers", s, f)
 		}
 		cs = append(cs, c)
 	}
@@ -399,6 +405,9 @@ func formatChains(cs []bench.Chain) string {
 	fs := make([]string, len(cs))
 	for i, c := range cs {
 		fs[i] = fmt.Sprintf("%dx%dx%d", c.In, c.Out, c.K)
+		if c.Rows > 1 {
+			fs[i] += fmt.Sprintf("r%d", c.Rows)
+		}
 		if c.Split {
 			fs[i] += "s"
 		}
