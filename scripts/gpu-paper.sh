@@ -348,13 +348,16 @@ latency-best)
 	# the folded step's STEP_FUSE rearrangements (default residual; set empty for none), and
 	# unless RESIDENT=0 the resident loop (latency -resident: bm.GreedyDecoder.GenerateResident;
 	# the 2026-11-29 runs before 2026-11-29-resident/ used UNROLL=4, RESIDENT=0). The
-	# architectures of ARCHS (default the FAMILY's four, default family 1.5b) run one after
+	# architectures of ARCHS (default the FAMILY's four; FAMILY defaults to the family of the
+	# first of ARCHS, else 1.5b; latency refuses an architecture of another family) run one after
 	# another, each in its own process limited to ARCH_LIMIT (default 280) seconds and saved
 	# after every pass; the results present are then merged into OUT/latency-FAMILY-best.json
 	# with its figures. Two jobs of two architectures each fit the 10-minute limit, e.g.
 	# ARCHS="1.5b 1.5b-mamba", then ARCHS="1.5b-transformer 1.5b-transformer-moe"; merge the two
 	# jobs' results with `blackmamba latency -merge`.
-	f="${FAMILY:-1.5b}"
+	first="${ARCHS:-1.5b}"
+	first="${first%% *}"
+	f="${FAMILY:-${first%%-*}}"
 	fuse="${STEP_FUSE-residual}"
 	for a in ${ARCHS:-$f $f-mamba $f-transformer $f-transformer-moe}; do
 		echo "=== latency $a (limit ${ARCH_LIMIT:-280}s)" | tee -a "$out/summary.txt"

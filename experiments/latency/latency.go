@@ -11,6 +11,7 @@ import (
 	"runtime"
 	"slices"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/gomlx/gomlx/backends"
@@ -159,12 +160,18 @@ func (o *Options) defaults() error {
 	if o.Family == "" {
 		o.Family = "1.5b"
 	}
+	if _, ok := Families[o.Family]; !ok {
+		return fmt.Errorf("latency: unknown family %q (known: 1.5b, 2.8b, tiny)", o.Family)
+	}
 	if len(o.Archs) == 0 {
-		archs, ok := Families[o.Family]
-		if !ok {
-			return fmt.Errorf("latency: unknown family %q (known: 1.5b, 2.8b, tiny)", o.Family)
+		o.Archs = Families[o.Family]
+	}
+	// The result is labelled with the family and merged by it: an architecture of another
+	// family would be filed under the wrong sizes.
+	for _, a := range o.Archs {
+		if a != o.Family && !strings.HasPrefix(a, o.Family+"-") {
+			return fmt.Errorf("latency: architecture %q is not of family %q (its presets are %s and %s-…); set the family to the architecture's", a, o.Family, o.Family, o.Family)
 		}
-		o.Archs = archs
 	}
 	tiny := o.Family == "tiny"
 	if o.MaxLen == 0 {

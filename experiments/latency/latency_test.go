@@ -171,6 +171,13 @@ func TestLoadErrors(t *testing.T) {
 	if _, err := Run(cpuBackend(t), Options{Family: "7b"}); err == nil || !strings.Contains(err.Error(), "7b") {
 		t.Errorf("unknown family: error %v", err)
 	}
+	// An architecture of another family would be labelled and merged as the family's.
+	for _, archs := range [][]string{{"2.8b"}, {"tiny", "1.5b-mamba"}, {"tinyx"}} {
+		bad := archs[len(archs)-1]
+		if _, err := Run(cpuBackend(t), Options{Family: "tiny", Archs: archs}); err == nil || !strings.Contains(err.Error(), `"`+bad+`"`) || !strings.Contains(err.Error(), `family "tiny"`) {
+			t.Errorf("archs %v in family tiny: error %v, want one naming %q and the family", archs, err, bad)
+		}
+	}
 	if _, err := Run(cpuBackend(t), Options{Family: "tiny", StepRows: -1}); err == nil || !strings.Contains(err.Error(), "step rows (-1)") {
 		t.Errorf("step rows -1: error %v, want one naming the step rows", err)
 	}
