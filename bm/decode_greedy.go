@@ -2,6 +2,7 @@ package bm
 
 import (
 	"fmt"
+	"time"
 
 	"github.com/gomlx/gomlx/pkg/core/dtypes"
 	. "github.com/gomlx/gomlx/pkg/core/graph"
@@ -32,6 +33,12 @@ type GreedyDecoder struct {
 	// k steps pays the per-call cost once per k tokens, at the price of a k times larger graph
 	// to compile.
 	Unroll int
+	// StreamInterval is how long GenerateResidentStream lets calls run between copies of the
+	// token history to the host: it copies after a call only once this much time has passed
+	// since the last copy (and always after the last call), and hands the tokens since then to
+	// onToken together. 0 copies after every call. A stop asked by onToken is then seen up to
+	// this much later; the steps run past it are discarded.
+	StreamInterval time.Duration
 }
 
 // NewGreedyDecoder returns a greedy decoder over d.

@@ -2,6 +2,7 @@ package bm
 
 import (
 	"fmt"
+	"time"
 
 	"github.com/gomlx/gomlx/pkg/core/dtypes"
 	. "github.com/gomlx/gomlx/pkg/core/graph"
@@ -120,8 +121,9 @@ func (d *GreedyDecoder) GenerateResident(tok *tensors.Tensor, n int) ([][]int32,
 // of Unroll steps (single steps at the end), and hands each token to onToken (if not nil) in
 // order, a call's tokens when the call is done: each call copies the token history back to the
 // host. onToken stops the generation by returning false, which leaves the decoder up to
-// Unroll-1 steps past the last token handed over. It gives GenerateStream's tokens. The prompt
-// and the tokens must fit maxLen, for every architecture.
+// Unroll-1 steps past the last token handed over (more with StreamInterval, which groups the
+// copies of several calls). It gives GenerateStream's tokens. The prompt and the tokens must
+// fit maxLen, for every architecture.
 func (d *GreedyDecoder) GenerateResidentStream(prompt []int, maxNew int, onToken func(int) bool) ([]int, error) {
 	const name = "GreedyDecoder.GenerateResidentStream"
 	if err := d.checkOneSequence(name, "maxNew", len(prompt), maxNew); err != nil {
@@ -147,17 +149,26 @@ func (d *GreedyDecoder) GenerateResidentStream(prompt []int, maxNew int, onToken
 	if (onToken != nil && !onToken(out[0])) || maxNew == 1 {
 		return out, nil
 	}
+	end, pending, copied := d.pos+maxNew-1, -1, time.Now()
 	err = d.residentRun(name, tok, maxNew-1, func(flat func() ([]int32, error), from, to int) (bool, error) {
+		if pending < 0 {
+			pending = from
+		}
+		if to < end && d.StreamInterval > 0 && time.Since(copied) < d.StreamInterval {
+			return true, nil // copy later, with the next calls' tokens
+		}
 		h, err := flat()
 		if err != nil {
 			return false, err
 		}
-		for _, v := range h[from:to] {
+		copied = time.Now()
+		for _, v := range h[pending:to] {
 			out = append(out, int(v))
 			if (onToken != nil && !onToken(int(v))) || len(out) == maxNew {
 				return false, nil
 			}
 		}
+		pending = -1
 		return true, nil
 	})
 	return out, err

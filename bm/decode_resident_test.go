@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/gomlx/gomlx/pkg/core/tensors"
 	"github.com/gomlx/gomlx/pkg/ml/context"
@@ -152,7 +153,8 @@ func TestGenerateResidentErrors(t *testing.T) {
 // unrolled (4, which does not divide the 12 steps after the prefill's token: single steps end
 // it), that GenerateResidentStream hands over exactly GenerateStream's tokens, in order, that
 // after WarmUpResident it builds no graph, that a stop asked by onToken ends it at that token
-// (also within a call's tokens), and that one token is the prefill's alone.
+// (also within a call's tokens), and that one token is the prefill's alone; each with the
+// history copied after every call and, with a StreamInterval of an hour, after the last only.
 func TestGenerateResidentStream(t *testing.T) {
 	backend := cpuBackend(t)
 	const maxLen, maxNew = 16, 13
@@ -171,26 +173,31 @@ func TestGenerateResidentStream(t *testing.T) {
 					t.Fatal(err)
 				}
 				built := g.GraphsBuilt()
-				var seen []int
-				got, err := g.GenerateResidentStream(prompt, maxNew, func(id int) bool { seen = append(seen, id); return true })
-				if err != nil {
-					t.Fatal(err)
-				}
-				if !slices.Equal(got, want) || !slices.Equal(seen, want) {
-					t.Errorf("resident stream %v (handed over %v), GenerateStream %v", got, seen, want)
-				}
-				if b := g.GraphsBuilt() - built; b != 0 {
-					t.Errorf("%d graphs built after WarmUpResident", b)
-				}
-				for _, stop := range []int{1, 2, 6} { // the prefill's token, the first call's, inside a call
-					seen = nil
-					got, err := g.GenerateResidentStream(prompt, maxNew, func(id int) bool { seen = append(seen, id); return len(seen) < stop })
+				// A copy after every call, and (an hour) one copy after the last call only.
+				for _, interval := range []time.Duration{0, time.Hour} {
+					g.StreamInterval = interval
+					var seen []int
+					got, err := g.GenerateResidentStream(prompt, maxNew, func(id int) bool { seen = append(seen, id); return true })
 					if err != nil {
 						t.Fatal(err)
 					}
-					if !slices.Equal(got, want[:stop]) || !slices.Equal(seen, want[:stop]) {
-						t.Errorf("stopping at %d: %v (handed over %v), want %v", stop, got, seen, want[:stop])
+					if !slices.Equal(got, want) || !slices.Equal(seen, want) {
+						t.Errorf("interval %v: resident stream %v (handed over %v), GenerateStream %v", interval, got, seen, want)
 					}
+					for _, stop := range []int{1, 2, 6} { // the prefill's token, the first call's, inside a call
+						seen = nil
+						got, err := g.GenerateResidentStream(prompt, maxNew, func(id int) bool { seen = append(seen, id); return len(seen) < stop })
+						if err != nil {
+							t.Fatal(err)
+						}
+						if !slices.Equal(got, want[:stop]) || !slices.Equal(seen, want[:stop]) {
+							t.Errorf("interval %v, stopping at %d: %v (handed over %v), want %v", interval, stop, got, seen, want[:stop])
+						}
+					}
+				}
+				g.StreamInterval = 0
+				if b := g.GraphsBuilt() - built; b != 0 {
+					t.Errorf("%d graphs built after WarmUpResident", b)
 				}
 				one, err := g.GenerateResidentStream(prompt, 1, nil)
 				if err != nil || !slices.Equal(one, want[:1]) {

@@ -96,7 +96,8 @@ func runGenerate(fs *flag.FlagSet, args []string) error {
 	stepWeights := fs.String("step-weights", "auto", "layout of the weights the decoding steps read: inout (the model's), transposed (copies made once, as much memory again as the matmul weights), folded (those copies with the norm gains folded into the blocks' first products) or auto (when the copies take at most a quarter of the GPU's memory, or of the machine's: folded on an NVIDIA GPU, transposed on the pure-Go backend, where each is the fastest)")
 	stepFuse := fs.String("step-fuse", "auto", `rearrangements of the folded layout's batch-1 step (bm.Config.StepFuse): "residual" (on an H200 the 1.5b step went from 2.13 to 1.77 ms), "gate" (slower there), "router" (slower there: 0.726 against 0.680 ms per token with residual, resident at 8 steps per call), a comma-separated combination, "none", or "auto": residual when the steps read the folded weights, none otherwise. Other than auto and none, only with the folded step weights`)
 	warmUp := fs.Bool("warm-up", true, "compile and run the generation's graphs once on a dummy prompt before timing, so that the first-token time and tokens/s leave compilation out (it is reported as the warm-up)")
-	resident := fs.Bool("resident", true, "greedy generation with every input of a call kept on the device and written over by the call's outputs (bm.GreedyDecoder.GenerateResidentStream; tokens arrive a call at a time): on an H200 the 1.5b latency sweep took 0.67-0.69 ms per token this way at -unroll 8, 1.31-1.71 ms with the held steps at 4; false runs the held steps; sampling ignores it")
+	resident := fs.Bool("resident", true, "greedy generation with every input of a call kept on the device and written over by the call's outputs (bm.GreedyDecoder.GenerateResidentStream; tokens arrive in groups, see -stream-interval): on an H200 the 1.5b latency sweep took 0.67-0.69 ms per token this way at -unroll 8, 1.31-1.71 ms with the held steps at 4; false runs the held steps; sampling ignores it")
+	streamInterval := fs.Duration("stream-interval", 20*time.Millisecond, "with -resident: copy the generated tokens to the host at most this often (and at the end), printing those since the last copy together; 0 copies after every call (the tokens of -unroll steps)")
 	unroll := fs.Int("unroll", 1, "greedy steps per executable call (tokens still stream one by one, k at a time); on an H200, 4 took the 1.5b from 2.21 to 1.57 ms per token but about 15 s longer to compile: for long generations")
 	backendFlag := xla.AddFlag(fs)
 	if err := fs.Parse(args); err != nil {
@@ -114,6 +115,9 @@ func runGenerate(fs *flag.FlagSet, args []string) error {
 	sampler := bm.SamplerOptions{Temperature: *temperature, TopK: *topK, TopP: *topP, Seed: *seed}
 	if err := checkSampling(*maxTokens, sampler); err != nil {
 		return err
+	}
+	if *streamInterval < 0 {
+		return fmt.Errorf("-stream-interval %v: want a duration of 0 or more", *streamInterval)
 	}
 	if *unroll < 1 {
 		return fmt.Errorf("-unroll %d: want a positive number of steps", *unroll)
@@ -168,15 +172,16 @@ func runGenerate(fs *flag.FlagSet, args []string) error {
 	fmt.Fprintf(os.Stderr, "model %s: %s, %d layers, d=%d, %d parameters (%d active per token); prompt %d tokens\n",
 		m.Path, m.Cfg.Pattern, len(m.Cfg.Blocks()), m.Cfg.Dim, total, active, len(ids))
 	st, err := experiments.Generate(backend, m, ids, experiments.GenerateOptions{
-		MaxTokens:   *maxTokens,
-		Sampler:     sampler,
-		StopEOS:     *stopEOS,
-		EOS:         0,
-		StepWeights: *stepWeights,
-		Unroll:      *unroll,
-		StepFuse:    *stepFuse,
-		WarmUp:      *warmUp,
-		Resident:    *resident,
+		MaxTokens:      *maxTokens,
+		Sampler:        sampler,
+		StopEOS:        *stopEOS,
+		EOS:            0,
+		StepWeights:    *stepWeights,
+		Unroll:         *unroll,
+		StepFuse:       *stepFuse,
+		WarmUp:         *warmUp,
+		Resident:       *resident,
+		StreamInterval: *streamInterval,
 	}, onToken)
 	if streamer != nil {
 		streamer.Flush()

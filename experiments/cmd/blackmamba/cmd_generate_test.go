@@ -44,6 +44,7 @@ func TestModelAndSamplingFlags(t *testing.T) {
 		{"NaN top-p", "generate", "-top-p NaN:", append(slices.Clone(ok), "-top-p", "NaN")},
 		{"unknown step weights", "generate", `-step-weights "rows": want auto, inout, transposed or folded`, append(slices.Clone(ok), "-step-weights", "rows")},
 		{"negative unroll", "generate", "-unroll -2: want a positive number of steps", append(slices.Clone(ok), "-unroll", "-2")},
+		{"negative stream interval", "generate", "-stream-interval -1s: want a duration of 0 or more", append(slices.Clone(ok), "-stream-interval", "-1s")},
 		{"unknown step fuse", "generate", `-step-fuse "resid"`, append(slices.Clone(ok), "-step-fuse", "resid")},
 		{"step fuse without folded", "generate", `step fuse "residual" needs the folded step weights, not transposed`, append(slices.Clone(ok), "-backend", "go", "-step-fuse", "residual", "-step-weights", "transposed")},
 	}
@@ -171,7 +172,8 @@ func TestGenerateRandom(t *testing.T) {
 	got := run()
 	// The folded step (float32 on this backend) gives the same tokens with -step-fuse auto
 	// (residual there), none and both rearrangements; auto with the transposed copies is none;
-	// the held steps (-resident=false) and four steps per call give them too.
+	// the held steps (-resident=false), four steps per call, and the resident steps with the
+	// tokens copied after every call or only at the end give them too.
 	for _, extra := range [][]string{
 		{"-step-weights", "folded"},
 		{"-step-weights", "folded", "-step-fuse", "none"},
@@ -180,6 +182,9 @@ func TestGenerateRandom(t *testing.T) {
 		{"-resident=false"},
 		{"-resident=false", "-unroll", "4"},
 		{"-unroll", "4"},
+		{"-stream-interval", "0"},
+		{"-unroll", "4", "-stream-interval", "1h"},
+		{"-step-weights", "folded", "-step-fuse", "residual,router"},
 	} {
 		if fused := run(extra...); !slices.Equal(fused, got) {
 			t.Errorf("%v printed %v, want %v", extra, fused, got)
