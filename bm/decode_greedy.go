@@ -24,7 +24,7 @@ type GreedyDecoder struct {
 	greedyStep *context.Exec                 // step graph returning tokens instead of logits
 	multi      map[int]*context.Exec         // k unrolled greedy steps in one graph, by k
 	argmax     *Exec                         // logits [B, V] -> tokens [B]
-	resident   map[residentKey]*context.Exec // GenerateResident's pairs of executables
+	resident   map[residentKey]*readOnlyExec // GenerateResident's executables
 	turn       int                           // which of a pair GenerateResident's next call runs
 
 	// Unroll is the number of greedy steps GenerateGreedy and WarmUpGreedy put into one

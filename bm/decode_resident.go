@@ -49,13 +49,13 @@ func (d *GreedyDecoder) residentTurns() int {
 // residentExec returns the executable of k greedy steps for turn (see residentTurns): inputs
 // tokens [B] int32, position int32, history [B, maxLen] int32, then the states; outputs the same.
 // Each step writes its token into the history at the position it was fed.
-func (d *GreedyDecoder) residentExec(k, turn int) (*context.Exec, error) {
+func (d *GreedyDecoder) residentExec(k, turn int) (*readOnlyExec, error) {
 	key := residentKey{k, turn}
 	if e := d.resident[key]; e != nil {
 		return e, nil
 	}
 	cfg, batch, maxLen := d.cfg, d.batch, d.maxLen
-	e, err := context.NewExec(d.backend, d.ctx, func(ctx *context.Context, inputs []*Node) []*Node {
+	e, err := newReadOnlyExec(d.backend, d.ctx, func(ctx *context.Context, inputs []*Node) []*Node {
 		d.built++
 		tok, pos, hist, states := inputs[0], inputs[1], inputs[2], inputs[3:]
 		g := tok.Graph()
@@ -78,9 +78,8 @@ func (d *GreedyDecoder) residentExec(k, turn int) (*context.Exec, error) {
 	if err != nil {
 		return nil, err
 	}
-	e.SetMaxCache(-1)
 	if d.resident == nil {
-		d.resident = map[residentKey]*context.Exec{}
+		d.resident = map[residentKey]*readOnlyExec{}
 	}
 	d.resident[key] = e
 	return e, nil
