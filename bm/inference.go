@@ -570,13 +570,24 @@ func (in stepInput) addsResidual(cfg Config) bool { return in.rowwise() && cfg.s
 // or [B, out, in] gathered from one) → [B, out] float32, times 1/rms: by stepRowProduct, which
 // also computes the 1/rms when no product of the block has yet.
 func (in stepInput) rowProduct(cfg Config, wt *Node) *Node {
+	return Mul(in.rawRowProduct(cfg, wt), in.norm.invRMS)
+}
+
+// rawRowProduct is rowProduct without the 1/rms factor, which it sets when no product of the
+// block has yet (from one more row of the same reduction).
+func (in stepInput) rawRowProduct(cfg Config, wt *Node) *Node {
 	if in.norm.invRMS != nil {
 		p, _ := stepRowProduct(in.x, wt, false, nil)
-		return Mul(p, in.norm.invRMS)
+		return p
 	}
 	p, squares := stepRowProduct(in.x, wt, true, nil)
+	in.setNormFromSquares(cfg, squares)
+	return p
+}
+
+// setNormFromSquares sets the input's 1/rms from the sum of squares [B, 1] of its raw residual.
+func (in stepInput) setNormFromSquares(cfg Config, squares *Node) {
 	in.norm.invRMS = Rsqrt(AddScalar(DivScalar(squares, float64(in.x.Shape().Dim(1))), cfg.NormEps))
-	return Mul(p, in.norm.invRMS)
 }
 
 // stepRowProduct returns p [B, out], p[b, j] = Σ_k wt[(b,) j, k]·x[b, k] (+ add[b, j]) in

@@ -56,15 +56,8 @@ func (f *routerFold) inProj(ctx *context.Context, cfg Config, in stepInput, inDi
 	if wt == nil {
 		panic(fmt.Sprintf("bm: decoding step: in_proj%s is missing or not [%d, %d]", stepTNSuffix, outDim, inDim))
 	}
-	w := Concatenate([]*Node{ConvertDType(wt, dtypes.Float32), f.rt}, 0) // [out+E, in]
-	var p *Node
-	if in.norm.invRMS != nil {
-		p, _ = stepRowProduct(in.x, w, false, nil)
-	} else {
-		var squares *Node
-		p, squares = stepRowProduct(in.x, w, true, nil)
-		in.norm.invRMS = Rsqrt(AddScalar(DivScalar(squares, float64(in.x.Shape().Dim(1))), cfg.NormEps))
-	}
+	// The router's rows stay raw: only the in_proj rows take the 1/rms.
+	p := in.rawRowProduct(cfg, Concatenate([]*Node{ConvertDType(wt, dtypes.Float32), f.rt}, 0)) // [1, out+E]
 	f.raw = SliceAxis(p, 1, AxisRange(outDim, outDim+f.rt.Shape().Dim(0)))
 	return Mul(SliceAxis(p, 1, AxisRange(0, outDim)), in.norm.invRMS)
 }
@@ -92,8 +85,7 @@ func (f *routerFold) outProj(ctx *context.Context, cfg Config, in stepInput, y *
 // routedLogits returns the router logits of the rowwise MoE input in [1, d] from raw = rt·r
 // (routerFold.logits): raw/rms(r) + bias. It sets the input's 1/rms, which fc1 then uses.
 func routedLogits(cfg Config, in stepInput, raw, bias *Node) *Node {
-	squares := ReduceAndKeep(Square(in.x), ReduceSum, -1) // [1, 1]
-	in.norm.invRMS = Rsqrt(AddScalar(DivScalar(squares, float64(in.x.Shape().Dim(1))), cfg.NormEps))
+	in.setNormFromSquares(cfg, ReduceAndKeep(Square(in.x), ReduceSum, -1))
 	return Add(Mul(raw, in.norm.invRMS), InsertAxes(bias, 0))
 }
 
