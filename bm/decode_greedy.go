@@ -39,7 +39,17 @@ type GreedyDecoder struct {
 	// onToken together. 0 copies after every call. A stop asked by onToken is then seen up to
 	// this much later; the steps run past it are discarded.
 	StreamInterval time.Duration
+	// SyncCalls makes every resident call (GenerateResident, GenerateResidentStream) wait for
+	// the device before the next is launched. By default, on a backend with a registered
+	// Pipeline (RegisterPipeline: the XLA backend in blackmamba's commands), the calls after
+	// the first of each run of equal calls are launched ahead of the device, a few in flight,
+	// so that the host's work for a call overlaps the kernels of the previous one.
+	SyncCalls bool
+	pipelined int // resident calls launched through a Pipeline
 }
+
+// PipelinedCalls reports how many resident calls were launched ahead through a Pipeline.
+func (d *GreedyDecoder) PipelinedCalls() int { return d.pipelined }
 
 // NewGreedyDecoder returns a greedy decoder over d.
 func NewGreedyDecoder(d *Decoder) *GreedyDecoder { return &GreedyDecoder{Decoder: d} }

@@ -3,7 +3,9 @@ package bm
 import (
 	"fmt"
 	"time"
+	"unsafe"
 
+	"github.com/gomlx/gomlx/backends"
 	"github.com/gomlx/gomlx/pkg/core/dtypes"
 	. "github.com/gomlx/gomlx/pkg/core/graph"
 	"github.com/gomlx/gomlx/pkg/core/shapes"
@@ -255,8 +257,80 @@ func (d *GreedyDecoder) residentRun(name string, tok *tensors.Tensor, n int, eac
 		if more, err := each(flat, from, d.pos); err != nil || !more {
 			return err
 		}
+		// The next calls of this executable, launched ahead of the device.
+		if m := d.sameCalls(k, end); m > 0 && !d.SyncCalls {
+			if start := pipelineFor(d.backend); start != nil {
+				more, err := d.pipelineRun(start, e, k, m, append([]*tensors.Tensor{cur, posT, hist}, d.states...), each)
+				if err != nil {
+					d.states = nil // lost with the failed call; the other outputs are freed above
+					return fmt.Errorf("bm: %s: %w", name, err)
+				}
+				if !more {
+					return nil
+				}
+			}
+		}
 	}
 	return nil
+}
+
+// sameCalls returns how many calls of k steps can follow from the current position before end
+// without another executable: before a KV cache must grow, with attention blocks.
+func (d *GreedyDecoder) sameCalls(k, end int) int {
+	limit := end
+	if d.hasAttention {
+		limit = min(limit, d.kvLen)
+	}
+	return max(0, (limit-d.pos)/k)
+}
+
+// pipelineRun makes up to m further calls of k steps of e (whose last call returned outs: the
+// tokens, position, history and states) through a Pipeline, calling each after every call as
+// residentRun does. The buffers of outs hold the last call's outputs when it returns without
+// an error. It reports whether each asked for more.
+func (d *GreedyDecoder) pipelineRun(start PipelineStarter, e *readOnlyExec, k, m int, outs []*tensors.Tensor, each func(flat func() ([]int32, error), from, to int) (bool, error)) (bool, error) {
+	g, inputs := e.lastCall()
+	if g == nil || len(inputs) < len(outs) {
+		return false, fmt.Errorf("pipeline: no previous call of the resident executable with its %d outputs", len(outs))
+	}
+	exec, err := graphExecutable(g)
+	if err != nil {
+		return false, err
+	}
+	bufs := make([]backends.Buffer, len(inputs))
+	for i, t := range outs {
+		if bufs[i], err = t.Buffer(d.backend, 0); err != nil {
+			return false, fmt.Errorf("pipeline: output %d: %w", i, err)
+		}
+	}
+	copy(bufs[len(outs):], inputs[len(outs):])
+	p, err := start(exec, bufs, len(outs))
+	if err != nil {
+		return false, fmt.Errorf("pipeline: %w", err)
+	}
+	flat := func() ([]int32, error) {
+		h := make([]int32, d.batch*d.maxLen)
+		if err := p.Read(2, unsafe.Slice((*byte)(unsafe.Pointer(&h[0])), 4*len(h))); err != nil {
+			return nil, fmt.Errorf("reading the token history: %w", err)
+		}
+		return h, nil
+	}
+	more := true
+	for range m {
+		if err = p.Call(); err != nil {
+			break
+		}
+		d.pipelined++
+		from := d.pos
+		d.pos += k
+		if more, err = each(flat, from, d.pos); err != nil || !more {
+			break
+		}
+	}
+	if cerr := p.Close(); cerr != nil {
+		return false, fmt.Errorf("pipeline: %w", cerr)
+	}
+	return more, err
 }
 
 // WarmUpResident compiles every executable GenerateResident can call in a generation of upTo

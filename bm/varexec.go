@@ -2,6 +2,7 @@ package bm
 
 import (
 	"fmt"
+	"slices"
 	"sync"
 
 	"github.com/gomlx/gomlx/backends"
@@ -20,6 +21,17 @@ type readOnlyExec struct {
 	exec  *Exec
 	mu    sync.Mutex
 	feeds map[GraphId]variableFeed
+	// The graph and inputs of the last call (the inputs as given to the backend, arguments
+	// first, then the variables' buffers), for a Pipeline of further calls.
+	lastGraph  *Graph
+	lastInputs []backends.Buffer
+}
+
+// lastCall returns the graph of the last call and the buffers it was given (see lastInputs).
+func (r *readOnlyExec) lastCall() (*Graph, []backends.Buffer) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.lastGraph, r.lastInputs
 }
 
 // Exec runs the graph for args (see graph.Exec.Exec), building it first for new shapes.
@@ -79,6 +91,9 @@ func newReadOnlyExec(backend backends.Backend, ctx *context.Context, fn func(ctx
 			}
 			donate[feed.handles[i]] = false
 		}
+		r.mu.Lock()
+		r.lastGraph, r.lastInputs = g, slices.Clone(inputs)
+		r.mu.Unlock()
 		return nil
 	})
 	e.SetMaxCache(-1)

@@ -118,6 +118,9 @@ type GenerateOptions struct {
 	// 0.2 ms per token more than the latency benchmark at 8 steps per call, which copies once at
 	// the end; the copies after each call are a likely cause, not a measured one.
 	StreamInterval time.Duration
+	// SyncCalls is bm.GreedyDecoder.SyncCalls for the resident steps: each call waits for the
+	// device before the next is launched (by default, on XLA, calls are launched ahead).
+	SyncCalls bool
 	// WarmUp compiles and runs the generation's graphs once on a dummy prompt of the same
 	// length before the clock starts (greedy: the prefill and every step graph the generation
 	// will call, bm.GreedyDecoder.WarmUpGreedy, or WarmUpResident with Resident; sampled: the
@@ -281,6 +284,7 @@ func Generate(backend backends.Backend, m *LoadedModel, prompt []int, o Generate
 		g := bm.NewGreedyDecoder(d)
 		g.Unroll = o.Unroll
 		g.StreamInterval = o.StreamInterval
+		g.SyncCalls = o.SyncCalls
 		defer g.Release()
 		generate = func(onToken func(int) bool) ([]int, error) { return g.GenerateStream(prompt, o.MaxTokens, onToken) }
 		warmUp = func() error { return g.WarmUpGreedy(len(prompt), max(o.MaxTokens, 1)) }

@@ -347,7 +347,9 @@ latency-best)
 	# for BlackMamba: STEP_WEIGHTS (default folded) and UNROLL (default 8) steps per call, with
 	# the folded step's STEP_FUSE rearrangements (default residual; set empty for none), and
 	# unless RESIDENT=0 the resident loop (latency -resident: bm.GreedyDecoder.GenerateResident;
-	# the 2026-11-29 runs before 2026-11-29-resident/ used UNROLL=4, RESIDENT=0). The
+	# the 2026-11-29 runs before 2026-11-29-resident/ used UNROLL=4, RESIDENT=0; SYNC_CALLS=1
+	# waits for each call instead of launching the calls ahead, as every run before
+	# 2026-11-29-pipeline/ did). The
 	# architectures of ARCHS (default the FAMILY's four; FAMILY defaults to the family of the
 	# first of ARCHS, else 1.5b; latency refuses an architecture of another family) run one after
 	# another, each in its own process limited to ARCH_LIMIT (default 280) seconds and saved
@@ -361,7 +363,7 @@ latency-best)
 	fuse="${STEP_FUSE-residual}"
 	for a in ${ARCHS:-$f $f-mamba $f-transformer $f-transformer-moe}; do
 		echo "=== latency $a (limit ${ARCH_LIMIT:-280}s)" | tee -a "$out/summary.txt"
-		timeout -k 10 "${ARCH_LIMIT:-280}" "$run" blackmamba latency -family "$f" -archs "$a" -unroll "${UNROLL:-8}" -step-weights "${STEP_WEIGHTS:-folded}" ${fuse:+-step-fuse "$fuse"} $([[ "${RESIDENT:-1}" == 1 ]] && echo -resident) -max-len "${MAX_LEN:-16384}" -reps "${REPS:-2}" -out "$out/latency-best-$a.json" -plots "$out/plots-best-$a" >"$out/latency-best-$a.log" 2>&1
+		timeout -k 10 "${ARCH_LIMIT:-280}" "$run" blackmamba latency -family "$f" -archs "$a" -unroll "${UNROLL:-8}" -step-weights "${STEP_WEIGHTS:-folded}" ${fuse:+-step-fuse "$fuse"} $([[ "${RESIDENT:-1}" == 1 ]] && echo -resident) $([[ "${SYNC_CALLS:-0}" == 1 ]] && echo -sync-calls) -max-len "${MAX_LEN:-16384}" -reps "${REPS:-2}" -out "$out/latency-best-$a.json" -plots "$out/plots-best-$a" >"$out/latency-best-$a.log" 2>&1
 		echo "--- rc=$?" | tee -a "$out/summary.txt"
 	done
 	parts=$(ls "$out"/latency-best-*.json 2>/dev/null | paste -sd, -)

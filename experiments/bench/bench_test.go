@@ -169,8 +169,16 @@ func TestDecodeRuns(t *testing.T) {
 	}
 	// The resident loop, two sequences, unrolled: named in the variant and extras, the same
 	// tokens every pass.
-	if r := DecodeWith(backend, cfg, 2, 12, 4, 2, bm.StepFolded, true); r.Err != "" || r.Extra["resident"] != 1 || r.Extra["tokens_repeat"] != 1 || !strings.Contains(r.Variant, "resident") {
+	if r := DecodeWith(backend, cfg, 2, 12, 4, 2, bm.StepFolded, LoopResident); r.Err != "" || r.Extra["resident"] != 1 || r.Extra["sync_calls"] != 0 || r.Extra["tokens_repeat"] != 1 || !strings.Contains(r.Variant, "resident") || strings.Contains(r.Variant, "sync") {
 		t.Errorf("decode resident: %+v", r)
+	} else if _, ok := r.Extra["pipelined_calls"]; !ok {
+		t.Errorf("decode resident: no pipelined_calls in %v", r.Extra)
+	}
+	if r := DecodeWith(backend, cfg, 1, 8, 2, 1, bm.StepFolded, LoopResidentSync); r.Err != "" || r.Extra["sync_calls"] != 1 || r.Extra["pipelined_calls"] != 0 || !strings.Contains(r.Variant, "resident, sync calls") {
+		t.Errorf("decode resident, sync calls: %+v", r)
+	}
+	if _, err := ParseLoop("ahead"); err == nil || !strings.Contains(err.Error(), `"ahead"`) {
+		t.Errorf("ParseLoop(ahead): error %v, want one naming it", err)
 	}
 	if r := DecodeBatch(backend, cfg, 0, 8, 1, 1); !strings.Contains(r.Err, "batch (0)") {
 		t.Errorf("batch 0: error %q, want one naming the batch", r.Err)

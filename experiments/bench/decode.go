@@ -55,14 +55,40 @@ func DecodeBatch(backend backends.Backend, cfg bm.Config, batch, tokens, unroll,
 // Extra holds transposed = 1 (both copy layouts are transposed) and folded = 1 for the copies
 // carrying the norm gains.
 func DecodeVariant(backend backends.Backend, cfg bm.Config, batch, tokens, unroll, reps int, layout bm.StepLayout) Row {
-	return DecodeWith(backend, cfg, batch, tokens, unroll, reps, layout, false)
+	return DecodeWith(backend, cfg, batch, tokens, unroll, reps, layout, LoopHeld)
 }
 
-// DecodeWith is DecodeVariant, with resident: the steps after the first token run through
-// bm.GreedyDecoder.GenerateResident (every input of a call kept on the device and donated, on
-// XLA written over by the call's outputs, the tokens read once at the end) instead of
-// StepsGreedy with each token kept as its own tensor; the variant says "resident" and Extra holds resident = 1.
-func DecodeWith(backend backends.Backend, cfg bm.Config, batch, tokens, unroll, reps int, layout bm.StepLayout, resident bool) Row {
+// Loop is how DecodeWith runs the steps after the first token.
+type Loop string
+
+const (
+	// LoopHeld: bm.GreedyDecoder.StepsGreedy, each call's tokens kept as tensors and the
+	// position sent from the host.
+	LoopHeld Loop = "held"
+	// LoopResident: bm.GreedyDecoder.GenerateResident, every input of a call kept on the device
+	// and donated (on XLA written over by the call's outputs), the tokens read once at the end;
+	// where the backend has a bm.Pipeline (XLA), the calls are launched ahead of the device.
+	LoopResident Loop = "resident"
+	// LoopResidentSync: GenerateResident waiting for each call to finish before the next
+	// (bm.GreedyDecoder.SyncCalls).
+	LoopResidentSync Loop = "resident-sync"
+)
+
+// ParseLoop reads a Loop by name.
+func ParseLoop(s string) (Loop, error) {
+	switch l := Loop(s); l {
+	case LoopHeld, LoopResident, LoopResidentSync:
+		return l, nil
+	}
+	return "", fmt.Errorf("decode loop %q: want %q, %q or %q", s, LoopHeld, LoopResident, LoopResidentSync)
+}
+
+// DecodeWith is DecodeVariant with the steps after the first token run as loop says. With a
+// resident loop the variant says "resident" (and "sync calls" for LoopResidentSync), and Extra
+// holds resident = 1, sync_calls and pipelined_calls (the calls launched ahead, over the
+// warm-up and every pass).
+func DecodeWith(backend backends.Backend, cfg bm.Config, batch, tokens, unroll, reps int, layout bm.StepLayout, loop Loop) Row {
+	resident := loop == LoopResident || loop == LoopResidentSync
 	transposed := layout != bm.StepInOut
 	variant := fmt.Sprintf("%s %s greedy", cfg.Name, cfg.ComputeDType)
 	if unroll > 1 {
@@ -80,6 +106,9 @@ func DecodeWith(backend backends.Backend, cfg bm.Config, batch, tokens, unroll, 
 	if resident {
 		variant += ", resident"
 	}
+	if loop == LoopResidentSync {
+		variant += ", sync calls"
+	}
 	row := Row{Bench: "decode", Variant: variant,
 		Shape: fmt.Sprintf("batch %d, prompt 1, %d tokens", batch, tokens), Reps: reps, PeakBytes: -1}
 	if tokens < 2 || reps < 1 || unroll < 1 || batch < 1 {
@@ -91,6 +120,9 @@ func DecodeWith(backend backends.Backend, cfg bm.Config, batch, tokens, unroll, 
 	dtype := bm.ComputeDType(cfg)
 	weightBytes := float64(active) * float64(dtype.Size())
 	row.Extra = map[string]float64{"params_active": float64(active), "weight_bytes": weightBytes, "unroll": float64(unroll), "batch": float64(batch), "step_rows": float64(cfg.StepRows), "transposed": b2f(transposed), "folded": b2f(layout == bm.StepFolded), "resident": b2f(resident)}
+	if resident {
+		row.Extra["sync_calls"] = b2f(loop == LoopResidentSync)
+	}
 	err := catch(func() error {
 		cfg.MaxSeqLen = max(cfg.MaxSeqLen, tokens)
 		if err := cfg.Validate(); err != nil {
@@ -116,7 +148,11 @@ func DecodeWith(backend backends.Backend, cfg bm.Config, batch, tokens, unroll, 
 		}
 		g := bm.NewGreedyDecoder(dec)
 		g.Unroll = unroll
+		g.SyncCalls = loop == LoopResidentSync
 		defer g.Release()
+		if resident {
+			defer func() { row.Extra["pipelined_calls"] = float64(g.PipelinedCalls()) }()
+		}
 		warm, timedPass := g.WarmUpGreedy, decodePass
 		if resident {
 			warm, timedPass = g.WarmUpResident, residentPass

@@ -58,7 +58,11 @@ type Options struct {
 	// kept on the device and donated, on XLA written over by the call's outputs) from one
 	// checkpoint to the next, instead of StepsGreedy with each token kept as its own tensor.
 	Resident bool
-	Log      io.Writer
+	// SyncCalls is bm.GreedyDecoder.SyncCalls for the resident steps: each call waits for the
+	// device before the next, instead of being launched ahead where the backend has a
+	// bm.Pipeline (XLA).
+	SyncCalls bool
+	Log       io.Writer
 	// AfterArch, if set, receives the result so far after each architecture (e.g. to save it,
 	// so that a run stopped by a time limit keeps the architectures it finished), and after
 	// every timed pass with the current architecture's statistics over the passes done so far
@@ -98,11 +102,15 @@ type Arch struct {
 	// StepTransposed: the steps read the weights' transposed copies (bm.TransposeStepWeights);
 	// StepFolded: those of the blocks' first products carry the norm gains (bm.FoldStepWeights,
 	// StepTransposed set too).
-	StepTransposed bool    `json:"step_transposed,omitempty"`
-	StepFolded     bool    `json:"step_folded,omitempty"`
-	StepFuse       string  `json:"step_fuse,omitempty"` // bm.Config.StepFuse (absent: none)
-	Resident       bool    `json:"resident,omitempty"`  // the steps ran resident (Options.Resident)
-	CompileS       float64 `json:"compile_s"`           // warm-up: weight initialisation + compiling every graph the sweep runs
+	StepTransposed bool   `json:"step_transposed,omitempty"`
+	StepFolded     bool   `json:"step_folded,omitempty"`
+	StepFuse       string `json:"step_fuse,omitempty"` // bm.Config.StepFuse (absent: none)
+	Resident       bool   `json:"resident,omitempty"`  // the steps ran resident (Options.Resident)
+	// PipelinedCalls counts the resident calls launched ahead of the device (bm.Pipeline) over
+	// the warm-up and every pass; absent: none (SyncCalls, no pipeline for the backend, or
+	// results written before pipelines existed).
+	PipelinedCalls int     `json:"pipelined_calls,omitempty"`
+	CompileS       float64 `json:"compile_s"` // warm-up: weight initialisation + compiling every graph the sweep runs
 	// WeightsS is the part of CompileS spent making the random weights (initialisation, the cast
 	// to bfloat16, the transposed copies); absent in results written before it was recorded.
 	WeightsS     float64 `json:"weights_s,omitempty"`
@@ -295,10 +303,12 @@ func runArch(backend backends.Backend, cfg bm.Config, opts Options, afterRep fun
 	}
 	g := bm.NewGreedyDecoder(dec)
 	g.Unroll = opts.Unroll
+	g.SyncCalls = opts.SyncCalls
 	if opts.Unroll > 1 {
 		a.Unroll = opts.Unroll
 	}
 	defer g.Release()
+	defer func() { a.PipelinedCalls = g.PipelinedCalls() }()
 
 	warm, pass := g.WarmUpGreedy, timePass
 	if opts.Resident {
@@ -346,6 +356,7 @@ func runArch(backend backends.Backend, cfg bm.Config, opts Options, afterRep fun
 			if xla.MemoryIsHighWater() {
 				a.PeakMemoryBytes = xla.DeviceMemoryUsed()
 			}
+			a.PipelinedCalls = g.PipelinedCalls()
 			if err := afterRep(a); err != nil {
 				return nil, err
 			}

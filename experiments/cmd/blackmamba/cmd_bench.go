@@ -43,7 +43,7 @@ func runBench(fs *flag.FlagSet, args []string) error {
 	decodeStepRows := fs.String("decode-step-rows", "0", "decode: comma-separated rows of the step's weight products (bm.Config.StepRows; 0: not padded, 2: a batch-1 step's products stay matrix multiplications on a GPU), one row each")
 	decodeWeights := fs.String("decode-step-weights", "inout", `decode: comma-separated layouts of the weights the steps read, one row each: "inout" (the model's [in, out]), "transposed" (bm.TransposeStepWeights' [out, in] copies) or "folded" (bm.FoldStepWeights: those copies, the blocks' first products with the norm gain folded in)`)
 	decodeFuse := fs.String("decode-step-fuse", "none", `decode: comma-separated bm.Config.StepFuse values, one row each: "none", or fusions joined by "+" from "gate", "residual" and "router" (e.g. "residual+router"); they change the batch-1 steps of the "folded" layout only`)
-	decodeLoop := fs.String("decode-loop", "held", `decode: comma-separated ways of running the steps, one row each: "held" (each call's tokens kept as tensors, the position sent from the host: bm.GreedyDecoder.StepsGreedy) or "resident" (every input of a call kept on the device and donated, on XLA written over by the call's outputs, one executable; the tokens read at the end: GenerateResident)`)
+	decodeLoop := fs.String("decode-loop", "held", `decode: comma-separated ways of running the steps, one row each: "held" (each call's tokens kept as tensors, the position sent from the host: bm.GreedyDecoder.StepsGreedy), "resident" (every input of a call kept on the device and donated, on XLA written over by the call's outputs, one executable; the tokens read at the end: GenerateResident; on XLA the calls are launched ahead of the device, a few in flight) or "resident-sync" (the same, waiting for each call to finish: bm.GreedyDecoder.SyncCalls)`)
 	kernelChains := fs.String("kernel-chains", formatChains(bench.DefaultChains), "kernels: comma-separated chains INxOUTxK[rROWS][s] (K dependent products of a row vector, or with rROWS of that many equal rows, with [OUT, IN] and [IN, OUT] matrices in turn; a trailing s passes each matrix as its own argument), one row each")
 	reps := fs.Int("reps", 10, "timed repetitions after warm-up (the median is reported)")
 	devices := fs.Int("devices", 1, "train-step: data-parallel on this many devices of the backend (-batch is the global batch)")
@@ -112,16 +112,13 @@ func runBench(fs *flag.FlagSet, args []string) error {
 	if err != nil {
 		return err
 	}
-	var loops []bool // per -decode-loop entry: resident or not
+	var loops []bench.Loop // per -decode-loop entry
 	for _, f := range strings.Split(*decodeLoop, ",") {
-		switch strings.TrimSpace(f) {
-		case "held":
-			loops = append(loops, false)
-		case "resident":
-			loops = append(loops, true)
-		default:
-			return fmt.Errorf("-decode-loop %q: %q is neither held nor resident", *decodeLoop, f)
+		l, err := bench.ParseLoop(strings.TrimSpace(f))
+		if err != nil {
+			return fmt.Errorf("-decode-loop %q: %w", *decodeLoop, err)
 		}
+		loops = append(loops, l)
 	}
 	var layouts []bm.StepLayout // per -decode-step-weights entry
 	for _, f := range strings.Split(*decodeWeights, ",") {
@@ -208,8 +205,8 @@ func runBench(fs *flag.FlagSet, args []string) error {
 					for _, layout := range layouts {
 						for _, b := range batches {
 							for _, k := range unrolls {
-								for _, resident := range loops {
-									report.Rows = append(report.Rows, bench.DecodeWith(backend, c, b, *decodeTokens, k, *reps, layout, resident))
+								for _, loop := range loops {
+									report.Rows = append(report.Rows, bench.DecodeWith(backend, c, b, *decodeTokens, k, *reps, layout, loop))
 								}
 							}
 						}

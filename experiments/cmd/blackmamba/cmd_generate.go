@@ -98,6 +98,7 @@ func runGenerate(fs *flag.FlagSet, args []string) error {
 	warmUp := fs.Bool("warm-up", true, "compile and run the generation's graphs once on a dummy prompt before timing, so that the first-token time and tokens/s leave compilation out (it is reported as the warm-up)")
 	resident := fs.Bool("resident", true, "greedy generation with every input of a call kept on the device and written over by the call's outputs (bm.GreedyDecoder.GenerateResidentStream; tokens arrive in groups, see -stream-interval): on an H200 the 1.5b latency sweep took 0.67-0.69 ms per token this way at -unroll 8, 1.31-1.71 ms with the held steps at 4; false runs the held steps; sampling ignores it")
 	streamInterval := fs.Duration("stream-interval", 20*time.Millisecond, "with -resident: copy the generated tokens to the host at most this often (and at the end), printing those since the last copy together; 0 copies after every call (the tokens of -unroll steps)")
+	syncCalls := fs.Bool("sync-calls", false, "with -resident: wait for each call to finish before launching the next (bm.GreedyDecoder.SyncCalls); by default, on XLA, the calls are launched ahead of the device")
 	unroll := fs.Int("unroll", 1, "greedy steps per executable call (tokens still stream one by one, k at a time); on an H200, 4 took the 1.5b from 2.21 to 1.57 ms per token but about 15 s longer to compile: for long generations")
 	backendFlag := xla.AddFlag(fs)
 	if err := fs.Parse(args); err != nil {
@@ -182,6 +183,7 @@ func runGenerate(fs *flag.FlagSet, args []string) error {
 		WarmUp:         *warmUp,
 		Resident:       *resident,
 		StreamInterval: *streamInterval,
+		SyncCalls:      *syncCalls,
 	}, onToken)
 	if streamer != nil {
 		streamer.Flush()

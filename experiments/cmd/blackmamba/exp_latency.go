@@ -36,6 +36,7 @@ func runLatency(fs *flag.FlagSet, args []string) error {
 	stepWeights := fs.String("step-weights", "inout", "layout of the weights the decode steps read: inout (the model's), transposed (bm.TransposeStepWeights: [out, in] copies, row reductions on a GPU; the copies double the matmul weights' memory) or folded (bm.FoldStepWeights: those copies with the norm gains folded into the blocks' first products)")
 	stepTransposed := fs.Bool("step-transposed", false, "the same as -step-weights transposed")
 	resident := fs.Bool("resident", false, "run the steps with every input of a call kept on the device and donated, on XLA written over by the call's outputs, the tokens read at each checkpoint (bm.GreedyDecoder.GenerateResident), instead of one tensor per token; on an H200 the 1.5b sweep took 0.67-0.69 ms per token this way with -unroll 8 -step-weights folded -step-fuse residual")
+	syncCalls := fs.Bool("sync-calls", false, "with -resident: wait for each call to finish before launching the next (bm.GreedyDecoder.SyncCalls); by default, on XLA, the calls are launched ahead of the device, a few in flight")
 	out := fs.String("out", "experiments/results/latency.json", "result JSON to write")
 	plotDir := fs.String("plots", "plots/latency", "directory for the PNG and SVG figures (empty: no plots)")
 	plotOnly := fs.Bool("plot-only", false, "do not measure: plot and tabulate the result in -in")
@@ -87,7 +88,7 @@ func runLatency(fs *flag.FlagSet, args []string) error {
 			return err
 		}
 		fmt.Fprintf(os.Stderr, "backend: %s\n", choice)
-		opts := latency.Options{Family: *family, MaxLen: *maxLen, MinLen: *minLen, Reps: *reps, Seed: *seed, Unroll: *unroll, StepRows: *stepRows, StepWeights: layout, StepFuse: *stepFuse, Resident: *resident, Log: os.Stderr}
+		opts := latency.Options{Family: *family, MaxLen: *maxLen, MinLen: *minLen, Reps: *reps, Seed: *seed, Unroll: *unroll, StepRows: *stepRows, StepWeights: layout, StepFuse: *stepFuse, Resident: *resident, SyncCalls: *syncCalls, Log: os.Stderr}
 		if *archs != "" {
 			opts.Archs = strings.Split(*archs, ",")
 		}
