@@ -151,6 +151,16 @@ func TestRunTinyAndReport(t *testing.T) {
 			t.Errorf("Markdown table lacks %q:\n%s", want, md.String())
 		}
 	}
+	// Resident steps, and launched ahead when a pipeline ran calls.
+	back.Archs[0].Resident, back.Archs[0].PipelinedCalls = true, 12
+	back.Archs[1].Resident = true
+	md.Reset()
+	if err := WriteMarkdown(&md, back); err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(md.String(), "| resident, launched ahead |"); n != 1 || strings.Count(md.String(), "| resident |") != 1 {
+		t.Errorf("Markdown table: want one resident row launched ahead and one not:\n%s", md.String())
+	}
 }
 
 func TestLoadErrors(t *testing.T) {

@@ -167,6 +167,9 @@ func WriteMarkdown(w io.Writer, r *Result) error {
 		loop := "held"
 		if a.Resident {
 			loop = "resident"
+			if a.PipelinedCalls > 0 {
+				loop = "resident, launched ahead"
+			}
 		}
 		fmt.Fprintf(&b, "| %s | %d | %d | %s | %s | %s | %.1f | %.2f | %s |\n", a.Config, max(a.Unroll, 1), max(a.StepRows, 1), layout, loop, passes, a.CompileS, a.FirstTokenMS.Median, mem)
 	}
