@@ -344,7 +344,8 @@ latency-one)
 	;;
 latency-best)
 	# Experiment 3 on one GPU with every architecture at the step settings that measured fastest
-	# for BlackMamba: STEP_WEIGHTS (default folded) and UNROLL (default 8) steps per call, with
+	# for BlackMamba: STEP_WEIGHTS (default folded) and UNROLL steps per call (default 1 since
+	# the resident calls are launched ahead of the device; 8 before 2026-11-29-pipeline/), with
 	# the folded step's STEP_FUSE rearrangements (default residual; set empty for none), and
 	# unless RESIDENT=0 the resident loop (latency -resident: bm.GreedyDecoder.GenerateResident;
 	# the 2026-11-29 runs before 2026-11-29-resident/ used UNROLL=4, RESIDENT=0; SYNC_CALLS=1
@@ -363,7 +364,7 @@ latency-best)
 	fuse="${STEP_FUSE-residual}"
 	for a in ${ARCHS:-$f $f-mamba $f-transformer $f-transformer-moe}; do
 		echo "=== latency $a (limit ${ARCH_LIMIT:-280}s)" | tee -a "$out/summary.txt"
-		timeout -k 10 "${ARCH_LIMIT:-280}" "$run" blackmamba latency -family "$f" -archs "$a" -unroll "${UNROLL:-8}" -step-weights "${STEP_WEIGHTS:-folded}" ${fuse:+-step-fuse "$fuse"} $([[ "${RESIDENT:-1}" == 1 ]] && echo -resident) $([[ "${SYNC_CALLS:-0}" == 1 ]] && echo -sync-calls) -max-len "${MAX_LEN:-16384}" -reps "${REPS:-2}" -out "$out/latency-best-$a.json" -plots "$out/plots-best-$a" >"$out/latency-best-$a.log" 2>&1
+		timeout -k 10 "${ARCH_LIMIT:-280}" "$run" blackmamba latency -family "$f" -archs "$a" -unroll "${UNROLL:-1}" -step-weights "${STEP_WEIGHTS:-folded}" ${fuse:+-step-fuse "$fuse"} $([[ "${RESIDENT:-1}" == 1 ]] && echo -resident) $([[ "${SYNC_CALLS:-0}" == 1 ]] && echo -sync-calls) -max-len "${MAX_LEN:-16384}" -reps "${REPS:-2}" -out "$out/latency-best-$a.json" -plots "$out/plots-best-$a" >"$out/latency-best-$a.log" 2>&1
 		echo "--- rc=$?" | tee -a "$out/summary.txt"
 	done
 	parts=$(ls "$out"/latency-best-*.json 2>/dev/null | paste -sd, -)
