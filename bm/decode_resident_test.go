@@ -7,9 +7,27 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gomlx/gomlx/backends"
 	"github.com/gomlx/gomlx/pkg/core/tensors"
 	"github.com/gomlx/gomlx/pkg/ml/context"
 )
+
+// eachResidentCase runs f as a subtest for each of the decoder check's architectures at one
+// and four steps per call, with a batch-1 greedy decoder of maxLen positions and weights of seed
+// (released after f).
+func eachResidentCase(t *testing.T, backend backends.Backend, maxLen int, seed int64, f func(t *testing.T, g *GreedyDecoder, unroll int)) {
+	t.Helper()
+	for _, cfg := range DecodeCheckConfigs() {
+		for _, unroll := range []int{1, 4} {
+			t.Run(fmt.Sprintf("%s/unroll%d", cfg.Name, unroll), func(t *testing.T) {
+				g := newSeededGreedy(t, backend, cfg, 1, maxLen, seed)
+				defer g.Release()
+				g.Unroll = unroll
+				f(t, g, unroll)
+			})
+		}
+	}
+}
 
 // TestGenerateResidentMatchesGreedy checks, for the four small architectures, one step per call
 // and unrolled (4: an aligning first call, then 4 at a time, single steps at the end), prompts of
@@ -20,52 +38,45 @@ import (
 func TestGenerateResidentMatchesGreedy(t *testing.T) {
 	backend := cpuBackend(t)
 	const maxLen = 24
-	for _, cfg := range DecodeCheckConfigs() {
-		for _, unroll := range []int{1, 4} {
-			t.Run(fmt.Sprintf("%s/unroll%d", cfg.Name, unroll), func(t *testing.T) {
-				g := newSeededGreedy(t, backend, cfg, 1, maxLen, 5)
-				defer g.Release()
-				g.Unroll = unroll
-				for _, prompt := range [][]int{{7}, {3, 1, 4, 1, 5}} {
-					n := maxLen - len(prompt) + 1 // tokens after the prompt, the prefill's included
-					want, err := g.GenerateGreedy(prompt, n)
-					if err != nil {
-						t.Fatal(err)
-					}
-					if err := g.WarmUpResident(len(prompt), n); err != nil {
-						t.Fatal(err)
-					}
-					built := g.GraphsBuilt()
-					tok, err := g.PrefillGreedy([][]int{prompt})
-					if err != nil {
-						t.Fatal(err)
-					}
-					first, err := tensors.CopyFlatData[int32](tok)
-					if err != nil {
-						t.Fatal(err)
-					}
-					rest, err := g.GenerateResident(tok, n-1)
-					tok.FinalizeAll()
-					if err != nil {
-						t.Fatal(err)
-					}
-					got := []int{int(first[0])}
-					for _, v := range rest[0] {
-						got = append(got, int(v))
-					}
-					if !slices.Equal(got, want) {
-						t.Errorf("prompt %v: resident tokens %v, greedy %v", prompt, got, want)
-					}
-					if b := g.GraphsBuilt() - built; b != 0 {
-						t.Errorf("prompt %v: %d graphs built after WarmUpResident", prompt, b)
-					}
-				}
-				if n := g.residentTurns(); len(g.resident) == 0 || len(g.resident)%n != 0 {
-					t.Errorf("%d resident executables, want a multiple of %d (the turns)", len(g.resident), n)
-				}
-			})
+	eachResidentCase(t, backend, maxLen, 5, func(t *testing.T, g *GreedyDecoder, unroll int) {
+		for _, prompt := range [][]int{{7}, {3, 1, 4, 1, 5}} {
+			n := maxLen - len(prompt) + 1 // tokens after the prompt, the prefill's included
+			want, err := g.GenerateGreedy(prompt, n)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := g.WarmUpResident(len(prompt), n); err != nil {
+				t.Fatal(err)
+			}
+			built := g.GraphsBuilt()
+			tok, err := g.PrefillGreedy([][]int{prompt})
+			if err != nil {
+				t.Fatal(err)
+			}
+			first, err := tensors.CopyFlatData[int32](tok)
+			if err != nil {
+				t.Fatal(err)
+			}
+			rest, err := g.GenerateResident(tok, n-1)
+			tok.FinalizeAll()
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := []int{int(first[0])}
+			for _, v := range rest[0] {
+				got = append(got, int(v))
+			}
+			if !slices.Equal(got, want) {
+				t.Errorf("prompt %v: resident tokens %v, greedy %v", prompt, got, want)
+			}
+			if b := g.GraphsBuilt() - built; b != 0 {
+				t.Errorf("prompt %v: %d graphs built after WarmUpResident", prompt, b)
+			}
 		}
-	}
+		if n := g.residentTurns(); len(g.resident) == 0 || len(g.resident)%n != 0 {
+			t.Errorf("%d resident executables, want a multiple of %d (the turns)", len(g.resident), n)
+		}
+	})
 }
 
 // TestGenerateResidentBatch: two sequences decoded together give each its own greedy tokens.
@@ -159,53 +170,46 @@ func TestGenerateResidentStream(t *testing.T) {
 	backend := cpuBackend(t)
 	const maxLen, maxNew = 16, 13
 	prompt := []int{3, 1, 4}
-	for _, cfg := range DecodeCheckConfigs() {
-		for _, unroll := range []int{1, 4} {
-			t.Run(fmt.Sprintf("%s/unroll%d", cfg.Name, unroll), func(t *testing.T) {
-				g := newSeededGreedy(t, backend, cfg, 1, maxLen, 8)
-				defer g.Release()
-				g.Unroll = unroll
-				want, err := g.GenerateStream(prompt, maxNew, nil)
+	eachResidentCase(t, backend, maxLen, 8, func(t *testing.T, g *GreedyDecoder, unroll int) {
+		want, err := g.GenerateStream(prompt, maxNew, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := g.WarmUpResident(len(prompt), maxNew); err != nil {
+			t.Fatal(err)
+		}
+		built := g.GraphsBuilt()
+		// A copy after every call, and (an hour) one copy after the last call only.
+		for _, interval := range []time.Duration{0, time.Hour} {
+			g.StreamInterval = interval
+			var seen []int
+			got, err := g.GenerateResidentStream(prompt, maxNew, func(id int) bool { seen = append(seen, id); return true })
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(got, want) || !slices.Equal(seen, want) {
+				t.Errorf("interval %v: resident stream %v (handed over %v), GenerateStream %v", interval, got, seen, want)
+			}
+			for _, stop := range []int{1, 2, 6} { // the prefill's token, the first call's, inside a call
+				seen = nil
+				got, err := g.GenerateResidentStream(prompt, maxNew, func(id int) bool { seen = append(seen, id); return len(seen) < stop })
 				if err != nil {
 					t.Fatal(err)
 				}
-				if err := g.WarmUpResident(len(prompt), maxNew); err != nil {
-					t.Fatal(err)
+				if !slices.Equal(got, want[:stop]) || !slices.Equal(seen, want[:stop]) {
+					t.Errorf("interval %v, stopping at %d: %v (handed over %v), want %v", interval, stop, got, seen, want[:stop])
 				}
-				built := g.GraphsBuilt()
-				// A copy after every call, and (an hour) one copy after the last call only.
-				for _, interval := range []time.Duration{0, time.Hour} {
-					g.StreamInterval = interval
-					var seen []int
-					got, err := g.GenerateResidentStream(prompt, maxNew, func(id int) bool { seen = append(seen, id); return true })
-					if err != nil {
-						t.Fatal(err)
-					}
-					if !slices.Equal(got, want) || !slices.Equal(seen, want) {
-						t.Errorf("interval %v: resident stream %v (handed over %v), GenerateStream %v", interval, got, seen, want)
-					}
-					for _, stop := range []int{1, 2, 6} { // the prefill's token, the first call's, inside a call
-						seen = nil
-						got, err := g.GenerateResidentStream(prompt, maxNew, func(id int) bool { seen = append(seen, id); return len(seen) < stop })
-						if err != nil {
-							t.Fatal(err)
-						}
-						if !slices.Equal(got, want[:stop]) || !slices.Equal(seen, want[:stop]) {
-							t.Errorf("interval %v, stopping at %d: %v (handed over %v), want %v", interval, stop, got, seen, want[:stop])
-						}
-					}
-				}
-				g.StreamInterval = 0
-				if b := g.GraphsBuilt() - built; b != 0 {
-					t.Errorf("%d graphs built after WarmUpResident", b)
-				}
-				one, err := g.GenerateResidentStream(prompt, 1, nil)
-				if err != nil || !slices.Equal(one, want[:1]) {
-					t.Errorf("one token: %v, %v; want %v", one, err, want[:1])
-				}
-			})
+			}
 		}
-	}
+		g.StreamInterval = 0
+		if b := g.GraphsBuilt() - built; b != 0 {
+			t.Errorf("%d graphs built after WarmUpResident", b)
+		}
+		one, err := g.GenerateResidentStream(prompt, 1, nil)
+		if err != nil || !slices.Equal(one, want[:1]) {
+			t.Errorf("one token: %v, %v; want %v", one, err, want[:1])
+		}
+	})
 }
 
 // TestGenerateResidentStreamErrors: a batch of two and a generation past maxLen are errors that

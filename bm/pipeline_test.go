@@ -131,91 +131,84 @@ func TestResidentPipeline(t *testing.T) {
 		t.Fatalf("no pipeline registered for backend %q", backend.Name())
 	}
 	const maxLen = 24
-	for _, cfg := range DecodeCheckConfigs() {
-		for _, unroll := range []int{1, 4} {
-			t.Run(fmt.Sprintf("%s/unroll%d", cfg.Name, unroll), func(t *testing.T) {
-				g := newSeededGreedy(t, backend, cfg, 1, maxLen, 5)
-				defer g.Release()
-				g.Unroll = unroll
-				for _, prompt := range [][]int{{7}, {3, 1, 4, 1, 5}} {
-					n := maxLen - len(prompt) + 1
-					run := func(sync bool) ([]int, int) {
-						g.SyncCalls = sync
-						before := g.PipelinedCalls()
-						tok, err := g.PrefillGreedy([][]int{prompt})
-						if err != nil {
-							t.Fatal(err)
-						}
-						first, err := tensors.CopyFlatData[int32](tok)
-						if err != nil {
-							t.Fatal(err)
-						}
-						// Two halves, so that the second continues from the states the first
-						// pipeline gave back.
-						half := (n - 1) / 2
-						a, err := g.GenerateResident(tok, half)
-						if err != nil {
-							t.Fatal(err)
-						}
-						// The next input is the last token generated.
-						last := tensors.FromFlatDataAndDimensions([]int32{a[0][len(a[0])-1]}, 1)
-						b, err := g.GenerateResident(last, n-1-half)
-						tok.FinalizeAll()
-						last.FinalizeAll()
-						if err != nil {
-							t.Fatal(err)
-						}
-						got := []int{int(first[0])}
-						for _, v := range append(a[0], b[0]...) {
-							got = append(got, int(v))
-						}
-						return got, g.PipelinedCalls() - before
-					}
-					want, syncPiped := run(true)
-					got, piped := run(false)
-					if !slices.Equal(got, want) {
-						t.Errorf("prompt %v: pipelined tokens %v, one by one %v", prompt, got, want)
-					}
-					if syncPiped != 0 {
-						t.Errorf("prompt %v: %d calls pipelined with SyncCalls", prompt, syncPiped)
-					}
-					// Calls per half: a run of k-step calls, then single steps; all but the
-					// first of each run are pipelined (runs are also cut where a KV cache grows).
-					most := 0
-					for _, steps := range []int{(n - 1) / 2, n - 1 - (n-1)/2} {
-						k := max(1, unroll)
-						most += max(0, steps/k-1)
-						if k > 1 {
-							most += max(0, steps%k-1)
-						}
-					}
-					if piped > most || piped == 0 || (!g.hasAttention && piped != most) {
-						t.Errorf("prompt %v: %d calls pipelined, want %d (fewer but some with attention)", prompt, piped, most)
-					}
-				}
-				// Streaming with a copy after every call, stopping inside a pipelined run.
-				prompt := []int{3, 1, 4}
-				maxNew := maxLen - len(prompt) + 1
-				g.SyncCalls = true
-				want, err := g.GenerateResidentStream(prompt, maxNew, nil)
+	eachResidentCase(t, backend, maxLen, 5, func(t *testing.T, g *GreedyDecoder, unroll int) {
+		for _, prompt := range [][]int{{7}, {3, 1, 4, 1, 5}} {
+			n := maxLen - len(prompt) + 1
+			run := func(sync bool) ([]int, int) {
+				g.SyncCalls = sync
+				before := g.PipelinedCalls()
+				tok, err := g.PrefillGreedy([][]int{prompt})
 				if err != nil {
 					t.Fatal(err)
 				}
-				g.SyncCalls = false
-				g.StreamInterval = 0
-				for _, stop := range []int{maxNew, 1 + 3*max(1, unroll) + 1} {
-					var seen []int
-					got, err := g.GenerateResidentStream(prompt, maxNew, func(id int) bool { seen = append(seen, id); return len(seen) < stop })
-					if err != nil {
-						t.Fatal(err)
-					}
-					if !slices.Equal(got, want[:stop]) || !slices.Equal(seen, want[:stop]) {
-						t.Errorf("stream stopping at %d: %v (handed over %v), want %v", stop, got, seen, want[:stop])
-					}
+				first, err := tensors.CopyFlatData[int32](tok)
+				if err != nil {
+					t.Fatal(err)
 				}
-			})
+				// Two halves, so that the second continues from the states the first
+				// pipeline gave back.
+				half := (n - 1) / 2
+				a, err := g.GenerateResident(tok, half)
+				if err != nil {
+					t.Fatal(err)
+				}
+				// The next input is the last token generated.
+				last := tensors.FromFlatDataAndDimensions([]int32{a[0][len(a[0])-1]}, 1)
+				b, err := g.GenerateResident(last, n-1-half)
+				tok.FinalizeAll()
+				last.FinalizeAll()
+				if err != nil {
+					t.Fatal(err)
+				}
+				got := []int{int(first[0])}
+				for _, v := range append(a[0], b[0]...) {
+					got = append(got, int(v))
+				}
+				return got, g.PipelinedCalls() - before
+			}
+			want, syncPiped := run(true)
+			got, piped := run(false)
+			if !slices.Equal(got, want) {
+				t.Errorf("prompt %v: pipelined tokens %v, one by one %v", prompt, got, want)
+			}
+			if syncPiped != 0 {
+				t.Errorf("prompt %v: %d calls pipelined with SyncCalls", prompt, syncPiped)
+			}
+			// Calls per half: a run of k-step calls, then single steps; all but the
+			// first of each run are pipelined (runs are also cut where a KV cache grows).
+			most := 0
+			for _, steps := range []int{(n - 1) / 2, n - 1 - (n-1)/2} {
+				k := max(1, unroll)
+				most += max(0, steps/k-1)
+				if k > 1 {
+					most += max(0, steps%k-1)
+				}
+			}
+			if piped > most || piped == 0 || (!g.hasAttention && piped != most) {
+				t.Errorf("prompt %v: %d calls pipelined, want %d (fewer but some with attention)", prompt, piped, most)
+			}
 		}
-	}
+		// Streaming with a copy after every call, stopping inside a pipelined run.
+		prompt := []int{3, 1, 4}
+		maxNew := maxLen - len(prompt) + 1
+		g.SyncCalls = true
+		want, err := g.GenerateResidentStream(prompt, maxNew, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		g.SyncCalls = false
+		g.StreamInterval = 0
+		for _, stop := range []int{maxNew, 1 + 3*max(1, unroll) + 1} {
+			var seen []int
+			got, err := g.GenerateResidentStream(prompt, maxNew, func(id int) bool { seen = append(seen, id); return len(seen) < stop })
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(got, want[:stop]) || !slices.Equal(seen, want[:stop]) {
+				t.Errorf("stream stopping at %d: %v (handed over %v), want %v", stop, got, seen, want[:stop])
+			}
+		}
+	})
 }
 
 // TestResidentPipelineError: a call that fails inside the pipeline is an error that says so,
