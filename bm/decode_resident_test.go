@@ -29,6 +29,22 @@ func eachResidentCase(t *testing.T, backend backends.Backend, maxLen int, seed i
 	}
 }
 
+// prefillOne starts g's sequence from prompt and returns the first token, on the device and on
+// the host.
+func prefillOne(t *testing.T, g *GreedyDecoder, prompt []int) (*tensors.Tensor, int) {
+	t.Helper()
+	tok, err := g.PrefillGreedy([][]int{prompt})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, err := tensors.CopyFlatData[int32](tok)
+	if err != nil {
+		tok.FinalizeAll()
+		t.Fatal(err)
+	}
+	return tok, int(first[0])
+}
+
 // TestGenerateResidentMatchesGreedy checks, for the four small architectures, one step per call
 // and unrolled (4: an aligning first call, then 4 at a time, single steps at the end), prompts of
 // 1 and 5 tokens, that GenerateResident gives exactly the tokens of GenerateGreedy, that after
@@ -49,20 +65,13 @@ func TestGenerateResidentMatchesGreedy(t *testing.T) {
 				t.Fatal(err)
 			}
 			built := g.GraphsBuilt()
-			tok, err := g.PrefillGreedy([][]int{prompt})
-			if err != nil {
-				t.Fatal(err)
-			}
-			first, err := tensors.CopyFlatData[int32](tok)
-			if err != nil {
-				t.Fatal(err)
-			}
+			tok, first := prefillOne(t, g, prompt)
 			rest, err := g.GenerateResident(tok, n-1)
 			tok.FinalizeAll()
 			if err != nil {
 				t.Fatal(err)
 			}
-			got := []int{int(first[0])}
+			got := []int{first}
 			for _, v := range rest[0] {
 				got = append(got, int(v))
 			}

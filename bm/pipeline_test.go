@@ -137,14 +137,7 @@ func TestResidentPipeline(t *testing.T) {
 			run := func(sync bool) ([]int, int) {
 				g.SyncCalls = sync
 				before := g.PipelinedCalls()
-				tok, err := g.PrefillGreedy([][]int{prompt})
-				if err != nil {
-					t.Fatal(err)
-				}
-				first, err := tensors.CopyFlatData[int32](tok)
-				if err != nil {
-					t.Fatal(err)
-				}
+				tok, first := prefillOne(t, g, prompt)
 				// Two halves, so that the second continues from the states the first
 				// pipeline gave back.
 				half := (n - 1) / 2
@@ -160,7 +153,7 @@ func TestResidentPipeline(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				got := []int{int(first[0])}
+				got := []int{first}
 				for _, v := range append(a[0], b[0]...) {
 					got = append(got, int(v))
 				}
