@@ -106,6 +106,11 @@ type GenerateOptions struct {
 	// slower, and so did "router" (0.726 against 0.680 ms per token, with "residual", resident
 	// at 8 steps per call).
 	StepFuse string
+	// DType is the dtype of the matmuls and of the stored matmul weights: "float32",
+	// "bfloat16" (the weights are converted in place by bm.CastWeights, which the LoadedModel
+	// keeps: a later float32 generation on it is an error) or "auto"/"" (bfloat16 on an NVIDIA
+	// GPU, where the decoding steps read half the bytes, else the config's compute dtype).
+	DType string
 	// Resident runs greedy generation through bm.GreedyDecoder.GenerateResidentStream: every
 	// input of a call stays on the device, on XLA written over by the call's outputs, and each
 	// call's tokens can be copied back at its end (see StreamInterval); on XLA the calls are
@@ -227,7 +232,60 @@ type GenerateStats struct {
 	// StepFuse resolved (auto made concrete; StepFuse "" is none).
 	StepLayout bm.StepLayout
 	StepFuse   string
-	Resident   bool // the greedy steps ran resident (GenerateOptions.Resident applied)
+	DType      string // the compute dtype it ran with (GenerateOptions.DType resolved)
+	Resident   bool   // the greedy steps ran resident (GenerateOptions.Resident applied)
+}
+
+// CheckGenerateDType checks a GenerateOptions.DType value.
+func CheckGenerateDType(dtype string) error {
+	switch dtype {
+	case "", "auto", "float32", "bfloat16":
+		return nil
+	}
+	return fmt.Errorf("dtype %q: want float32, bfloat16 or auto", dtype)
+}
+
+// generateDType resolves GenerateOptions.DType for m on backend: the compute dtype to generate
+// with. An unknown value is an error naming it.
+func generateDType(dtype string, backend backends.Backend, m *LoadedModel) (string, error) {
+	if err := CheckGenerateDType(dtype); err != nil {
+		return "", err
+	}
+	switch {
+	case dtype == "float32" || dtype == "bfloat16":
+		return dtype, nil
+	case xla.IsCUDA(backend) || m.Cfg.ComputeDType == "bfloat16":
+		return "bfloat16", nil
+	}
+	return "float32", nil
+}
+
+// castModel makes m's stored matmul weights match the compute dtype: converted to bfloat16 for
+// "bfloat16" (step copies made from the float32 weights are dropped first, to be made again);
+// for "float32", weights already converted are an error, as their precision is lost.
+func castModel(backend backends.Backend, m *LoadedModel, dtype string) error {
+	stored := dtypes.Float32
+	for v := range m.Ctx.IterVariables() {
+		if bm.IsCastWeight(v.Scope(), v.Name()) {
+			stored = v.Shape().DType
+			break
+		}
+	}
+	switch {
+	case dtype == "float32" && stored != dtypes.Float32:
+		return fmt.Errorf("dtype float32: the weights of %s were converted to %s by an earlier generation; load the model again", m.Path, stored)
+	case dtype == "bfloat16" && stored != dtypes.BFloat16:
+		if bm.StepLayoutOf(m.Ctx) != bm.StepInOut {
+			if _, err := bm.DropStepWeights(m.Ctx); err != nil {
+				return err
+			}
+		}
+		if _, err := bm.CastWeights(backend, m.Ctx, dtypes.BFloat16); err != nil {
+			return err
+		}
+	}
+	m.Cfg.ComputeDType = dtype
+	return nil
 }
 
 // Generate continues prompt with the model m on backend, calling onToken (if not nil) with
@@ -247,6 +305,14 @@ func Generate(backend backends.Backend, m *LoadedModel, prompt []int, o Generate
 	if maxLen <= 0 {
 		maxLen = len(prompt) + max(o.MaxTokens, 1)
 	}
+	dtype, err := generateDType(o.DType, backend, m)
+	if err != nil {
+		return st, fmt.Errorf("generate: %w", err)
+	}
+	if err := castModel(backend, m, dtype); err != nil {
+		return st, fmt.Errorf("generate: %w", err)
+	}
+	st.DType = dtype
 	layout, err := StepLayoutFor(o.StepWeights, backend, bm.StepWeightBytes(m.Ctx))
 	if err != nil {
 		return st, fmt.Errorf("generate: %w", err)

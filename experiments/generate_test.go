@@ -284,3 +284,74 @@ func TestTextStreamer(t *testing.T) {
 		t.Errorf("after flush: %q", got)
 	}
 }
+
+// TestGenerateDType checks GenerateOptions.DType: "auto" keeps the config's dtype on the CPU;
+// "bfloat16" converts the stored matmul weights (and rebuilds the step copies from them) and
+// gives the tokens of a decoder built the way the latency benchmark builds one (bm.CastWeights,
+// then the folded copies); a later float32 generation on the converted model is an error that
+// says so, and an unknown dtype an error naming it.
+func TestGenerateDType(t *testing.T) {
+	backend := cpuBackend(t)
+	m, err := LoadModel(fixtureDir, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	prompt := []int{5, 9, 300, 2}
+	o := GenerateOptions{MaxTokens: 6, StepWeights: "folded"}
+	st, err := Generate(backend, m, prompt, o, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.DType != "float32" {
+		t.Errorf("auto on the CPU: dtype %q, want the config's float32", st.DType)
+	}
+	o.DType = "bfloat16"
+	st, err = Generate(backend, m, prompt, o, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.DType != "bfloat16" || m.Cfg.ComputeDType != "bfloat16" {
+		t.Errorf("bfloat16: ran with %q, model config now %q", st.DType, m.Cfg.ComputeDType)
+	}
+	for v := range m.Ctx.IterVariables() {
+		if bm.IsCastWeight(v.Scope(), v.Name()) && v.Shape().DType != dtypes.BFloat16 {
+			t.Errorf("bfloat16: weight %s stored as %s", v.ScopeAndName(), v.Shape().DType)
+		}
+		if strings.HasSuffix(v.Name(), "_stepTN") && v.Shape().DType == dtypes.Float32 && !strings.HasPrefix(v.Name(), "router") { // the router keeps a float32 copy
+			t.Errorf("bfloat16: step copy %s left in float32", v.ScopeAndName())
+		}
+	}
+	// The same model converted and folded as the benchmarks do, decoded greedily.
+	ref, err := LoadModel(fixtureDir, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref.Cfg.ComputeDType, ref.Cfg.StepFuse = "bfloat16", "residual"
+	if _, err := bm.CastWeights(backend, ref.Ctx, dtypes.BFloat16); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bm.SetStepLayout(backend, ref.Ctx, bm.StepFolded); err != nil {
+		t.Fatal(err)
+	}
+	dec, err := bm.NewDecoder(backend, ref.Ctx, ref.Cfg, 1, len(prompt)+o.MaxTokens)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := bm.NewGreedyDecoder(dec)
+	want, err := g.GenerateStream(prompt, o.MaxTokens, nil)
+	g.Release()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(st.Tokens, want) {
+		t.Errorf("bfloat16: tokens %v, the benchmarks' bfloat16 decoder %v", st.Tokens, want)
+	}
+	o.DType = "float32"
+	if _, err := Generate(backend, m, prompt, o, nil); err == nil || !strings.Contains(err.Error(), "converted to") {
+		t.Errorf("float32 after bfloat16: error %v, want one saying the weights were converted", err)
+	}
+	o.DType = "fp8"
+	if _, err := Generate(backend, m, prompt, o, nil); err == nil || !strings.Contains(err.Error(), `"fp8"`) {
+		t.Errorf("dtype fp8: error %v, want one naming it", err)
+	}
+}

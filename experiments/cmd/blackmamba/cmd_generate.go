@@ -99,6 +99,7 @@ func runGenerate(fs *flag.FlagSet, args []string) error {
 	resident := fs.Bool("resident", true, "greedy generation with every input of a call kept on the device and written over by the call's outputs (bm.GreedyDecoder.GenerateResidentStream; tokens arrive in groups, see -stream-interval): on XLA the calls are launched ahead of the device (see -sync-calls); on an H200 the 1.5b latency sweep took 0.58-0.64 ms per token this way at one step per call, 1.31-1.71 ms with the held steps at 4; false runs the held steps; sampling ignores it")
 	streamInterval := fs.Duration("stream-interval", 20*time.Millisecond, "with -resident: copy the generated tokens to the host at most this often (and at the end), printing those since the last copy together; 0 copies after every call (the tokens of -unroll steps)")
 	syncCalls := fs.Bool("sync-calls", false, "with -resident: wait for each call to finish before launching the next (bm.GreedyDecoder.SyncCalls); by default, on XLA, the calls are launched ahead of the device")
+	dtype := fs.String("dtype", "auto", `dtype of the matmuls and of the stored matmul weights: "float32", "bfloat16" (the weights converted after loading) or "auto" (bfloat16 on an NVIDIA GPU, where a decoding step reads half the bytes; else the model config's)`)
 	unroll := fs.Int("unroll", 1, "greedy steps per executable call (tokens still stream one by one, k at a time); on an H200, 4 took the 1.5b from 2.21 to 1.57 ms per token but about 15 s longer to compile: for long generations")
 	backendFlag := xla.AddFlag(fs)
 	if err := fs.Parse(args); err != nil {
@@ -128,6 +129,9 @@ func runGenerate(fs *flag.FlagSet, args []string) error {
 	}
 	if err := experiments.CheckStepFuse(*stepFuse); err != nil {
 		return fmt.Errorf("-step-fuse %q: %w", *stepFuse, err)
+	}
+	if err := experiments.CheckGenerateDType(*dtype); err != nil {
+		return fmt.Errorf("-%w", err)
 	}
 	backend, choice, err := xla.NewForDecoding(*backendFlag)
 	if err != nil {
@@ -184,6 +188,7 @@ func runGenerate(fs *flag.FlagSet, args []string) error {
 		Resident:       *resident,
 		StreamInterval: *streamInterval,
 		SyncCalls:      *syncCalls,
+		DType:          *dtype,
 	}, onToken)
 	if streamer != nil {
 		streamer.Flush()
@@ -206,7 +211,7 @@ func runGenerate(fs *flag.FlagSet, args []string) error {
 	if st.Resident {
 		loop = "resident"
 	}
-	fmt.Fprintf(os.Stderr, "steps: %s weights, step fuse %s, %d per call, %s\n", st.StepLayout, fuse, max(*unroll, 1), loop)
+	fmt.Fprintf(os.Stderr, "steps: %s, %s weights, step fuse %s, %d per call, %s\n", st.DType, st.StepLayout, fuse, max(*unroll, 1), loop)
 	if backend.Name() == xla.BackendXLA {
 		if used := xla.DeviceMemoryUsed(); used > 0 {
 			what := "XLA's reservation; BLACKMAMBA_GPU_MEMORY=grow measures the high-water mark"

@@ -45,6 +45,7 @@ func TestModelAndSamplingFlags(t *testing.T) {
 		{"unknown step weights", "generate", `-step-weights "rows": want auto, inout, transposed or folded`, append(slices.Clone(ok), "-step-weights", "rows")},
 		{"negative unroll", "generate", "-unroll -2: want a positive number of steps", append(slices.Clone(ok), "-unroll", "-2")},
 		{"negative stream interval", "generate", "-stream-interval -1s: want a duration of 0 or more", append(slices.Clone(ok), "-stream-interval", "-1s")},
+		{"unknown dtype", "generate", `-dtype "fp16": want float32, bfloat16 or auto`, append(slices.Clone(ok), "-dtype", "fp16")},
 		{"unknown step fuse", "generate", `-step-fuse "resid"`, append(slices.Clone(ok), "-step-fuse", "resid")},
 		{"step fuse without folded", "generate", `step fuse "residual" needs the folded step weights, not transposed`, append(slices.Clone(ok), "-backend", "go", "-step-fuse", "residual", "-step-weights", "transposed")},
 	}
