@@ -201,9 +201,9 @@ func CheckStepFuse(stepFuse string) error {
 	return bm.CheckStepFuse(stepFuse)
 }
 
-// stepFuseFor resolves GenerateOptions.StepFuse for the step layout: the bm.Config.StepFuse
+// StepFuseFor resolves GenerateOptions.StepFuse (or latency -step-fuse) for the step layout: the bm.Config.StepFuse
 // value to generate with.
-func stepFuseFor(stepFuse string, layout bm.StepLayout) (string, error) {
+func StepFuseFor(stepFuse string, layout bm.StepLayout) (string, error) {
 	if err := CheckStepFuse(stepFuse); err != nil {
 		return "", fmt.Errorf("step fuse %q: %w", stepFuse, err)
 	}
@@ -318,7 +318,7 @@ func Generate(backend backends.Backend, m *LoadedModel, prompt []int, o Generate
 		return st, fmt.Errorf("generate: %w", err)
 	}
 	cfg := m.Cfg
-	if cfg.StepFuse, err = stepFuseFor(o.StepFuse, layout); err != nil {
+	if cfg.StepFuse, err = StepFuseFor(o.StepFuse, layout); err != nil {
 		return st, fmt.Errorf("generate: %w", err)
 	}
 	st.StepLayout, st.StepFuse = layout, cfg.StepFuse

@@ -62,7 +62,12 @@ type Options struct {
 	// device before the next, instead of being launched ahead where the backend has a
 	// bm.Pipeline (XLA).
 	SyncCalls bool
-	Log       io.Writer
+	// ChooseSteps, when set, picks each architecture's step layout and bm.Config.StepFuse once
+	// its weights are made and cast, from the bytes its step copies would take
+	// (bm.StepWeightBytes); StepWeights and StepFuse are then ignored. The command's "auto"
+	// settings use it (folded with "residual" on an NVIDIA GPU).
+	ChooseSteps func(backend backends.Backend, copyBytes int64) (bm.StepLayout, string, error)
+	Log         io.Writer
 	// AfterArch, if set, receives the result so far after each architecture (e.g. to save it,
 	// so that a run stopped by a time limit keeps the architectures it finished), and after
 	// every timed pass with the current architecture's statistics over the passes done so far
@@ -215,7 +220,7 @@ func (o *Options) defaults() error {
 	if err := bm.CheckStepFuse(o.StepFuse); err != nil {
 		return fmt.Errorf("latency: %w", err)
 	}
-	if o.StepFuse != "" && o.StepWeights != bm.StepFolded {
+	if o.StepFuse != "" && o.StepWeights != bm.StepFolded && o.ChooseSteps == nil {
 		return fmt.Errorf("latency: step fuse %q applies to the folded step weights only, not %s", o.StepFuse, o.StepWeights)
 	}
 	if o.Log == nil {
@@ -291,6 +296,18 @@ func runArch(backend backends.Backend, cfg bm.Config, opts Options, afterRep fun
 	}
 	if _, err := bm.CastWeights(backend, ctx, bm.ComputeDType(cfg)); err != nil {
 		return nil, err
+	}
+	if opts.ChooseSteps != nil {
+		layout, fuse, err := opts.ChooseSteps(backend, bm.StepWeightBytes(ctx))
+		if err != nil {
+			return nil, err
+		}
+		opts.StepWeights, cfg.StepFuse = layout, fuse
+		if err := cfg.Validate(); err != nil {
+			return nil, err
+		}
+		a.StepTransposed, a.StepFolded, a.StepFuse = layout != bm.StepInOut, layout == bm.StepFolded, fuse
+		fmt.Fprintf(opts.Log, "  steps: %s weights, step fuse %q\n", layout, fuse)
 	}
 	if _, err := bm.SetStepLayout(backend, ctx, opts.StepWeights); err != nil {
 		return nil, err

@@ -305,3 +305,35 @@ func TestRunUnrolledCompilesNothingTimed(t *testing.T) {
 		}
 	}
 }
+
+// TestChooseSteps: Options.ChooseSteps picks each architecture's layout and fusion from its step
+// copies' bytes (after the cast), overriding StepWeights and StepFuse, and the result records
+// what ran; its error stops the sweep.
+func TestChooseSteps(t *testing.T) {
+	backend := cpuBackend(t)
+	var sizes []int64
+	opts := Options{Family: "tiny", Archs: []string{"tiny", "tiny-mamba"}, MaxLen: 8, MinLen: 4, Reps: 1, Resident: true,
+		StepWeights: bm.StepTransposed, StepFuse: "gate",
+		ChooseSteps: func(_ backends.Backend, copyBytes int64) (bm.StepLayout, string, error) {
+			sizes = append(sizes, copyBytes)
+			return bm.StepFolded, "residual", nil
+		}}
+	res, err := Run(backend, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, a := range res.Archs {
+		if !a.StepFolded || !a.StepTransposed || a.StepFuse != "residual" || !a.TokensRepeat {
+			t.Errorf("%s: folded %v, transposed %v, fuse %q, tokens repeat %v; want the chosen folded/residual", a.Config, a.StepFolded, a.StepTransposed, a.StepFuse, a.TokensRepeat)
+		}
+		if i >= len(sizes) || sizes[i] <= 0 {
+			t.Errorf("%s: ChooseSteps saw copy bytes %v", a.Config, sizes)
+		}
+	}
+	opts.ChooseSteps = func(backends.Backend, int64) (bm.StepLayout, string, error) {
+		return "", "", fmt.Errorf("no layout fits")
+	}
+	if _, err := Run(backend, opts); err == nil || !strings.Contains(err.Error(), "no layout fits") {
+		t.Errorf("a failing ChooseSteps: error %v", err)
+	}
+}

@@ -6,7 +6,10 @@ import (
 	"os"
 	"strings"
 
+	"github.com/gomlx/gomlx/backends"
+
 	"blackmamba/bm"
+	"blackmamba/experiments"
 	"blackmamba/experiments/latency"
 	"blackmamba/experiments/results"
 	"blackmamba/xla"
@@ -32,10 +35,10 @@ func runLatency(fs *flag.FlagSet, args []string) error {
 	seed := fs.Int64("seed", 1, "seed of the random weights")
 	unroll := fs.Int("unroll", 1, "greedy steps per executable call (1: one call per token; k > 1 unrolls k steps into one graph, compiled once per KV-cache length)")
 	stepRows := fs.Int("step-rows", 0, "rows of the decode step's weight products (bm.Config.StepRows): 2 keeps them matrix multiplications on a GPU, where XLA rewrites single-row products; 0: not padded")
-	stepFuse := fs.String("step-fuse", "", `rearrangements of the folded layout's batch-1 step (bm.Config.StepFuse): a comma-separated list of "gate", "residual" and "router"; "": none`)
-	stepWeights := fs.String("step-weights", "inout", "layout of the weights the decode steps read: inout (the model's), transposed (bm.TransposeStepWeights: [out, in] copies, row reductions on a GPU; the copies double the matmul weights' memory) or folded (bm.FoldStepWeights: those copies with the norm gains folded into the blocks' first products)")
+	stepFuse := fs.String("step-fuse", "auto", `rearrangements of the folded layout's batch-1 step (bm.Config.StepFuse): a comma-separated list of "gate", "residual" and "router"; "none"; or "auto": residual with the folded weights, else none`)
+	stepWeights := fs.String("step-weights", "auto", "layout of the weights the decode steps read: inout (the model's), transposed (bm.TransposeStepWeights: [out, in] copies, row reductions on a GPU; the copies double the matmul weights' memory), folded (bm.FoldStepWeights: those copies with the norm gains folded into the blocks' first products) or auto (as generate: folded on an NVIDIA GPU and transposed on the pure-Go backend when the copies fit, else inout)")
 	stepTransposed := fs.Bool("step-transposed", false, "the same as -step-weights transposed")
-	resident := fs.Bool("resident", false, "run the steps with every input of a call kept on the device and donated, on XLA written over by the call's outputs, the tokens read at each checkpoint (bm.GreedyDecoder.GenerateResident), instead of one tensor per token; on XLA the calls after the first are launched ahead of the device (see -sync-calls). On an H200 the 1.5b sweep took 0.58-0.64 ms per token this way with -step-weights folded -step-fuse residual at one step per call")
+	resident := fs.Bool("resident", true, "run the steps with every input of a call kept on the device and donated, on XLA written over by the call's outputs, the tokens read at each checkpoint (bm.GreedyDecoder.GenerateResident), instead of one tensor per token; on XLA the calls after the first are launched ahead of the device (see -sync-calls). On an H200 the 1.5b sweep took 0.58-0.64 ms per token this way with -step-weights folded -step-fuse residual at one step per call")
 	syncCalls := fs.Bool("sync-calls", false, "with -resident: wait for each call to finish before launching the next (bm.GreedyDecoder.SyncCalls); by default, on XLA, the calls are launched ahead of the device, a few in flight")
 	out := fs.String("out", "experiments/results/latency.json", "result JSON to write")
 	plotDir := fs.String("plots", "plots/latency", "directory for the PNG and SVG figures (empty: no plots)")
@@ -73,22 +76,43 @@ func runLatency(fs *flag.FlagSet, args []string) error {
 			return err
 		}
 	} else {
-		layout, err := bm.ParseStepLayout(*stepWeights)
+		layout, auto, err := experiments.ParseStepWeights(*stepWeights)
 		if err != nil {
-			return fmt.Errorf("-step-weights: %w", err)
+			return fmt.Errorf("-step-weights %w", err)
 		}
 		if *stepTransposed {
-			if layout != bm.StepInOut && layout != bm.StepTransposed {
+			if auto || layout == bm.StepInOut {
+				layout, auto = bm.StepTransposed, false
+			}
+			if layout != bm.StepTransposed {
 				return fmt.Errorf("-step-transposed and -step-weights %s contradict each other", layout)
 			}
-			layout = bm.StepTransposed
+		}
+		if err := experiments.CheckStepFuse(*stepFuse); err != nil {
+			return fmt.Errorf("-step-fuse %q: %w", *stepFuse, err)
+		}
+		fuse := ""
+		if !auto {
+			if fuse, err = experiments.StepFuseFor(*stepFuse, layout); err != nil {
+				return fmt.Errorf("-step-fuse: %w", err)
+			}
 		}
 		backend, choice, err := xla.NewForDecoding(*backendFlag)
 		if err != nil {
 			return err
 		}
 		fmt.Fprintf(os.Stderr, "backend: %s\n", choice)
-		opts := latency.Options{Family: *family, MaxLen: *maxLen, MinLen: *minLen, Reps: *reps, Seed: *seed, Unroll: *unroll, StepRows: *stepRows, StepWeights: layout, StepFuse: *stepFuse, Resident: *resident, SyncCalls: *syncCalls, Log: os.Stderr}
+		opts := latency.Options{Family: *family, MaxLen: *maxLen, MinLen: *minLen, Reps: *reps, Seed: *seed, Unroll: *unroll, StepRows: *stepRows, StepWeights: layout, StepFuse: fuse, Resident: *resident, SyncCalls: *syncCalls, Log: os.Stderr}
+		if auto {
+			opts.ChooseSteps = func(b backends.Backend, copyBytes int64) (bm.StepLayout, string, error) {
+				l, err := experiments.StepLayoutFor("auto", b, copyBytes)
+				if err != nil {
+					return "", "", err
+				}
+				f, err := experiments.StepFuseFor(*stepFuse, l)
+				return l, f, err
+			}
+		}
 		if *archs != "" {
 			opts.Archs = strings.Split(*archs, ",")
 		}
