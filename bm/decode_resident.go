@@ -262,7 +262,7 @@ func (d *GreedyDecoder) residentRun(name string, tok *tensors.Tensor, n int, eac
 			if start := pipelineFor(d.backend); start != nil {
 				more, err := d.pipelineRun(start, e, k, m, append([]*tensors.Tensor{cur, posT, hist}, d.states...), each)
 				if err != nil {
-					d.states = nil // lost with the failed call; the other outputs are freed above
+					d.states = nil // lost with the failed call; the deferred cleanup frees the other outputs
 					return fmt.Errorf("bm: %s: %w", name, err)
 				}
 				if !more {
