@@ -289,21 +289,29 @@ func (d *GreedyDecoder) sameCalls(k, end int) int {
 // residentRun does. The buffers of outs hold the last call's outputs when it returns without
 // an error. It reports whether each asked for more.
 func (d *GreedyDecoder) pipelineRun(start PipelineStarter, e *readOnlyExec, k, m int, outs []*tensors.Tensor, each func(flat func() ([]int32, error), from, to int) (bool, error)) (bool, error) {
-	g, inputs := e.lastCall()
-	if g == nil || len(inputs) < len(outs) {
+	g := e.lastGraph()
+	if g == nil || g.NumParameters() < len(outs) {
 		return false, fmt.Errorf("pipeline: no previous call of the resident executable with its %d outputs", len(outs))
 	}
 	exec, err := graphExecutable(g)
 	if err != nil {
 		return false, err
 	}
-	bufs := make([]backends.Buffer, len(inputs))
+	// The last call's outputs in place of its arguments, then the weights.
+	bufs := make([]backends.Buffer, g.NumParameters())
 	for i, t := range outs {
 		if bufs[i], err = t.Buffer(d.backend, 0); err != nil {
 			return false, fmt.Errorf("pipeline: output %d: %w", i, err)
 		}
 	}
-	copy(bufs[len(outs):], inputs[len(outs):])
+	if err := e.feedVariables(d.backend, g, bufs, nil); err != nil {
+		return false, fmt.Errorf("pipeline: %w", err)
+	}
+	for i, b := range bufs {
+		if b == nil {
+			return false, fmt.Errorf("pipeline: parameter %d of the resident executable has no buffer", i)
+		}
+	}
 	p, err := start(exec, bufs, len(outs))
 	if err != nil {
 		return false, fmt.Errorf("pipeline: %w", err)

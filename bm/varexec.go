@@ -2,7 +2,6 @@ package bm
 
 import (
 	"fmt"
-	"slices"
 	"sync"
 
 	"github.com/gomlx/gomlx/backends"
@@ -21,17 +20,39 @@ type readOnlyExec struct {
 	exec  *Exec
 	mu    sync.Mutex
 	feeds map[GraphId]variableFeed
-	// The graph and inputs of the last call (the inputs as given to the backend, arguments
-	// first, then the variables' buffers), for a Pipeline of further calls.
-	lastGraph  *Graph
-	lastInputs []backends.Buffer
+	last  *Graph // the graph of the last call, for a Pipeline of further calls
 }
 
-// lastCall returns the graph of the last call and the buffers it was given (see lastInputs).
-func (r *readOnlyExec) lastCall() (*Graph, []backends.Buffer) {
+// lastGraph returns the graph of the last call (nil before the first).
+func (r *readOnlyExec) lastGraph() *Graph {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.lastGraph, r.lastInputs
+	return r.last
+}
+
+// feedVariables puts the current buffers of the variables graph g reads into inputs (the
+// graph's parameters as given to the backend) at their parameters, marked not donated when
+// donate is not nil.
+func (r *readOnlyExec) feedVariables(backend backends.Backend, g *Graph, inputs []backends.Buffer, donate []bool) error {
+	r.mu.Lock()
+	feed, ok := r.feeds[g.GraphId()]
+	r.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("bm: read-only executable: no variables recorded for graph %d", g.GraphId())
+	}
+	for i, v := range feed.vars {
+		value, err := v.Value()
+		if err != nil {
+			return fmt.Errorf("bm: variable %s: %w", v.ScopeAndName(), err)
+		}
+		if inputs[feed.handles[i]], err = value.Buffer(backend, 0); err != nil {
+			return fmt.Errorf("bm: variable %s: %w", v.ScopeAndName(), err)
+		}
+		if donate != nil {
+			donate[feed.handles[i]] = false
+		}
+	}
+	return nil
 }
 
 // Exec runs the graph for args (see graph.Exec.Exec), building it first for new shapes.
@@ -75,24 +96,11 @@ func newReadOnlyExec(backend backends.Backend, ctx *context.Context, fn func(ctx
 		return nil, err
 	}
 	e.SetSideParamsHook(func(g *Graph, inputs []backends.Buffer, donate []bool) error {
-		r.mu.Lock()
-		feed, ok := r.feeds[g.GraphId()]
-		r.mu.Unlock()
-		if !ok {
-			return fmt.Errorf("bm: read-only executable: no variables recorded for graph %d", g.GraphId())
-		}
-		for i, v := range feed.vars {
-			value, err := v.Value()
-			if err != nil {
-				return fmt.Errorf("bm: variable %s: %w", v.ScopeAndName(), err)
-			}
-			if inputs[feed.handles[i]], err = value.Buffer(backend, 0); err != nil {
-				return fmt.Errorf("bm: variable %s: %w", v.ScopeAndName(), err)
-			}
-			donate[feed.handles[i]] = false
+		if err := r.feedVariables(backend, g, inputs, donate); err != nil {
+			return err
 		}
 		r.mu.Lock()
-		r.lastGraph, r.lastInputs = g, slices.Clone(inputs)
+		r.last = g
 		r.mu.Unlock()
 		return nil
 	})
