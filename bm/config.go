@@ -103,12 +103,16 @@ type Config struct {
 	// that follows a Mamba block inside the Mamba block's two products (its in_proj takes the
 	// router's rows, its out_proj the rows of the router times out_proj, a copy FoldStepWeights
 	// makes), so that the router has no product of its own, and picks the expert with
-	// elementwise comparisons. The values are the same up to rounding. Empty: none.
+	// elementwise comparisons; "ring" keeps each Mamba block's conv and SSM states in one
+	// tensor, the conv's inputs as a ring (mambaRingStep), so that the state update writes both
+	// and, with the gate inside the output's sum, is the same kernel as that sum (a Mamba block
+	// followed by an MoE block then leaves its residual add to that block's last product). The
+	// values are the same up to rounding. Empty: none.
 	StepFuse string `json:"step_fuse,omitempty"`
 }
 
 // StepFusions lists the values StepFuse may hold.
-var StepFusions = []string{"gate", "residual", "router"}
+var StepFusions = []string{"gate", "residual", "router", "ring"}
 
 // stepFuses reports whether c.StepFuse names fusion.
 func (c Config) stepFuses(fusion string) bool {

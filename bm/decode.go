@@ -14,7 +14,8 @@ import (
 // Recurrent decoding for every block kind: a prefill graph runs the prompt in parallel and
 // returns the per-block states; a step graph advances all blocks by one token. States per block:
 //
-//	Mamba      conv [B, D, K], ssm [B, D, N] float32 (constant size)
+//	Mamba      conv [B, D, K], ssm [B, D, N] float32 (constant size); with Config.StepFuse
+//	           "ring" one state [B, D, K+N] (mambaRingStep)
 //	attention  k, v [B, H, maxLen, hd] (KV cache, filled up to the current position)
 //	MLP, MoE   none
 //
@@ -60,7 +61,7 @@ func NewDecoder(backend backends.Backend, ctx *context.Context, cfg Config, batc
 	for _, b := range cfg.Blocks() {
 		switch b.Kind {
 		case KindMamba:
-			n += 2
+			n += mambaStates(cfg)
 		case KindAttention:
 			d.hasAttention = true
 			d.kvStates = append(d.kvStates, n, n+1)
@@ -203,6 +204,10 @@ func (d *Decoder) startEmpty() {
 	for _, b := range cfg.Blocks() {
 		switch b.Kind {
 		case KindMamba:
+			if mambaStates(cfg) == 1 {
+				d.states = append(d.states, tensors.FromShape(shapes.Make(dtypes.Float32, d.batch, cfg.Inner(), cfg.ConvKernel+cfg.StateSize)))
+				continue
+			}
 			d.states = append(d.states,
 				tensors.FromShape(shapes.Make(dtypes.Float32, d.batch, cfg.Inner(), cfg.ConvKernel)),
 				tensors.FromShape(shapes.Make(dtypes.Float32, d.batch, cfg.Inner(), cfg.StateSize)))
@@ -357,6 +362,15 @@ func (d *Decoder) Generate(prompt []int, maxNew int, s Sampler, onToken func(int
 	}
 }
 
+// mambaStates is the number of decoding states of a Mamba block: 1 with Config.StepFuse "ring"
+// (mambaRingStep's [B, D, K+N]), else 2 (conv [B, D, K] and ssm [B, D, N]).
+func mambaStates(cfg Config) int {
+	if cfg.stepFuses("ring") {
+		return 1
+	}
+	return 2
+}
+
 // decodePrefillGraph runs the stack on tokens [B, P] and returns the logits [B, V] of the last
 // position followed by the states of the blocks (see the comment at the top of this file);
 // attention caches get kvLen positions.
@@ -370,7 +384,11 @@ func decodePrefillGraph(ctx *context.Context, cfg Config, tokens *Node, kvLen in
 		switch b.Kind {
 		case KindMamba:
 			f, conv, ssm := MambaPrefill(mctx, cfg, h)
-			states = append(states, conv, ssm)
+			if mambaStates(cfg) == 1 {
+				states = append(states, mambaRingState(conv, ssm, P))
+			} else {
+				states = append(states, conv, ssm)
+			}
 			return f
 		case KindAttention:
 			f, k, v := AttentionPrefill(mctx, cfg, h, kvLen)
@@ -407,20 +425,28 @@ func decodeStepGraph(ctx *context.Context, cfg Config, token, pos *Node, states 
 		if !ok {
 			in = normedStepInput(RMSNorm(lctx.In("norm"), x, cfg.NormEps))
 		}
-		j := len(next) // each stateful block holds two states, in block order
+		j := len(next) // the states of the blocks, in block order
 		var f *Node
 		switch b.Kind {
 		case KindMamba:
-			var conv, ssm *Node
 			var rf *routerFold
 			if i+1 < len(blocks) && blocks[i+1].Kind == KindMoE {
 				rf = newRouterFold(mctx, layerScope(ctx, i+1).In("mixer"), cfg, in, blocks[i+1].Experts)
 			}
-			f, conv, ssm = mambaStep(mctx, cfg, in, states[j], states[j+1], rf)
+			if mambaStates(cfg) == 1 {
+				// The MoE block after it adds the residual in its last product.
+				in.deferResidual = i+1 < len(blocks) && blocks[i+1].Kind == KindMoE
+				var state *Node
+				f, state = mambaRingStep(mctx, cfg, in, states[j], pos, rf)
+				next = append(next, state)
+			} else {
+				var conv, ssm *Node
+				f, conv, ssm = mambaStep(mctx, cfg, in, states[j], states[j+1], rf)
+				next = append(next, conv, ssm)
+			}
 			if rf != nil {
 				routed = rf.logits
 			}
-			next = append(next, conv, ssm)
 		case KindAttention:
 			var k, v *Node
 			f, k, v = attentionStep(mctx, cfg, in, pos, states[j], states[j+1])

@@ -461,6 +461,11 @@ func stepMatmulVar(ctx *context.Context, cfg Config, name string, outProj bool, 
 type stepInput struct {
 	u, x *Node
 	norm *stepNorm
+	// deferResidual leaves the residual add of a block that would add it inside its last
+	// product (addsResidual) to the next block, whose products take the sum as their input
+	// and whose last product adds it: Config.StepFuse "ring" sets it on a Mamba block followed
+	// by an MoE block, so that nothing is appended to the Mamba output's sum.
+	deferResidual bool
 }
 
 // stepNorm holds the 1/rms [B, 1] of a folded stepInput once known. At batch 1 the first
@@ -564,7 +569,9 @@ func (in stepInput) product(ctx *context.Context, cfg Config, name string, outPr
 // addsResidual reports whether the block's step returns the new residual (its output plus the
 // block's input, added inside its last product: cfg.StepFuse "residual") rather than its
 // output: for rowwise inputs.
-func (in stepInput) addsResidual(cfg Config) bool { return in.rowwise() && cfg.stepFuses("residual") }
+func (in stepInput) addsResidual(cfg Config) bool {
+	return in.rowwise() && cfg.stepFuses("residual") && !in.deferResidual
+}
 
 // rowProduct is the product of a folded input at batch 1 with wt [out, in] (a gain-folded copy,
 // or [B, out, in] gathered from one) → [B, out] float32, times 1/rms: by stepRowProduct, which

@@ -167,18 +167,9 @@ func MambaStep(ctx *context.Context, cfg Config, u, conv, ssm *Node) (out, conv2
 // residual for in_proj's gain-folded copy). With rf (Config.StepFuse "router", batch 1) its
 // two products also compute the next MoE block's router logits, into rf.logits.
 func mambaStep(ctx *context.Context, cfg Config, in stepInput, conv, ssm *Node, rf *routerFold) (out, conv2, ssm2 *Node) {
-	g := in.graph()
-	w := mambaVariablesFor(ctx, cfg, g, false)
-	d, D, N, K, R := cfg.Dim, cfg.Inner(), cfg.StateSize, cfg.ConvKernel, cfg.Rank()
-
-	var xz *Node
-	if rf != nil {
-		xz = rf.inProj(ctx, cfg, in, d, 2*D)
-	} else {
-		xz = in.project(ctx, cfg, "in_proj", d, 2*D) // [B, 2D]
-	}
-	x := SliceAxis(xz, -1, AxisRange(0, D))
-	z := SliceAxis(xz, -1, AxisRange(D, 2*D))
+	w := mambaVariablesFor(ctx, cfg, in.graph(), false)
+	D, N, K := cfg.Inner(), cfg.StateSize, cfg.ConvKernel
+	x, z := mambaInProj(ctx, cfg, in, rf)
 
 	// Shift the conv state left by one and write the new input in the last slot.
 	conv2 = InsertAxes(x, -1)
@@ -193,15 +184,8 @@ func mambaStep(ctx *context.Context, cfg Config, in stepInput, conv, ssm *Node, 
 	taps := Reshape(conv1dTaps(TransposeAllDims(conv2, 0, 2, 1), w.convW, 1), in.batch(), D) // [B, D]
 	xc := activations.Swish(Add(taps, ExpandLeftToRank(w.convB, 2)))                         // [B, D]
 
-	// One matmul for the three parts here (a decode step is bound by its kernel count, and the
-	// slow kernel xProjections avoids only arises in the sequence form); in float32 its values
-	// equal the sequence form's.
-	xdbl := in.product(ctx, cfg, "x_proj", false, xc, D, R+2*N) // [B, R+2N]
-	dt := SliceAxis(xdbl, -1, AxisRange(0, R))
-	bm := SliceAxis(xdbl, -1, AxisRange(R, R+N))
-	cm := SliceAxis(xdbl, -1, AxisRange(R+N, R+2*N))
-	delta := Softplus(Add(StepProduct(cfg, dt, w.dtProj), ExpandLeftToRank(w.dtBias, 2))) // [B, D]
-	A := Neg(Exp(w.aLog))                                                                 // [D, N]
+	delta, bm, cm := mambaSelect(ctx, cfg, in, w, xc)
+	A := Neg(Exp(w.aLog)) // [D, N]
 
 	decay := Exp(Mul(InsertAxes(delta, -1), InsertAxes(A, 0)))                          // [B, D, N]
 	ssm2 = Add(Mul(decay, ssm), Mul(InsertAxes(Mul(delta, xc), -1), InsertAxes(bm, 1))) // [B, D, N]
@@ -219,11 +203,115 @@ func mambaStep(ctx *context.Context, cfg Config, in stepInput, conv, ssm *Node, 
 	} else {
 		y = Mul(Add(ReduceSum(states, -1), skip), gate)
 	}
-	if rf != nil {
-		return rf.outProj(ctx, cfg, in, y, D, d), conv2, ssm2
+	return mambaOutProj(ctx, cfg, in, y, rf), conv2, ssm2
+}
+
+// mambaRingStep is mambaStep with the block's two states in one tensor, state [B, D, K+N]
+// float32 (Config.StepFuse "ring"): columns [0, K) hold the conv's last K inputs as a ring,
+// the input of position t in column t mod K, and columns [K, K+N) the SSM state; pos is the
+// token's position (scalar int32). Nothing moves in the ring: each column of the new state is
+// an elementwise function of the same column of the old one (this token's input in column
+// pos mod K, the SSM update in the others, the identity in the rest of the ring), so that the
+// state update, the conv state's write and the gated output's sum over the columns can be one
+// reduction with the new state as its second output, where the two-state form takes three
+// kernels on a GPU. The conv taps are rotated instead, to the ring's order at pos. The values
+// are those of mambaStep with "gate" (the skip term split evenly over the N state columns).
+func mambaRingStep(ctx *context.Context, cfg Config, in stepInput, state, pos *Node, rf *routerFold) (out, state2 *Node) {
+	g := in.graph()
+	w := mambaVariablesFor(ctx, cfg, g, false)
+	D, N, K, B := cfg.Inner(), cfg.StateSize, cfg.ConvKernel, in.batch()
+	C := K + N
+	x, z := mambaInProj(ctx, cfg, in, rf)
+
+	// The ring with this token's input in its slot.
+	slot := ModScalar(ConvertDType(pos, dtypes.Int32), K)
+	isSlot := BroadcastToDims(Equal(Iota(g, shapes.Make(dtypes.Int32, 1, 1, C), 2), slot), B, D, C)
+	xs := BroadcastToDims(InsertAxes(x, -1), B, D, C)
+	ring := Where(isSlot, xs, state)
+	// Tap k (0 the oldest input, K−1 this token's) reads column (pos+1+k) mod K: column c takes
+	// tap (c + K − 1 − slot) mod K.
+	tap := ModScalar(Sub(AddScalar(Iota(g, shapes.Make(dtypes.Int32, K, 1), 0), K-1), slot), K)
+	rot := Gather(w.convW, tap) // [K, D]
+	var taps *Node
+	for c := range K {
+		term := Mul(Reshape(SliceAxis(ring, 2, AxisElem(c)), B, D), SliceAxis(rot, 0, AxisElem(c)))
+		if taps == nil {
+			taps = term
+		} else {
+			taps = Add(taps, term)
+		}
 	}
-	out = in.product(ctx, cfg, "out_proj", true, y, D, d)
-	return out, conv2, ssm2
+	xc := activations.Swish(Add(taps, ExpandLeftToRank(w.convB, 2))) // [B, D]
+
+	delta, bm, cm := mambaSelect(ctx, cfg, in, w, xc)
+	// A, B and C with K zero columns in front: the update leaves the ring's columns as they are
+	// (exp(0)·s + 0), and the output's sum takes nothing from them.
+	zerosB := Zeros(g, shapes.Make(dtypes.Float32, B, K))
+	aFull := Concatenate([]*Node{Zeros(g, shapes.Make(dtypes.Float32, D, K)), Neg(Exp(w.aLog))}, 1) // [D, C]
+	bFull := Concatenate([]*Node{zerosB, bm}, 1)                                                    // [B, C]
+	cFull := Concatenate([]*Node{zerosB, cm}, 1)                                                    // [B, C]
+	decay := Exp(Mul(InsertAxes(delta, -1), InsertAxes(aFull, 0)))                                  // [B, D, C]
+	upd := Add(Mul(decay, state), Mul(InsertAxes(Mul(delta, xc), -1), InsertAxes(bFull, 1)))
+	state2 = Where(isSlot, xs, upd)
+
+	// y = Σ_c (C_c·h_c + D·x/N over the state columns)·silu(z)
+	skip := Mul(xc, ExpandLeftToRank(w.dSkip, 2)) // [B, D]
+	spread := make([]float32, C)
+	for c := K; c < C; c++ {
+		spread[c] = 1 / float32(N)
+	}
+	terms := Add(Mul(state2, InsertAxes(cFull, 1)), Mul(InsertAxes(skip, -1), Reshape(Const(g, spread), 1, 1, C)))
+	y := ReduceSum(Mul(terms, InsertAxes(activations.Swish(z), -1)), -1) // [B, D]
+	return mambaOutProj(ctx, cfg, in, y, rf), state2
+}
+
+// mambaRingState returns the "ring" state [B, D, K+N] of a Mamba block after a prompt of P
+// tokens from its two states (MambaPrefill): the conv state's columns (positions P−K … P−1)
+// rotated to columns (P−K+i) mod K, then the SSM state.
+func mambaRingState(conv, ssm *Node, P int) *Node {
+	K := conv.Shape().Dim(2)
+	if s := P % K; s != 0 {
+		conv = Concatenate([]*Node{SliceAxis(conv, 2, AxisRange(K-s, K)), SliceAxis(conv, 2, AxisRange(0, K-s))}, 2)
+	}
+	return Concatenate([]*Node{conv, ssm}, 2)
+}
+
+// mambaInProj is a step's in_proj of the block input (with rf's router rows when rf is not
+// nil): x and z [B, D] float32.
+func mambaInProj(ctx *context.Context, cfg Config, in stepInput, rf *routerFold) (x, z *Node) {
+	d, D := cfg.Dim, cfg.Inner()
+	var xz *Node
+	if rf != nil {
+		xz = rf.inProj(ctx, cfg, in, d, 2*D)
+	} else {
+		xz = in.project(ctx, cfg, "in_proj", d, 2*D) // [B, 2D]
+	}
+	return SliceAxis(xz, -1, AxisRange(0, D)), SliceAxis(xz, -1, AxisRange(D, 2*D))
+}
+
+// mambaSelect is a step's x_proj and dt_proj of the conv output xc [B, D]: Δ [B, D], B and C
+// [B, N].
+func mambaSelect(ctx *context.Context, cfg Config, in stepInput, w mambaWeights, xc *Node) (delta, bm, cm *Node) {
+	D, N, R := cfg.Inner(), cfg.StateSize, cfg.Rank()
+	// One matmul for the three parts here (a decode step is bound by its kernel count, and the
+	// slow kernel xProjections avoids only arises in the sequence form); in float32 its values
+	// equal the sequence form's.
+	xdbl := in.product(ctx, cfg, "x_proj", false, xc, D, R+2*N) // [B, R+2N]
+	dt := SliceAxis(xdbl, -1, AxisRange(0, R))
+	bm = SliceAxis(xdbl, -1, AxisRange(R, R+N))
+	cm = SliceAxis(xdbl, -1, AxisRange(R+N, R+2*N))
+	delta = Softplus(Add(StepProduct(cfg, dt, w.dtProj), ExpandLeftToRank(w.dtBias, 2))) // [B, D]
+	return delta, bm, cm
+}
+
+// mambaOutProj is a step's out_proj of the gated output y [B, D] (with rf's router rows when rf
+// is not nil).
+func mambaOutProj(ctx *context.Context, cfg Config, in stepInput, y *Node, rf *routerFold) *Node {
+	D, d := cfg.Inner(), cfg.Dim
+	if rf != nil {
+		return rf.outProj(ctx, cfg, in, y, D, d)
+	}
+	return in.product(ctx, cfg, "out_proj", true, y, D, d)
 }
 
 // scanMaxBatch is the ScanOptions.MaxBatch of cfg.ScanMaxTokens for sequences of T tokens: 0

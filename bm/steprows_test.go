@@ -89,7 +89,8 @@ func TestStepProduct(t *testing.T) {
 // folded layout's batch-1 products sum in float32 where the others round their inputs to
 // bfloat16 first, so in bfloat16 its greedy tokens may part from the plain decoder's at a
 // near tie; it is checked for the same tokens in float32 (also with Config.StepFuse
-// "gate,residual", "router" and "residual,router"), and in bfloat16 by TestFoldedStepLogitsBF16. On a compiling backend (a GPU)
+// "gate,residual", "router", "residual,router", "residual,ring" and "residual,router,ring"),
+// and in bfloat16 by TestFoldedStepLogitsBF16. On a compiling backend (a GPU)
 // the same holds for the padded rows in bfloat16: there the one-row product rounds each
 // bfloat16 product before its float32 sum and the padded one is a matrix multiplication that
 // does not (TestStepProduct bounds the difference), so the padded rows are checked for the
@@ -103,7 +104,7 @@ func TestStepVariantsGreedyTokens(t *testing.T) {
 				t.Run(fmt.Sprintf("%s/unroll%d/%s", cfg.Name, unroll, dtype), func(t *testing.T) {
 					variants := []string{"plain", "rows", "transposed"}
 					if dtype == "float32" {
-						variants = []string{"plain", "folded", "folded-fused", "folded-router", "folded-all"}
+						variants = []string{"plain", "folded", "folded-fused", "folded-router", "folded-all", "folded-ring", "folded-ring-all"}
 					}
 					if !xla.IsPureGo(backend) {
 						if dtype == "float32" {
@@ -126,6 +127,10 @@ func TestStepVariantsGreedyTokens(t *testing.T) {
 							c.StepFuse, variant = "router", "folded"
 						case "folded-all":
 							c.StepFuse, variant = "residual,router", "folded"
+						case "folded-ring":
+							c.StepFuse, variant = "residual,ring", "folded"
+						case "folded-ring-all":
+							c.StepFuse, variant = "residual,router,ring", "folded"
 						}
 						ctx := stepVariantContext(t, backend, c, variant)
 						dec, err := NewDecoder(backend, ctx, c, 1, maxLen)
