@@ -104,7 +104,7 @@ type Config struct {
 	// router's rows, its out_proj the rows of the router times out_proj, a copy FoldStepWeights
 	// makes), so that the router has no product of its own, and picks the expert with
 	// elementwise comparisons; "ring" keeps each Mamba block's conv and SSM states in one
-	// tensor, the conv's inputs as a ring (mambaRingStep), so that the state update writes both
+	// tensor, the conv's inputs as a ring (mambaRingStep, padded to 32 columns at K + N = 20), so that the state update writes both
 	// and, with the gate inside the output's sum, is the same kernel as that sum (a Mamba block
 	// followed by an MoE block then leaves its residual add to that block's last product). The
 	// values are the same up to rounding. Empty: none.

@@ -15,7 +15,7 @@ import (
 // returns the per-block states; a step graph advances all blocks by one token. States per block:
 //
 //	Mamba      conv [B, D, K], ssm [B, D, N] float32 (constant size); with Config.StepFuse
-//	           "ring" one state [B, D, K+N] (mambaRingStep)
+//	           "ring" one state [B, D, C], C = mambaRingWidth (mambaRingStep)
 //	attention  k, v [B, H, maxLen, hd] (KV cache, filled up to the current position)
 //	MLP, MoE   none
 //
@@ -205,7 +205,7 @@ func (d *Decoder) startEmpty() {
 		switch b.Kind {
 		case KindMamba:
 			if mambaStates(cfg) == 1 {
-				d.states = append(d.states, tensors.FromShape(shapes.Make(dtypes.Float32, d.batch, cfg.Inner(), cfg.ConvKernel+cfg.StateSize)))
+				d.states = append(d.states, tensors.FromShape(shapes.Make(dtypes.Float32, d.batch, cfg.Inner(), mambaRingWidth(cfg))))
 				continue
 			}
 			d.states = append(d.states,
@@ -363,7 +363,7 @@ func (d *Decoder) Generate(prompt []int, maxNew int, s Sampler, onToken func(int
 }
 
 // mambaStates is the number of decoding states of a Mamba block: 1 with Config.StepFuse "ring"
-// (mambaRingStep's [B, D, K+N]), else 2 (conv [B, D, K] and ssm [B, D, N]).
+// (mambaRingStep's [B, D, C]), else 2 (conv [B, D, K] and ssm [B, D, N]).
 func mambaStates(cfg Config) int {
 	if cfg.stepFuses("ring") {
 		return 1
@@ -385,7 +385,7 @@ func decodePrefillGraph(ctx *context.Context, cfg Config, tokens *Node, kvLen in
 		case KindMamba:
 			f, conv, ssm := MambaPrefill(mctx, cfg, h)
 			if mambaStates(cfg) == 1 {
-				states = append(states, mambaRingState(conv, ssm, P))
+				states = append(states, mambaRingState(cfg, conv, ssm, P))
 			} else {
 				states = append(states, conv, ssm)
 			}

@@ -157,3 +157,35 @@ func BenchmarkDecodeStep(b *testing.B) {
 		})
 	}
 }
+
+// TestRingStatePadding checks the "ring" step where its state has padding columns
+// (mambaRingWidth rounds K + N up to a power of two): with 5 states and a kernel of 4 the
+// state is [B, D, 16], 7 columns of zeros; prefill + steps must still give the forward's
+// logits, at batch 1 (the row products, with the residual deferred to the MoE blocks) and at
+// batch 2.
+func TestRingStatePadding(t *testing.T) {
+	backend := cpuBackend(t)
+	cfg := DecodeCheckConfigs()[0]
+	cfg.StateSize = 5
+	if w := mambaRingWidth(cfg); w != 16 {
+		t.Fatalf("mambaRingWidth with K=%d, N=%d: %d, want 16", cfg.ConvKernel, cfg.StateSize, w)
+	}
+	for _, c := range []struct {
+		fuse  string
+		batch int
+	}{{"residual,ring", 1}, {"ring", 2}} {
+		cfg.StepFuse = c.fuse
+		worst, err := checkDecodeArch(backend, cfg, c.batch, 10, StepFolded)
+		if err != nil {
+			t.Fatalf("%s, batch %d: %v", c.fuse, c.batch, err)
+		}
+		if worst > 1e-4 {
+			t.Errorf("%s, batch %d: decoder vs forward max relative error %.3g > 1e-4", c.fuse, c.batch, worst)
+		}
+	}
+	for _, c := range []struct{ k, n, want int }{{4, 16, 32}, {4, 4, 8}, {4, 28, 32}, {4, 60, 64}, {2, 1, 4}} {
+		if got := mambaRingWidth(Config{ConvKernel: c.k, StateSize: c.n}); got != c.want {
+			t.Errorf("mambaRingWidth(K=%d, N=%d) = %d, want %d", c.k, c.n, got, c.want)
+		}
+	}
+}

@@ -206,10 +206,10 @@ func mambaStep(ctx *context.Context, cfg Config, in stepInput, conv, ssm *Node, 
 	return mambaOutProj(ctx, cfg, in, y, rf), conv2, ssm2
 }
 
-// mambaRingStep is mambaStep with the block's two states in one tensor, state [B, D, K+N]
-// float32 (Config.StepFuse "ring"): columns [0, K) hold the conv's last K inputs as a ring,
-// the input of position t in column t mod K, and columns [K, K+N) the SSM state; pos is the
-// token's position (scalar int32). Nothing moves in the ring: each column of the new state is
+// mambaRingStep is mambaStep with the block's two states in one tensor, state [B, D, C]
+// float32 with C = mambaRingWidth(cfg) (Config.StepFuse "ring"): columns [0, K) hold the
+// conv's last K inputs as a ring, the input of position t in column t mod K, columns [K, K+N)
+// the SSM state, and the rest, if any, zeros; pos is the token's position (scalar int32). Nothing moves in the ring: each column of the new state is
 // an elementwise function of the same column of the old one (this token's input in column
 // pos mod K, the SSM update in the others, the identity in the rest of the ring), so that the
 // state update, the conv state's write and the gated output's sum over the columns can be one
@@ -220,7 +220,7 @@ func mambaRingStep(ctx *context.Context, cfg Config, in stepInput, state, pos *N
 	g := in.graph()
 	w := mambaVariablesFor(ctx, cfg, g, false)
 	D, N, K, B := cfg.Inner(), cfg.StateSize, cfg.ConvKernel, in.batch()
-	C := K + N
+	C := mambaRingWidth(cfg)
 	x, z := mambaInProj(ctx, cfg, in, rf)
 
 	// The ring with this token's input in its slot.
@@ -244,20 +244,24 @@ func mambaRingStep(ctx *context.Context, cfg Config, in stepInput, state, pos *N
 	xc := activations.Swish(Add(taps, ExpandLeftToRank(w.convB, 2))) // [B, D]
 
 	delta, bm, cm := mambaSelect(ctx, cfg, in, w, xc)
-	// A, B and C with K zero columns in front: the update leaves the ring's columns as they are
-	// (exp(0)·s + 0), and the output's sum takes nothing from them.
-	zerosB := Zeros(g, shapes.Make(dtypes.Float32, B, K))
-	aFull := Concatenate([]*Node{Zeros(g, shapes.Make(dtypes.Float32, D, K)), Neg(Exp(w.aLog))}, 1) // [D, C]
-	bFull := Concatenate([]*Node{zerosB, bm}, 1)                                                    // [B, C]
-	cFull := Concatenate([]*Node{zerosB, cm}, 1)                                                    // [B, C]
-	decay := Exp(Mul(InsertAxes(delta, -1), InsertAxes(aFull, 0)))                                  // [B, D, C]
+	// A, B and C with zero columns for the ring and the padding: the update leaves those columns
+	// as they are (exp(0)·s + 0), and the output's sum takes nothing from them.
+	pad := func(v *Node) *Node { // [X, N] → [X, C]
+		parts := []*Node{Zeros(g, shapes.Make(dtypes.Float32, v.Shape().Dim(0), K)), v}
+		if C > K+N {
+			parts = append(parts, Zeros(g, shapes.Make(dtypes.Float32, v.Shape().Dim(0), C-K-N)))
+		}
+		return Concatenate(parts, 1)
+	}
+	aFull, bFull, cFull := pad(Neg(Exp(w.aLog))), pad(bm), pad(cm) // [D, C], [B, C], [B, C]
+	decay := Exp(Mul(InsertAxes(delta, -1), InsertAxes(aFull, 0))) // [B, D, C]
 	upd := Add(Mul(decay, state), Mul(InsertAxes(Mul(delta, xc), -1), InsertAxes(bFull, 1)))
 	state2 = Where(isSlot, xs, upd)
 
 	// y = Σ_c (C_c·h_c + D·x/N over the state columns)·silu(z)
 	skip := Mul(xc, ExpandLeftToRank(w.dSkip, 2)) // [B, D]
 	spread := make([]float32, C)
-	for c := K; c < C; c++ {
+	for c := K; c < K+N; c++ {
 		spread[c] = 1 / float32(N)
 	}
 	terms := Add(Mul(state2, InsertAxes(cFull, 1)), Mul(InsertAxes(skip, -1), Reshape(Const(g, spread), 1, 1, C)))
@@ -265,15 +269,35 @@ func mambaRingStep(ctx *context.Context, cfg Config, in stepInput, state, pos *N
 	return mambaOutProj(ctx, cfg, in, y, rf), state2
 }
 
-// mambaRingState returns the "ring" state [B, D, K+N] of a Mamba block after a prompt of P
+// mambaRingState returns the "ring" state [B, D, C] of a Mamba block after a prompt of P
 // tokens from its two states (MambaPrefill): the conv state's columns (positions P−K … P−1)
-// rotated to columns (P−K+i) mod K, then the SSM state.
-func mambaRingState(conv, ssm *Node, P int) *Node {
-	K := conv.Shape().Dim(2)
+// rotated to columns (P−K+i) mod K, then the SSM state and zeros up to C = mambaRingWidth.
+func mambaRingState(cfg Config, conv, ssm *Node, P int) *Node {
+	K, N, C := cfg.ConvKernel, cfg.StateSize, mambaRingWidth(cfg)
 	if s := P % K; s != 0 {
 		conv = Concatenate([]*Node{SliceAxis(conv, 2, AxisRange(K-s, K)), SliceAxis(conv, 2, AxisRange(0, K-s))}, 2)
 	}
-	return Concatenate([]*Node{conv, ssm}, 2)
+	parts := []*Node{conv, ssm}
+	if C > K+N {
+		parts = append(parts, Zeros(conv.Graph(), shapes.Make(dtypes.Float32, conv.Shape().Dim(0), conv.Shape().Dim(1), C-K-N)))
+	}
+	return Concatenate(parts, 2)
+}
+
+// mambaRingWidth is the number of columns of a "ring" state (mambaRingStep): K + N, rounded
+// up to the next power of two below 32. A GPU compiler (XLA) gives a sum along rows of fewer
+// than 32 elements the reduction kernel, which can also write the new state, only when the
+// row length divides 32; K + N = 20 (kernel 4, 16 states) took a kernel of its own.
+func mambaRingWidth(cfg Config) int {
+	c := cfg.ConvKernel + cfg.StateSize
+	if c >= 32 {
+		return c
+	}
+	w := 1
+	for w < c {
+		w *= 2
+	}
+	return w
 }
 
 // mambaInProj is a step's in_proj of the block input (with rf's router rows when rf is not
