@@ -100,14 +100,13 @@ type Config struct {
 	// "gate" folds the Mamba output gate silu(z) and the D skip term into the state update's sum
 	// over the states; "residual" makes the residual add part of each block's last product (one
 	// more column holding the residual); "router" computes the router logits of an MoE block
-	// that follows a Mamba block inside the Mamba block's two products (its in_proj takes the
-	// router's rows, its out_proj the rows of the router times out_proj, a copy FoldStepWeights
-	// makes), so that the router has no product of its own, and picks the expert with
-	// elementwise comparisons; "ring" keeps each Mamba block's conv and SSM states in one
-	// tensor, the conv's inputs as a ring (mambaRingStep, padded to 32 columns at K + N = 20), so that the state update writes both
-	// and, with the gate inside the output's sum, is the same kernel as that sum (a Mamba block
-	// followed by an MoE block then leaves its residual add to that block's last product). The
-	// values are the same up to rounding. Empty: none.
+	// that follows a Mamba block inside the Mamba block's two products (copies of its in_proj
+	// and out_proj with the router's rows, which FoldStepWeights makes), so that the router has
+	// no product of its own; "ring" keeps each Mamba block's conv and SSM states in one tensor,
+	// the conv's inputs as a ring (mambaRingStep; 32 columns at K + N = 20), so that the state
+	// update writes both and, with the gate inside the output's sum, is the same kernel as that
+	// sum (a Mamba block followed by an MoE block then leaves its residual add to that block's
+	// last product). The values are the same up to rounding. Empty: none.
 	StepFuse string `json:"step_fuse,omitempty"`
 }
 

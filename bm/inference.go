@@ -158,9 +158,9 @@ const DefaultInitBlocks = 4
 const (
 	stepTSuffix  = "_stepT"
 	stepTNSuffix = "_stepTN"
-	// stepRouterSuffix ends the name of FoldStepWeights' float32 [E, D] copy beside a Mamba
-	// block's out_proj that is followed by an MoE block: that block's gain-folded router times
-	// the out_proj weight (Config.StepFuse "router").
+	// stepRouterSuffix ends the names of FoldStepWeights' copies of a Mamba block's in_proj and
+	// out_proj when an MoE block follows it, with that block's router rows below their own
+	// (makeRouterCopies, Config.StepFuse "router").
 	stepRouterSuffix = "_stepRouter"
 )
 
@@ -346,11 +346,14 @@ func makeStepCopies(backend backends.Backend, ctx *context.Context, fold bool) (
 	return n, nil
 }
 
-// makeRouterCopies adds, beside the out_proj of each Mamba block followed by an MoE block, the
-// float32 [E, D] product of that MoE block's gain-folded router copy [E, d] with the out_proj
-// weight [D, d]ᵀ (its transposed copy, [d, D], converted to float32): the rows a batch-1 step
-// with Config.StepFuse "router" adds to the out_proj product to get the router's logits of the
-// new residual. It returns how many it added (copies present are kept).
+// makeRouterCopies adds, to each Mamba block followed by an MoE block, the two copies a batch-1
+// step with Config.StepFuse "router" reads in place of its in_proj and out_proj copies, each
+// with the router's rows below the block's own, in that copy's dtype: in_proj with the router
+// rows [2D+E, d] (its gain-folded copy [2D, d], then the MoE block's gain-folded router copy
+// [E, d]) and out_proj with the router rows [d+E, D] (its transposed copy [d, D], then the
+// router copy times that copy, Rg·W_outᵀ, computed in float32). So the step's products read one
+// weight each, with no concatenation in the step. It returns how many it added (copies present
+// are kept).
 func makeRouterCopies(backend backends.Backend, ctx *context.Context) (int, error) {
 	var routers []*context.Variable
 	for v := range ctx.IterVariables() {
@@ -368,36 +371,42 @@ func makeRouterCopies(backend backends.Backend, ctx *context.Context) (int, erro
 		}
 		prev := fmt.Sprintf("%s/layers/%d/mixer", layers, i-1)
 		outT := ctx.InspectVariableIfLoaded(prev, "out_proj"+stepTSuffix)
-		if outT == nil || ctx.InspectVariableIfLoaded(prev, "in_proj"+stepTNSuffix) == nil ||
-			ctx.InspectVariableIfLoaded(prev, "out_proj"+stepRouterSuffix) != nil {
+		inTN := ctx.InspectVariableIfLoaded(prev, "in_proj"+stepTNSuffix)
+		if outT == nil || inTN == nil || ctx.InspectVariableIfLoaded(prev, "out_proj"+stepRouterSuffix) != nil {
 			continue // not after a Mamba block, or done already
 		}
-		if outT.Shape().Rank() != 2 || v.Shape().Rank() != 2 || outT.Shape().Dim(0) != v.Shape().Dim(1) {
-			return n, fmt.Errorf("router copy %s %s does not fit %s/out_proj%s %s", v.ScopeAndName(), v.Shape(), prev, stepTSuffix, outT.Shape())
+		if outT.Shape().Rank() != 2 || v.Shape().Rank() != 2 || outT.Shape().Dim(0) != v.Shape().Dim(1) ||
+			inTN.Shape().Rank() != 2 || inTN.Shape().Dim(1) != v.Shape().Dim(1) {
+			return n, fmt.Errorf("router copy %s %s does not fit %s/out_proj%s %s and in_proj%s %s", v.ScopeAndName(), v.Shape(), prev, stepTSuffix, outT.Shape(), stepTNSuffix, inTN.Shape())
 		}
 		if exec == nil {
-			if exec, err = NewExec(backend, func(rt, ot *Node) *Node {
-				return Einsum("ed,dk->ek", ConvertDType(rt, dtypes.Float32), ConvertDType(ot, dtypes.Float32))
+			if exec, err = NewExec(backend, func(rt, ot, it *Node) (inR, outR *Node) {
+				ro := Einsum("ed,dk->ek", ConvertDType(rt, dtypes.Float32), ConvertDType(ot, dtypes.Float32))
+				outR = Concatenate([]*Node{ot, ConvertDType(ro, ot.DType())}, 0)
+				inR = Concatenate([]*Node{it, ConvertDType(rt, it.DType())}, 0)
+				return inR, outR
 			}); err != nil {
 				return n, err
 			}
 			exec.SetMaxCache(-1)
 			defer exec.Finalize()
 		}
-		rt, err := v.Value()
-		if err != nil {
-			return n, fmt.Errorf("reading %s: %w", v.ScopeAndName(), err)
+		var vals []*tensors.Tensor
+		for _, w := range []*context.Variable{v, outT, inTN} {
+			t, err := w.Value()
+			if err != nil {
+				return n, fmt.Errorf("reading %s: %w", w.ScopeAndName(), err)
+			}
+			vals = append(vals, t)
 		}
-		ot, err := outT.Value()
+		outs, err := exec.Exec(vals[0], vals[1], vals[2])
 		if err != nil {
-			return n, fmt.Errorf("reading %s: %w", outT.ScopeAndName(), err)
+			return n, fmt.Errorf("router copies of %s: %w", v.ScopeAndName(), err)
 		}
-		outs, err := exec.Exec(rt, ot)
-		if err != nil {
-			return n, fmt.Errorf("router copy of %s: %w", v.ScopeAndName(), err)
-		}
-		ctx.InAbsPath(prev).Checked(false).VariableWithValue("out_proj"+stepRouterSuffix, outs[0]).SetTrainable(false)
-		n++
+		scope := ctx.InAbsPath(prev).Checked(false)
+		scope.VariableWithValue("in_proj"+stepRouterSuffix, outs[0]).SetTrainable(false)
+		scope.VariableWithValue("out_proj"+stepRouterSuffix, outs[1]).SetTrainable(false)
+		n += 2
 	}
 	return n, nil
 }

@@ -162,9 +162,7 @@ func moeStep(ctx *context.Context, cfg Config, experts int, in stepInput, routed
 	var logits, gate *Node
 	switch {
 	case in.rowwise() && routed != nil:
-		var best *Node
-		choice, best = argMaxFew(routedLogits(cfg, in, routed, w.routerB))
-		gate = Sigmoid(best)
+		logits = routedLogits(cfg, in, routed, w.routerB)
 	case in.rowwise():
 		// The router's product first: it computes the norm's 1/rms for fc1's too.
 		logits = Add(in.project(ctx, cfg, "router_weight", d, experts), InsertAxes(w.routerB, 0))
