@@ -103,15 +103,17 @@ type Config struct {
 	// that follows a Mamba block inside the Mamba block's two products (copies of its in_proj
 	// and out_proj with the router's rows, which FoldStepWeights makes), so that the router has
 	// no product of its own; "ring" keeps each Mamba block's conv and SSM states in one tensor,
-	// the conv's inputs as a ring (mambaRingStep; 32 columns at K + N = 20), so that the state
+	// the conv's inputs as a ring (mambaRingStep), so that the state
 	// update writes both and, with the gate inside the output's sum, is the same kernel as that
 	// sum (a Mamba block followed by an MoE block then leaves its residual add to that block's
-	// last product). The values are the same up to rounding. Empty: none.
+	// last product); "wide", with "ring", pads that state to 32 columns (mambaRingWidth) and
+	// reads copies of x_proj and A with the zeros in place (FoldStepWeights). The values are
+	// the same up to rounding. Empty: none.
 	StepFuse string `json:"step_fuse,omitempty"`
 }
 
 // StepFusions lists the values StepFuse may hold.
-var StepFusions = []string{"gate", "residual", "router", "ring"}
+var StepFusions = []string{"gate", "residual", "router", "ring", "wide"}
 
 // stepFuses reports whether c.StepFuse names fusion.
 func (c Config) stepFuses(fusion string) bool {
@@ -419,10 +421,14 @@ func CheckStepFuse(s string) error {
 	if s == "" {
 		return nil
 	}
-	for _, f := range strings.Split(s, ",") {
+	fs := strings.Split(s, ",")
+	for _, f := range fs {
 		if !slices.Contains(StepFusions, f) {
 			return fmt.Errorf("step_fuse %q: unknown fusion %q (want a comma-separated list of %s)", s, f, strings.Join(StepFusions, ", "))
 		}
+	}
+	if slices.Contains(fs, "wide") && !slices.Contains(fs, "ring") {
+		return fmt.Errorf("step_fuse %q: wide pads the ring state, it needs ring too", s)
 	}
 	return nil
 }

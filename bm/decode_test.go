@@ -3,6 +3,7 @@ package bm
 import (
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"testing"
 
 	. "github.com/gomlx/gomlx/pkg/core/graph"
@@ -159,22 +160,23 @@ func BenchmarkDecodeStep(b *testing.B) {
 }
 
 // TestRingStatePadding checks the "ring" step where its state has padding columns
-// (mambaRingWidth rounds K + N up to a power of two): with 5 states and a kernel of 4 the
-// state is [B, D, 16], 7 columns of zeros; prefill + steps must still give the forward's
-// logits, at batch 1 (the row products, with the residual deferred to the MoE blocks) and at
-// batch 2.
+// (Config.StepFuse "wide": mambaRingWidth rounds K + N up to a power of two, and the step
+// reads FoldStepWeights' x_proj and A copies with the zeros in place): with 5 states and a
+// kernel of 4 the state is [B, D, 16], 7 columns of zeros; prefill + steps must still give the
+// forward's logits, at batch 1 (the row products, with the residual deferred to the MoE blocks)
+// and at batch 2, as must the unpadded ring ([B, D, 9]).
 func TestRingStatePadding(t *testing.T) {
 	backend := cpuBackend(t)
 	cfg := DecodeCheckConfigs()[0]
 	cfg.StateSize = 5
-	if w := mambaRingWidth(cfg); w != 16 {
-		t.Fatalf("mambaRingWidth with K=%d, N=%d: %d, want 16", cfg.ConvKernel, cfg.StateSize, w)
-	}
 	for _, c := range []struct {
-		fuse  string
-		batch int
-	}{{"residual,ring", 1}, {"ring", 2}} {
+		fuse         string
+		batch, width int
+	}{{"residual,ring,wide", 1, 16}, {"ring,wide", 2, 16}, {"residual,router,ring,wide", 1, 16}, {"residual,ring", 1, 9}} {
 		cfg.StepFuse = c.fuse
+		if w := mambaRingWidth(cfg); w != c.width {
+			t.Fatalf("%s: mambaRingWidth with K=%d, N=%d: %d, want %d", c.fuse, cfg.ConvKernel, cfg.StateSize, w, c.width)
+		}
 		worst, err := checkDecodeArch(backend, cfg, c.batch, 10, StepFolded)
 		if err != nil {
 			t.Fatalf("%s, batch %d: %v", c.fuse, c.batch, err)
@@ -184,8 +186,11 @@ func TestRingStatePadding(t *testing.T) {
 		}
 	}
 	for _, c := range []struct{ k, n, want int }{{4, 16, 32}, {4, 4, 8}, {4, 28, 32}, {4, 60, 64}, {2, 1, 4}} {
-		if got := mambaRingWidth(Config{ConvKernel: c.k, StateSize: c.n}); got != c.want {
-			t.Errorf("mambaRingWidth(K=%d, N=%d) = %d, want %d", c.k, c.n, got, c.want)
+		if got := ringWidth(c.k, c.n); got != c.want {
+			t.Errorf("ringWidth(K=%d, N=%d) = %d, want %d", c.k, c.n, got, c.want)
 		}
+	}
+	if err := CheckStepFuse("wide"); err == nil || !strings.Contains(err.Error(), "needs ring") {
+		t.Errorf(`CheckStepFuse("wide") = %v, want an error saying it needs ring`, err)
 	}
 }

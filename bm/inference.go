@@ -162,6 +162,9 @@ const (
 	// out_proj when an MoE block follows it, with that block's router rows below their own
 	// (makeRouterCopies, Config.StepFuse "router").
 	stepRouterSuffix = "_stepRouter"
+	// stepRingSuffix ends the names of FoldStepWeights' copies of a Mamba block's x_proj and A
+	// for a "wide" ring state (makeRingCopies, Config.StepFuse "wide").
+	stepRingSuffix = "_stepRing"
 )
 
 // foldedNames are the weights whose products take a block's normed input, the first products
@@ -342,6 +345,11 @@ func makeStepCopies(backend backends.Backend, ctx *context.Context, fold bool) (
 		if err != nil {
 			return n, fmt.Errorf("%s: %w", name, err)
 		}
+		m, err = makeRingCopies(backend, ctx)
+		n += m
+		if err != nil {
+			return n, fmt.Errorf("%s: %w", name, err)
+		}
 	}
 	return n, nil
 }
@@ -406,6 +414,83 @@ func makeRouterCopies(backend backends.Backend, ctx *context.Context) (int, erro
 		scope := ctx.InAbsPath(prev).Checked(false)
 		scope.VariableWithValue("in_proj"+stepRouterSuffix, outs[0]).SetTrainable(false)
 		scope.VariableWithValue("out_proj"+stepRouterSuffix, outs[1]).SetTrainable(false)
+		n += 2
+	}
+	return n, nil
+}
+
+// makeRingCopies adds to each Mamba block with a transposed x_proj copy the two copies its step
+// reads with a "wide" ring state of C = ringWidth(K, N) columns (mambaWideSelect): x_proj's
+// transposed copy with its B rows and its C rows each moved to rows K … K+N−1 of a block of C
+// rows (zero rows elsewhere), [R+2C, D] in that copy's dtype, and A = −exp(A_log) with its
+// columns at K … K+N−1 of C, [D, C] float32. It returns how many it added (copies present are
+// kept).
+func makeRingCopies(backend backends.Backend, ctx *context.Context) (int, error) {
+	execs := map[[4]int]*Exec{} // by K, N, R, D
+	defer func() {
+		for _, e := range execs {
+			e.Finalize()
+		}
+	}()
+	n := 0
+	for v := range ctx.IterVariables() {
+		if v.Name() != "x_proj"+stepTSuffix || !strings.HasSuffix(v.Scope(), "/mixer") {
+			continue
+		}
+		aLog := ctx.InspectVariableIfLoaded(v.Scope(), "A_log")
+		conv := ctx.InspectVariableIfLoaded(v.Scope(), "conv1d_weight")
+		if aLog == nil || conv == nil || ctx.InspectVariableIfLoaded(v.Scope(), "x_proj"+stepRingSuffix) != nil {
+			continue
+		}
+		K, D, N := conv.Shape().Dim(0), aLog.Shape().Dim(0), aLog.Shape().Dim(1)
+		R := v.Shape().Dim(0) - 2*N
+		if v.Shape().Rank() != 2 || v.Shape().Dim(1) != D || R < 1 {
+			return n, fmt.Errorf("ring copies: %s %s does not fit A_log %s", v.ScopeAndName(), v.Shape(), aLog.Shape())
+		}
+		key := [4]int{K, N, R, D}
+		exec := execs[key]
+		if exec == nil {
+			C := ringWidth(K, N)
+			var err error
+			exec, err = NewExec(backend, func(xt, al *Node) (xr, ar *Node) {
+				g := xt.Graph()
+				// zeros(K), then the N values from `from`, then zeros up to C, along axis.
+				place := func(x *Node, from, axis int) *Node {
+					zeros := func(k int) *Node {
+						dims := x.Shape().Clone().Dimensions
+						dims[axis] = k
+						return Zeros(g, shapes.Make(x.DType(), dims...))
+					}
+					parts := []*Node{zeros(K), SliceAxis(x, axis, AxisRange(from, from+N))}
+					if C > K+N {
+						parts = append(parts, zeros(C-K-N))
+					}
+					return Concatenate(parts, axis)
+				}
+				xr = Concatenate([]*Node{SliceAxis(xt, 0, AxisRange(0, R)), place(xt, R, 0), place(xt, R+N, 0)}, 0)
+				return xr, place(Neg(Exp(ConvertDType(al, dtypes.Float32))), 0, 1)
+			})
+			if err != nil {
+				return n, err
+			}
+			exec.SetMaxCache(-1)
+			execs[key] = exec
+		}
+		xt, err := v.Value()
+		if err != nil {
+			return n, fmt.Errorf("reading %s: %w", v.ScopeAndName(), err)
+		}
+		al, err := aLog.Value()
+		if err != nil {
+			return n, fmt.Errorf("reading %s: %w", aLog.ScopeAndName(), err)
+		}
+		outs, err := exec.Exec(xt, al)
+		if err != nil {
+			return n, fmt.Errorf("ring copies of %s: %w", v.ScopeAndName(), err)
+		}
+		scope := ctx.InAbsPath(v.Scope()).Checked(false)
+		scope.VariableWithValue("x_proj"+stepRingSuffix, outs[0]).SetTrainable(false)
+		scope.VariableWithValue("A"+stepRingSuffix, outs[1]).SetTrainable(false)
 		n += 2
 	}
 	return n, nil
@@ -650,7 +735,7 @@ func (in stepInput) scaled() *Node { return Mul(in.x, in.norm.invRMS) }
 func DropStepWeights(ctx *context.Context) (int, error) {
 	var copies []*context.Variable
 	for v := range ctx.IterVariables() {
-		for _, suffix := range []string{stepTSuffix, stepTNSuffix, stepRouterSuffix} {
+		for _, suffix := range []string{stepTSuffix, stepTNSuffix, stepRouterSuffix, stepRingSuffix} {
 			if strings.HasSuffix(v.Name(), suffix) && isStepWeight(v.Scope(), strings.TrimSuffix(v.Name(), suffix)) {
 				copies = append(copies, v)
 			}

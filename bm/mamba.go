@@ -1,7 +1,9 @@
 package bm
 
 import (
+	"fmt"
 	"math"
+	"slices"
 
 	"github.com/gomlx/gomlx/pkg/core/dtypes"
 	. "github.com/gomlx/gomlx/pkg/core/graph"
@@ -243,17 +245,25 @@ func mambaRingStep(ctx *context.Context, cfg Config, in stepInput, state, pos *N
 	}
 	xc := activations.Swish(Add(taps, ExpandLeftToRank(w.convB, 2))) // [B, D]
 
-	delta, bm, cm := mambaSelect(ctx, cfg, in, w, xc)
 	// A, B and C with zero columns for the ring and the padding: the update leaves those columns
-	// as they are (exp(0)·s + 0), and the output's sum takes nothing from them.
-	pad := func(v *Node) *Node { // [X, N] → [X, C]
-		parts := []*Node{Zeros(g, shapes.Make(dtypes.Float32, v.Shape().Dim(0), K)), v}
-		if C > K+N {
-			parts = append(parts, Zeros(g, shapes.Make(dtypes.Float32, v.Shape().Dim(0), C-K-N)))
+	// as they are (exp(0)·s + 0), and the output's sum takes nothing from them. With "wide" they
+	// come from FoldStepWeights' copies with those zeros in place, so that the compiler sees no
+	// zeros to split the update at.
+	var delta, aFull, bFull, cFull *Node
+	if cfg.stepFuses("wide") {
+		delta, aFull, bFull, cFull = mambaWideSelect(ctx, cfg, in, w, xc, C)
+	} else {
+		var bm, cm *Node
+		delta, bm, cm = mambaSelect(ctx, cfg, in, w, xc)
+		pad := func(v *Node) *Node { // [X, N] → [X, C]
+			parts := []*Node{Zeros(g, shapes.Make(dtypes.Float32, v.Shape().Dim(0), K)), v}
+			if C > K+N {
+				parts = append(parts, Zeros(g, shapes.Make(dtypes.Float32, v.Shape().Dim(0), C-K-N)))
+			}
+			return Concatenate(parts, 1)
 		}
-		return Concatenate(parts, 1)
+		aFull, bFull, cFull = pad(Neg(Exp(w.aLog))), pad(bm), pad(cm) // [D, C], [B, C], [B, C]
 	}
-	aFull, bFull, cFull := pad(Neg(Exp(w.aLog))), pad(bm), pad(cm) // [D, C], [B, C], [B, C]
 	decay := Exp(Mul(InsertAxes(delta, -1), InsertAxes(aFull, 0))) // [B, D, C]
 	upd := Add(Mul(decay, state), Mul(InsertAxes(Mul(delta, xc), -1), InsertAxes(bFull, 1)))
 	state2 = Where(isSlot, xs, upd)
@@ -284,12 +294,22 @@ func mambaRingState(cfg Config, conv, ssm *Node, P int) *Node {
 	return Concatenate(parts, 2)
 }
 
-// mambaRingWidth is the number of columns of a "ring" state (mambaRingStep): K + N, rounded
-// up to the next power of two below 32. A GPU compiler (XLA) gives a sum along rows of fewer
-// than 32 elements the reduction kernel, which can also write the new state, only when the
-// row length divides 32; K + N = 20 (kernel 4, 16 states) took a kernel of its own.
+// mambaRingWidth is the number of columns of a "ring" state (mambaRingStep): K + N, or with
+// Config.StepFuse "wide" K + N rounded up to the next power of two below 32. A GPU compiler
+// (XLA) gives a sum along rows of fewer than 32 elements the reduction kernel, which can also
+// write the new state, only when the row length divides 32; at K + N = 20 (kernel 4, 16
+// states) the sum took a kernel of its own.
 func mambaRingWidth(cfg Config) int {
 	c := cfg.ConvKernel + cfg.StateSize
+	if c >= 32 || !cfg.stepFuses("wide") {
+		return c
+	}
+	return ringWidth(cfg.ConvKernel, cfg.StateSize)
+}
+
+// ringWidth is K + N rounded up to the next power of two below 32.
+func ringWidth(K, N int) int {
+	c := K + N
 	if c >= 32 {
 		return c
 	}
@@ -326,6 +346,31 @@ func mambaSelect(ctx *context.Context, cfg Config, in stepInput, w mambaWeights,
 	cm = SliceAxis(xdbl, -1, AxisRange(R+N, R+2*N))
 	delta = Softplus(Add(StepProduct(cfg, dt, w.dtProj), ExpandLeftToRank(w.dtBias, 2))) // [B, D]
 	return delta, bm, cm
+}
+
+// mambaWideSelect is mambaSelect for a "wide" ring state of C columns (Config.StepFuse "wide"):
+// Δ [B, D], and A [D, C], B and C [B, C] with zeros in the ring's and the padding's columns,
+// from FoldStepWeights' copies x_proj_stepRing [R+2C, D] (x_proj's rows for δ, then its rows for
+// B and for C, each set placed at columns K … K+N−1 of C rows, zero rows elsewhere) and
+// A_stepRing [D, C] (−exp(A_log) at the same columns).
+func mambaWideSelect(ctx *context.Context, cfg Config, in stepInput, w mambaWeights, xc *Node, C int) (delta, aFull, bFull, cFull *Node) {
+	g := in.graph()
+	D, R := cfg.Inner(), cfg.Rank()
+	xv := ctx.InspectVariableIfLoaded(ctx.Scope(), "x_proj"+stepRingSuffix)
+	av := ctx.InspectVariableIfLoaded(ctx.Scope(), "A"+stepRingSuffix)
+	if xv == nil || av == nil || !slices.Equal(xv.Shape().Dimensions, []int{R + 2*C, D}) || !slices.Equal(av.Shape().Dimensions, []int{D, C}) {
+		panic(fmt.Sprintf("bm: decoding step: step_fuse wide needs %s/x_proj%s [%d, %d] and A%s [%d, %d] (FoldStepWeights)", ctx.Scope(), stepRingSuffix, R+2*C, D, stepRingSuffix, D, C))
+	}
+	xw := xv.ValueGraph(g)
+	var xdbl *Node
+	if in.rowwise() {
+		xdbl, _ = stepRowProduct(xc, xw, false, nil)
+	} else {
+		xdbl = stepEinsum(cfg, "bd,ed->be", xc, xw)
+	}
+	dt := SliceAxis(xdbl, -1, AxisRange(0, R))
+	delta = Softplus(Add(StepProduct(cfg, dt, w.dtProj), ExpandLeftToRank(w.dtBias, 2))) // [B, D]
+	return delta, av.ValueGraph(g), SliceAxis(xdbl, -1, AxisRange(R, R+C)), SliceAxis(xdbl, -1, AxisRange(R+C, R+2*C))
 }
 
 // mambaOutProj is a step's out_proj of the gated output y [B, D] (with rf's router rows when rf
