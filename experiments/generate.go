@@ -100,11 +100,9 @@ type GenerateOptions struct {
 	// 15 s longer to compile: worth it for generations of tens of thousands of tokens.
 	Unroll int
 	// StepFuse is bm.Config.StepFuse for the generation (the folded layout's batch-1 step
-	// rearrangements "gate", "residual" and "router", comma-separated), which needs StepWeights
-	// to resolve to folded; "auto" is "residual" when it does and none otherwise; "" and "none":
-	// none. On an H200 "residual" took the 1.5b step from 2.13 to 1.77 ms; "gate" made it
-	// slower, and so did "router" (0.726 against 0.680 ms per token, with "residual", resident
-	// at 8 steps per call).
+	// rearrangements "gate", "residual", "router", "ring" and "wide", comma-separated), which
+	// needs StepWeights to resolve to folded; "auto" is DefaultStepFuse when it does and none
+	// otherwise; "" and "none": none.
 	StepFuse string
 	// DType is the dtype of the matmuls and of the stored matmul weights: "float32",
 	// "bfloat16" (the weights are converted in place by bm.CastWeights, which the LoadedModel
@@ -201,6 +199,15 @@ func CheckStepFuse(stepFuse string) error {
 	return bm.CheckStepFuse(stepFuse)
 }
 
+// DefaultStepFuse is the bm.Config.StepFuse that "auto" gives the folded step weights: the
+// fastest measured on an H200 (1.5b, bf16, batch 1, one resident step per call launched
+// ahead, 256 tokens): "residual" 0.576 ms per token, "residual,ring" 0.535, with "router"
+// 0.521, with "wide" as well 0.532 (experiments/results/h200/2026-11-29-ring/). Before,
+// "residual" had taken the step from 2.13 to 1.77 ms waiting for each call, where "gate" and
+// the router's earlier form made it slower. Architectures without Mamba blocks take only
+// "residual" from it.
+const DefaultStepFuse = "residual,router,ring"
+
 // StepFuseFor resolves GenerateOptions.StepFuse (or latency -step-fuse) for the step layout: the bm.Config.StepFuse
 // value to generate with.
 func StepFuseFor(stepFuse string, layout bm.StepLayout) (string, error) {
@@ -211,7 +218,7 @@ func StepFuseFor(stepFuse string, layout bm.StepLayout) (string, error) {
 	case stepFuse == "" || stepFuse == "none":
 		return "", nil
 	case stepFuse == "auto" && layout == bm.StepFolded:
-		return "residual", nil
+		return DefaultStepFuse, nil
 	case stepFuse == "auto":
 		return "", nil
 	case layout != bm.StepFolded:

@@ -237,7 +237,7 @@ func TestGenerateReportsSteps(t *testing.T) {
 		layout        bm.StepLayout
 		want          string
 	}{
-		{"folded", "auto", bm.StepFolded, "residual"},
+		{"folded", "auto", bm.StepFolded, DefaultStepFuse},
 		{"folded", "none", bm.StepFolded, ""},
 		{"folded", "gate,residual", bm.StepFolded, "gate,residual"},
 		{"transposed", "auto", bm.StepTransposed, ""},

@@ -346,7 +346,8 @@ latency-best)
 	# Experiment 3 on one GPU with every architecture at the step settings that measured fastest
 	# for BlackMamba: STEP_WEIGHTS (default folded) and UNROLL steps per call (default 1 since
 	# the resident calls are launched ahead of the device; 8 before 2026-11-29-pipeline/), with
-	# the folded step's STEP_FUSE rearrangements (default residual; set empty for none), and
+	# the folded step's STEP_FUSE rearrangements (default auto: experiments.DefaultStepFuse, residual
+	# before 2026-11-29-ring/; set empty for none), and
 	# unless RESIDENT=0 the resident loop (latency -resident: bm.GreedyDecoder.GenerateResident;
 	# the 2026-11-29 runs before 2026-11-29-resident/ used UNROLL=4, RESIDENT=0; SYNC_CALLS=1
 	# waits for each call instead of launching the calls ahead, as every run before
@@ -361,7 +362,7 @@ latency-best)
 	first="${ARCHS:-1.5b}"
 	first="${first%% *}"
 	f="${FAMILY:-${first%%-*}}"
-	fuse="${STEP_FUSE-residual}"
+	fuse="${STEP_FUSE-auto}"
 	for a in ${ARCHS:-$f $f-mamba $f-transformer $f-transformer-moe}; do
 		echo "=== latency $a (limit ${ARCH_LIMIT:-280}s)" | tee -a "$out/summary.txt"
 		timeout -k 10 "${ARCH_LIMIT:-280}" "$run" blackmamba latency -family "$f" -archs "$a" -unroll "${UNROLL:-1}" -step-weights "${STEP_WEIGHTS:-folded}" ${fuse:+-step-fuse "$fuse"} $([[ "${RESIDENT:-1}" == 1 ]] && echo -resident) $([[ "${SYNC_CALLS:-0}" == 1 ]] && echo -sync-calls) -max-len "${MAX_LEN:-16384}" -reps "${REPS:-2}" -out "$out/latency-best-$a.json" -plots "$out/plots-best-$a" >"$out/latency-best-$a.log" 2>&1
