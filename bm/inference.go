@@ -750,8 +750,10 @@ func DropStepWeights(ctx *context.Context) (int, error) {
 }
 
 // StepWeightBytes returns the bytes of the weights TransposeStepWeights would copy (the block
-// matmul weights of ctx, at their current dtype): the extra memory the copies take
-// (FoldStepWeights adds the routers' copies, float32 [E, d] each).
+// matmul weights of ctx, at their current dtype): the extra memory the copies take.
+// FoldStepWeights adds more: the routers' copies (float32 [E, d] each), a second copy of the
+// in_proj and out_proj of each Mamba block followed by an MoE block (makeRouterCopies; about a
+// tenth more for the BlackMamba presets) and the small ring copies of x_proj and A.
 func StepWeightBytes(ctx *context.Context) int64 {
 	var n int64
 	for _, v := range stepWeightVariables(ctx, false) {
