@@ -211,13 +211,14 @@ func mambaStep(ctx *context.Context, cfg Config, in stepInput, conv, ssm *Node, 
 // mambaRingStep is mambaStep with the block's two states in one tensor, state [B, D, C]
 // float32 with C = mambaRingWidth(cfg) (Config.StepFuse "ring"): columns [0, K) hold the
 // conv's last K inputs as a ring, the input of position t in column t mod K, columns [K, K+N)
-// the SSM state, and the rest, if any, zeros; pos is the token's position (scalar int32). Nothing moves in the ring: each column of the new state is
-// an elementwise function of the same column of the old one (this token's input in column
-// pos mod K, the SSM update in the others, the identity in the rest of the ring), so that the
-// state update, the conv state's write and the gated output's sum over the columns can be one
-// reduction with the new state as its second output, where the two-state form takes three
-// kernels on a GPU. The conv taps are rotated instead, to the ring's order at pos. The values
-// are those of mambaStep with "gate" (the skip term split evenly over the N state columns).
+// the SSM state, and the rest, if any ("wide"), zeros; pos is the token's position (scalar
+// int32). Nothing moves in the ring: each column of the new state is an elementwise function
+// of the same column of the old one (this token's input in column pos mod K, the SSM update in
+// the others, the identity in the rest of the ring), so one kernel writes the whole state on a
+// GPU, where the two-state form took another for the shifted conv window; with "wide" the
+// gated output's sum over the columns is that kernel too. The conv taps are rotated instead,
+// to the ring's order at pos. The values are those of mambaStep with "gate" (the skip term
+// split evenly over the N state columns).
 func mambaRingStep(ctx *context.Context, cfg Config, in stepInput, state, pos *Node, rf *routerFold) (out, state2 *Node) {
 	g := in.graph()
 	w := mambaVariablesFor(ctx, cfg, g, false)
@@ -255,12 +256,8 @@ func mambaRingStep(ctx *context.Context, cfg Config, in stepInput, state, pos *N
 	} else {
 		var bm, cm *Node
 		delta, bm, cm = mambaSelect(ctx, cfg, in, w, xc)
-		pad := func(v *Node) *Node { // [X, N] → [X, C]
-			parts := []*Node{Zeros(g, shapes.Make(dtypes.Float32, v.Shape().Dim(0), K)), v}
-			if C > K+N {
-				parts = append(parts, Zeros(g, shapes.Make(dtypes.Float32, v.Shape().Dim(0), C-K-N)))
-			}
-			return Concatenate(parts, 1)
+		pad := func(v *Node) *Node { // [X, N] → [X, K+N] (C = K+N without "wide")
+			return Concatenate([]*Node{Zeros(g, shapes.Make(dtypes.Float32, v.Shape().Dim(0), K)), v}, 1)
 		}
 		aFull, bFull, cFull = pad(Neg(Exp(w.aLog))), pad(bm), pad(cm) // [D, C], [B, C], [B, C]
 	}
@@ -295,7 +292,7 @@ func mambaRingState(cfg Config, conv, ssm *Node, P int) *Node {
 }
 
 // mambaRingWidth is the number of columns of a "ring" state (mambaRingStep): K + N, or with
-// Config.StepFuse "wide" K + N rounded up to the next power of two below 32. A GPU compiler
+// Config.StepFuse "wide" ringWidth(K, N). A GPU compiler
 // (XLA) gives a sum along rows of fewer than 32 elements the reduction kernel, which can also
 // write the new state, only when the row length divides 32; at K + N = 20 (kernel 4, 16
 // states) the sum took a kernel of its own.
@@ -307,7 +304,7 @@ func mambaRingWidth(cfg Config) int {
 	return ringWidth(cfg.ConvKernel, cfg.StateSize)
 }
 
-// ringWidth is K + N rounded up to the next power of two below 32.
+// ringWidth is K + N rounded up to a power of two when it is below 32, else K + N.
 func ringWidth(K, N int) int {
 	c := K + N
 	if c >= 32 {
@@ -344,8 +341,12 @@ func mambaSelect(ctx *context.Context, cfg Config, in stepInput, w mambaWeights,
 	dt := SliceAxis(xdbl, -1, AxisRange(0, R))
 	bm = SliceAxis(xdbl, -1, AxisRange(R, R+N))
 	cm = SliceAxis(xdbl, -1, AxisRange(R+N, R+2*N))
-	delta = Softplus(Add(StepProduct(cfg, dt, w.dtProj), ExpandLeftToRank(w.dtBias, 2))) // [B, D]
-	return delta, bm, cm
+	return mambaDelta(cfg, w, dt), bm, cm
+}
+
+// mambaDelta is a step's Δ = softplus(δ·W_dt + b_dt) [B, D] from δ [B, R].
+func mambaDelta(cfg Config, w mambaWeights, dt *Node) *Node {
+	return Softplus(Add(StepProduct(cfg, dt, w.dtProj), ExpandLeftToRank(w.dtBias, 2)))
 }
 
 // mambaWideSelect is mambaSelect for a "wide" ring state of C columns (Config.StepFuse "wide"):
@@ -368,8 +369,7 @@ func mambaWideSelect(ctx *context.Context, cfg Config, in stepInput, w mambaWeig
 	} else {
 		xdbl = stepEinsum(cfg, "bd,ed->be", xc, xw)
 	}
-	dt := SliceAxis(xdbl, -1, AxisRange(0, R))
-	delta = Softplus(Add(StepProduct(cfg, dt, w.dtProj), ExpandLeftToRank(w.dtBias, 2))) // [B, D]
+	delta = mambaDelta(cfg, w, SliceAxis(xdbl, -1, AxisRange(0, R)))
 	return delta, av.ValueGraph(g), SliceAxis(xdbl, -1, AxisRange(R, R+C)), SliceAxis(xdbl, -1, AxisRange(R+C, R+2*C))
 }
 
