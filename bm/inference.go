@@ -736,7 +736,9 @@ func DropStepWeights(ctx *context.Context) (int, error) {
 	var copies []*context.Variable
 	for v := range ctx.IterVariables() {
 		for _, suffix := range []string{stepTSuffix, stepTNSuffix, stepRouterSuffix, stepRingSuffix} {
-			if strings.HasSuffix(v.Name(), suffix) && isStepWeight(v.Scope(), strings.TrimSuffix(v.Name(), suffix)) {
+			base, ok := strings.CutSuffix(v.Name(), suffix)
+			ringA := suffix == stepRingSuffix && base == "A" && strings.HasSuffix(v.Scope(), "/mixer") // makeRingCopies' A
+			if ok && (isStepWeight(v.Scope(), base) || ringA) {
 				copies = append(copies, v)
 			}
 		}

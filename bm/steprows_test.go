@@ -238,8 +238,8 @@ func TestFoldedStepLogitsBF16(t *testing.T) {
 
 // TestStepWeightCopies checks the copies of TransposeStepWeights and FoldStepWeights (the norm
 // gains set to random values first): one per block matmul weight, and for FoldStepWeights one
-// per router weight and one router copy per Mamba block followed by an MoE block too (none for
-// the norms or the embedding), each the transpose of its last
+// per router weight, two router copies per Mamba block followed by an MoE block and two ring
+// copies per Mamba block too (none for the norms or the embedding), each the transpose of its last
 // two axes in the weight's dtype, and for FoldStepWeights' copies of the blocks' first products
 // (foldedNames) that transpose times the block's norm gain along its input axis; none added by
 // a second call. The step reads the copies and not the weights they replace; DropStepWeights
@@ -273,15 +273,21 @@ func TestStepWeightCopies(t *testing.T) {
 			if StepLayoutOf(ctx) != StepInOut {
 				t.Errorf("before any copies: layout %q, want inout", StepLayoutOf(ctx))
 			}
-			routerCopies := 0 // FoldStepWeights' router copies (makeRouterCopies; TestRouterCopies)
+			// FoldStepWeights' router copies (makeRouterCopies, TestRouterCopies: in_proj and
+			// out_proj with the router rows) and ring copies (makeRingCopies, TestRingStatePadding:
+			// x_proj and A), two each.
+			extra := 0
 			for i, b := range cfg.Blocks() {
 				if fold && b.Kind == KindMamba && i+1 < len(cfg.Blocks()) && cfg.Blocks()[i+1].Kind == KindMoE {
-					routerCopies++
+					extra += 2
+				}
+				if fold && b.Kind == KindMamba {
+					extra += 2
 				}
 			}
 			n, err := SetStepLayout(backend, ctx, layout)
-			if err != nil || n != len(weights)+routerCopies || n == 0 {
-				t.Fatalf("SetStepLayout(%s): %d copies, error %v; want %d", layout, n, err, len(weights)+routerCopies)
+			if err != nil || n != len(weights)+extra || n == 0 {
+				t.Fatalf("SetStepLayout(%s): %d copies, error %v; want %d", layout, n, err, len(weights)+extra)
 			}
 			if StepLayoutOf(ctx) != layout {
 				t.Errorf("layout %q after SetStepLayout(%s)", StepLayoutOf(ctx), layout)
@@ -408,8 +414,8 @@ func TestStepWeightCopies(t *testing.T) {
 				t.Errorf("with the copies zeroed: step and prefill logits differ by only %g; the step does not read the copies", d)
 			}
 			// DropStepWeights removes the copies: the step reads the weights again.
-			if n, err := DropStepWeights(ctx); err != nil || n != len(weights)+routerCopies {
-				t.Errorf("DropStepWeights: %d removed, error %v; want %d", n, err, len(weights)+routerCopies)
+			if n, err := DropStepWeights(ctx); err != nil || n != len(weights)+extra {
+				t.Errorf("DropStepWeights: %d removed, error %v; want %d", n, err, len(weights)+extra)
 			}
 			if d := stepVsPrefill(); d > 1e-5 {
 				t.Errorf("after DropStepWeights: step and prefill logits differ by %g", d)
