@@ -323,7 +323,7 @@ func mambaInProj(ctx *context.Context, cfg Config, in stepInput, rf *routerFold)
 	d, D := cfg.Dim, cfg.Inner()
 	var xz *Node
 	if rf != nil {
-		xz = rf.inProj(ctx, cfg, in, d, 2*D)
+		xz = rf.inProj(cfg, in, 2*D)
 	} else {
 		xz = in.project(ctx, cfg, "in_proj", d, 2*D) // [B, 2D]
 	}
@@ -378,7 +378,7 @@ func mambaWideSelect(ctx *context.Context, cfg Config, in stepInput, w mambaWeig
 func mambaOutProj(ctx *context.Context, cfg Config, in stepInput, y *Node, rf *routerFold) *Node {
 	D, d := cfg.Inner(), cfg.Dim
 	if rf != nil {
-		return rf.outProj(ctx, cfg, in, y, D, d)
+		return rf.outProj(cfg, in, y, d)
 	}
 	return in.product(ctx, cfg, "out_proj", true, y, D, d)
 }

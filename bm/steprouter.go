@@ -52,17 +52,17 @@ func newRouterFold(mctx, next *context.Context, cfg Config, in stepInput, expert
 
 // inProj is the Mamba block's in_proj of the rowwise input in with the router's rows: it
 // returns the normed product [1, out] as stepInput.project does and keeps Rg·x in f.raw.
-func (f *routerFold) inProj(_ *context.Context, cfg Config, in stepInput, _, outDim int) *Node {
+func (f *routerFold) inProj(cfg Config, in stepInput, outDim int) *Node {
 	// The router's rows stay raw: only the in_proj rows take the 1/rms.
 	p := in.rawRowProduct(cfg, f.in) // [1, out+E]
 	f.raw = SliceAxis(p, 1, AxisRange(outDim, outDim+f.experts))
 	return Mul(SliceAxis(p, 1, AxisRange(0, outDim)), in.norm.invRMS)
 }
 
-// outProj is the Mamba block's out_proj of y [1, inDim] with the router's rows: it returns what
+// outProj is the Mamba block's out_proj of y [1, D] with the router's rows: it returns what
 // stepInput.product does (the new residual when in addsResidual, else the block's output) and
 // sets f.logits to the router's raw logits of the new residual, Rg·r.
-func (f *routerFold) outProj(_ *context.Context, cfg Config, in stepInput, y *Node, _, outDim int) *Node {
+func (f *routerFold) outProj(cfg Config, in stepInput, y *Node, outDim int) *Node {
 	E := f.experts
 	if in.addsResidual(cfg) {
 		p, _ := stepRowProduct(y, f.out, false, Concatenate([]*Node{in.x, f.raw}, 1))
