@@ -107,13 +107,21 @@ type Config struct {
 	// update writes both and, with the gate inside the output's sum, is the same kernel as that
 	// sum (a Mamba block followed by an MoE block then leaves its residual add to that block's
 	// last product); "wide", with "ring", pads that state to 32 columns (mambaRingWidth) and
-	// reads copies of x_proj and A with the zeros in place (FoldStepWeights). The values are
-	// the same up to rounding. Empty: none.
+	// reads copies of x_proj and A with the zeros in place (FoldStepWeights); "align" pads the
+	// residual's column of a product that adds it ("residual") with zero columns to a row length
+	// that is a multiple of 8, so that the compiler can read the weights' rows in wide vectors;
+	// "dtrow" computes the Mamba block's dt_proj as a sum along the rows of a transposed copy
+	// (FoldStepWeights) instead of down the columns of the weight; "taps", with "ring", takes
+	// the conv's taps rotated to the ring's order as a dynamic slice of the taps written twice
+	// instead of a gather; "head" computes the final LayerNorm's mean and mean square in one
+	// reduction of the two stacked, so that the compiler does not merge the mean into the last
+	// block's product (and read its weights twice). The values are the same up to rounding.
+	// Empty: none.
 	StepFuse string `json:"step_fuse,omitempty"`
 }
 
 // StepFusions lists the values StepFuse may hold.
-var StepFusions = []string{"gate", "residual", "router", "ring", "wide"}
+var StepFusions = []string{"gate", "residual", "router", "ring", "wide", "align", "dtrow", "taps", "head"}
 
 // stepFuses reports whether c.StepFuse names fusion.
 func (c Config) stepFuses(fusion string) bool {
@@ -429,6 +437,9 @@ func CheckStepFuse(s string) error {
 	}
 	if slices.Contains(fs, "wide") && !slices.Contains(fs, "ring") {
 		return fmt.Errorf("step_fuse %q: wide pads the ring state, it needs ring too", s)
+	}
+	if slices.Contains(fs, "taps") && !slices.Contains(fs, "ring") {
+		return fmt.Errorf("step_fuse %q: taps rotates the conv taps to the ring state, it needs ring too", s)
 	}
 	return nil
 }

@@ -466,6 +466,11 @@ func decodeStepGraph(ctx *context.Context, cfg Config, token, pos *Node, states 
 			x = Add(x, ConvertDType(f, dtypes.Float32))
 		}
 	}
-	_, logits := headLogits(ctx, cfg, x, emb)
+	var logits *Node
+	if cfg.stepFuses("head") {
+		_, logits = headLogitsOf(ctx, cfg, layerNormOnePass(ctx.In("decoder").In("final_layernorm"), x, cfg.NormEps), emb)
+	} else {
+		_, logits = headLogits(ctx, cfg, x, emb)
+	}
 	return append([]*Node{logits}, next...)
 }

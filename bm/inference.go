@@ -163,7 +163,8 @@ const (
 	// (makeRouterCopies, Config.StepFuse "router").
 	stepRouterSuffix = "_stepRouter"
 	// stepRingSuffix ends the names of FoldStepWeights' copies of a Mamba block's x_proj and A
-	// for a "wide" ring state (makeRingCopies, Config.StepFuse "wide").
+	// for a "wide" ring state (makeRingCopies, Config.StepFuse "wide"), and of its dt_proj
+	// transposed (Config.StepFuse "dtrow").
 	stepRingSuffix = "_stepRing"
 )
 
@@ -423,8 +424,8 @@ func makeRouterCopies(backend backends.Backend, ctx *context.Context) (int, erro
 // reads with a "wide" ring state of C = ringWidth(K, N) columns (mambaWideSelect): x_proj's
 // transposed copy with its B rows and its C rows each moved to rows K … K+N−1 of a block of C
 // rows (zero rows elsewhere), [R+2C, D] in that copy's dtype, and A = −exp(A_log) with its
-// columns at K … K+N−1 of C, [D, C] float32. It returns how many it added (copies present are
-// kept).
+// columns at K … K+N−1 of C, [D, C] float32; and dt_proj transposed, [D, R] float32, which
+// "dtrow" reads. It returns how many it added (copies present are kept).
 func makeRingCopies(backend backends.Backend, ctx *context.Context) (int, error) {
 	execs := map[[4]int]*Exec{} // by K, N, R, D
 	defer func() {
@@ -439,7 +440,8 @@ func makeRingCopies(backend backends.Backend, ctx *context.Context) (int, error)
 		}
 		aLog := ctx.InspectVariableIfLoaded(v.Scope(), "A_log")
 		conv := ctx.InspectVariableIfLoaded(v.Scope(), "conv1d_weight")
-		if aLog == nil || conv == nil || ctx.InspectVariableIfLoaded(v.Scope(), "x_proj"+stepRingSuffix) != nil {
+		dtProj := ctx.InspectVariableIfLoaded(v.Scope(), "dt_proj")
+		if aLog == nil || conv == nil || dtProj == nil || ctx.InspectVariableIfLoaded(v.Scope(), "x_proj"+stepRingSuffix) != nil {
 			continue
 		}
 		K, D, N := conv.Shape().Dim(0), aLog.Shape().Dim(0), aLog.Shape().Dim(1)
@@ -447,12 +449,15 @@ func makeRingCopies(backend backends.Backend, ctx *context.Context) (int, error)
 		if v.Shape().Rank() != 2 || v.Shape().Dim(1) != D || R < 1 {
 			return n, fmt.Errorf("ring copies: %s %s does not fit A_log %s", v.ScopeAndName(), v.Shape(), aLog.Shape())
 		}
+		if !slices.Equal(dtProj.Shape().Dimensions, []int{R, D}) {
+			return n, fmt.Errorf("ring copies: %s %s does not fit x_proj %s (want [%d, %d])", dtProj.ScopeAndName(), dtProj.Shape(), v.Shape(), R, D)
+		}
 		key := [4]int{K, N, R, D}
 		exec := execs[key]
 		if exec == nil {
 			C := ringWidth(K, N)
 			var err error
-			exec, err = NewExec(backend, func(xt, al *Node) (xr, ar *Node) {
+			exec, err = NewExec(backend, func(xt, al, dp *Node) (xr, ar, dr *Node) {
 				g := xt.Graph()
 				// zeros(K), then the N values from `from`, then zeros up to C, along axis.
 				place := func(x *Node, from, axis int) *Node {
@@ -468,7 +473,7 @@ func makeRingCopies(backend backends.Backend, ctx *context.Context) (int, error)
 					return Concatenate(parts, axis)
 				}
 				xr = Concatenate([]*Node{SliceAxis(xt, 0, AxisRange(0, R)), place(xt, R, 0), place(xt, R+N, 0)}, 0)
-				return xr, place(Neg(Exp(ConvertDType(al, dtypes.Float32))), 0, 1)
+				return xr, place(Neg(Exp(ConvertDType(al, dtypes.Float32))), 0, 1), ConvertDType(Transpose(dp, 0, 1), dtypes.Float32)
 			})
 			if err != nil {
 				return n, err
@@ -484,14 +489,19 @@ func makeRingCopies(backend backends.Backend, ctx *context.Context) (int, error)
 		if err != nil {
 			return n, fmt.Errorf("reading %s: %w", aLog.ScopeAndName(), err)
 		}
-		outs, err := exec.Exec(xt, al)
+		dp, err := dtProj.Value()
+		if err != nil {
+			return n, fmt.Errorf("reading %s: %w", dtProj.ScopeAndName(), err)
+		}
+		outs, err := exec.Exec(xt, al, dp)
 		if err != nil {
 			return n, fmt.Errorf("ring copies of %s: %w", v.ScopeAndName(), err)
 		}
 		scope := ctx.InAbsPath(v.Scope()).Checked(false)
 		scope.VariableWithValue("x_proj"+stepRingSuffix, outs[0]).SetTrainable(false)
 		scope.VariableWithValue("A"+stepRingSuffix, outs[1]).SetTrainable(false)
-		n += 2
+		scope.VariableWithValue("dt_proj"+stepRingSuffix, outs[2]).SetTrainable(false)
+		n += 3
 	}
 	return n, nil
 }
@@ -650,7 +660,7 @@ func (in stepInput) product(ctx *context.Context, cfg Config, name string, outPr
 			if outProj && in.addsResidual(cfg) {
 				add = in.x
 			}
-			p, _ := stepRowProduct(x, wt, false, add)
+			p, _ := stepRowProductPadded(x, wt, false, add, residualPad(cfg, inDim))
 			return p
 		}
 		if outProj && in.addsResidual(cfg) {
@@ -665,6 +675,16 @@ func (in stepInput) product(ctx *context.Context, cfg Config, name string, outPr
 // output: for rowwise inputs.
 func (in stepInput) addsResidual(cfg Config) bool {
 	return in.rowwise() && cfg.stepFuses("residual") && !in.deferResidual
+}
+
+// residualPad is the number of zero columns a product that adds the residual (the extra column
+// of stepRowProduct) appends after it for rows of inDim weights: with Config.StepFuse "align"
+// enough for a row length of inDim+1+pad that is a multiple of 8, else none.
+func residualPad(cfg Config, inDim int) int {
+	if !cfg.stepFuses("align") {
+		return 0
+	}
+	return (8 - (inDim+1)%8) % 8
 }
 
 // rowProduct is the product of a folded input at batch 1 with wt [out, in] (a gain-folded copy,
@@ -699,6 +719,12 @@ func (in stepInput) setNormFromSquares(cfg Config, squares *Node) {
 // one more row, x itself, in the same reduction: the norm's sum of squares without a kernel of
 // its own (not with add).
 func stepRowProduct(x, wt *Node, squares bool, add *Node) (p, sq *Node) {
+	return stepRowProductPadded(x, wt, squares, add, 0)
+}
+
+// stepRowProductPadded is stepRowProduct with pad zero columns after add's column (in wt, and
+// zeros in x against them): the same sums, over rows of in+1+pad elements (residualPad).
+func stepRowProductPadded(x, wt *Node, squares bool, add *Node, pad int) (p, sq *Node) {
 	numB, in := x.Shape().Dim(0), x.Shape().Dim(1)
 	out := wt.Shape().Dim(-2)
 	if wt.Shape().Dim(-1) != in || (wt.Rank() == 3 && wt.Shape().Dim(0) != numB) || wt.Rank() < 2 || wt.Rank() > 3 ||
@@ -711,8 +737,14 @@ func stepRowProduct(x, wt *Node, squares bool, add *Node) (p, sq *Node) {
 	}
 	xf := ConvertDType(x, dtypes.Float32)
 	if add != nil {
-		w = Concatenate([]*Node{w, InsertAxes(ConvertDType(add, dtypes.Float32), -1)}, 2) // [B, out, in+1]
-		xf = Concatenate([]*Node{xf, Ones(x.Graph(), shapes.Make(dtypes.Float32, numB, 1))}, 1)
+		wParts := []*Node{w, InsertAxes(ConvertDType(add, dtypes.Float32), -1)} // [B, out, in+1]
+		xParts := []*Node{xf, Ones(x.Graph(), shapes.Make(dtypes.Float32, numB, 1))}
+		if pad > 0 {
+			wParts = append(wParts, Zeros(x.Graph(), shapes.Make(dtypes.Float32, numB, out, pad)))
+			xParts = append(xParts, Zeros(x.Graph(), shapes.Make(dtypes.Float32, numB, pad)))
+		}
+		w = Concatenate(wParts, 2)
+		xf = Concatenate(xParts, 1)
 	}
 	xr := InsertAxes(xf, 1) // [B, 1, in(+1)]
 	if squares {
@@ -737,8 +769,9 @@ func DropStepWeights(ctx *context.Context) (int, error) {
 	for v := range ctx.IterVariables() {
 		for _, suffix := range []string{stepTSuffix, stepTNSuffix, stepRouterSuffix, stepRingSuffix} {
 			base, ok := strings.CutSuffix(v.Name(), suffix)
-			ringA := suffix == stepRingSuffix && base == "A" && strings.HasSuffix(v.Scope(), "/mixer") // makeRingCopies' A
-			if ok && (isStepWeight(v.Scope(), base) || ringA) {
+			// makeRingCopies' A and dt_proj, which are not step weights.
+			ringExtra := suffix == stepRingSuffix && (base == "A" || base == "dt_proj") && strings.HasSuffix(v.Scope(), "/mixer")
+			if ok && (isStepWeight(v.Scope(), base) || ringExtra) {
 				copies = append(copies, v)
 			}
 		}
@@ -755,7 +788,7 @@ func DropStepWeights(ctx *context.Context) (int, error) {
 // matmul weights of ctx, at their current dtype): the extra memory the copies take.
 // FoldStepWeights adds more: the routers' copies (float32 [E, d] each), a second copy of the
 // in_proj and out_proj of each Mamba block followed by an MoE block (makeRouterCopies; about a
-// tenth more for the BlackMamba presets) and the small ring copies of x_proj and A.
+// tenth more for the BlackMamba presets) and the small ring copies of x_proj, A and dt_proj.
 func StepWeightBytes(ctx *context.Context) int64 {
 	var n int64
 	for _, v := range stepWeightVariables(ctx, false) {

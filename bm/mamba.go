@@ -233,8 +233,20 @@ func mambaRingStep(ctx *context.Context, cfg Config, in stepInput, state, pos *N
 	ring := Where(isSlot, xs, state)
 	// Tap k (0 the oldest input, K−1 this token's) reads column (pos+1+k) mod K: column c takes
 	// tap (c + K − 1 − slot) mod K.
-	tap := ModScalar(Sub(AddScalar(Iota(g, shapes.Make(dtypes.Int32, K, 1), 0), K-1), slot), K)
-	rot := Gather(w.convW, tap) // [K, D]
+	var rot *Node // [K, D]
+	if cfg.stepFuses("taps") {
+		// The taps rolled by s = K−1−slot rows, chosen among the K rolls by selects: elementwise,
+		// so that the conv's kernel reads them directly.
+		s := Sub(Scalar(g, dtypes.Int32, K-1), slot)
+		rot = w.convW
+		for r := 1; r < K; r++ {
+			rolled := Concatenate([]*Node{SliceAxis(w.convW, 0, AxisRange(r, K)), SliceAxis(w.convW, 0, AxisRange(0, r))}, 0)
+			rot = Where(Equal(s, Scalar(g, dtypes.Int32, r)), rolled, rot)
+		}
+	} else {
+		tap := ModScalar(Sub(AddScalar(Iota(g, shapes.Make(dtypes.Int32, K, 1), 0), K-1), slot), K)
+		rot = Gather(w.convW, tap)
+	}
 	var taps *Node
 	for c := range K {
 		term := Mul(Reshape(SliceAxis(ring, 2, AxisElem(c)), B, D), SliceAxis(rot, 0, AxisElem(c)))
@@ -341,12 +353,26 @@ func mambaSelect(ctx *context.Context, cfg Config, in stepInput, w mambaWeights,
 	dt := SliceAxis(xdbl, -1, AxisRange(0, R))
 	bm = SliceAxis(xdbl, -1, AxisRange(R, R+N))
 	cm = SliceAxis(xdbl, -1, AxisRange(R+N, R+2*N))
-	return mambaDelta(cfg, w, dt), bm, cm
+	return mambaDelta(ctx, cfg, in, w, dt), bm, cm
 }
 
-// mambaDelta is a step's Δ = softplus(δ·W_dt + b_dt) [B, D] from δ [B, R].
-func mambaDelta(cfg Config, w mambaWeights, dt *Node) *Node {
-	return Softplus(Add(StepProduct(cfg, dt, w.dtProj), ExpandLeftToRank(w.dtBias, 2)))
+// mambaDelta is a step's Δ = softplus(δ·W_dt + b_dt) [B, D] from δ [B, R]. With
+// Config.StepFuse "dtrow" and a rowwise input the product is a sum along the rows of
+// FoldStepWeights' transposed copy dt_proj_stepRing [D, R] (a row reduction on a GPU) rather
+// than down the columns of W_dt [R, D].
+func mambaDelta(ctx *context.Context, cfg Config, in stepInput, w mambaWeights, dt *Node) *Node {
+	var p *Node
+	if cfg.stepFuses("dtrow") && in.rowwise() {
+		D, R := cfg.Inner(), cfg.Rank()
+		v := ctx.InspectVariableIfLoaded(ctx.Scope(), "dt_proj"+stepRingSuffix)
+		if v == nil || !slices.Equal(v.Shape().Dimensions, []int{D, R}) {
+			panic(fmt.Sprintf("bm: decoding step: step_fuse dtrow needs %s/dt_proj%s [%d, %d] (FoldStepWeights)", ctx.Scope(), stepRingSuffix, D, R))
+		}
+		p, _ = stepRowProduct(dt, v.ValueGraph(dt.Graph()), false, nil)
+	} else {
+		p = StepProduct(cfg, dt, w.dtProj)
+	}
+	return Softplus(Add(p, ExpandLeftToRank(w.dtBias, 2)))
 }
 
 // mambaWideSelect is mambaSelect for a "wide" ring state of C columns (Config.StepFuse "wide"):
@@ -369,7 +395,7 @@ func mambaWideSelect(ctx *context.Context, cfg Config, in stepInput, w mambaWeig
 	} else {
 		xdbl = stepEinsum(cfg, "bd,ed->be", xc, xw)
 	}
-	delta = mambaDelta(cfg, w, SliceAxis(xdbl, -1, AxisRange(0, R)))
+	delta = mambaDelta(ctx, cfg, in, w, SliceAxis(xdbl, -1, AxisRange(0, R)))
 	return delta, av.ValueGraph(g), SliceAxis(xdbl, -1, AxisRange(R, R+C)), SliceAxis(xdbl, -1, AxisRange(R+C, R+2*C))
 }
 

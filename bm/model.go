@@ -133,10 +133,15 @@ func Residual(ctx *context.Context, cfg Config, x *Node, mixer func(i int, b Blo
 // headLogits applies the final LayerNorm to the residual stream x [..., d] and the tied head:
 // logits = LayerNorm_f(x)·W_embᵀ [..., V] float32.
 func headLogits(ctx *context.Context, cfg Config, x, emb *Node) (hidden, logits *Node) {
-	hidden = LayerNorm(ctx.In("decoder").In("final_layernorm"), x, cfg.NormEps)
+	return headLogitsOf(ctx, cfg, LayerNorm(ctx.In("decoder").In("final_layernorm"), x, cfg.NormEps), emb)
+}
+
+// headLogitsOf is headLogits of the normed hidden state [..., d]: it returns hidden and the
+// logits.
+func headLogitsOf(ctx *context.Context, cfg Config, hidden, emb *Node) (_, logits *Node) {
 	dt := ComputeDType(cfg)
 	if v := castVariable(ctx.In("embedding").In("word_embeddings"), headCopyName, cfg.Vocab, cfg.Dim); v != nil {
-		emb = v.ValueGraph(x.Graph()) // the head's copy in the compute dtype (CastWeights)
+		emb = v.ValueGraph(hidden.Graph()) // the head's copy in the compute dtype (CastWeights)
 	}
 	logits = DotGeneral(ConvertDType(hidden, dt), []int{-1}, nil, ConvertDType(emb, dt), []int{1}, nil)
 	return hidden, ConvertDType(logits, dtypes.Float32)

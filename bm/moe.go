@@ -186,7 +186,7 @@ func moeStep(ctx *context.Context, cfg Config, experts int, in stepInput, routed
 		a := gatedActivation(cfg, h)
 		if in.addsResidual(cfg) {
 			// The gate inside the product, the residual as its extra column: the new residual.
-			y, _ := stepRowProduct(Mul(a, InsertAxes(gate, -1)), Gather(fc2T, idx), false, in.x)
+			y, _ := stepRowProductPadded(Mul(a, InsertAxes(gate, -1)), Gather(fc2T, idx), false, in.x, residualPad(cfg, f))
 			return y, choice
 		}
 		y, _ := stepRowProduct(a, Gather(fc2T, idx), false, nil) // [1, d]

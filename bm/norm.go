@@ -44,6 +44,27 @@ func LayerNorm(ctx *context.Context, x *Node, eps float64) *Node {
 	return Add(Mul(Div(centred, Sqrt(AddScalar(variance, eps))), ExpandLeftToRank(w, x.Rank())), ExpandLeftToRank(b, x.Rank()))
 }
 
+// layerNormOnePass is LayerNorm with the mean and the mean square of x from one reduction of
+// the two stacked ([..., 2, d]), the variance as their difference: the same values up to
+// rounding (the variance loses precision only when the mean is far larger than the spread).
+// A decoding step uses it for the final norm (Config.StepFuse "head"): there the mean of x,
+// the last block's product, would otherwise be a sum of a sum, which a GPU compiler (XLA)
+// merges into one sum over the block's weights, reading them a second time.
+func layerNormOnePass(ctx *context.Context, x *Node, eps float64) *Node {
+	x = ConvertDType(x, dtypes.Float32)
+	g := x.Graph()
+	d := x.Shape().Dim(-1)
+	w := ctx.WithInitializer(initializers.One).
+		VariableWithShape("weight", shapes.Make(dtypes.Float32, d)).ValueGraph(g)
+	b := ctx.WithInitializer(initializers.Zero).
+		VariableWithShape("bias", shapes.Make(dtypes.Float32, d)).ValueGraph(g)
+	moments := ReduceAndKeep(Concatenate([]*Node{InsertAxes(x, -2), InsertAxes(Square(x), -2)}, -2), ReduceMean, -1) // [..., 2, 1]
+	mean := Squeeze(SliceAxis(moments, -2, AxisElem(0)), -1)                                                         // [..., 1]
+	meanSq := Squeeze(SliceAxis(moments, -2, AxisElem(1)), -1)
+	variance := Max(Sub(meanSq, Square(mean)), ZerosLike(mean))
+	return Add(Mul(Mul(Sub(x, mean), Rsqrt(AddScalar(variance, eps))), ExpandLeftToRank(w, x.Rank())), ExpandLeftToRank(b, x.Rank()))
+}
+
 // ComputeDType returns the dtype of matmul operands for cfg: BFloat16 when cfg.ComputeDType is
 // "bfloat16", Float32 otherwise.
 func ComputeDType(cfg Config) dtypes.DType {

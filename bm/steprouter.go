@@ -65,7 +65,7 @@ func (f *routerFold) inProj(cfg Config, in stepInput, outDim int) *Node {
 func (f *routerFold) outProj(cfg Config, in stepInput, y *Node, outDim int) *Node {
 	E := f.experts
 	if in.addsResidual(cfg) {
-		p, _ := stepRowProduct(y, f.out, false, Concatenate([]*Node{in.x, f.raw}, 1))
+		p, _ := stepRowProductPadded(y, f.out, false, Concatenate([]*Node{in.x, f.raw}, 1), residualPad(cfg, y.Shape().Dim(1)))
 		f.logits = SliceAxis(p, 1, AxisRange(outDim, outDim+E))
 		return SliceAxis(p, 1, AxisRange(0, outDim))
 	}

@@ -89,7 +89,8 @@ func TestStepProduct(t *testing.T) {
 // folded layout's batch-1 products sum in float32 where the others round their inputs to
 // bfloat16 first, so in bfloat16 its greedy tokens may part from the plain decoder's at a
 // near tie; it is checked for the same tokens in float32 (also with Config.StepFuse
-// "gate,residual", "router", "residual,router", "residual,ring" and "residual,router,ring"),
+// "gate,residual", "router", "residual,router", "residual,ring", "residual,router,ring" and
+// "residual,router,ring,align,dtrow,taps,head"),
 // and in bfloat16 by TestFoldedStepLogitsBF16. On a compiling backend (a GPU)
 // the same holds for the padded rows in bfloat16: there the one-row product rounds each
 // bfloat16 product before its float32 sum and the padded one is a matrix multiplication that
@@ -104,7 +105,7 @@ func TestStepVariantsGreedyTokens(t *testing.T) {
 				t.Run(fmt.Sprintf("%s/unroll%d/%s", cfg.Name, unroll, dtype), func(t *testing.T) {
 					variants := []string{"plain", "rows", "transposed"}
 					if dtype == "float32" {
-						variants = []string{"plain", "folded", "folded-fused", "folded-router", "folded-all", "folded-ring", "folded-ring-all"}
+						variants = []string{"plain", "folded", "folded-fused", "folded-router", "folded-all", "folded-ring", "folded-ring-all", "folded-ring-more"}
 					}
 					if !xla.IsPureGo(backend) {
 						if dtype == "float32" {
@@ -131,6 +132,8 @@ func TestStepVariantsGreedyTokens(t *testing.T) {
 							c.StepFuse, variant = "residual,ring", "folded"
 						case "folded-ring-all":
 							c.StepFuse, variant = "residual,router,ring", "folded"
+						case "folded-ring-more":
+							c.StepFuse, variant = "residual,router,ring,align,dtrow,taps,head", "folded"
 						}
 						ctx := stepVariantContext(t, backend, c, variant)
 						dec, err := NewDecoder(backend, ctx, c, 1, maxLen)
@@ -274,15 +277,15 @@ func TestStepWeightCopies(t *testing.T) {
 				t.Errorf("before any copies: layout %q, want inout", StepLayoutOf(ctx))
 			}
 			// FoldStepWeights' router copies (makeRouterCopies, TestRouterCopies: in_proj and
-			// out_proj with the router rows) and ring copies (makeRingCopies, TestRingStatePadding:
-			// x_proj and A), two each.
+			// out_proj with the router rows, two) and ring copies (makeRingCopies,
+			// TestRingStatePadding: x_proj, A and dt_proj, three).
 			extra := 0
 			for i, b := range cfg.Blocks() {
 				if fold && b.Kind == KindMamba && i+1 < len(cfg.Blocks()) && cfg.Blocks()[i+1].Kind == KindMoE {
 					extra += 2
 				}
 				if fold && b.Kind == KindMamba {
-					extra += 2
+					extra += 3
 				}
 			}
 			n, err := SetStepLayout(backend, ctx, layout)

@@ -100,7 +100,7 @@ type GenerateOptions struct {
 	// 15 s longer to compile: worth it for generations of tens of thousands of tokens.
 	Unroll int
 	// StepFuse is bm.Config.StepFuse for the generation (the folded layout's batch-1 step
-	// rearrangements "gate", "residual", "router", "ring" and "wide", comma-separated), which
+	// rearrangements of bm.StepFusions, comma-separated), which
 	// needs StepWeights to resolve to folded; "auto" is DefaultStepFuse when it does and none
 	// otherwise; "" and "none": none.
 	StepFuse string

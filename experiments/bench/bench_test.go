@@ -177,6 +177,18 @@ func TestDecodeRuns(t *testing.T) {
 	if r := DecodeWith(backend, cfg, 1, 8, 2, 1, bm.StepFolded, LoopResidentSync); r.Err != "" || r.Extra["sync_calls"] != 1 || r.Extra["pipelined_calls"] != 0 || !strings.Contains(r.Variant, "resident, sync calls") {
 		t.Errorf("decode resident, sync calls: %+v", r)
 	}
+	// A row that differs from the previous one only in its loop and step fusions reads the same
+	// weights (decodeCache); another dtype makes new ones.
+	fused := cfg
+	fused.StepFuse = "residual,router,ring"
+	if r := DecodeWith(backend, fused, 1, 8, 1, 1, bm.StepFolded, LoopResident); r.Err != "" || r.Extra["weights_reused"] != 1 || r.Extra["tokens_repeat"] != 1 {
+		t.Errorf("decode with the previous row's weights: %+v", r)
+	}
+	other := cfg
+	other.ComputeDType = "bfloat16"
+	if r := DecodeWith(backend, other, 1, 8, 1, 1, bm.StepFolded, LoopResident); r.Err != "" || r.Extra["weights_reused"] != 0 {
+		t.Errorf("decode in another dtype: %+v", r)
+	}
 	if _, err := ParseLoop("ahead"); err == nil || !strings.Contains(err.Error(), `"ahead"`) {
 		t.Errorf("ParseLoop(ahead): error %v, want one naming it", err)
 	}

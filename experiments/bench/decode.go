@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/gomlx/gomlx/backends"
+	"github.com/gomlx/gomlx/pkg/core/dtypes"
 	"github.com/gomlx/gomlx/pkg/core/tensors"
 	"github.com/gomlx/gomlx/pkg/ml/context"
 	"github.com/gomlx/gomlx/pkg/ml/context/initializers"
@@ -22,8 +23,9 @@ const PeakHBMBytesPerS = 4.8e12
 // depend on their values): the matmul weights and the head are stored in cfg's compute dtype
 // (bm.CastWeights), a one-token prompt is prefilled and tokens tokens are generated with the
 // tokens kept on the device (bm.GreedyDecoder). Every graph of the generation is compiled
-// first (CompileS: weight initialisation, casting and compilation); then one untimed pass, then
-// reps timed passes.
+// first (CompileS: weight initialisation, casting and compilation, or compilation only where
+// Extra weights_reused is 1: the previous row's weights, decodeCache); then one untimed pass,
+// then reps timed passes.
 //
 // Ms is the median over the passes of the time per generated token after the first one
 // (the steps only: (time of the last token − time of the first token) / (tokens − 1)), MinMs
@@ -128,19 +130,12 @@ func DecodeWith(backend backends.Backend, cfg bm.Config, batch, tokens, unroll, 
 		if err := cfg.Validate(); err != nil {
 			return err
 		}
-		ctx := context.New()
-		ctx.SetParam(initializers.ParamInitialSeed, int64(1))
-		defer ctx.Finalize()
 		start := time.Now()
-		if err := bm.InitWeights(backend, ctx, cfg); err != nil {
-			return fmt.Errorf("initialising weights: %w", err)
-		}
-		if _, err := bm.CastWeights(backend, ctx, dtype); err != nil {
+		ctx, reused, err := decodeWeights(backend, cfg, dtype, layout)
+		if err != nil {
 			return err
 		}
-		if _, err := bm.SetStepLayout(backend, ctx, layout); err != nil {
-			return err
-		}
+		row.Extra["weights_reused"] = b2f(reused)
 		// The prompt's token and tokens-1 steps: tokens positions in all.
 		dec, err := bm.NewDecoder(backend, ctx, cfg, batch, tokens)
 		if err != nil {
@@ -196,6 +191,48 @@ func DecodeWith(backend backends.Backend, cfg bm.Config, batch, tokens, unroll, 
 	row.Extra["bw_util"] = weightBytes / (row.Ms / 1000) / PeakHBMBytesPerS
 	emit(&row)
 	return row
+}
+
+// decodeCache holds the weights of the last decode row: rows that differ only in
+// bm.Config.StepFuse, StepRows or MaxSeqLen, the batch, the tokens, the unroll or the loop read
+// the same weights and copies (FoldStepWeights makes every copy any fusion reads), so a run of
+// such rows initialises them once. On a GPU making the 1.5b weights takes most of a row's time.
+var decodeCache struct {
+	key string
+	ctx *context.Context
+}
+
+// decodeWeights returns the context of random weights (seed 1) of cfg, cast to dtype, with the
+// step copies of layout: the cached one when the previous row made the same (reused), else new
+// ones, which replace the cache (the old context is finalized).
+func decodeWeights(backend backends.Backend, cfg bm.Config, dtype dtypes.DType, layout bm.StepLayout) (ctx *context.Context, reused bool, err error) {
+	c := cfg
+	c.StepFuse, c.StepRows, c.MaxSeqLen = "", 0, 0
+	key := fmt.Sprintf("%s|%+v|%s|%s", backend.Name(), c, dtype, layout)
+	if decodeCache.ctx != nil && decodeCache.key == key {
+		return decodeCache.ctx, true, nil
+	}
+	if decodeCache.ctx != nil {
+		decodeCache.ctx.Finalize()
+		decodeCache.ctx, decodeCache.key = nil, ""
+	}
+	ctx = context.New()
+	ctx.SetParam(initializers.ParamInitialSeed, int64(1))
+	fail := func(err error) (*context.Context, bool, error) {
+		ctx.Finalize()
+		return nil, false, err
+	}
+	if err := bm.InitWeights(backend, ctx, cfg); err != nil {
+		return fail(fmt.Errorf("initialising weights: %w", err))
+	}
+	if _, err := bm.CastWeights(backend, ctx, dtype); err != nil {
+		return fail(err)
+	}
+	if _, err := bm.SetStepLayout(backend, ctx, layout); err != nil {
+		return fail(err)
+	}
+	decodeCache.ctx, decodeCache.key = ctx, key
+	return ctx, false, nil
 }
 
 // decodeResult is one timed generation.
