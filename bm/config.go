@@ -111,17 +111,17 @@ type Config struct {
 	// residual's column of a product that adds it ("residual") with zero columns to a row length
 	// that is a multiple of 8, so that the compiler can read the weights' rows in wide vectors;
 	// "dtrow" computes the Mamba block's dt_proj as a sum along the rows of a transposed copy
-	// (FoldStepWeights) instead of down the columns of the weight; "taps", with "ring", takes
-	// the conv's taps rotated to the ring's order as a dynamic slice of the taps written twice
-	// instead of a gather; "head" computes the final LayerNorm's mean and mean square in one
-	// reduction of the two stacked, so that the compiler does not merge the mean into the last
-	// block's product (and read its weights twice). The values are the same up to rounding.
-	// Empty: none.
+	// (FoldStepWeights) instead of down the columns of the weight; "nodefer", with "ring", has a
+	// Mamba block followed by an MoE block add the residual in its own out_proj after all, so
+	// that the MoE block's products read the sum rather than adding it as they read; "head"
+	// computes the final LayerNorm's mean and mean square in one reduction of the two stacked,
+	// so that the compiler does not merge the mean into the last block's product (and read its
+	// weights twice). The values are the same up to rounding. Empty: none.
 	StepFuse string `json:"step_fuse,omitempty"`
 }
 
 // StepFusions lists the values StepFuse may hold.
-var StepFusions = []string{"gate", "residual", "router", "ring", "wide", "align", "dtrow", "taps", "head"}
+var StepFusions = []string{"gate", "residual", "router", "ring", "wide", "align", "dtrow", "head", "nodefer"}
 
 // stepFuses reports whether c.StepFuse names fusion.
 func (c Config) stepFuses(fusion string) bool {
@@ -438,9 +438,10 @@ func CheckStepFuse(s string) error {
 	if slices.Contains(fs, "wide") && !slices.Contains(fs, "ring") {
 		return fmt.Errorf("step_fuse %q: wide pads the ring state, it needs ring too", s)
 	}
-	if slices.Contains(fs, "taps") && !slices.Contains(fs, "ring") {
-		return fmt.Errorf("step_fuse %q: taps rotates the conv taps to the ring state, it needs ring too", s)
+	if slices.Contains(fs, "nodefer") && !slices.Contains(fs, "ring") {
+		return fmt.Errorf("step_fuse %q: nodefer undoes ring's deferred residual, it needs ring too", s)
 	}
+
 	return nil
 }
 

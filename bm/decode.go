@@ -434,8 +434,8 @@ func decodeStepGraph(ctx *context.Context, cfg Config, token, pos *Node, states 
 				rf = newRouterFold(mctx, layerScope(ctx, i+1).In("mixer"), cfg, in, blocks[i+1].Experts)
 			}
 			if mambaStates(cfg) == 1 {
-				// The MoE block after it adds the residual in its last product.
-				in.deferResidual = i+1 < len(blocks) && blocks[i+1].Kind == KindMoE
+				// The MoE block after it adds the residual in its last product, unless "nodefer".
+				in.deferResidual = i+1 < len(blocks) && blocks[i+1].Kind == KindMoE && !cfg.stepFuses("nodefer")
 				var state *Node
 				f, state = mambaRingStep(mctx, cfg, in, states[j], pos, rf)
 				next = append(next, state)

@@ -173,7 +173,7 @@ func TestRingStatePadding(t *testing.T) {
 		fuse         string
 		batch, width int
 	}{{"residual,ring,wide", 1, 16}, {"ring,wide", 2, 16}, {"residual,router,ring,wide", 1, 16}, {"residual,ring", 1, 9},
-		{"residual,router,ring,align,dtrow,taps,head", 1, 9}, {"residual,router,ring,wide,taps,dtrow", 1, 16}} {
+		{"residual,router,ring,align,dtrow,head", 1, 9}, {"residual,router,ring,wide,dtrow,nodefer", 1, 16}} {
 		cfg.StepFuse = c.fuse
 		if w := mambaRingWidth(cfg); w != c.width {
 			t.Fatalf("%s: mambaRingWidth with K=%d, N=%d: %d, want %d", c.fuse, cfg.ConvKernel, cfg.StateSize, w, c.width)
@@ -191,7 +191,7 @@ func TestRingStatePadding(t *testing.T) {
 			t.Errorf("ringWidth(K=%d, N=%d) = %d, want %d", c.k, c.n, got, c.want)
 		}
 	}
-	for _, f := range []string{"wide", "residual,taps"} {
+	for _, f := range []string{"wide", "residual,nodefer"} {
 		if err := CheckStepFuse(f); err == nil || !strings.Contains(err.Error(), "needs ring") {
 			t.Errorf(`CheckStepFuse(%q) = %v, want an error saying it needs ring`, f, err)
 		}

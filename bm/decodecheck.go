@@ -37,14 +37,14 @@ func DecodeCheckConfigs() []Config {
 // random tokens [2, 10] and the recurrent decoder (prefill of 1, 2, 3, 5 and 8 tokens, then
 // one step per token), and returns an error if any logit differs from the forward's by more
 // than 1e-4 of the largest logit magnitude, with the norm gains set to random values
-// (RandomizeNormGains). Each architecture is checked fourteen times: as it is, with its step
+// (RandomizeNormGains). Each architecture is checked fifteen times: as it is, with its step
 // products padded to 4 rows (Config.StepRows), with the steps reading the weights' transposed
 // copies (TransposeStepWeights), with those copies carrying the norm gains (FoldStepWeights),
 // and the last at batch 1 too, where the folded step takes its row products (plain, with
 // Config.StepFuse "gate,residual", "router", "residual,router", "residual,ring",
 // "residual,router,ring", "residual,router,ring,wide" and
-// "residual,router,ring,align,dtrow,taps,head"), and "ring" and "ring,taps,head" at batch 2
-// as well. The router biases are set to random values too. It returns one report line per
+// "residual,router,ring,align,dtrow,head" with and without "nodefer"), and "ring" and
+// "ring,head" at batch 2 as well. The router biases are set to random values too. It returns one report line per
 // check.
 func CheckDecode(backend backends.Backend) (report []string, err error) {
 	err = CheckDecodeEach(backend, func(line string) { report = append(report, line) })
@@ -64,7 +64,7 @@ func CheckDecodeEach(backend backends.Backend, each func(line string)) error {
 			{0, 1, StepFolded, ""}, {0, 1, StepFolded, "gate,residual"}, {0, 1, StepFolded, "router"},
 			{0, 1, StepFolded, "residual,router"}, {0, 2, StepFolded, "ring"}, {0, 1, StepFolded, "residual,ring"},
 			{0, 1, StepFolded, "residual,router,ring"}, {0, 1, StepFolded, "residual,router,ring,wide"},
-			{0, 1, StepFolded, "residual,router,ring,align,dtrow,taps,head"}, {0, 2, StepFolded, "ring,taps,head"}} {
+			{0, 1, StepFolded, "residual,router,ring,align,dtrow,head"}, {0, 1, StepFolded, "residual,router,ring,align,dtrow,head,nodefer"}, {0, 2, StepFolded, "ring,head"}} {
 			cfg.StepRows, cfg.StepFuse = variant.rows, variant.fuse
 			name := cfg.Name
 			if variant.rows > 0 {

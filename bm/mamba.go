@@ -233,20 +233,8 @@ func mambaRingStep(ctx *context.Context, cfg Config, in stepInput, state, pos *N
 	ring := Where(isSlot, xs, state)
 	// Tap k (0 the oldest input, K−1 this token's) reads column (pos+1+k) mod K: column c takes
 	// tap (c + K − 1 − slot) mod K.
-	var rot *Node // [K, D]
-	if cfg.stepFuses("taps") {
-		// The taps rolled by s = K−1−slot rows, chosen among the K rolls by selects: elementwise,
-		// so that the conv's kernel reads them directly.
-		s := Sub(Scalar(g, dtypes.Int32, K-1), slot)
-		rot = w.convW
-		for r := 1; r < K; r++ {
-			rolled := Concatenate([]*Node{SliceAxis(w.convW, 0, AxisRange(r, K)), SliceAxis(w.convW, 0, AxisRange(0, r))}, 0)
-			rot = Where(Equal(s, Scalar(g, dtypes.Int32, r)), rolled, rot)
-		}
-	} else {
-		tap := ModScalar(Sub(AddScalar(Iota(g, shapes.Make(dtypes.Int32, K, 1), 0), K-1), slot), K)
-		rot = Gather(w.convW, tap)
-	}
+	tap := ModScalar(Sub(AddScalar(Iota(g, shapes.Make(dtypes.Int32, K, 1), 0), K-1), slot), K)
+	rot := Gather(w.convW, tap) // [K, D]
 	var taps *Node
 	for c := range K {
 		term := Mul(Reshape(SliceAxis(ring, 2, AxisElem(c)), B, D), SliceAxis(rot, 0, AxisElem(c)))
