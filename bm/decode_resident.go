@@ -117,6 +117,56 @@ func (d *GreedyDecoder) GenerateResident(tok *tensors.Tensor, n int) ([][]int32,
 	return out, err
 }
 
+// GenerateResidentMarks is GenerateResident that also reads the tokens at marks: after the call
+// that makes step m of the n (for each m of marks, increasing, in 1 … n) it copies the token
+// history to the host, which waits for the calls launched so far but keeps the calls' pipeline
+// (the next calls reuse its buffers: no call of its own, no new executable arguments), and
+// hands at m and each sequence's token of step m. The generation is timed at those points as
+// it runs. One step per call: Unroll must be at most 1, so that every step ends a call.
+func (d *GreedyDecoder) GenerateResidentMarks(tok *tensors.Tensor, n int, marks []int, at func(m int, toks []int32)) ([][]int32, error) {
+	const name = "GreedyDecoder.GenerateResidentMarks"
+	if err := d.checkCall("GenerateResidentMarks", tok, n); err != nil {
+		return nil, err
+	}
+	if d.Unroll > 1 {
+		return nil, fmt.Errorf("bm: %s: marks need one step per call, Unroll is %d", name, d.Unroll)
+	}
+	for i, m := range marks {
+		if m < 1 || m > n || (i > 0 && m <= marks[i-1]) {
+			return nil, fmt.Errorf("bm: %s: marks %v must increase within 1 … %d (the steps)", name, marks, n)
+		}
+	}
+	start, end := d.pos, d.pos+n
+	var out [][]int32
+	next := 0
+	err := d.residentRun(name, tok, n, func(flat func() ([]int32, error), _, to int) (bool, error) {
+		marked := next < len(marks) && marks[next] == to-start
+		if !marked && to < end {
+			return true, nil
+		}
+		h, err := flat()
+		if err != nil {
+			return false, err
+		}
+		if marked {
+			toks := make([]int32, d.batch)
+			for b := range toks {
+				toks[b] = h[b*d.maxLen+to-1]
+			}
+			at(marks[next], toks)
+			next++
+		}
+		if to == end {
+			out = make([][]int32, d.batch)
+			for b := range out {
+				out[b] = h[b*d.maxLen+start : b*d.maxLen+end]
+			}
+		}
+		return true, nil
+	})
+	return out, err
+}
+
 // GenerateResidentStream is GenerateStream through the resident steps: it continues one prompt
 // (batch 1) by up to maxNew tokens, the first from the prefill and the rest from resident calls
 // of Unroll steps (single steps at the end), and hands each token to onToken (if not nil) in

@@ -234,3 +234,69 @@ func TestResidentPipelineError(t *testing.T) {
 		t.Errorf("GenerateResident after a failed pipeline without a new prefill: no error")
 	}
 }
+
+// TestGenerateResidentMarks checks GenerateResidentMarks for the four small architectures, with
+// the calls launched through a pipeline (the host stand-in on the pure-Go backend, the real one
+// on XLA) and one by one: it gives GenerateResident's tokens, hands each mark the token of that
+// step, and reads them without ending the pipeline (the attention blocks' KV caches end it at
+// each bucket, where the Mamba blocks run one pipeline throughout). It refuses unrolled calls
+// and marks out of order or out of range.
+func TestGenerateResidentMarks(t *testing.T) {
+	backend := cpuBackend(t)
+	withHostPipeline(t, backend, 0)
+	const maxLen, n = 24, 20
+	marks := []int{1, 3, 4, 9, n}
+	for _, cfg := range DecodeCheckConfigs() {
+		for _, sync := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/sync=%v", cfg.Name, sync), func(t *testing.T) {
+				g := newSeededGreedy(t, backend, cfg, 1, maxLen, 5)
+				defer g.Release()
+				g.SyncCalls = sync
+				tok, _ := prefillOne(t, g, []int{7})
+				want, err := g.GenerateResident(tok, n)
+				tok.FinalizeAll()
+				if err != nil {
+					t.Fatal(err)
+				}
+				tok, _ = prefillOne(t, g, []int{7})
+				defer tok.FinalizeAll()
+				before := g.PipelinedCalls()
+				var seen []int
+				got, err := g.GenerateResidentMarks(tok, n, marks, func(m int, toks []int32) {
+					seen = append(seen, m)
+					if len(toks) != 1 || toks[0] != want[0][m-1] {
+						t.Errorf("mark %d: tokens %v, want [%d]", m, toks, want[0][m-1])
+					}
+				})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !slices.Equal(got[0], want[0]) || !slices.Equal(seen, marks) {
+					t.Errorf("tokens %v and marks %v, want %v and %v", got[0], seen, want[0], marks)
+				}
+				piped := g.PipelinedCalls() - before
+				if sync && piped != 0 {
+					t.Errorf("sync calls: %d pipelined", piped)
+				}
+				if mambaOnly := !strings.Contains(cfg.Pattern, "a"); !sync && mambaOnly && piped != n-1 {
+					t.Errorf("%d calls pipelined, want %d: every call after the first in one pipeline", piped, n-1)
+				}
+			})
+		}
+	}
+	cfg := DecodeCheckConfigs()[0]
+	g := newSeededGreedy(t, backend, cfg, 1, maxLen, 5)
+	defer g.Release()
+	tok, _ := prefillOne(t, g, []int{7})
+	defer tok.FinalizeAll()
+	for _, c := range []struct {
+		unroll int
+		marks  []int
+		want   string
+	}{{2, []int{2}, "Unroll is 2"}, {1, []int{3, 3}, "must increase"}, {1, []int{0}, "must increase"}, {1, []int{5}, "within 1 … 4"}} {
+		g.Unroll = c.unroll
+		if _, err := g.GenerateResidentMarks(tok, 4, c.marks, func(int, []int32) {}); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("unroll %d, marks %v: error %v, want one saying %q", c.unroll, c.marks, err, c.want)
+		}
+	}
+}

@@ -238,7 +238,8 @@ func Run(backend backends.Backend, opts Options) (*Result, error) {
 		Family: opts.Family, Backend: backend.Name(), Batch: 1, Prompt: 1, MaxLen: opts.MaxLen, Reps: opts.Reps,
 		Matching: "baselines matched to BlackMamba on active parameters (presets <size>-mamba-total match total parameters)",
 		Method: "random weights, block matmul weights and the head stored in bfloat16 (bm.CastWeights; router, scan parameters, norms float32), greedy argmax on the device; " +
-			"total_ms(L) is the wall time from the prefill call to the L-th token being available on the host, " +
+			"total_ms(L) is the wall time from the prefill call to the L-th token being available on the host " +
+			"(resident at one step per call: one generation of max_len tokens whose history is copied to the host at each L and L-window, the calls launched ahead continuing), " +
 			"per_token_ms(L) is the wall time of the window steps ending at token L divided by the window; " +
 			"graphs are compiled for all KV-cache lengths before timing; median/min/max over reps",
 		Created: time.Now().UTC().Format(time.RFC3339),
@@ -463,9 +464,11 @@ func timePass(g *bm.GreedyDecoder, n int, marks map[int]bool) ([]float64, map[in
 	}
 }
 
-// timePassResident is timePass through bm.GreedyDecoder.GenerateResident: one call of it from
-// each checkpoint to the next, whose tokens come to the host at its end (the time of the
-// checkpoint); the last token feeds the next one from the host.
+// timePassResident is timePass through the resident steps. With one step per call, one
+// bm.GreedyDecoder.GenerateResidentMarks runs the whole pass and copies the token history to
+// the host at each checkpoint (the time of the checkpoint) without stopping the calls launched
+// ahead. Unrolled, one GenerateResident call runs from each checkpoint to the next, whose
+// tokens come to the host at its end; the last token feeds the next one from the host.
 func timePassResident(g *bm.GreedyDecoder, n int, marks map[int]bool) ([]float64, map[int]int32, error) {
 	times := make([]float64, n+1)
 	toks := map[int]int32{}
@@ -481,6 +484,21 @@ func timePassResident(g *bm.GreedyDecoder, n int, marks map[int]bool) ([]float64
 		return nil, nil, err
 	}
 	times[1], toks[1] = float64(time.Since(start).Nanoseconds())/1e6, v[0]
+	if g.Unroll <= 1 {
+		// Step m of the n-1 after the prefill makes token m+1.
+		steps := make([]int, len(stops))
+		for i, s := range stops {
+			steps[i] = s - 1
+		}
+		_, err := g.GenerateResidentMarks(tok, n-1, steps, func(m int, last []int32) {
+			times[m+1], toks[m+1] = float64(time.Since(start).Nanoseconds())/1e6, last[0]
+		})
+		tok.FinalizeAll()
+		if err != nil {
+			return nil, nil, err
+		}
+		return times, toks, nil
+	}
 	count := 1
 	for _, stop := range stops {
 		got, err := g.GenerateResident(tok, stop-count)

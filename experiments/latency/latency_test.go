@@ -1,6 +1,7 @@
 package latency
 
 import (
+	"cmp"
 	"fmt"
 	"maps"
 	"os"
@@ -275,6 +276,15 @@ func TestTimePassUnrolled(t *testing.T) {
 						if !(times[m] > 0) {
 							t.Errorf("unroll %d, resident %v: no time at checkpoint %d", unroll, resident, m)
 						}
+					}
+					for _, m := range checkpoints(marks, 1, n) {
+						if times[m] < times[1] {
+							t.Errorf("unroll %d, resident %v: checkpoint %d at %.3f ms, before the first token's %.3f", unroll, resident, m, times[m], times[1])
+						}
+					}
+					stops := checkpoints(marks, 1, n)
+					if !slices.IsSortedFunc(stops, func(a, b int) int { return cmp.Compare(times[a], times[b]) }) {
+						t.Errorf("unroll %d, resident %v: checkpoint times out of order", unroll, resident)
 					}
 					if ref == nil {
 						ref = toks
