@@ -173,7 +173,7 @@ func TestRingStatePadding(t *testing.T) {
 		fuse         string
 		batch, width int
 	}{{"residual,ring,wide", 1, 16}, {"ring,wide", 2, 16}, {"residual,router,ring,wide", 1, 16}, {"residual,ring", 1, 9},
-		{"residual,router,ring,align,dtrow,head", 1, 9}, {"residual,router,ring,wide,dtrow,nodefer", 1, 16}} {
+		{"residual,router,ring,align,dtrow,head", 1, 9}, {"residual,router,ring,head,align,dtrow,nodefer,wide", 1, 16}} {
 		cfg.StepFuse = c.fuse
 		if w := mambaRingWidth(cfg); w != c.width {
 			t.Fatalf("%s: mambaRingWidth with K=%d, N=%d: %d, want %d", c.fuse, cfg.ConvKernel, cfg.StateSize, w, c.width)

@@ -43,7 +43,7 @@ func DecodeCheckConfigs() []Config {
 // and the last at batch 1 too, where the folded step takes its row products (plain, with
 // Config.StepFuse "gate,residual", "router", "residual,router", "residual,ring",
 // "residual,router,ring", "residual,router,ring,wide" and
-// "residual,router,ring,align,dtrow,head" with and without "nodefer"), and "ring" and
+// "residual,router,ring,align,dtrow,head" without and with "nodefer,wide"), and "ring" and
 // "ring,head" at batch 2 as well. The router biases are set to random values too. It returns one report line per
 // check.
 func CheckDecode(backend backends.Backend) (report []string, err error) {
@@ -64,7 +64,7 @@ func CheckDecodeEach(backend backends.Backend, each func(line string)) error {
 			{0, 1, StepFolded, ""}, {0, 1, StepFolded, "gate,residual"}, {0, 1, StepFolded, "router"},
 			{0, 1, StepFolded, "residual,router"}, {0, 2, StepFolded, "ring"}, {0, 1, StepFolded, "residual,ring"},
 			{0, 1, StepFolded, "residual,router,ring"}, {0, 1, StepFolded, "residual,router,ring,wide"},
-			{0, 1, StepFolded, "residual,router,ring,align,dtrow,head"}, {0, 1, StepFolded, "residual,router,ring,align,dtrow,head,nodefer"}, {0, 2, StepFolded, "ring,head"}} {
+			{0, 1, StepFolded, "residual,router,ring,align,dtrow,head"}, {0, 1, StepFolded, "residual,router,ring,head,align,dtrow,nodefer,wide"}, {0, 2, StepFolded, "ring,head"}} {
 			cfg.StepRows, cfg.StepFuse = variant.rows, variant.fuse
 			name := cfg.Name
 			if variant.rows > 0 {

@@ -90,7 +90,7 @@ func TestStepProduct(t *testing.T) {
 // bfloat16 first, so in bfloat16 its greedy tokens may part from the plain decoder's at a
 // near tie; it is checked for the same tokens in float32 (also with Config.StepFuse
 // "gate,residual", "router", "residual,router", "residual,ring", "residual,router,ring" and
-// "residual,router,ring,align,dtrow,head,nodefer"),
+// "residual,router,ring,head,align,dtrow,nodefer,wide"),
 // and in bfloat16 by TestFoldedStepLogitsBF16. On a compiling backend (a GPU)
 // the same holds for the padded rows in bfloat16: there the one-row product rounds each
 // bfloat16 product before its float32 sum and the padded one is a matrix multiplication that
@@ -133,7 +133,7 @@ func TestStepVariantsGreedyTokens(t *testing.T) {
 						case "folded-ring-all":
 							c.StepFuse, variant = "residual,router,ring", "folded"
 						case "folded-ring-more":
-							c.StepFuse, variant = "residual,router,ring,align,dtrow,head,nodefer", "folded"
+							c.StepFuse, variant = "residual,router,ring,head,align,dtrow,nodefer,wide", "folded"
 						}
 						ctx := stepVariantContext(t, backend, c, variant)
 						dec, err := NewDecoder(backend, ctx, c, 1, maxLen)

@@ -201,12 +201,15 @@ func CheckStepFuse(stepFuse string) error {
 
 // DefaultStepFuse is the bm.Config.StepFuse that "auto" gives the folded step weights: the
 // fastest measured on an H200 (1.5b, bf16, batch 1, one resident step per call launched
-// ahead, 256 tokens): "residual" 0.576 ms per token, "residual,ring" 0.535, with "router"
-// 0.521, with "wide" as well 0.532 (experiments/results/h200/2026-11-29-ring/). Before,
-// "residual" had taken the step from 2.13 to 1.77 ms waiting for each call, where "gate" and
-// the router's earlier form made it slower. Architectures without Mamba blocks take only
-// "residual" from it.
-const DefaultStepFuse = "residual,router,ring"
+// ahead, 256 tokens, experiments/results/h200/2026-11-29-align/). On one machine
+// "residual,router,ring" took 0.523 ms per token, with "align" 0.513, with "dtrow" 0.521,
+// with "head" 0.530 (its fastest pass 0.514), with those three and a fourth option since
+// removed 0.508. On another, "residual,router,ring,head,align,dtrow" took 0.496, with
+// "nodefer" 0.485, with "wide" 0.487, with both 0.478. Earlier (2026-11-29-ring/) "residual"
+// alone took 0.576; before that "residual" had taken the step from 2.13 to 1.77 ms waiting
+// for each call, where "gate" made it slower. Architectures without Mamba blocks take only
+// "residual", "align" and "head" from it.
+const DefaultStepFuse = "residual,router,ring,head,align,dtrow,nodefer,wide"
 
 // StepFuseFor resolves GenerateOptions.StepFuse (or latency -step-fuse) for the step layout: the bm.Config.StepFuse
 // value to generate with.
