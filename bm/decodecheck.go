@@ -44,8 +44,8 @@ func DecodeCheckConfigs() []Config {
 // Config.StepFuse "gate,residual", "router", "residual,router", "residual,ring",
 // "residual,router,ring", "residual,router,ring,wide" and
 // "residual,router,ring,align,dtrow,head" without and with "nodefer,wide"), and "ring" and
-// "ring,head" at batch 2 as well. The router biases are set to random values too. It returns one report line per
-// check.
+// "ring,head" at batch 2 as well. The router biases are set to random values too. It returns
+// one report line per check.
 func CheckDecode(backend backends.Backend) (report []string, err error) {
 	err = CheckDecodeEach(backend, func(line string) { report = append(report, line) })
 	return report, err
