@@ -33,15 +33,21 @@ func RMSNorm(ctx *context.Context, x *Node, eps float64) *Node {
 // biased one (mean of squares), as in PyTorch. x: [..., d]; the result is float32.
 func LayerNorm(ctx *context.Context, x *Node, eps float64) *Node {
 	x = ConvertDType(x, dtypes.Float32)
-	g := x.Graph()
-	d := x.Shape().Dim(-1)
-	w := ctx.WithInitializer(initializers.One).
-		VariableWithShape("weight", shapes.Make(dtypes.Float32, d)).ValueGraph(g)
-	b := ctx.WithInitializer(initializers.Zero).
-		VariableWithShape("bias", shapes.Make(dtypes.Float32, d)).ValueGraph(g)
+	w, b := layerNormVariables(ctx, x)
 	centred := Sub(x, ReduceAndKeep(x, ReduceMean, -1))
 	variance := ReduceAndKeep(Square(centred), ReduceMean, -1)
-	return Add(Mul(Div(centred, Sqrt(AddScalar(variance, eps))), ExpandLeftToRank(w, x.Rank())), ExpandLeftToRank(b, x.Rank()))
+	return Add(Mul(Div(centred, Sqrt(AddScalar(variance, eps))), w), b)
+}
+
+// layerNormVariables returns LayerNorm's weight and bias in the scope of ctx, expanded to the
+// rank of x [..., d].
+func layerNormVariables(ctx *context.Context, x *Node) (w, b *Node) {
+	g, d := x.Graph(), x.Shape().Dim(-1)
+	w = ctx.WithInitializer(initializers.One).
+		VariableWithShape("weight", shapes.Make(dtypes.Float32, d)).ValueGraph(g)
+	b = ctx.WithInitializer(initializers.Zero).
+		VariableWithShape("bias", shapes.Make(dtypes.Float32, d)).ValueGraph(g)
+	return ExpandLeftToRank(w, x.Rank()), ExpandLeftToRank(b, x.Rank())
 }
 
 // layerNormOnePass is LayerNorm with the mean and the mean square of x from one reduction of
@@ -52,17 +58,12 @@ func LayerNorm(ctx *context.Context, x *Node, eps float64) *Node {
 // merges into one sum over the block's weights, reading them a second time.
 func layerNormOnePass(ctx *context.Context, x *Node, eps float64) *Node {
 	x = ConvertDType(x, dtypes.Float32)
-	g := x.Graph()
-	d := x.Shape().Dim(-1)
-	w := ctx.WithInitializer(initializers.One).
-		VariableWithShape("weight", shapes.Make(dtypes.Float32, d)).ValueGraph(g)
-	b := ctx.WithInitializer(initializers.Zero).
-		VariableWithShape("bias", shapes.Make(dtypes.Float32, d)).ValueGraph(g)
+	w, b := layerNormVariables(ctx, x)
 	moments := ReduceAndKeep(Concatenate([]*Node{InsertAxes(x, -2), InsertAxes(Square(x), -2)}, -2), ReduceMean, -1) // [..., 2, 1]
 	mean := Squeeze(SliceAxis(moments, -2, AxisElem(0)), -1)                                                         // [..., 1]
 	meanSq := Squeeze(SliceAxis(moments, -2, AxisElem(1)), -1)
 	variance := Max(Sub(meanSq, Square(mean)), ZerosLike(mean))
-	return Add(Mul(Mul(Sub(x, mean), Rsqrt(AddScalar(variance, eps))), ExpandLeftToRank(w, x.Rank())), ExpandLeftToRank(b, x.Rank()))
+	return Add(Mul(Mul(Sub(x, mean), Rsqrt(AddScalar(variance, eps))), w), b)
 }
 
 // ComputeDType returns the dtype of matmul operands for cfg: BFloat16 when cfg.ComputeDType is
