@@ -74,9 +74,12 @@ typedef struct {
 	bmFn execute, event_await, event_destroy, buffer_destroy, error_message, error_destroy;
 } bmFns;
 
-// bm_error_text copies err's message into buf (at most n-1 bytes, NUL-terminated) and destroys
-// err.
-static void bm_error_text(const bmFns* f, void* err, char* buf, size_t n) {
+// bm_failed returns 0 when err is NULL; otherwise it copies err's message into buf (at most n-1
+// bytes, NUL-terminated), destroys err and returns 1.
+static int bm_failed(const bmFns* f, void* err, char* buf, size_t n) {
+	if (err == NULL) {
+		return 0;
+	}
 	bmErrorMessageArgs m;
 	memset(&m, 0, sizeof m);
 	m.struct_size = sizeof m;
@@ -94,6 +97,7 @@ static void bm_error_text(const bmFns* f, void* err, char* buf, size_t n) {
 	d.struct_size = sizeof d;
 	d.error = err;
 	f->error_destroy(&d);
+	return 1;
 }
 
 // bm_execute enqueues one execution of exec on one device and returns without waiting for it:
@@ -121,11 +125,7 @@ static int bm_execute(const bmFns* f, void* exec, void* device, void** args, siz
 	a.device_complete_events = event;
 	a.execute_device = device;
 	void* err = f->execute(&a);
-	if (err != NULL) {
-		bm_error_text(f, err, msg, msgn);
-		return 1;
-	}
-	return 0;
+	return bm_failed(f, err, msg, msgn);
 }
 
 // bm_await waits for event and destroys it. Returns 0, or 1 with the error's message in msg.
@@ -140,11 +140,7 @@ static int bm_await(const bmFns* f, void* event, char* msg, size_t msgn) {
 	d.struct_size = sizeof d;
 	d.event = event;
 	f->event_destroy(&d);
-	if (err != NULL) {
-		bm_error_text(f, err, msg, msgn);
-		return 1;
-	}
-	return 0;
+	return bm_failed(f, err, msg, msgn);
 }
 
 // bm_buffer_destroy frees a buffer handle. Returns 0, or 1 with the error's message in msg.
@@ -154,11 +150,7 @@ static int bm_buffer_destroy(const bmFns* f, void* buffer, char* msg, size_t msg
 	a.struct_size = sizeof a;
 	a.buffer = buffer;
 	void* err = f->buffer_destroy(&a);
-	if (err != NULL) {
-		bm_error_text(f, err, msg, msgn);
-		return 1;
-	}
-	return 0;
+	return bm_failed(f, err, msg, msgn);
 }
 */
 import "C"
