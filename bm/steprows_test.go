@@ -99,6 +99,12 @@ func TestStepProduct(t *testing.T) {
 func TestStepVariantsGreedyTokens(t *testing.T) {
 	backend := cpuBackend(t)
 	const maxLen = 20
+	// The folded variants with step fusions: their Config.StepFuse.
+	foldedFuses := map[string]string{
+		"folded-fused": "gate,residual", "folded-router": "router", "folded-all": "residual,router",
+		"folded-ring": "residual,ring", "folded-ring-all": "residual,router,ring",
+		"folded-ring-more": "residual,router,ring,head,align,dtrow,nodefer,wide",
+	}
 	for _, cfg := range DecodeCheckConfigs() {
 		for _, unroll := range []int{1, 4} {
 			for _, dtype := range []string{"bfloat16", "float32"} {
@@ -121,19 +127,8 @@ func TestStepVariantsGreedyTokens(t *testing.T) {
 						if variant == "rows" {
 							c.StepRows = 2
 						}
-						switch variant {
-						case "folded-fused":
-							c.StepFuse, variant = "gate,residual", "folded"
-						case "folded-router":
-							c.StepFuse, variant = "router", "folded"
-						case "folded-all":
-							c.StepFuse, variant = "residual,router", "folded"
-						case "folded-ring":
-							c.StepFuse, variant = "residual,ring", "folded"
-						case "folded-ring-all":
-							c.StepFuse, variant = "residual,router,ring", "folded"
-						case "folded-ring-more":
-							c.StepFuse, variant = "residual,router,ring,head,align,dtrow,nodefer,wide", "folded"
+						if fuse, ok := foldedFuses[variant]; ok {
+							c.StepFuse, variant = fuse, "folded"
 						}
 						ctx := stepVariantContext(t, backend, c, variant)
 						dec, err := NewDecoder(backend, ctx, c, 1, maxLen)
