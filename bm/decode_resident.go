@@ -108,13 +108,20 @@ func (d *GreedyDecoder) GenerateResident(tok *tensors.Tensor, n int) ([][]int32,
 		if err != nil {
 			return false, err
 		}
-		out = make([][]int32, d.batch)
-		for b := range out {
-			out[b] = h[b*d.maxLen+start : b*d.maxLen+end]
-		}
+		out = d.historyTokens(h, start, end)
 		return true, nil
 	})
 	return out, err
+}
+
+// historyTokens returns each sequence's tokens at positions [start, end) of the token history h
+// [B, maxLen] copied to the host.
+func (d *GreedyDecoder) historyTokens(h []int32, start, end int) [][]int32 {
+	out := make([][]int32, d.batch)
+	for b := range out {
+		out[b] = h[b*d.maxLen+start : b*d.maxLen+end]
+	}
+	return out
 }
 
 // GenerateResidentMarks is GenerateResident that also reads the tokens at marks: after the call
@@ -157,10 +164,7 @@ func (d *GreedyDecoder) GenerateResidentMarks(tok *tensors.Tensor, n int, marks 
 			next++
 		}
 		if to == end {
-			out = make([][]int32, d.batch)
-			for b := range out {
-				out[b] = h[b*d.maxLen+start : b*d.maxLen+end]
-			}
+			out = d.historyTokens(h, start, end)
 		}
 		return true, nil
 	})
