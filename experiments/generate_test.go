@@ -29,12 +29,19 @@ func cpuBackend(t *testing.T) backends.Backend {
 	return b
 }
 
-func TestGenerateFixture(t *testing.T) {
-	backend := cpuBackend(t)
+// loadFixture loads the test weights (bm/weights/testdata/fixture), failing the test on error.
+func loadFixture(t *testing.T) *LoadedModel {
+	t.Helper()
 	m, err := LoadModel(fixtureDir, "")
 	if err != nil {
 		t.Fatal(err)
 	}
+	return m
+}
+
+func TestGenerateFixture(t *testing.T) {
+	backend := cpuBackend(t)
+	m := loadFixture(t)
 	prompt := []int{1, 2, 3, 17, 400}
 	gen := func(o bm.SamplerOptions) []int {
 		var streamed []int
@@ -159,10 +166,7 @@ func TestGenerateFixture(t *testing.T) {
 
 func TestGenerateErrors(t *testing.T) {
 	backend := cpuBackend(t)
-	m, err := LoadModel(fixtureDir, "")
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := loadFixture(t)
 	if _, err := Generate(backend, m, []int{1, 600}, GenerateOptions{MaxTokens: 2}, nil); err == nil ||
 		!strings.Contains(err.Error(), "id 600, outside the model's vocabulary 512") {
 		t.Errorf("out-of-vocabulary prompt: got %v", err)
@@ -194,10 +198,7 @@ func TestGenerateErrors(t *testing.T) {
 // it, and only the warm-up reports a warm-up time.
 func TestGenerateWarmUp(t *testing.T) {
 	backend := cpuBackend(t)
-	m, err := LoadModel(fixtureDir, "")
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := loadFixture(t)
 	prompt := []int{5, 9, 300, 2}
 	for _, o := range []GenerateOptions{
 		{MaxTokens: 7},
@@ -228,10 +229,7 @@ func TestGenerateWarmUp(t *testing.T) {
 // transposed ones or the weights as stored, an explicit choice kept.
 func TestGenerateReportsSteps(t *testing.T) {
 	backend := cpuBackend(t)
-	m, err := LoadModel(fixtureDir, "")
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := loadFixture(t)
 	for _, tc := range []struct {
 		weights, fuse string
 		layout        bm.StepLayout
@@ -292,10 +290,7 @@ func TestTextStreamer(t *testing.T) {
 // says so, and an unknown dtype an error naming it.
 func TestGenerateDType(t *testing.T) {
 	backend := cpuBackend(t)
-	m, err := LoadModel(fixtureDir, "")
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := loadFixture(t)
 	prompt := []int{5, 9, 300, 2}
 	o := GenerateOptions{MaxTokens: 6, StepWeights: "folded"}
 	st, err := Generate(backend, m, prompt, o, nil)
@@ -322,10 +317,7 @@ func TestGenerateDType(t *testing.T) {
 		}
 	}
 	// The same model converted and folded as the benchmarks do, decoded greedily.
-	ref, err := LoadModel(fixtureDir, "")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ref := loadFixture(t)
 	ref.Cfg.ComputeDType, ref.Cfg.StepFuse = "bfloat16", "residual"
 	if _, err := bm.CastWeights(backend, ref.Ctx, dtypes.BFloat16); err != nil {
 		t.Fatal(err)
