@@ -16,7 +16,8 @@
 #                                           GPUs with the experts replicated and split over them
 #                                           (SMALL_BATCH x SMALL_SEQ, here default 32 x 512)
 #   scripts/gpu-multi.sh BUNDLE_DIR 1.5b    the 1.5b train step (bf16, global batch BIG_BATCH x
-#                                           2048, default 4) on 1 and 2 GPUs
+#                                           2048, default 4) on 1 and 2 GPUs (SHARD_EXPERTS=1:
+#                                           the experts split over the GPUs)
 #
 # Environment: DEVICES (default 2), CORPUS (default data/corpus-12m), LOSS_CONFIG (default tiny),
 # LOSS_BATCH (8), LOSS_SEQ (256), LOSS_STEPS (20), SMALL_BATCH (16), SMALL_SEQ (2048), COUNTS (the
@@ -82,10 +83,12 @@ phase_experts() {
 	done
 }
 phase_big() {
-	local d
+	local d x
 	for d in "${counts[@]}"; do
-		step "train-1.5b-${d}dev" "${BIG_LIMIT:-270}" "$run" blackmamba bench -what train-step -config 1.5b -dtype bfloat16 \
-			-batch "${BIG_BATCH:-4}" -seq 2048 -reps 5 -devices "$d" -json "$out/bench-train-1.5b-${d}dev${BIG_BATCH:+-b$BIG_BATCH}.json"
+		x="" # -shard-experts with SHARD_EXPERTS=1 on more than one GPU
+		[[ "${SHARD_EXPERTS:-0}" == 1 ]] && ((d > 1)) && x=-shard-experts
+		step "train-1.5b-${d}dev${x:+-split}" "${BIG_LIMIT:-270}" "$run" blackmamba bench -what train-step -config 1.5b -dtype bfloat16 \
+			-batch "${BIG_BATCH:-4}" -seq 2048 -reps 5 -devices "$d" $x -json "$out/bench-train-1.5b-${d}dev${BIG_BATCH:+-b$BIG_BATCH}${x:+-split}.json"
 	done
 }
 case "$phase" in
