@@ -59,6 +59,8 @@
 #   step2048-noepi     no reduction epilogue fusion (--xla_gpu_enable_reduction_epilogue_fusion=false)
 #   step2048-split     the model scanning the batch in pieces of 8192 tokens (scan_max_tokens):
 #                      the slow kernel appeared at 16K tokens per device, not at 8K
+#   step-1.5b        the 1.5b BlackMamba training step at BATCH x SEQ (with TRACE=1: what part
+#                    of the step does not shrink with the batch, from two runs at two batches)
 #
 #   scripts/gpu-diagnose.sh BUNDLE_DIR [CASE...]     (default: all, in the order above)
 #
@@ -138,6 +140,7 @@ for c in "${cases[@]}"; do
 	step2048-at0) batch=8 seq=2048 flags="--xla_gpu_autotune_level=0" ;;
 	step2048-noepi) batch=8 seq=2048 flags="--xla_gpu_enable_reduction_epilogue_fusion=false" ;;
 	step2048-split) batch=8 seq=2048 cfg="$out/small-split.json" ;;
+	step-1.5b) cfg=1.5b ;;
 	decode) decode=true ;;
 	decode-fa0) decode=true flags="--xla_gpu_experimental_enable_fusion_autotuner=false" ;;
 	decode-t) decode=true weights=transposed ;;
