@@ -179,6 +179,11 @@ type Summary struct {
 	BusyUs  float64 `json:"busy_us"` // time with at least one kernel running (overlaps counted once)
 	SumUs   float64 `json:"sum_us"`  // the kernels' durations added up
 	IdleUs  float64 `json:"idle_us"` // SpanUs − BusyUs: the device waiting for work
+	// LeadUs is the idle time from the region's start to its first kernel, TailUs from the end
+	// of its last kernel to the region's end (the whole span when it has none): in a region of
+	// one call, the host's work before the device starts and after it is done.
+	LeadUs float64 `json:"lead_us"`
+	TailUs float64 `json:"tail_us"`
 	// GapMedianUs is the median time from one kernel's end to the next one's start (0 when they
 	// overlap), over consecutive kernels of the region.
 	GapMedianUs float64 `json:"gap_median_us"`
@@ -282,6 +287,14 @@ func Summarize(label string, ks []Kernel, from, to uint64) Summary {
 	}
 	s.BusyUs = float64(busy) / 1e3
 	s.IdleUs = max(0, s.SpanUs-s.BusyUs)
+	if len(in) == 0 {
+		s.LeadUs, s.TailUs = s.SpanUs, s.SpanUs
+	} else {
+		s.LeadUs = float64(in[0].StartNs-from) / 1e3
+		if to > end {
+			s.TailUs = float64(to-end) / 1e3
+		}
+	}
 	s.GapMedianUs = median(gaps)
 	s.Gaps = make([]GapBucket, len(GapBuckets)+1)
 	for i, b := range GapBuckets {
@@ -333,8 +346,8 @@ func median(xs []float64) float64 {
 // Format writes s as a table: the region's totals, then its top kernels (all when top <= 0).
 func (s Summary) Format(top int) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%s: %d kernels in %.1f µs; busy %.1f µs (%.0f%%), idle %.1f µs, median gap %.2f µs\n",
-		s.Label, s.Kernels, s.SpanUs, s.BusyUs, pct(s.BusyUs, s.SpanUs), s.IdleUs, s.GapMedianUs)
+	fmt.Fprintf(&b, "%s: %d kernels in %.1f µs; busy %.1f µs (%.0f%%), idle %.1f µs (%.1f before the first kernel, %.1f after the last), median gap %.2f µs\n",
+		s.Label, s.Kernels, s.SpanUs, s.BusyUs, pct(s.BusyUs, s.SpanUs), s.IdleUs, s.LeadUs, s.TailUs, s.GapMedianUs)
 	fmt.Fprintf(&b, "  gaps between kernels:")
 	lo := 0.0
 	for _, g := range s.Gaps {

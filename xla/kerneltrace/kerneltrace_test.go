@@ -38,6 +38,8 @@ func TestSummarize(t *testing.T) {
 	near("sum", s.SumUs, 3)                 // 1 + 1 + 1
 	near("idle", s.IdleUs, 5.5)             // 8 − 2.5
 	near("gap median", s.GapMedianUs, 0.25) // gaps 0 (overlap) and 0.5 µs
+	near("lead", s.LeadUs, 0)               // a starts with the region
+	near("tail", s.TailUs, 5)               // b ends at 4000, the region at 9000
 	if s.Gaps[0].Count != 1 || s.Gaps[1].Count != 1 || s.Gaps[1].TotalUs != 0.5 {
 		t.Errorf("gap buckets %+v, want one of none and one of 0.5 µs in 0-1 µs", s.Gaps[:2])
 	}
@@ -56,10 +58,14 @@ func TestSummarize(t *testing.T) {
 	}
 	near("a total", a.TotalUs, 2)
 	near("a share", a.ShareOfBusy, 2/2.5)
-	if out := s.Format(1); !strings.Contains(out, "3 kernels in 8.0 µs") || !strings.Contains(out, "1 more kernels") {
+	if out := s.Format(1); !strings.Contains(out, "3 kernels in 8.0 µs") || !strings.Contains(out, "(0.0 before the first kernel, 5.0 after the last)") ||
+		!strings.Contains(out, "1 more kernels") {
 		t.Errorf("Format:\n%s", out)
 	}
-	if e := Summarize("empty", nil, 0, 1000); e.Kernels != 0 || e.IdleUs != 1 || len(e.Stats) != 0 {
+	if late := Summarize("late", ks, 1200, 9000); late.LeadUs != 0.3 || late.TailUs != 5 { // a (1500) is the first to start inside
+		t.Errorf("region from 1200: lead %v, tail %v; want 0.3 and 5", late.LeadUs, late.TailUs)
+	}
+	if e := Summarize("empty", nil, 0, 1000); e.Kernels != 0 || e.IdleUs != 1 || e.LeadUs != 1 || e.TailUs != 1 || len(e.Stats) != 0 {
 		t.Errorf("empty region: %+v", e)
 	}
 }
