@@ -1,6 +1,7 @@
 package bm
 
 import (
+	"slices"
 	"strings"
 	"testing"
 
@@ -10,6 +11,8 @@ import (
 	"github.com/gomlx/gomlx/pkg/core/dtypes"
 	. "github.com/gomlx/gomlx/pkg/core/graph"
 	"github.com/gomlx/gomlx/pkg/core/shapes"
+	"github.com/gomlx/gomlx/pkg/core/tensors"
+	"github.com/gomlx/gomlx/pkg/ml/context"
 )
 
 // TestAliasOutputs: on the pure-Go backend aliasOutputs changes nothing and says so; it rejects
@@ -73,5 +76,78 @@ func TestAliasingAttrText(t *testing.T) {
 	}
 	if want := "{ tf.aliasing_output = 0 : i32 }"; !strings.Contains(string(program), want) {
 		t.Errorf("program lacks %q:\n%s", want, program)
+	}
+}
+
+// TestAliasUpdatedVariables runs a context.Exec whose graph changes two of three variables and
+// declares them aliased: on the XLA backend (BLACKMAMBA_TEST_BACKEND) the changed variables'
+// parameters carry the output index context.Exec gives them (the changed variables first, in
+// the context's order); on the pure-Go backend nothing is declared. Either way three calls give
+// the values of the update rule, and a graph that changes nothing declares nothing.
+func TestAliasUpdatedVariables(t *testing.T) {
+	backend := cpuBackend(t)
+	ctx := context.New()
+	a := ctx.VariableWithValue("a", []float32{1, 2})
+	b := ctx.VariableWithValue("b", float32(10))
+	c := ctx.VariableWithValue("c", []int32{5, 6, 7})
+	declared := -1
+	exec, err := context.NewExec(backend, ctx, func(ctx *context.Context, x *Node) *Node {
+		g := x.Graph()
+		av, bv := a.ValueGraph(g), b.ValueGraph(g)
+		c.SetValueGraph(AddScalar(c.ValueGraph(g), 1))
+		a.SetValueGraph(Add(av, Mul(x, bv)))
+		ok, err := AliasUpdatedVariables(ctx, g)
+		if err != nil {
+			panic(err)
+		}
+		declared = 0
+		if ok {
+			declared = 1
+			for i, v := range []*context.Variable{a, c} { // the context's order
+				hv, _, err := stableHLOValue(g.GetParameterByName(v.ParameterName()))
+				if err != nil {
+					panic(err)
+				}
+				if got := hv.Attributes[aliasingAttr]; got != int32(i) {
+					t.Errorf("variable %s: %s = %v, want %d", v.Name(), aliasingAttr, got, i)
+				}
+			}
+			if hv, _, _ := stableHLOValue(g.GetParameterByName(b.ParameterName())); hv.Attributes[aliasingAttr] != nil {
+				t.Errorf("unchanged variable b aliased: %v", hv.Attributes)
+			}
+		}
+		return ReduceAllSum(av)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for step := range 3 {
+		out, err := exec.Exec([]float32{1, -1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		// a starts at {1, 2} and gains {10, -10} per call; the output is its sum before the call.
+		if got := tensors.ToScalar[float32](out[0]); got != 3 {
+			t.Errorf("call %d: sum of a = %v, want 3", step, got)
+		}
+	}
+	if want := map[bool]int{true: 1, false: 0}[backend.Name() == "xla"]; declared != want {
+		t.Errorf("backend %q: aliasing declared %d, want %d", backend.Name(), declared, want)
+	}
+	wantA, wantC := []float32{31, -28}, []int32{8, 9, 10}
+	if got := tensors.MustCopyFlatData[float32](a.MustValue()); !slices.Equal(got, wantA) {
+		t.Errorf("a = %v, want %v", got, wantA)
+	}
+	if got := tensors.MustCopyFlatData[int32](c.MustValue()); !slices.Equal(got, wantC) {
+		t.Errorf("c = %v, want %v", got, wantC)
+	}
+	if got := tensors.ToScalar[float32](b.MustValue()); got != 10 {
+		t.Errorf("b = %v, want 10 (unchanged)", got)
+	}
+	g := NewGraph(backend, "reads only")
+	defer g.Finalize()
+	_ = b.ValueGraph(g)
+	if ok, err := AliasUpdatedVariables(ctx, g); ok || err != nil {
+		t.Errorf("graph that changes nothing: aliased %v, error %v", ok, err)
 	}
 }
