@@ -77,7 +77,8 @@
 # cases also write a Go CPU profile, OUT/cpu-CASE.pprof) and SCAN_SHAPE (the scan case's
 # B,T,D,N, default 8,2048,1536,16), XLA_EXTRA (XLA flags added to every case's own, e.g.
 # --xla_gpu_command_buffer_update_mode=SKIP_TEMP) and VMODULE (more TF_CPP_VMODULE entries, e.g.
-# command_buffer_thunk=3: every update of a recorded CUDA graph and the allocations that moved).
+# command_buffer_thunk=3: every update of a recorded CUDA graph and the allocations that moved),
+# STEP_ALIAS (the training-step cases' bench -alias: auto, on or off).
 set -uo pipefail
 bundle="$(cd "$1" && pwd)"
 shift
@@ -230,7 +231,7 @@ for c in "${cases[@]}"; do
 		bench=(-what decode -config 1.5b -dtype bfloat16 -decode-tokens "${DECODE_TOKENS:-128}" -decode-unroll "${DECODE_UNROLL:-1}" -decode-batch "${DECODE_BATCH:-1}" -decode-step-rows "${DECODE_STEP_ROWS:-0}" -decode-step-weights "$weights" -decode-step-fuse "$fuse" -decode-loop "$loop" -reps 3)
 	else
 		what="-config $cfg -batch $batch -seq $seq" lines="Very slow|took|^train-step|^graph"
-		bench=(-what graph,train-step -config "$cfg" -dtype bfloat16 -batch "$batch" -seq "$seq" -reps 1)
+		bench=(-what graph,train-step -config "$cfg" -dtype bfloat16 -batch "$batch" -seq "$seq" -reps 1 -alias "${STEP_ALIAS:-auto}")
 		flags="--xla_gpu_print_compilation_stats $flags"
 	fi
 	dump="/tmp/hlo-$c"

@@ -43,7 +43,7 @@ export BLACKMAMBA_GPU_MEMORY=grow
 nvidia-smi --query-gpu=index,name,memory.total --format=csv >"$out/gpus.csv" 2>&1 || true
 phase_test() {
 	if [[ -x "$bundle/train.test" ]]; then
-		step dp-test "${TEST_LIMIT:-90}" "$run" train.test -test.run 'DataParallel|OneDevice|DevicesValidation' -test.v -test.timeout 80s
+		step dp-test "${TEST_LIMIT:-90}" "$run" train.test -test.run 'DataParallel|OneDevice|DevicesValidation|AliasSameRun' -test.v -test.timeout 80s
 	else
 		echo "=== dp-test skipped: no train.test in $bundle" | tee -a "$out/summary.txt"
 	fi

@@ -16,15 +16,17 @@ import (
 // update, in one compiled graph) of cfg at [batch, seqLen] on random tokens, and reports
 // tokens/s and the model FLOPs utilisation against PeakBF16FLOPs.
 func TrainStep(backend backends.Backend, cfg bm.Config, batch, seqLen, reps int) Row {
-	return TrainStepDevices(backend, cfg, batch, seqLen, reps, 1, false)
+	return TrainStepDevices(backend, cfg, batch, seqLen, reps, 1, false, "")
 }
 
 // TrainStepDevices is TrainStep data-parallel on devices devices of the backend (see
 // train.Config.Devices): batch is the global batch, split into batch/devices rows per device.
 // Tokens/s counts the global batch; the MFU is per device (against devices × PeakBF16FLOPs).
 // devices <= 1 is TrainStep on one device. shardExperts splits the experts' weights and their
-// AdamW moments over the devices (train.Config.Sharded with bm.IsExpertWeight).
-func TrainStepDevices(backend backends.Backend, cfg bm.Config, batch, seqLen, reps, devices int, shardExperts bool) Row {
+// AdamW moments over the devices (train.Config.Sharded with bm.IsExpertWeight). alias is
+// train.Config.Alias ("" for auto); the row's Extra "aliased" is 1 when the compiled step wrote
+// its updated variables into their own buffers.
+func TrainStepDevices(backend backends.Backend, cfg bm.Config, batch, seqLen, reps, devices int, shardExperts bool, alias string) Row {
 	variant := fmt.Sprintf("%s %s routing=%s", cfg.Name, cfg.ComputeDType, cfg.Routing)
 	shape := fmt.Sprintf("batch %d x %d", batch, seqLen)
 	if devices > 1 {
@@ -54,7 +56,7 @@ func TrainStepDevices(backend backends.Backend, cfg bm.Config, batch, seqLen, re
 		ctx := context.New()
 		opt := train.DefaultAdamW(1e-3, 1000)
 		opt.NoDecay = experiments.NoDecay
-		tcfg := train.Config{Batch: batch, SeqLen: seqLen, Optimizer: opt, Devices: devices}
+		tcfg := train.Config{Batch: batch, SeqLen: seqLen, Optimizer: opt, Devices: devices, Alias: alias}
 		if shardExperts {
 			tcfg.Sharded = bm.IsExpertWeight
 		}
@@ -80,6 +82,9 @@ func TrainStepDevices(backend backends.Backend, cfg bm.Config, batch, seqLen, re
 		}
 		row.CompileS, row.Ms, row.MinMs, err = timeCalls(call, 2, reps)
 		row.Extra["loss"] = last.Loss
+		if tr.Aliased() {
+			row.Extra["aliased"] = 1
+		}
 		return err
 	})
 	if err != nil {

@@ -141,10 +141,10 @@ func TestDataParallelMatchesOneDevice(t *testing.T) {
 		t.Skipf("backend %s has %d device: data-parallel comparison needs >= 2 (set BLACKMAMBA_TEST_BACKEND)", backend.Name(), n)
 	}
 	const steps, batch = 10, 8
-	run := func(devices int, sharded bool) ([]results.TrainRecord, *Trainer) {
+	run := func(devices int, sharded bool, alias string) ([]results.TrainRecord, *Trainer) {
 		dir := t.TempDir()
 		cfg := toyConfig(dir, steps)
-		cfg.Batch, cfg.Devices = batch, devices
+		cfg.Batch, cfg.Devices, cfg.Alias = batch, devices, alias
 		if sharded {
 			cfg.Sharded = toySharded
 		}
@@ -158,17 +158,21 @@ func TestDataParallelMatchesOneDevice(t *testing.T) {
 		}
 		return readLog(t, dir), tr
 	}
-	ref, refTr := run(1, false)
+	ref, refTr := run(1, false, "")
 	for _, c := range []struct {
 		devices int
 		sharded bool
-	}{{2, false}, {2, true}, {4, false}, {4, true}} {
+		alias   string
+	}{{2, false, ""}, {2, true, ""}, {2, false, "on"}, {2, true, "on"}, {4, false, ""}, {4, true, ""}} {
 		devices := c.devices
 		if devices > n {
 			break
 		}
-		got, tr := run(devices, c.sharded)
-		label := fmt.Sprintf("devices %d (sharded %v)", devices, c.sharded)
+		got, tr := run(devices, c.sharded, c.alias)
+		label := fmt.Sprintf("devices %d (sharded %v, alias %q)", devices, c.sharded, c.alias)
+		if want := c.alias == "on"; tr.Aliased() != want {
+			t.Errorf("%s: Aliased() = %v, want %v", label, tr.Aliased(), want)
+		}
 		if c.sharded {
 			if tr.dp == nil || tr.dp.sharded != 6 { // 2 matrices and their 2 moments each
 				t.Fatalf("devices %d sharded: %v variables split, want 6", devices, tr.dp)
@@ -184,7 +188,7 @@ func TestDataParallelMatchesOneDevice(t *testing.T) {
 		}
 		for i := range ref {
 			a, b := ref[i], got[i]
-			t.Logf("devices %d (sharded %v) step %d: loss %.6f vs %.6f, grad norm %.6f vs %.6f", devices, c.sharded, a.Step, a.Loss, b.Loss, a.GradNorm, b.GradNorm)
+			t.Logf("%s step %d: loss %.6f vs %.6f, grad norm %.6f vs %.6f", label, a.Step, a.Loss, b.Loss, a.GradNorm, b.GradNorm)
 			if !relClose(a.Loss, b.Loss, 1e-4) || !relClose(a.GradNorm, b.GradNorm, 1e-3) || a.LR != b.LR ||
 				!relClose(a.Extras["logit_sq"], b.Extras["logit_sq"], 1e-3) {
 				t.Errorf("%s, step %d: loss %v / %v, grad norm %v / %v, lr %v / %v, logit_sq %v / %v (1 device / data-parallel)",

@@ -51,6 +51,13 @@ type Config struct {
 	// and at least one variable must be selected. Checkpoints still hold whole variables. On one
 	// device it has no effect.
 	Sharded func(v *context.Variable) bool `json:"-"`
+	// Alias says whether the training step writes the variables it updates (weights, AdamW
+	// moments, step counter) into their own buffers (bm.AliasUpdatedVariables): "on", "off", or
+	// "auto" (the default, also ""), which is on for one device and off for several, where it
+	// has not been measured yet. It changes no result; on the XLA backend it saves one copy of
+	// the updated variables' memory and the update of the step's recorded CUDA graphs at every
+	// call. The pure-Go backend ignores it.
+	Alias string
 	// Optimizer holds AdamW and its schedule; Optimizer.Schedule.Total is the run's length
 	// in steps.
 	Optimizer AdamW
@@ -114,6 +121,8 @@ func (c Config) Validate() error {
 		return bad("batch %d and seq_len %d must be >= 1", c.Batch, c.SeqLen)
 	case c.Devices < 0:
 		return bad("devices %d must be >= 0 (0 or 1: one device)", c.Devices)
+	case c.Alias != "" && c.Alias != "auto" && c.Alias != "on" && c.Alias != "off":
+		return bad("alias %q: want auto, on or off", c.Alias)
 	case c.Devices > 1 && c.Batch%c.Devices != 0:
 		return bad("batch %d is not divisible by devices %d (each device takes batch/devices rows)", c.Batch, c.Devices)
 	case c.FLOPsPerToken < 0:

@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -507,6 +508,7 @@ func TestConfigValidate(t *testing.T) {
 		{"eval multiple", func(c *Config) { c.LogEvery, c.CheckpointEvery, c.EvalEvery = 2, 4, 3 }, "eval_every 3"},
 		{"beta2", func(c *Config) { c.Optimizer.Beta2 = 1 }, "beta2 1"},
 		{"lr", func(c *Config) { c.Optimizer.Schedule.Peak = 0 }, "peak 0"},
+		{"alias", func(c *Config) { c.Alias = "yes" }, `alias "yes"`},
 	} {
 		c := base
 		tc.edit(&c)
@@ -619,5 +621,62 @@ func TestEvalLossShortSplit(t *testing.T) {
 	}
 	if _, err := tr.EvalLoss(&windowSource{b: 4}, 2); err == nil || !strings.Contains(err.Error(), "no window") {
 		t.Errorf("EvalLoss of an empty source: err %v, want one saying there is no window", err)
+	}
+}
+
+// TestAliasSameRun trains the toy model for six steps with the step's updated variables aliased
+// to their buffers and without: the losses, gradient norms and every variable (weights, AdamW
+// moments, step) agree bit for bit. The step reports aliasing on the XLA backend
+// (BLACKMAMBA_TEST_BACKEND) with Alias "on" and "auto" (one device), never with "off" nor on the
+// pure-Go backend. (A GPU run needs TF32 off for float32 matmuls to be reproducible bit for bit
+// only if the two runs' kernels differ; aliasing changes buffers, not kernels.)
+func TestAliasSameRun(t *testing.T) {
+	backend := multiDeviceBackend(t) // the test backend, or $BLACKMAMBA_TEST_BACKEND's
+	type run struct {
+		losses []float64
+		vars   map[string][]float64
+	}
+	train := func(alias string) run {
+		t.Helper()
+		c := toyConfig("", 6)
+		c.Alias = alias
+		ctx := newToyCtx()
+		tr, err := New(backend, ctx, toyLoss, c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var r run
+		data := newSynth(3, c.Batch, c.SeqLen)
+		for range 6 {
+			b, _ := data.Next()
+			res, err := tr.Step(b)
+			if err != nil {
+				t.Fatal(err)
+			}
+			r.losses = append(r.losses, res.Loss, res.GradNorm)
+		}
+		if want := alias != "off" && backend.Name() == "xla"; tr.Aliased() != want {
+			t.Errorf("alias %q on backend %s: Aliased() = %v, want %v", alias, backend.Name(), tr.Aliased(), want)
+		}
+		r.vars = map[string][]float64{}
+		for v := range ctx.IterVariables() {
+			r.vars[v.ScopeAndName()] = flatFloat64(t, v.MustValue())
+		}
+		return r
+	}
+	off := train("off")
+	if len(off.vars) < 13 { // 4 weights with 2 moments each, the step (and a random state)
+		t.Fatalf("%d variables after training, want at least 13", len(off.vars))
+	}
+	for _, alias := range []string{"on", "auto"} {
+		got := train(alias)
+		if !slices.Equal(got.losses, off.losses) {
+			t.Errorf("alias %q: losses and gradient norms %v, without aliasing %v", alias, got.losses, off.losses)
+		}
+		for name, want := range off.vars {
+			if !slices.Equal(got.vars[name], want) {
+				t.Errorf("alias %q: variable %s = %v, without aliasing %v", alias, name, got.vars[name], want)
+			}
+		}
 	}
 }

@@ -14,6 +14,8 @@ import (
 	"github.com/gomlx/gomlx/pkg/core/shapes"
 	"github.com/gomlx/gomlx/pkg/core/tensors"
 	"github.com/gomlx/gomlx/pkg/ml/context"
+
+	"blackmamba/bm"
 )
 
 // LossFn builds the training objective. tokens is [B, T+1] int32: positions 0..T−1 are the
@@ -62,6 +64,7 @@ type Trainer struct {
 	extraNames          []string      // sorted; outputs 3.. of the train step
 	dp                  *dataParallel // nil on one device
 	built               bool
+	aliased             bool // the train step aliases its updated variables (Config.Alias)
 }
 
 // New returns a Trainer. Graphs are compiled on first use (Step, EvalLoss or Run).
@@ -154,8 +157,30 @@ func (t *Trainer) trainGraph(ctx *context.Context, tokens *Node) []*Node {
 	if t.dp != nil && t.dp.sharded > 0 {
 		t.dp.setOutputSpecs(t.trainExec, ctx, g)
 	}
+	if t.aliasWanted() {
+		ok, err := bm.AliasUpdatedVariables(ctx, g)
+		if err != nil {
+			panic(err)
+		}
+		t.aliased = ok
+	}
 	return outs
 }
+
+// aliasWanted reports whether the train step should alias its updated variables (Config.Alias).
+func (t *Trainer) aliasWanted() bool {
+	switch t.cfg.Alias {
+	case "on":
+		return true
+	case "off":
+		return false
+	}
+	return t.dp == nil
+}
+
+// Aliased reports whether the compiled training step writes the variables it updates into their
+// own buffers (Config.Alias; false before the first step and off the XLA backend).
+func (t *Trainer) Aliased() bool { return t.aliased }
 
 // build creates the model and optimizer variables (without values) and the executors. The
 // model variables are created by compiling the evaluation graph, which changes no variable;

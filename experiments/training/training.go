@@ -51,6 +51,8 @@ type Spec struct {
 	// moments over the devices along the expert axis (expert parallelism, bm.IsExpertWeight)
 	// instead of replicating them.
 	ShardExperts bool
+	// Alias is train.Config.Alias ("" for auto).
+	Alias string
 }
 
 // Trained is what Train returns: the summary, the trainer (its context holds the trained
@@ -103,7 +105,7 @@ func Train(backend backends.Backend, s Spec) (*Trained, error) {
 		Batch: s.Batch, SeqLen: s.SeqLen, Optimizer: opt, FLOPsPerToken: trn,
 		Dir: s.Dir, Resume: s.Resume, LogEvery: logEvery, CheckpointEvery: s.CheckpointEvery,
 		EvalEvery: s.EvalEvery, EvalBatches: s.EvalBatches, HeldOut: held, Progress: s.Progress,
-		Meta: map[string]string{"config": cfgJSON}, Devices: s.Devices,
+		Meta: map[string]string{"config": cfgJSON}, Devices: s.Devices, Alias: s.Alias,
 	}
 	if s.ShardExperts {
 		tcfg.Sharded = bm.IsExpertWeight

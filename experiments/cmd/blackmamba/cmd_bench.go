@@ -47,6 +47,7 @@ func runBench(fs *flag.FlagSet, args []string) error {
 	kernelChains := fs.String("kernel-chains", formatChains(bench.DefaultChains), "kernels: comma-separated chains INxOUTxK[rROWS][s] (K dependent products of a row vector, or with rROWS of that many equal rows, with [OUT, IN] and [IN, OUT] matrices in turn; a trailing s passes each matrix as its own argument), one row each")
 	reps := fs.Int("reps", 10, "timed repetitions after warm-up (the median is reported)")
 	devices := fs.Int("devices", 1, "train-step: data-parallel on this many devices of the backend (-batch is the global batch)")
+	alias := fs.String("alias", "auto", "train-step: write the updated variables into their own buffers (train.Config.Alias): auto (on one device), on or off")
 	shardExperts := fs.Bool("shard-experts", false, "train-step with -devices > 1: split the MoE experts' weights and optimizer moments over the devices (expert parallelism) instead of replicating them")
 	out := fs.String("json", "", "write the report as JSON to this file")
 	check := fs.Bool("check", false, "check the scan variants against the float64 reference before timing them")
@@ -223,7 +224,7 @@ func runBench(fs *flag.FlagSet, args []string) error {
 			if err := checkShardExperts(cfg, *shardExperts); err != nil {
 				return err
 			}
-			row := bench.TrainStepDevices(backend, cfg, *batch, *seqLen, *reps, *devices, *shardExperts)
+			row := bench.TrainStepDevices(backend, cfg, *batch, *seqLen, *reps, *devices, *shardExperts, *alias)
 			if *devices > 1 && xla.MemoryIsHighWater() {
 				for i, used := range xla.DevicesMemoryUsed() {
 					if i < *devices {

@@ -58,6 +58,7 @@ func runTrain(fs *flag.FlagSet, args []string) error {
 	ckptEvery := fs.Int("checkpoint-every", 0, "steps between checkpoints, a multiple of -log-every (0: only at the end)")
 	seed := fs.Int64("seed", 1, "seed of the initialization and of the data order")
 	devices := fs.Int("devices", 1, "train data-parallel on this many devices of the backend (GPUs of one host; -batch is the global batch, split evenly)")
+	alias := fs.String("alias", "auto", "write the variables each step updates into their own buffers (less memory, no update of the step's CUDA graphs; the same results): auto (on one device), on or off")
 	shardExperts := fs.Bool("shard-experts", false, "with -devices > 1: split the MoE experts' weights and optimizer moments over the devices along the expert axis (expert parallelism) instead of replicating them; no effect on one device")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -104,7 +105,7 @@ func runTrain(fs *flag.FlagSet, args []string) error {
 		choice, cfg.Name, cfg.Pattern, cfg.ComputeDType, cfg.Routing, float64(total)/1e6, float64(active)/1e6, trn, corpus.Dir, *steps, *batch, *seq, max(1, *devices), expertNote(*shardExperts, *devices))
 	t, err := training.Train(backend, training.Spec{Cfg: cfg, Corpus: corpus, SeqLen: *seq, Batch: *batch, Steps: *steps,
 		LR: *lr, Warmup: *warmup, Seed: *seed, Dir: *dir, Resume: *resume, LogEvery: *logEvery, EvalEvery: *evalEvery,
-		CheckpointEvery: *ckptEvery, EvalBatches: *evalBatches, Devices: *devices, ShardExperts: *shardExperts})
+		CheckpointEvery: *ckptEvery, EvalBatches: *evalBatches, Devices: *devices, ShardExperts: *shardExperts, Alias: *alias})
 	if err != nil {
 		return err
 	}
