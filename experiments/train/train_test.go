@@ -626,10 +626,11 @@ func TestEvalLossShortSplit(t *testing.T) {
 
 // TestAliasSameRun trains the toy model for six steps with the step's updated variables aliased
 // to their buffers and without: the losses, gradient norms and every variable (weights, AdamW
-// moments, step) agree bit for bit. The step reports aliasing on the XLA backend
-// (BLACKMAMBA_TEST_BACKEND) with Alias "on" and "auto" (one device), never with "off" nor on the
-// pure-Go backend. (A GPU run needs TF32 off for float32 matmuls to be reproducible bit for bit
-// only if the two runs' kernels differ; aliasing changes buffers, not kernels.)
+// moments, step) agree bit for bit on the pure-Go backend. On the XLA backend
+// (BLACKMAMBA_TEST_BACKEND) they agree within 1e-5 relative: on a GPU the embedding's gradient
+// is a scatter-add whose atomic additions make two identical runs differ in their last bits
+// (8e-8 relative seen on an H200, aliased or not). The step reports aliasing on the XLA backend
+// with Alias "on" and "auto" (one device), never with "off" nor on the pure-Go backend.
 func TestAliasSameRun(t *testing.T) {
 	backend := multiDeviceBackend(t) // the test backend, or $BLACKMAMBA_TEST_BACKEND's
 	type run struct {
@@ -668,13 +669,19 @@ func TestAliasSameRun(t *testing.T) {
 	if len(off.vars) < 13 { // 4 weights with 2 moments each, the step (and a random state)
 		t.Fatalf("%d variables after training, want at least 13", len(off.vars))
 	}
+	same := slices.Equal[[]float64]
+	if backend.Name() == "xla" {
+		same = func(a, b []float64) bool {
+			return slices.EqualFunc(a, b, func(x, y float64) bool { return math.Abs(x-y) <= 1e-5*math.Abs(x)+1e-12 })
+		}
+	}
 	for _, alias := range []string{"on", "auto"} {
 		got := train(alias)
-		if !slices.Equal(got.losses, off.losses) {
+		if !same(got.losses, off.losses) {
 			t.Errorf("alias %q: losses and gradient norms %v, without aliasing %v", alias, got.losses, off.losses)
 		}
 		for name, want := range off.vars {
-			if !slices.Equal(got.vars[name], want) {
+			if !same(got.vars[name], want) {
 				t.Errorf("alias %q: variable %s = %v, without aliasing %v", alias, name, got.vars[name], want)
 			}
 		}
