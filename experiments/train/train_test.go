@@ -687,3 +687,39 @@ func TestAliasSameRun(t *testing.T) {
 		}
 	}
 }
+
+// TestStepPackedOutputs: the train step returns its loss, gradient norm, learning rate and
+// extras packed in one vector; Step unpacks each to its name, scalars of any dtype and counts
+// vectors alike, in the extras' sorted order.
+func TestStepPackedOutputs(t *testing.T) {
+	loss := func(ctx *context.Context, tokens *Node) (*Node, map[string]*Node) {
+		g := tokens.Graph()
+		w := ctx.VariableWithValue("w", []float32{3, 4}).ValueGraph(g)
+		l := Add(ReduceAllSum(Square(w)), MulScalar(ConvertDType(ReduceAllSum(tokens), dtypes.Float32), 0))
+		return l, map[string]*Node{
+			"z_scalar":   Scalar(g, dtypes.Float32, 2.5),
+			"counts/x":   Const(g, []int32{1, 2, 3}),
+			"a_int":      Scalar(g, dtypes.Int32, 7),
+			"counts/all": Const(g, []int32{9}),
+		}
+	}
+	opt := DefaultAdamW(1e-2, 10)
+	opt.ClipNorm = 0
+	tr, err := New(testBackend, context.New(), loss, Config{Batch: 1, SeqLen: 1, Optimizer: opt})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := tr.Step([]int32{0, 0})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Loss != 25 || r.GradNorm != 10 || float32(r.LR) != float32(opt.Schedule.At(0)) { // the lr is float32 on the device
+		t.Errorf("loss %v, grad norm %v, lr %v; want 25, 10 (|2w|) and %v", r.Loss, r.GradNorm, r.LR, opt.Schedule.At(0))
+	}
+	if r.Extras["z_scalar"] != 2.5 || r.Extras["a_int"] != 7 || len(r.Extras) != 2 {
+		t.Errorf("extras %v, want z_scalar 2.5 and a_int 7", r.Extras)
+	}
+	if !slices.Equal(r.Counts["x"], []float64{1, 2, 3}) || !slices.Equal(r.Counts["all"], []float64{9}) || len(r.Counts) != 2 {
+		t.Errorf("counts %v, want x [1 2 3] and all [9]", r.Counts)
+	}
+}
