@@ -58,7 +58,7 @@ func runTrain(fs *flag.FlagSet, args []string) error {
 	ckptEvery := fs.Int("checkpoint-every", 0, "steps between checkpoints, a multiple of -log-every (0: only at the end)")
 	seed := fs.Int64("seed", 1, "seed of the initialization and of the data order")
 	devices := fs.Int("devices", 1, "train data-parallel on this many devices of the backend (GPUs of one host; -batch is the global batch, split evenly)")
-	alias := fs.String("alias", "auto", "write the variables each step updates into their own buffers (less memory, no update of the step's CUDA graphs; the same results): auto (on one device), on or off")
+	alias := fs.String("alias", "auto", "write the variables each step updates into their own buffers, so that XLA replays the step's CUDA graphs without updating them (the same results): auto (on one device), on or off")
 	shardExperts := fs.Bool("shard-experts", false, "with -devices > 1: split the MoE experts' weights and optimizer moments over the devices along the expert axis (expert parallelism) instead of replicating them; no effect on one device")
 	if err := fs.Parse(args); err != nil {
 		return err
