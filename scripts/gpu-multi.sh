@@ -23,7 +23,8 @@
 # LOSS_BATCH (8), LOSS_SEQ (256), LOSS_STEPS (20), SMALL_BATCH (16), SMALL_SEQ (2048), COUNTS (the
 # device counts to run instead of 1 and DEVICES, e.g. "2"), and the step time limits TEST_LIMIT
 # (90 s), LOSS_LIMIT (60 s per run), SMALL_LIMIT (170 s per run), BIG_LIMIT (270 s per run; the
-# 1.5b step at 4 x 2048 compiled in 278 s on one H200).
+# 1.5b step at 4 x 2048 compiled in 278 s on one H200), and ALIAS (the steps' -alias: auto, the
+# default, updates the variables in place on one device only; on for several devices too).
 set -uo pipefail
 bundle="$(cd "$1" && pwd)"
 phase="${2:-dp}"
@@ -52,7 +53,7 @@ phase_small() {
 	local b="${SMALL_BATCH:-16}" d
 	for d in "${counts[@]}"; do
 		step "train-small-${d}dev" "${SMALL_LIMIT:-170}" "$run" blackmamba bench -what train-step -config small -dtype bfloat16 \
-			-batch "$b" -seq "${SMALL_SEQ:-2048}" -reps 5 -devices "$d" -json "$out/bench-train-small-${d}dev.json"
+			-batch "$b" -seq "${SMALL_SEQ:-2048}" -reps 5 -devices "$d" -alias "${ALIAS:-auto}" -json "$out/bench-train-small-${d}dev.json"
 	done
 }
 phase_loss() {
@@ -61,7 +62,7 @@ phase_loss() {
 	for d in "${counts[@]}"; do
 		step "loss-${d}dev" "${LOSS_LIMIT:-60}" "$run" blackmamba train -config "${LOSS_CONFIG:-tiny}" -corpus "$corpus" \
 			-steps "${LOSS_STEPS:-20}" -batch "${LOSS_BATCH:-8}" -seq "${LOSS_SEQ:-256}" -log-every 1 -eval-batches 2 \
-			-seed 1 -devices "$d" -dir "$work/loss-${d}dev"
+			-seed 1 -devices "$d" -alias "${ALIAS:-auto}" -dir "$work/loss-${d}dev"
 		cp "$work/loss-${d}dev/metrics.jsonl" "$out/loss-${d}dev.jsonl"
 	done
 	step loss-compare 20 "$run" blackmamba compare-runs -tol 1e-2 "$out/loss-1dev.jsonl" "$out/loss-${devices}dev.jsonl"
@@ -78,7 +79,7 @@ phase_experts() {
 			continue
 		fi
 		step "train-small-${devices}dev-$x" "${SMALL_LIMIT:-170}" "$run" blackmamba bench -what train-step -config small \
-			-dtype bfloat16 -batch "$b" -seq "$s" -reps 5 -devices "$devices" $([[ $x == split ]] && echo -shard-experts) \
+			-dtype bfloat16 -batch "$b" -seq "$s" -reps 5 -devices "$devices" -alias "${ALIAS:-auto}" $([[ $x == split ]] && echo -shard-experts) \
 			-json "$out/bench-train-small-${devices}dev-$x.json"
 	done
 }
@@ -88,7 +89,7 @@ phase_big() {
 		x="" # -shard-experts with SHARD_EXPERTS=1 on more than one GPU
 		[[ "${SHARD_EXPERTS:-0}" == 1 ]] && ((d > 1)) && x=-shard-experts
 		step "train-1.5b-${d}dev${x:+-split}" "${BIG_LIMIT:-270}" "$run" blackmamba bench -what train-step -config 1.5b -dtype bfloat16 \
-			-batch "${BIG_BATCH:-4}" -seq 2048 -reps 5 -devices "$d" $x -json "$out/bench-train-1.5b-${d}dev${BIG_BATCH:+-b$BIG_BATCH}${x:+-split}.json"
+			-batch "${BIG_BATCH:-4}" -seq 2048 -reps 5 -devices "$d" -alias "${ALIAS:-auto}" $x -json "$out/bench-train-1.5b-${d}dev${BIG_BATCH:+-b$BIG_BATCH}${x:+-split}.json"
 	done
 }
 case "$phase" in
