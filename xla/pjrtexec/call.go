@@ -13,12 +13,6 @@ package pjrtexec
 typedef struct {
 	size_t struct_size;
 	void* extension_start;
-	void* error;
-} bmErrorDestroyArgs;
-
-typedef struct {
-	size_t struct_size;
-	void* extension_start;
 	const void* error;
 	const char* message;
 	size_t message_size;
@@ -54,20 +48,25 @@ typedef struct {
 	void* execute_device;
 } bmExecuteArgs;
 
-// PJRT_Event_Await_Args and PJRT_Event_Destroy_Args.
+// The arguments of the PJRT functions that take one handle: PJRT_Event_Await_Args,
+// PJRT_Event_Destroy_Args, PJRT_Buffer_Destroy_Args and PJRT_Error_Destroy_Args all have this
+// layout.
 typedef struct {
 	size_t struct_size;
 	void* extension_start;
-	void* event;
-} bmEventArgs;
-
-typedef struct {
-	size_t struct_size;
-	void* extension_start;
-	void* buffer;
-} bmBufferDestroyArgs;
+	void* handle;
+} bmHandleArgs;
 
 typedef void* (*bmFn)(void* args);
+
+// bm_on calls fn, a PJRT function that takes one handle, on handle and returns its result.
+static void* bm_on(bmFn fn, void* handle) {
+	bmHandleArgs a;
+	memset(&a, 0, sizeof a);
+	a.struct_size = sizeof a;
+	a.handle = handle;
+	return fn(&a);
+}
 
 // The PJRT functions used, taken from the plugin's function table.
 typedef struct {
@@ -92,11 +91,7 @@ static int bm_failed(const bmFns* f, void* err, char* buf, size_t n) {
 		k = 0;
 	}
 	buf[k] = 0;
-	bmErrorDestroyArgs d;
-	memset(&d, 0, sizeof d);
-	d.struct_size = sizeof d;
-	d.error = err;
-	f->error_destroy(&d);
+	bm_on(f->error_destroy, err);
 	return 1;
 }
 
@@ -130,27 +125,14 @@ static int bm_execute(const bmFns* f, void* exec, void* device, void** args, siz
 
 // bm_await waits for event and destroys it. Returns 0, or 1 with the error's message in msg.
 static int bm_await(const bmFns* f, void* event, char* msg, size_t msgn) {
-	bmEventArgs a;
-	memset(&a, 0, sizeof a);
-	a.struct_size = sizeof a;
-	a.event = event;
-	void* err = f->event_await(&a);
-	bmEventArgs d;
-	memset(&d, 0, sizeof d);
-	d.struct_size = sizeof d;
-	d.event = event;
-	f->event_destroy(&d);
+	void* err = bm_on(f->event_await, event);
+	bm_on(f->event_destroy, event);
 	return bm_failed(f, err, msg, msgn);
 }
 
 // bm_buffer_destroy frees a buffer handle. Returns 0, or 1 with the error's message in msg.
 static int bm_buffer_destroy(const bmFns* f, void* buffer, char* msg, size_t msgn) {
-	bmBufferDestroyArgs a;
-	memset(&a, 0, sizeof a);
-	a.struct_size = sizeof a;
-	a.buffer = buffer;
-	void* err = f->buffer_destroy(&a);
-	return bm_failed(f, err, msg, msgn);
+	return bm_failed(f, bm_on(f->buffer_destroy, buffer), msg, msgn);
 }
 */
 import "C"
