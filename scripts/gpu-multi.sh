@@ -34,6 +34,7 @@ devices="${DEVICES:-2}"
 work="${WORKDIR:-/tmp/blackmamba-multi}"
 mkdir -p "$out"
 run="$bundle/run.sh"
+alias=(-alias "${ALIAS:-auto}") # every step's in-place update of its variables
 counts=(1) # device counts to run: 1 and DEVICES, or the list in COUNTS (e.g. "2")
 ((devices > 1)) && counts+=("$devices")
 [[ -n "${COUNTS:-}" ]] && read -r -a counts <<<"$COUNTS"
@@ -53,7 +54,7 @@ phase_small() {
 	local b="${SMALL_BATCH:-16}" d
 	for d in "${counts[@]}"; do
 		step "train-small-${d}dev" "${SMALL_LIMIT:-170}" "$run" blackmamba bench -what train-step -config small -dtype bfloat16 \
-			-batch "$b" -seq "${SMALL_SEQ:-2048}" -reps 5 -devices "$d" -alias "${ALIAS:-auto}" -json "$out/bench-train-small-${d}dev.json"
+			-batch "$b" -seq "${SMALL_SEQ:-2048}" -reps 5 -devices "$d" "${alias[@]}" -json "$out/bench-train-small-${d}dev.json"
 	done
 }
 phase_loss() {
@@ -62,7 +63,7 @@ phase_loss() {
 	for d in "${counts[@]}"; do
 		step "loss-${d}dev" "${LOSS_LIMIT:-60}" "$run" blackmamba train -config "${LOSS_CONFIG:-tiny}" -corpus "$corpus" \
 			-steps "${LOSS_STEPS:-20}" -batch "${LOSS_BATCH:-8}" -seq "${LOSS_SEQ:-256}" -log-every 1 -eval-batches 2 \
-			-seed 1 -devices "$d" -alias "${ALIAS:-auto}" -dir "$work/loss-${d}dev"
+			-seed 1 -devices "$d" "${alias[@]}" -dir "$work/loss-${d}dev"
 		cp "$work/loss-${d}dev/metrics.jsonl" "$out/loss-${d}dev.jsonl"
 	done
 	step loss-compare 20 "$run" blackmamba compare-runs -tol 1e-2 "$out/loss-1dev.jsonl" "$out/loss-${devices}dev.jsonl"
@@ -79,7 +80,7 @@ phase_experts() {
 			continue
 		fi
 		step "train-small-${devices}dev-$x" "${SMALL_LIMIT:-170}" "$run" blackmamba bench -what train-step -config small \
-			-dtype bfloat16 -batch "$b" -seq "$s" -reps 5 -devices "$devices" -alias "${ALIAS:-auto}" $([[ $x == split ]] && echo -shard-experts) \
+			-dtype bfloat16 -batch "$b" -seq "$s" -reps 5 -devices "$devices" "${alias[@]}" $([[ $x == split ]] && echo -shard-experts) \
 			-json "$out/bench-train-small-${devices}dev-$x.json"
 	done
 }
@@ -89,7 +90,7 @@ phase_big() {
 		x="" # -shard-experts with SHARD_EXPERTS=1 on more than one GPU
 		[[ "${SHARD_EXPERTS:-0}" == 1 ]] && ((d > 1)) && x=-shard-experts
 		step "train-1.5b-${d}dev${x:+-split}" "${BIG_LIMIT:-270}" "$run" blackmamba bench -what train-step -config 1.5b -dtype bfloat16 \
-			-batch "${BIG_BATCH:-4}" -seq 2048 -reps 5 -devices "$d" -alias "${ALIAS:-auto}" $x -json "$out/bench-train-1.5b-${d}dev${BIG_BATCH:+-b$BIG_BATCH}${x:+-split}.json"
+			-batch "${BIG_BATCH:-4}" -seq 2048 -reps 5 -devices "$d" "${alias[@]}" $x -json "$out/bench-train-1.5b-${d}dev${BIG_BATCH:+-b$BIG_BATCH}${x:+-split}.json"
 	done
 }
 case "$phase" in
