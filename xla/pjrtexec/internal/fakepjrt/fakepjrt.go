@@ -8,7 +8,9 @@ package fakepjrt
 /*
 #include <stddef.h>
 
-// The argument structs as PJRT (C API minor version 83) lays them out.
+// The argument structs as PJRT (C API minor version 83) lays them out, written here apart from
+// pjrtexec's own copies on purpose: the stand-ins read them as a plugin would, so a wrong field
+// order or size on pjrtexec's side shows in the tests instead of being shared by both sides.
 typedef struct {
 	size_t struct_size;
 	void* extension_start;
