@@ -28,8 +28,8 @@
 # SCAN_SHAPES, SCAN_VARIANTS and SCAN_EACH (one process per variant) for scan; DECODE_UNROLL (greedy steps per call), DECODE_BATCH
 # (sequences decoded together) and DECODE_STEP_ROWS (rows of the step's weight products, 0: not
 # padded) and DECODE_STEP_WEIGHTS (inout and/or transposed), comma-separated lists, default 1, 1,
-# 0 and inout, and DECODE_LIMIT for decode; BIG_BATCH
-# (default 4) for train-1.5b; SELFCHECKS (selfcheck -checks, default all three) and
+# 0 and inout, and DECODE_LIMIT for decode; BIG_BATCH (default 4), BIG_LIMIT (default 300 s)
+# and BIG_ALIAS (default auto) for train-1.5b; SELFCHECKS (selfcheck -checks, default all three) and
 # SELFCHECK_LIMIT (default 180 s), BM_TEST_LIMIT (default 280 s) for check; KERNEL_CHAINS
 # (bench -kernel-chains) and KERNELS_LIMIT (default 120 s) for kernels.
 set -uo pipefail
@@ -61,7 +61,14 @@ phase_train_small() {
 	done
 }
 phase_train_big() {
-	step train-1.5b "${BIG_LIMIT:-300}" "$run" blackmamba bench -what train-step -config 1.5b -dtype bfloat16 -batch "${BIG_BATCH:-4}" -seq 2048 -reps 5 -json "$out/bench-train-1.5b.json"
+	# BIG_ALIAS (default auto): the step's bench -alias values, one process each after the
+	# other, e.g. "auto off" for the in-place update against none on one machine; the JSON of
+	# each value other than auto is bench-train-1.5b-alias-VALUE.json.
+	local a name
+	for a in ${BIG_ALIAS:-auto}; do
+		name=train-1.5b && [[ "$a" == auto ]] || name="train-1.5b-alias-$a"
+		step "$name" "${BIG_LIMIT:-300}" "$run" blackmamba bench -what train-step -config 1.5b -dtype bfloat16 -batch "${BIG_BATCH:-4}" -seq 2048 -reps 5 -alias "$a" -json "$out/bench-$name.json"
+	done
 }
 phase_decode() {
 	step decode-1.5b "${DECODE_LIMIT:-240}" "$run" blackmamba bench -what decode -config 1.5b -dtype bfloat16 -decode-tokens 512 -decode-unroll "${DECODE_UNROLL:-1}" -decode-batch "${DECODE_BATCH:-1}" -decode-step-rows "${DECODE_STEP_ROWS:-0}" -decode-step-weights "${DECODE_STEP_WEIGHTS:-inout}" -reps 5 -json "$out/bench-decode-1.5b.json"
