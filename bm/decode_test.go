@@ -41,14 +41,17 @@ func tokensTensor(ids [][]int) *tensors.Tensor {
 // reproduce the parallel forward's logits at every position, for prompts of 1, 2, 3, 5 and 8
 // tokens (5 runs the bucketed prefill of 4 tokens and one step; the KV cache grows past 8), to
 // 1e-4 of the largest logit magnitude: CheckDecode, the same check `blackmamba selfcheck` runs
-// on a GPU.
+// on a GPU. Each architecture is a subtest (-test.run 'TestDecoderMatchesForward/^mamba$'), and
+// each check's line is logged as soon as it is done, so that a run stopped by its time limit
+// still shows the checks it finished.
 func TestDecoderMatchesForward(t *testing.T) {
-	report, err := CheckDecode(cpuBackend(t))
-	for _, line := range report {
-		t.Log(line)
-	}
-	if err != nil {
-		t.Fatal(err)
+	backend := cpuBackend(t)
+	for _, cfg := range DecodeCheckConfigs() {
+		t.Run(cfg.Name, func(t *testing.T) {
+			if err := CheckDecodeConfig(backend, cfg, func(line string) { t.Log(line) }); err != nil {
+				t.Fatal(err)
+			}
+		})
 	}
 }
 

@@ -54,39 +54,48 @@ func CheckDecode(backend backends.Backend) (report []string, err error) {
 // CheckDecodeEach is CheckDecode, handing each report line to each as soon as its check is done
 // (a time-limited run then keeps the lines of the checks it finished).
 func CheckDecodeEach(backend backends.Backend, each func(line string)) error {
-	const T, tol = 10, 1e-4
 	for _, cfg := range DecodeCheckConfigs() {
-		for _, variant := range []struct {
-			rows, batch int
-			layout      StepLayout
-			fuse        string
-		}{{0, 2, StepInOut, ""}, {4, 2, StepInOut, ""}, {0, 2, StepTransposed, ""}, {0, 2, StepFolded, ""},
-			{0, 1, StepFolded, ""}, {0, 1, StepFolded, "gate,residual"}, {0, 1, StepFolded, "router"},
-			{0, 1, StepFolded, "residual,router"}, {0, 2, StepFolded, "ring"}, {0, 1, StepFolded, "residual,ring"},
-			{0, 1, StepFolded, "residual,router,ring"}, {0, 1, StepFolded, "residual,router,ring,wide"},
-			{0, 1, StepFolded, "residual,router,ring,align,dtrow,head"}, {0, 1, StepFolded, "residual,router,ring,head,align,dtrow,nodefer,wide"}, {0, 2, StepFolded, "ring,head"}} {
-			cfg.StepRows, cfg.StepFuse = variant.rows, variant.fuse
-			name := cfg.Name
-			if variant.rows > 0 {
-				name = fmt.Sprintf("%s, step rows %d", cfg.Name, variant.rows)
-			}
-			if variant.layout != StepInOut {
-				name += ", " + string(variant.layout)
-			}
-			if variant.batch == 1 {
-				name += ", batch 1"
-			}
-			if variant.fuse != "" {
-				name += ", " + variant.fuse
-			}
-			worst, err := checkDecodeArch(backend, cfg, variant.batch, T, variant.layout)
-			if err != nil {
-				return fmt.Errorf("%s: %w", name, err)
-			}
-			each(fmt.Sprintf("decode %-44s prompts 1,2,3,5,8 of %d: max rel err %.2g (tol %.0e)", name, T, worst, tol))
-			if worst > tol {
-				return fmt.Errorf("%s: decoder vs forward max relative error %.3g > %g", name, worst, tol)
-			}
+		if err := CheckDecodeConfig(backend, cfg, each); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// CheckDecodeConfig is CheckDecodeEach for one architecture, cfg (one of DecodeCheckConfigs, or
+// another small configuration): its fifteen variants, one report line each.
+func CheckDecodeConfig(backend backends.Backend, cfg Config, each func(line string)) error {
+	const T, tol = 10, 1e-4
+	for _, variant := range []struct {
+		rows, batch int
+		layout      StepLayout
+		fuse        string
+	}{{0, 2, StepInOut, ""}, {4, 2, StepInOut, ""}, {0, 2, StepTransposed, ""}, {0, 2, StepFolded, ""},
+		{0, 1, StepFolded, ""}, {0, 1, StepFolded, "gate,residual"}, {0, 1, StepFolded, "router"},
+		{0, 1, StepFolded, "residual,router"}, {0, 2, StepFolded, "ring"}, {0, 1, StepFolded, "residual,ring"},
+		{0, 1, StepFolded, "residual,router,ring"}, {0, 1, StepFolded, "residual,router,ring,wide"},
+		{0, 1, StepFolded, "residual,router,ring,align,dtrow,head"}, {0, 1, StepFolded, "residual,router,ring,head,align,dtrow,nodefer,wide"}, {0, 2, StepFolded, "ring,head"}} {
+		cfg.StepRows, cfg.StepFuse = variant.rows, variant.fuse
+		name := cfg.Name
+		if variant.rows > 0 {
+			name = fmt.Sprintf("%s, step rows %d", cfg.Name, variant.rows)
+		}
+		if variant.layout != StepInOut {
+			name += ", " + string(variant.layout)
+		}
+		if variant.batch == 1 {
+			name += ", batch 1"
+		}
+		if variant.fuse != "" {
+			name += ", " + variant.fuse
+		}
+		worst, err := checkDecodeArch(backend, cfg, variant.batch, T, variant.layout)
+		if err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+		each(fmt.Sprintf("decode %-44s prompts 1,2,3,5,8 of %d: max rel err %.2g (tol %.0e)", name, T, worst, tol))
+		if worst > tol {
+			return fmt.Errorf("%s: decoder vs forward max relative error %.3g > %g", name, worst, tol)
 		}
 	}
 	return nil

@@ -90,7 +90,7 @@ tests-all)
 	# variants) and 470 s (the rest); with 15 decoder variants per architecture, the decoder
 	# check and the step variants no longer finished within 450 s with all five side by side
 	# (the five processes' compilations share the host's 16 cores): run them with fewer beside
-	# them. BM_TEST_GROUPS (default "dec gen steps scan rest") picks the groups. Logs
+	# them. BM_TEST_GROUPS (default "dec gen steps scan rest"; also dec-mamba and dec-attn) picks the groups. Logs
 	# bm-tests-GROUP.log.
 	no_tf32
 	limit="${BM_TEST_LIMIT:-500}"
@@ -99,14 +99,16 @@ tests-all)
 	steps='^TestStepVariantsGreedyTokens$|^TestFoldedStepLogitsBF16$'
 	scan='Scan'
 	# name:run pattern:skip pattern
-	all=("dec:$dec:" "gen:$gen:$steps" "steps:$steps:" "scan:$scan:" "rest:.:$dec|$gen|$steps|$scan")
+	# dec-mamba and dec-attn: the decoder check's BlackMamba and Mamba halves, and its two
+	# Transformers (the dec group is both).
+	all=("dec:$dec:" "dec-mamba:$dec/^(blackmamba|mamba)\$:" "dec-attn:$dec/^transformer:" "gen:$gen:$steps" "steps:$steps:" "scan:$scan:" "rest:.:$dec|$gen|$steps|$scan")
 	groups=()
 	for name in ${BM_TEST_GROUPS:-dec gen steps scan rest}; do
 		found=""
 		for g in "${all[@]}"; do
 			[[ "${g%%:*}" == "$name" ]] && groups+=("$g") && found=1
 		done
-		[[ -n "$found" ]] || { echo "BM_TEST_GROUPS: unknown group \"$name\" (known: dec gen steps scan rest)" >&2; exit 2; }
+		[[ -n "$found" ]] || { echo "BM_TEST_GROUPS: unknown group \"$name\" (known: dec dec-mamba dec-attn gen steps scan rest)" >&2; exit 2; }
 	done
 	for g in "${groups[@]}"; do
 		IFS=: read -r name runpat skippat <<<"$g"
