@@ -130,6 +130,9 @@ type Arch struct {
 	// architecture is finished, fewer in a result saved while it was still running (absent in
 	// results written before it was recorded: Result.Reps).
 	RepsDone int `json:"reps_done,omitempty"`
+	// Reps is the number of timed passes asked of this architecture when it differs from
+	// Result.Reps: set by Merge on results timed with different passes (0: Result.Reps).
+	Reps int `json:"reps,omitempty"`
 	// PeakMemoryBytes is the process's device-memory high-water mark after this architecture
 	// (architectures run in order in one process, so it is cumulative); -1 when not measured.
 	PeakMemoryBytes int64 `json:"peak_memory_bytes"`
@@ -143,7 +146,7 @@ type Result struct {
 	Batch    int    `json:"batch"`
 	Prompt   int    `json:"prompt_tokens"`
 	MaxLen   int    `json:"max_len"`
-	Reps     int    `json:"reps"`
+	Reps     int    `json:"reps"` // timed passes per architecture (after a Merge, the most of any; see Arch.Reps)
 	Method   string `json:"method"`
 	Created  string `json:"created"`
 	Archs    []Arch `json:"archs"`

@@ -228,6 +228,40 @@ func TestMerge(t *testing.T) {
 	if _, err := Merge(&a, &c); err == nil || !strings.Contains(err.Error(), "max_len 16") {
 		t.Errorf("merging results of different lengths: err %v, want one naming both settings", err)
 	}
+
+	// Parts timed with 3 and 2 passes: each architecture keeps its own count, the result says
+	// the most, and the report shows both without calling the 2-pass ones stopped.
+	d, e := base, base
+	d.Reps, e.Reps = 3, 2
+	d.Archs = []Arch{arch("tiny", 10), arch("tiny-mamba", 9)}
+	d.Archs[1].RepsDone = 1 // stopped after one of its three passes
+	e.Archs = []Arch{arch("tiny-transformer", 12)}
+	e.Archs[0].RepsDone = 2
+	m, err = Merge(&d, &e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Reps != 3 {
+		t.Errorf("merged reps %d, want 3", m.Reps)
+	}
+	want := map[string]int{"tiny": 3, "tiny-mamba": 3, "tiny-transformer": 2}
+	for _, x := range m.Archs {
+		if got := x.planned(m); got != want[x.Config] {
+			t.Errorf("%s: planned passes %d, want %d", x.Config, got, want[x.Config])
+		}
+	}
+	var rep strings.Builder
+	if err := WriteMarkdown(&rep, m); err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range []string{"batch 1, 2-3 reps", "| tiny-mamba |", "1 of 3 (stopped)", "| tiny-transformer |"} {
+		if !strings.Contains(rep.String(), line) {
+			t.Errorf("report of the merge lacks %q:\n%s", line, rep.String())
+		}
+	}
+	if strings.Contains(rep.String(), "2 of 2") || strings.Contains(rep.String(), "2 of 3") {
+		t.Errorf("report of the merge calls the 2-pass architecture stopped:\n%s", rep.String())
+	}
 }
 
 // TestTimePassUnrolled checks that an unrolled pass (4 steps per call, single steps up to

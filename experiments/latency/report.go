@@ -129,7 +129,7 @@ func WriteMarkdown(w io.Writer, r *Result) error {
 		{"Time to generate L tokens, ms (median of reps)", func(p Point) string { return fmt.Sprintf("%.1f", p.TotalMS.Median) }},
 		{"Per-token latency at length L, ms", func(p Point) string { return fmt.Sprintf("%.3f", p.PerTokenMS.Median) }},
 	} {
-		fmt.Fprintf(&b, "%s (%s family, %s, batch 1, %d reps):\n\n%s\n%s\n", tab.title, r.Family, r.Backend, r.Reps, head, rule)
+		fmt.Fprintf(&b, "%s (%s family, %s, batch 1, %s reps):\n\n%s\n%s\n", tab.title, r.Family, r.Backend, repsText(r), head, rule)
 		for _, L := range lengths {
 			fmt.Fprintf(&b, "| %d |", L)
 			for _, a := range r.Archs {
@@ -160,9 +160,10 @@ func WriteMarkdown(w io.Writer, r *Result) error {
 		if a.StepFuse != "" {
 			layout += ", fuse " + a.StepFuse
 		}
-		passes := fmt.Sprint(r.Reps)
-		if a.RepsDone > 0 && a.RepsDone < r.Reps {
-			passes = fmt.Sprintf("%d of %d (stopped)", a.RepsDone, r.Reps)
+		planned := a.planned(r)
+		passes := fmt.Sprint(planned)
+		if a.RepsDone > 0 && a.RepsDone < planned {
+			passes = fmt.Sprintf("%d of %d (stopped)", a.RepsDone, planned)
 		}
 		loop := "held"
 		if a.Resident {
@@ -178,23 +179,59 @@ func WriteMarkdown(w io.Writer, r *Result) error {
 }
 
 // Merge combines results of the same measurement run in parts (architectures timed in separate
-// jobs or on separate GPUs): family, batch, prompt length, lengths and repeats must agree, and
-// an architecture timed twice keeps its later result. The backend and creation time are the
-// first part's; Method notes the merge.
+// jobs or on separate GPUs): family, batch, prompt length and lengths must agree, and an
+// architecture timed twice keeps its later result. Parts timed with different numbers of
+// passes merge too: each architecture then keeps its own in Arch.Reps, and Result.Reps is the
+// most of them. The backend and creation time are the first part's; Method notes the merge.
 func Merge(parts ...*Result) (*Result, error) {
+	reps := 0
+	for _, p := range parts {
+		reps = max(reps, p.Reps)
+	}
 	archs, err := results.MergeParts("latency", parts,
 		func(r *Result) string {
-			return fmt.Sprintf("family %s, batch %d, prompt %d tokens, max_len %d, reps %d", r.Family, r.Batch, r.Prompt, r.MaxLen, r.Reps)
+			return fmt.Sprintf("family %s, batch %d, prompt %d tokens, max_len %d", r.Family, r.Batch, r.Prompt, r.MaxLen)
 		},
-		func(r *Result) []Arch { return r.Archs },
+		func(r *Result) []Arch {
+			out := make([]Arch, len(r.Archs))
+			for i, a := range r.Archs {
+				if a.Reps == 0 && r.Reps != reps {
+					a.Reps = r.Reps
+				}
+				out[i] = a
+			}
+			return out
+		},
 		func(a Arch) string { return a.Config })
 	if err != nil {
 		return nil, err
 	}
 	out := *parts[0]
+	out.Reps = reps
 	out.Archs = archs
 	if len(parts) > 1 {
 		out.Method = strings.TrimSpace(out.Method + fmt.Sprintf(" (merged from %d results)", len(parts)))
 	}
 	return &out, nil
+}
+
+// planned is the number of timed passes asked of a: its own after a Merge of results with
+// different passes, else r's.
+func (a Arch) planned(r *Result) int {
+	if a.Reps > 0 {
+		return a.Reps
+	}
+	return r.Reps
+}
+
+// repsText is r's timed passes per architecture, "2-3" when its architectures had different ones.
+func repsText(r *Result) string {
+	lo, hi := r.Reps, 0
+	for _, a := range r.Archs {
+		lo, hi = min(lo, a.planned(r)), max(hi, a.planned(r))
+	}
+	if len(r.Archs) == 0 || lo == hi {
+		return fmt.Sprint(r.Reps)
+	}
+	return fmt.Sprintf("%d-%d", lo, hi)
 }
