@@ -8,8 +8,8 @@
 #   scripts/gpu-bench.sh BUNDLE_DIR tests   the bm tests named by BM_TEST_RUN (a -test.run pattern)
 #                                           on the GPU with TF32 off
 #   scripts/gpu-bench.sh BUNDLE_DIR tests-all  the whole bm test binary on the GPU, TF32 off, in
-#                                           five groups side by side (BM_TEST_LIMIT each;
-#                                           BM_TEST_GROUPS picks some of them)
+#                                           groups, BM_TEST_JOBS side by side (BM_TEST_LIMIT
+#                                           each; BM_TEST_GROUPS picks some of them)
 #   scripts/gpu-bench.sh BUNDLE_DIR breakdown  each block kind of the small preset timed alone
 #                                           (bf16, 8 x 2048, fwd and fwd+bwd), then the full step
 #   scripts/gpu-bench.sh BUNDLE_DIR moe     the MoE block against a dense block of its active size
@@ -82,38 +82,47 @@ tests)
 	step bm-tests-part "$((${BM_TEST_LIMIT:-280} + 20))" "$run" bash -c 'BLACKMAMBA_TEST_BACKEND="$GOMLX_BACKEND" exec "$0" -test.run "${BM_TEST_RUN:-.}" -test.timeout "${BM_TEST_LIMIT:-280}s" -test.v' "$bundle/bm.test"
 	;;
 tests-all)
-	# The whole bm test binary on one GPU within one job: five processes side by side (their
-	# compilations use the host's cores; the GPU has room for all), each a group of tests
-	# within BM_TEST_LIMIT (default 500) s, TF32 off: the decoder check against the forward,
-	# the greedy-generation tests, the decode step variants, the scan tests, and every other
-	# test. On one H200 the longest groups took about 230 s (decoder check), 300 s (step
-	# variants) and 470 s (the rest); with 15 decoder variants per architecture, the decoder
-	# check and the step variants no longer finished within 450 s with all five side by side
-	# (the five processes' compilations share the host's 16 cores): run them with fewer beside
-	# them. BM_TEST_GROUPS (default "dec gen steps scan rest"; also dec-mamba and dec-attn) picks the groups. Logs
-	# bm-tests-GROUP.log.
+	# The whole bm test binary on one GPU, TF32 off, in groups of tests, each group a process
+	# within BM_TEST_LIMIT (default 500) s, at most BM_TEST_JOBS (default 3) side by side (their
+	# compilations share the host's cores; the GPU has room for all): the decoder check against
+	# the forward (dec-mamba: BlackMamba and dense Mamba, dec-attn: the two Transformers; dec:
+	# all four), the greedy-generation tests (gen), the decode step variants (steps-mamba,
+	# steps-attn; steps: all), the scan tests (scan) and every other test (rest).
+	# BM_TEST_GROUPS (default "dec-mamba dec-attn gen steps-mamba steps-attn scan rest") picks
+	# the groups. On one H200 (2026-11-29), three side by side: dec-mamba 299 s, dec-attn 301 s,
+	# the step variants' Transformer-MoE cases alone 227 s; five side by side, the rest group
+	# about 470 s. All groups take more than one 10-minute job: split them over two or three.
+	# Logs bm-tests-GROUP.log.
 	no_tf32
 	limit="${BM_TEST_LIMIT:-500}"
 	dec='^TestDecoderMatchesForward$'
 	gen='Greedy|GenerateStream|OneTokenPrompt'
 	steps='^TestStepVariantsGreedyTokens$|^TestFoldedStepLogitsBF16$'
 	scan='Scan'
-	# name:run pattern:skip pattern
-	# dec-mamba and dec-attn: the decoder check's BlackMamba and Mamba halves, and its two
-	# Transformers (the dec group is both).
-	all=("dec:$dec:" "dec-mamba:$dec/^(blackmamba|mamba)\$:" "dec-attn:$dec/^transformer:" "gen:$gen:$steps" "steps:$steps:" "scan:$scan:" "rest:.:$dec|$gen|$steps|$scan")
+	# name:run pattern:skip pattern (a run pattern's slash selects subtests by architecture; go
+	# test splits a pattern at its top-level | first, so A|B/x would filter B's subtests only)
+	all=("dec:$dec:" "dec-mamba:$dec/^(blackmamba|mamba)\$:" "dec-attn:$dec/^transformer:"
+		"gen:$gen:$steps" "steps:$steps:" "steps-mamba:^(TestStepVariantsGreedyTokens|TestFoldedStepLogitsBF16)\$/^(blackmamba|mamba)\$:"
+		"steps-attn:^TestStepVariantsGreedyTokens\$/^transformer:" "scan:$scan:" "rest:.:$dec|$gen|$steps|$scan")
 	groups=()
-	for name in ${BM_TEST_GROUPS:-dec gen steps scan rest}; do
+	for name in ${BM_TEST_GROUPS:-dec-mamba dec-attn gen steps-mamba steps-attn scan rest}; do
 		found=""
 		for g in "${all[@]}"; do
 			[[ "${g%%:*}" == "$name" ]] && groups+=("$g") && found=1
 		done
-		[[ -n "$found" ]] || { echo "BM_TEST_GROUPS: unknown group \"$name\" (known: dec dec-mamba dec-attn gen steps scan rest)" >&2; exit 2; }
+		[[ -n "$found" ]] || { echo "BM_TEST_GROUPS: unknown group \"$name\" (known: ${all[*]%%:*})" >&2; exit 2; }
 	done
+	jobs_max="${BM_TEST_JOBS:-3}"
+	running=0
 	for g in "${groups[@]}"; do
+		if ((running >= jobs_max)); then
+			wait -n
+			running=$((running - 1))
+		fi
 		IFS=: read -r name runpat skippat <<<"$g"
 		(timeout -k 10 "$((limit + 20))" "$run" bash -c 'BLACKMAMBA_TEST_BACKEND="$GOMLX_BACKEND" exec "$0" -test.run "$1" -test.skip "$2" -test.timeout "$3s" -test.v' "$bundle/bm.test" "$runpat" "$skippat" "$limit" >"$out/bm-tests-$name.log" 2>&1
 			echo "--- bm-tests-$name (run $runpat, skip ${skippat:-none}) rc=$?" >>"$out/summary-$name.txt") &
+		running=$((running + 1))
 	done
 	wait
 	for g in "${groups[@]}"; do
