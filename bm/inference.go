@@ -400,15 +400,11 @@ func makeRouterCopies(backend backends.Backend, ctx *context.Context) (int, erro
 			exec.SetMaxCache(-1)
 			defer exec.Finalize()
 		}
-		var vals []*tensors.Tensor
-		for _, w := range []*context.Variable{v, outT, inTN} {
-			t, err := w.Value()
-			if err != nil {
-				return n, fmt.Errorf("reading %s: %w", w.ScopeAndName(), err)
-			}
-			vals = append(vals, t)
+		vals, err := variableValues(v, outT, inTN)
+		if err != nil {
+			return n, err
 		}
-		outs, err := exec.Exec(vals[0], vals[1], vals[2])
+		outs, err := exec.Exec(vals...)
 		if err != nil {
 			return n, fmt.Errorf("router copies of %s: %w", v.ScopeAndName(), err)
 		}
@@ -418,6 +414,19 @@ func makeRouterCopies(backend backends.Backend, ctx *context.Context) (int, erro
 		n += 2
 	}
 	return n, nil
+}
+
+// variableValues returns the values of vs, as arguments of an Exec.
+func variableValues(vs ...*context.Variable) ([]any, error) {
+	vals := make([]any, len(vs))
+	for i, v := range vs {
+		t, err := v.Value()
+		if err != nil {
+			return nil, fmt.Errorf("reading %s: %w", v.ScopeAndName(), err)
+		}
+		vals[i] = t
+	}
+	return vals, nil
 }
 
 // makeRingCopies adds to each Mamba block with a transposed x_proj copy the two copies its step
@@ -481,19 +490,11 @@ func makeRingCopies(backend backends.Backend, ctx *context.Context) (int, error)
 			exec.SetMaxCache(-1)
 			execs[key] = exec
 		}
-		xt, err := v.Value()
+		vals, err := variableValues(v, aLog, dtProj)
 		if err != nil {
-			return n, fmt.Errorf("reading %s: %w", v.ScopeAndName(), err)
+			return n, err
 		}
-		al, err := aLog.Value()
-		if err != nil {
-			return n, fmt.Errorf("reading %s: %w", aLog.ScopeAndName(), err)
-		}
-		dp, err := dtProj.Value()
-		if err != nil {
-			return n, fmt.Errorf("reading %s: %w", dtProj.ScopeAndName(), err)
-		}
-		outs, err := exec.Exec(xt, al, dp)
+		outs, err := exec.Exec(vals...)
 		if err != nil {
 			return n, fmt.Errorf("ring copies of %s: %w", v.ScopeAndName(), err)
 		}

@@ -297,9 +297,8 @@ func mambaRingState(cfg Config, conv, ssm *Node, P int) *Node {
 // write the new state, only when the row length divides 32; at K + N = 20 (kernel 4, 16
 // states) the sum took a kernel of its own.
 func mambaRingWidth(cfg Config) int {
-	c := cfg.ConvKernel + cfg.StateSize
-	if c >= 32 || !cfg.stepFuses("wide") {
-		return c
+	if !cfg.stepFuses("wide") {
+		return cfg.ConvKernel + cfg.StateSize
 	}
 	return ringWidth(cfg.ConvKernel, cfg.StateSize)
 }
