@@ -39,23 +39,16 @@ static void fk_record(int i, size_t size, const void* handle) {
 	fk_handles[i] = handle;
 }
 
-static void* fk_await(void* args) {
+// fk_on_handle records a call of stand-in i that takes one handle and returns ret.
+static void* fk_on_handle(int i, void* args, void* ret) {
 	fkHandleArgs* a = args;
-	fk_record(FK_AWAIT, a->struct_size, a->handle);
-	return fk_fail;
+	fk_record(i, a->struct_size, a->handle);
+	return ret;
 }
 
-static void* fk_event_destroy(void* args) {
-	fkHandleArgs* a = args;
-	fk_record(FK_EVENT_DESTROY, a->struct_size, a->handle);
-	return NULL;
-}
-
-static void* fk_buffer_destroy(void* args) {
-	fkHandleArgs* a = args;
-	fk_record(FK_BUFFER_DESTROY, a->struct_size, a->handle);
-	return fk_fail;
-}
+static void* fk_await(void* args) { return fk_on_handle(FK_AWAIT, args, fk_fail); }
+static void* fk_event_destroy(void* args) { return fk_on_handle(FK_EVENT_DESTROY, args, NULL); }
+static void* fk_buffer_destroy(void* args) { return fk_on_handle(FK_BUFFER_DESTROY, args, fk_fail); }
 
 static void* fk_error_message(void* args) {
 	fkMessageArgs* m = args;
@@ -65,11 +58,7 @@ static void* fk_error_message(void* args) {
 	return NULL;
 }
 
-static void* fk_error_destroy(void* args) {
-	fkHandleArgs* a = args;
-	fk_record(FK_ERROR_DESTROY, a->struct_size, a->handle);
-	return NULL;
-}
+static void* fk_error_destroy(void* args) { return fk_on_handle(FK_ERROR_DESTROY, args, NULL); }
 
 static void* fk_fn(int i) {
 	switch (i) {
