@@ -156,12 +156,39 @@ func (c Config) fingerprint() string {
 
 // Summary is what Run returns.
 type Summary struct {
-	Steps          int                // steps done in total (including before a resume)
-	ResumedFrom    int                // step of the checkpoint resumed from (0 = fresh start)
+	Steps       int // steps done in total (including before a resume)
+	ResumedFrom int // step of the checkpoint resumed from (0 = fresh start)
+	// WallSeconds is the run's wall time across resumes: the time recorded in the checkpoint
+	// resumed from plus this call's, up to its last record.
+	WallSeconds    float64
 	Loss           float64            // last record's training loss
 	HeldOut        map[string]float64 // last evaluation
 	LastCheckpoint string
 	Metrics        string // metrics file path
+}
+
+// fromRecords sets the summary of a run resumed at step from its metrics file (already
+// truncated to that step): the last record's loss, the last held-out evaluation, and wall, the
+// wall time recorded in the checkpoint.
+func (s *Summary) fromRecords(step int, wall float64) error {
+	recs, err := results.ReadTrainLog(s.Metrics)
+	if err != nil {
+		return err
+	}
+	s.Steps, s.WallSeconds = step, wall
+	if n := len(recs); n > 0 {
+		if recs[n-1].Step != step {
+			return fmt.Errorf("metrics file %s ends at step %d, the checkpoint is at step %d", s.Metrics, recs[n-1].Step, step)
+		}
+		s.Loss = recs[n-1].Loss
+	}
+	for i := len(recs) - 1; i >= 0; i-- {
+		if len(recs[i].HeldOut) > 0 {
+			s.HeldOut = recs[i].HeldOut
+			break
+		}
+	}
+	return nil
 }
 
 // window accumulates step results between records.
@@ -275,6 +302,13 @@ func (t *Trainer) Run(data Batches) (*Summary, error) {
 	}
 	if _, err := mf.Seek(metricsOffset, io.SeekStart); err != nil {
 		return nil, fmt.Errorf("train.Run: %w", err)
+	}
+	if sum.ResumedFrom > 0 {
+		// The summary starts from the records kept: a run resumed from its final checkpoint
+		// does no step and reports what it had reached.
+		if err := sum.fromRecords(step, wall0); err != nil {
+			return nil, fmt.Errorf("train.Run: resuming from %s: %w", sum.LastCheckpoint, err)
+		}
 	}
 
 	// Held-out sources are rewound to their initial state before each evaluation.
@@ -395,7 +429,7 @@ func (t *Trainer) Run(data Batches) (*Summary, error) {
 			return sum, fmt.Errorf("train.Run: writing %s: %w", sum.Metrics, err)
 		}
 		metricsOffset += int64(len(line) + 1)
-		sum.Steps, sum.Loss = step, rec.Loss
+		sum.Steps, sum.Loss, sum.WallSeconds = step, rec.Loss, rec.WallSeconds
 		printProgress(cfg.Progress, isTerm, rec, total, stepTimeEMA)
 
 		if last || (cfg.CheckpointEvery > 0 && step%cfg.CheckpointEvery == 0) {

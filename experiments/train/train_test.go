@@ -423,6 +423,64 @@ func TestResumeEquivalence(t *testing.T) {
 	}
 }
 
+// TestResumeFinishedRun resumes a run from its final checkpoint: no step is taken, the metrics
+// file is left as it was, the variables are the trained ones, and the summary reports what the
+// run reached (steps, last loss, last held-out losses, wall time recorded in the checkpoint).
+func TestResumeFinishedRun(t *testing.T) {
+	const steps = 10
+	dir := t.TempDir()
+	ctxA := newToyCtx()
+	trA, err := New(testBackend, ctxA, toyLoss, toyConfig(dir, steps))
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, err := trA.Run(newSynth(1, 4, 16))
+	if err != nil {
+		t.Fatal(err)
+	}
+	before, err := os.ReadFile(first.Metrics)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := toyConfig(dir, steps)
+	cfg.Resume = true
+	cfg.OnRecord = func(r results.TrainRecord) error {
+		return fmt.Errorf("step %d taken after resuming a finished run", r.Step)
+	}
+	ctxB := newToyCtx()
+	trB, _ := New(testBackend, ctxB, toyLoss, cfg)
+	sum, err := trB.Run(newSynth(1, 4, 16))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sum.ResumedFrom != steps || sum.Steps != steps || sum.Loss != first.Loss ||
+		sum.HeldOut["synth"] != first.HeldOut["synth"] || len(sum.HeldOut) != len(first.HeldOut) {
+		t.Errorf("summary after resuming the finished run:\n %+v\nwant the first run's:\n %+v", sum, first)
+	}
+	if !(sum.WallSeconds > 0) || sum.WallSeconds > first.WallSeconds+1 {
+		t.Errorf("wall %.3fs after resuming, the run itself took %.3fs", sum.WallSeconds, first.WallSeconds)
+	}
+	after, err := os.ReadFile(sum.Metrics)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(before, after) {
+		t.Errorf("metrics file changed by resuming a finished run:\n before %q\n after  %q", before, after)
+	}
+	for v := range ctxA.IterVariables() {
+		w := ctxB.GetVariableByScopeAndName(v.Scope(), v.Name())
+		if w == nil {
+			t.Fatalf("variable %s missing after resume", v.ScopeAndName())
+		}
+		x, y := v.MustValue(), w.MustValue()
+		var eq bool
+		x.ConstBytes(func(bx []byte) { y.ConstBytes(func(by []byte) { eq = bytes.Equal(bx, by) }) })
+		if !eq {
+			t.Errorf("variable %s differs from the trained one after resuming", v.ScopeAndName())
+		}
+	}
+}
+
 func TestNaNStopsRun(t *testing.T) {
 	dir := t.TempDir()
 	data := newSynth(1, 4, 16)

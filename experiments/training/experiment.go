@@ -50,9 +50,16 @@ type Options struct {
 	Seed   int64
 	// DType overrides the compute dtype ("" keeps the presets').
 	DType string
-	// Workdir holds one run directory per run (removed first: every run starts fresh).
+	// Workdir holds one run directory per run, removed first (every run starts fresh) unless
+	// Resume: then each run continues from the newest checkpoint in its directory, and a run
+	// that had finished is loaded from its final checkpoint, not trained again (its zero-shot
+	// tasks and routing analysis still run).
 	Workdir                          string
+	Resume                           bool
 	LogEvery, EvalEvery, EvalBatches int
+	// CheckpointEvery is the number of steps between checkpoints of each run (a multiple of
+	// LogEvery; 0: only at the end).
+	CheckpointEvery int
 	// Threshold is the held-out mean loss for FLOPs-to-reach (0: the worst final mean loss
 	// among the non-ablation runs, so every one of them reaches it).
 	Threshold float64
@@ -257,13 +264,16 @@ func Run(backend backends.Backend, o Options) (*Result, error) {
 	// runOne trains plan i and summarises it; progress goes to progress.
 	runOne := func(i int, p runPlan, progress io.Writer) (RunResult, error) {
 		dir := filepath.Join(o.Workdir, fmt.Sprintf("%02d-%s", i, strings.ReplaceAll(p.label, " ", "-")))
-		if err := os.RemoveAll(dir); err != nil {
-			return RunResult{}, err
+		if !o.Resume {
+			if err := os.RemoveAll(dir); err != nil {
+				return RunResult{}, err
+			}
 		}
 		logf("training: run %d/%d %s (pattern %s, routing %s), %d steps\n", i+1, len(plans), p.label, p.cfg.Pattern, p.cfg.Routing, steps)
 		t, err := Train(backend, Spec{Cfg: p.cfg, Corpus: o.Corpus, SeqLen: o.SeqLen, Batch: o.Batch, Steps: steps,
-			LR: o.LR, Warmup: -1, Seed: o.Seed, Dir: dir, LogEvery: o.LogEvery, EvalEvery: o.EvalEvery,
-			EvalBatches: o.EvalBatches, Progress: progress, Devices: o.Devices})
+			LR: o.LR, Warmup: -1, Seed: o.Seed, Dir: dir, Resume: o.Resume, LogEvery: o.LogEvery,
+			EvalEvery: o.EvalEvery, CheckpointEvery: o.CheckpointEvery, EvalBatches: o.EvalBatches,
+			Progress: progress, Devices: o.Devices})
 		if err != nil {
 			return RunResult{}, fmt.Errorf("run %s: %w", p.label, err)
 		}

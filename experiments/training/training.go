@@ -58,9 +58,10 @@ type Spec struct {
 // Trained is what Train returns: the summary, the trainer (its context holds the trained
 // variables) and the held-out sources, for analyses after training.
 type Trained struct {
-	Summary  *train.Summary
-	Trainer  *train.Trainer
-	HeldOut  map[string]train.Batches
+	Summary *train.Summary
+	Trainer *train.Trainer
+	HeldOut map[string]train.Batches
+	// Wall is this call's wall time, or for a resumed run its wall time across processes.
 	Wall     time.Duration
 	Tokens   int64
 	FLOPsTok [2]float64 // forward, training FLOPs per token
@@ -119,7 +120,12 @@ func Train(backend backends.Backend, s Spec) (*Trained, error) {
 	if err != nil {
 		return nil, fmt.Errorf("training %s: %w", s.Cfg.Name, err)
 	}
-	return &Trained{Summary: sum, Trainer: tr, HeldOut: held, Wall: time.Since(start),
+	wall := time.Since(start)
+	if sum.ResumedFrom > 0 {
+		// The wall time across the run's processes, as the trainer recorded it.
+		wall = time.Duration(sum.WallSeconds * float64(time.Second))
+	}
+	return &Trained{Summary: sum, Trainer: tr, HeldOut: held, Wall: wall,
 		Tokens: int64(sum.Steps) * int64(s.Batch) * int64(s.SeqLen), FLOPsTok: [2]float64{fwd, trn}}, nil
 }
 

@@ -16,6 +16,7 @@ import (
 	"blackmamba/bm"
 	"blackmamba/bm/data"
 	"blackmamba/bm/tokenizer"
+	"blackmamba/experiments/eval"
 	"blackmamba/experiments/results"
 	"blackmamba/experiments/train"
 	"blackmamba/xla"
@@ -202,6 +203,79 @@ func TestResumeMatchesUninterrupted(t *testing.T) {
 		if got[i].Step != want[i].Step || math.Abs(got[i].Loss-want[i].Loss) > 1e-5*math.Abs(want[i].Loss) {
 			t.Errorf("record %d: resumed step %d loss %.6f, uninterrupted step %d loss %.6f",
 				i, got[i].Step, got[i].Loss, want[i].Step, want[i].Loss)
+		}
+	}
+}
+
+// TestRunResumeFinished runs the experiment twice in one work folder, the second time with
+// Resume: the finished runs are loaded from their final checkpoints, not trained again (their
+// metrics files are unchanged), and their results (records, held-out losses, steps, tokens,
+// wall time, zero-shot scores of the loaded weights) equal the first run's.
+func TestRunResumeFinished(t *testing.T) {
+	backend := goBackend(t)
+	o, _ := twoRunOptions(t, 3)
+	o.Workdir = t.TempDir()
+	o.Progress, o.Log = testWriter{t}, testWriter{t}
+	taskDir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(taskDir, "piqa.jsonl"), []byte(`{"query": "Question: a\n", "choices": ["b", "c"], "gold": 0}
+{"query": "Question: d\n", "choices": ["e", "f"], "gold": 1}
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	o.ZeroShot = ZeroShotOptions{Tasks: []string{"piqa"}, Dir: taskDir, Batch: 4, Encoder: byteEncoder{}}
+	first, err := Run(backend, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics := func() map[string]string {
+		m := map[string]string{}
+		files, err := filepath.Glob(filepath.Join(o.Workdir, "*", train.MetricsFile))
+		if err != nil || len(files) != 2 {
+			t.Fatalf("metrics files %v (%v), want one per run", files, err)
+		}
+		for _, f := range files {
+			b, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			m[f] = string(b)
+		}
+		return m
+	}
+	before := metrics()
+	o.Resume = true
+	var progress bytes.Buffer
+	o.Progress = &progress
+	again, err := Run(backend, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after := metrics(); fmt.Sprint(after) != fmt.Sprint(before) {
+		t.Errorf("resuming finished runs changed their metrics files")
+	}
+	if n := strings.Count(progress.String(), "resuming from"); n != 2 {
+		t.Errorf("%d runs resumed, want 2; progress:\n%s", n, progress.String())
+	}
+	if len(again.Runs) != len(first.Runs) {
+		t.Fatalf("%d runs after resuming, %d before", len(again.Runs), len(first.Runs))
+	}
+	for i, a := range first.Runs {
+		b := again.Runs[i]
+		if a.Label != b.Label || a.Steps != b.Steps || a.Tokens != b.Tokens || a.FinalHeldOutMean != b.FinalHeldOutMean ||
+			fmt.Sprint(a.FinalHeldOut) != fmt.Sprint(b.FinalHeldOut) || fmt.Sprint(a.Records) != fmt.Sprint(b.Records) {
+			t.Errorf("run %s after resuming:\n %+v\nfirst:\n %+v", a.Label, b, a)
+		}
+		if last := a.Records[len(a.Records)-1].WallSeconds; b.WallSeconds < last || b.WallSeconds > a.WallSeconds {
+			t.Errorf("run %s: wall %.3fs after resuming, want between its last record's %.3fs and the first call's %.3fs",
+				a.Label, b.WallSeconds, last, a.WallSeconds)
+		}
+		for _, zs := range [][]eval.Result{a.ZeroShot, b.ZeroShot} {
+			for j := range zs {
+				zs[j].Seconds = 0 // the scoring's own time
+			}
+		}
+		if len(b.ZeroShot) != 1 || fmt.Sprint(a.ZeroShot) != fmt.Sprint(b.ZeroShot) || b.ZeroShotError != "" {
+			t.Errorf("run %s: zero-shot %+v (error %q) after resuming, %+v before", a.Label, b.ZeroShot, b.ZeroShotError, a.ZeroShot)
 		}
 	}
 }

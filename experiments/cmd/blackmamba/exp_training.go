@@ -36,6 +36,8 @@ func runTrainingExperiment(fs *flag.FlagSet, args []string) error {
 	family := fs.String("family", "", "preset family (default: the size's)")
 	threshold := fs.Float64("threshold", 0, "mean held-out loss for the FLOPs-to-reach comparison (0: the worst final loss)")
 	workdir := fs.String("workdir", filepath.Join(os.TempDir(), "blackmamba-training"), "parent folder of the run directories")
+	resume := fs.Bool("resume", false, "keep the run directories in -workdir and continue each run from its newest checkpoint; a finished run is loaded, not trained again")
+	ckptEvery := fs.Int("checkpoint-every", 0, "steps between the checkpoints of each run, a multiple of the size's log interval (10 steps at gpu, 3 at cpu-smoke; 0: only at the end)")
 	out := fs.String("out", "experiments/results/training.json", "result JSON")
 	plotDir := fs.String("plots", "plots/training", "folder for the figures (PNG and SVG)")
 	plotOnly := fs.Bool("plot-only", false, "only render the figures of the result -in")
@@ -121,7 +123,11 @@ func runTrainingExperiment(fs *flag.FlagSet, args []string) error {
 		}
 		o.ZeroShot.Dir, o.ZeroShot.Limit, o.ZeroShot.Encoder = *zsData, *zsLimit, tok
 	}
-	o.Workdir = *workdir
+	o.Workdir, o.Resume = *workdir, *resume
+	if *ckptEvery < 0 || *ckptEvery%o.LogEvery != 0 {
+		return fmt.Errorf("-checkpoint-every %d: want 0 or a positive multiple of the log interval, %d steps", *ckptEvery, o.LogEvery)
+	}
+	o.CheckpointEvery = *ckptEvery
 	if o.Corpus, err = openCorpus(*corpusDir); err != nil {
 		return err
 	}
