@@ -78,6 +78,10 @@
 #                                               parameters to MAX_LEN (default 4096) tokens,
 #                                               REPS (default 2) passes, its result saved after
 #                                               every pass
+#   scripts/gpu-paper.sh BUNDLE_DIR total-zeroshot  on one GPU: experiment 1's dense Mamba at
+#                                               equal total parameters with its zero-shot tasks
+#                                               (EVALS), resumable: run it again on the same
+#                                               machine to finish a run cut by its limit
 #   scripts/gpu-paper.sh BUNDLE_DIR loss-1.5b   on a 4-GPU host: the first training steps of 1.5b
 #                                               on one GPU and on two, their losses compared, and
 #                                               the 2.8b equal-total dense Mamba to 2048 tokens
@@ -426,6 +430,26 @@ two-owed)
 		"0: PACK_ONLY=0 ARCHS='${ARCHS:-1.5b 1.5b-mamba}' $0 $bundle latency-best" \
 		"1: $gen >\$OUT/generate-greedy.log 2>&1; $here/gpu-bench.sh $bundle check"
 	;;
+total-zeroshot)
+	# On one GPU: experiment 1's dense Mamba at equal total parameters trained as in the
+	# training phase, now with its zero-shot tasks (EVALS, EVAL_LIMIT examples each, default
+	# 200). Its run directory stays in WORKDIR (default dist/runs-total, inside the checkout)
+	# with a checkpoint every CKPT_EVERY steps (default 200; 6 at SIZE=cpu-smoke), so that the
+	# same command run again on the same machine after a time limit resumes the run, or only
+	# scores it when it had finished (experiment training -resume).
+	[[ -n "${EVALS:-}" ]] || { echo "total-zeroshot needs EVALS, the folder of the zero-shot task files" >&2; exit 2; }
+	size="${SIZE:-gpu}" tokens="" ckpt="${CKPT_EVERY:-200}"
+	[[ "$size" == gpu || -n "${TOKENS:-}" ]] && tokens="-tokens ${TOKENS:-5000000}"
+	[[ "$size" == cpu-smoke && -z "${CKPT_EVERY:-}" ]] && ckpt=6
+	echo "$(date -u +%FT%TZ) total-zeroshot: workdir ${WORKDIR:-dist/runs-total}, limit ${TOTAL_LIMIT:-560} s" | tee -a "$out/total-zeroshot.log"
+	# shellcheck disable=SC2086 # $tokens is empty or one flag with its value
+	timeout -k 10 "${TOTAL_LIMIT:-560}" "$run" blackmamba experiment training -size "$size" $tokens -corpus "$corpus" \
+		-archs -mamba-total -ablation=false -zero-shot all -zero-shot-data "$EVALS" -zero-shot-limit "${EVAL_LIMIT:-200}" \
+		-workdir "${WORKDIR:-dist/runs-total}" -resume -checkpoint-every "$ckpt" \
+		-out "$out/training.json" -plots "$out/plots" >>"$out/total-zeroshot.log" 2>&1
+	rc=$?
+	echo "$(date -u +%FT%TZ) total-zeroshot: exit $rc" | tee -a "$out/total-zeroshot.log"
+	;;
 total-2.8b)
 	timeout -k 10 "${TOTAL_LIMIT:-560}" "$run" blackmamba latency -family 2.8b -archs 2.8b-mamba-total -max-len "${MAX_LEN:-4096}" -reps "${REPS:-2}" -out "$out/latency-total-2.8b.json" -plots "$out/plots-2.8b" >"$out/latency-total-2.8b.log" 2>&1
 	;;
@@ -483,7 +507,7 @@ finish)
 		"3: $here/gpu-bench.sh $bundle moe; TRAIN_SMALL_DTYPES=bfloat16 TRAIN_SMALL_LIMIT=${TRAIN_SMALL_LIMIT:-270} $here/gpu-bench.sh $bundle train-small"
 	;;
 *)
-	echo "unknown phase $phase (want training, inference, latency, latency-checks, latency-total, owed, decode, rows, scaling, decode-layout, decode-one, latency-one, latency-best, one-owed, two-owed, total-2.8b, loss-1.5b, loss-two, loss-experts, compile, multi or finish)" >&2
+	echo "unknown phase $phase (want training, inference, latency, latency-checks, latency-total, owed, decode, rows, scaling, decode-layout, decode-one, latency-one, latency-best, one-owed, two-owed, total-zeroshot, total-2.8b, loss-1.5b, loss-two, loss-experts, compile, multi or finish)" >&2
 	exit 2
 	;;
 esac
