@@ -116,6 +116,22 @@ func ListCheckpoints(dir string) (paths []string, steps []int, err error) {
 	return paths, steps, nil
 }
 
+// RemoveUnfinished deletes the temporary files that checkpoint writes cut short (a killed
+// process) left in dir, and returns their paths. A checkpoint is written to a hidden temporary
+// file renamed over its name when complete, so such a file never holds a usable checkpoint.
+func RemoveUnfinished(dir string) ([]string, error) {
+	tmps, err := filepath.Glob(filepath.Join(dir, "."+ckptPrefix+"*"+ckptSuffix+".tmp-*"))
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range tmps {
+		if err := os.Remove(p); err != nil {
+			return nil, err
+		}
+	}
+	return tmps, nil
+}
+
 // writeAll is io.Writer's Write that reports short writes as errors.
 func writeAll(w io.Writer, b []byte) error {
 	n, err := w.Write(b)

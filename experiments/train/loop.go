@@ -252,6 +252,14 @@ func (t *Trainer) Run(data Batches) (*Summary, error) {
 	}
 	sum := &Summary{Metrics: filepath.Join(cfg.Dir, MetricsFile)}
 
+	removed, err := RemoveUnfinished(cfg.Dir)
+	if err != nil {
+		return nil, fmt.Errorf("train.Run: removing unfinished checkpoint files: %w", err)
+	}
+	for _, p := range removed {
+		fmt.Fprintf(cfg.Progress, "removed %s, a checkpoint write that did not finish\n", p)
+	}
+
 	// Resume or start fresh.
 	step, metricsOffset, wall0 := 0, int64(0), 0.0
 	paths, _, err := ListCheckpoints(cfg.Dir)

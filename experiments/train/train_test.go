@@ -442,16 +442,26 @@ func TestResumeFinishedRun(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// What a process killed while writing a checkpoint leaves: removed on resuming.
+	stale := filepath.Join(dir, ".checkpoint-00000020.safetensors.tmp-123")
+	if err := os.WriteFile(stale, []byte("cut short"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	cfg := toyConfig(dir, steps)
 	cfg.Resume = true
 	cfg.OnRecord = func(r results.TrainRecord) error {
 		return fmt.Errorf("step %d taken after resuming a finished run", r.Step)
 	}
+	var progress strings.Builder
+	cfg.Progress = &progress
 	ctxB := newToyCtx()
 	trB, _ := New(testBackend, ctxB, toyLoss, cfg)
 	sum, err := trB.Run(newSynth(1, 4, 16))
 	if err != nil {
 		t.Fatal(err)
+	}
+	if _, err := os.Stat(stale); !os.IsNotExist(err) || !strings.Contains(progress.String(), "did not finish") {
+		t.Errorf("the unfinished checkpoint write was not removed (stat: %v); progress:\n%s", err, progress.String())
 	}
 	if sum.ResumedFrom != steps || sum.Steps != steps || sum.Loss != first.Loss ||
 		sum.HeldOut["synth"] != first.HeldOut["synth"] || len(sum.HeldOut) != len(first.HeldOut) {
