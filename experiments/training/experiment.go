@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/gomlx/gomlx/pkg/ml/context"
 
@@ -270,6 +271,7 @@ func Run(backend backends.Backend, o Options) (*Result, error) {
 			}
 		}
 		logf("training: run %d/%d %s (pattern %s, routing %s), %d steps\n", i+1, len(plans), p.label, p.cfg.Pattern, p.cfg.Routing, steps)
+		start := time.Now()
 		t, err := Train(backend, Spec{Cfg: p.cfg, Corpus: o.Corpus, SeqLen: o.SeqLen, Batch: o.Batch, Steps: steps,
 			LR: o.LR, Warmup: -1, Seed: o.Seed, Dir: dir, Resume: o.Resume, LogEvery: o.LogEvery,
 			EvalEvery: o.EvalEvery, CheckpointEvery: o.CheckpointEvery, EvalBatches: o.EvalBatches,
@@ -277,13 +279,18 @@ func Run(backend backends.Backend, o Options) (*Result, error) {
 		if err != nil {
 			return RunResult{}, fmt.Errorf("run %s: %w", p.label, err)
 		}
+		if from := t.Summary.ResumedFrom; from > 0 {
+			logf("training: %s: resumed from step %d, at step %d after %.1fs in this process\n", p.label, from, t.Summary.Steps, time.Since(start).Seconds())
+		}
 		rr, err := RunResultOf(p.cfg, p.label, p.ablation, t)
 		if err != nil {
 			return RunResult{}, err
 		}
 		if len(o.ZeroShot.Tasks) > 0 {
 			// Zero-shot tasks on the trained model; a failure is recorded in the run.
-			rr.ZeroShot, err = o.ZeroShot.run(backend, t.Trainer.Context(), p.cfg)
+			rr.ZeroShot, err = o.ZeroShot.run(backend, t.Trainer.Context(), p.cfg, func(r eval.Result, d time.Duration) {
+				logf("training: %s: zero-shot %s, %d examples: %s; %.1fs (%.1fs scoring)\n", p.label, r.Task, r.Examples, r.Metrics(), d.Seconds(), r.Seconds)
+			})
 			if err != nil {
 				rr.ZeroShotError = err.Error()
 				logf("training: %s: zero-shot evaluation failed: %v\n", p.label, err)
@@ -475,7 +482,9 @@ type ZeroShotOptions struct {
 	Encoder eval.Encoder // the tokenizer
 }
 
-func (z ZeroShotOptions) run(backend backends.Backend, ctx *context.Context, cfg bm.Config) ([]eval.Result, error) {
+// run scores each task with the model of ctx; done, if not nil, sees each task's result and the
+// time it took with its loading.
+func (z ZeroShotOptions) run(backend backends.Backend, ctx *context.Context, cfg bm.Config, done func(eval.Result, time.Duration)) ([]eval.Result, error) {
 	if z.Encoder == nil {
 		return nil, fmt.Errorf("zero-shot evaluation needs a tokenizer")
 	}
@@ -485,6 +494,7 @@ func (z ZeroShotOptions) run(backend backends.Backend, ctx *context.Context, cfg
 	}
 	var out []eval.Result
 	for _, name := range z.Tasks {
+		start := time.Now()
 		task, err := eval.Load(z.Dir, name, z.Limit)
 		if err != nil {
 			return out, err
@@ -494,6 +504,9 @@ func (z ZeroShotOptions) run(backend backends.Backend, ctx *context.Context, cfg
 			return out, err
 		}
 		out = append(out, r)
+		if done != nil {
+			done(r, time.Since(start))
+		}
 	}
 	return out, nil
 }

@@ -37,7 +37,7 @@ var balanceFlagDefaults = map[string]struct{ value, usage string }{
 	"out":      {balanceResultPath, "result JSON: the training-experiment result of the runs, each MoE run with its held-out routing analysis"},
 	"in":       {"", "result JSON read by -plot-only (default: -out)"},
 	"plots":    {balancePlotDir, "folder for the balance figures and the runs' training figures (PNG and SVG)"},
-	"workdir":  {filepath.Join(os.TempDir(), "blackmamba-balance"), "parent folder of the run directories (each is removed before its run starts)"},
+	"workdir":  {filepath.Join(os.TempDir(), "blackmamba-balance"), "parent folder of the run directories (each is removed before its run starts, unless -resume)"},
 }
 
 // balanceFlags defines on fs the flags of the training experiment with the balance experiment's

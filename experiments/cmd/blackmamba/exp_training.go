@@ -35,7 +35,7 @@ func runTrainingExperiment(fs *flag.FlagSet, args []string) error {
 	ablation := fs.Bool("ablation", true, "also train BlackMamba with the routings "+strings.Join(training.AblationRoutings, ", "))
 	family := fs.String("family", "", "preset family (default: the size's)")
 	threshold := fs.Float64("threshold", 0, "mean held-out loss for the FLOPs-to-reach comparison (0: the worst final loss)")
-	workdir := fs.String("workdir", filepath.Join(os.TempDir(), "blackmamba-training"), "parent folder of the run directories")
+	workdir := fs.String("workdir", filepath.Join(os.TempDir(), "blackmamba-training"), "parent folder of the run directories (each is removed before its run starts, unless -resume)")
 	resume := fs.Bool("resume", false, "keep the run directories in -workdir and continue each run from its newest checkpoint; a finished run is loaded, not trained again")
 	ckptEvery := fs.Int("checkpoint-every", 0, "steps between the checkpoints of each run, a multiple of the size's log interval (10 steps at gpu, 3 at cpu-smoke; 0: only at the end)")
 	out := fs.String("out", "experiments/results/training.json", "result JSON")
