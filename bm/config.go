@@ -123,6 +123,13 @@ type Config struct {
 // StepFusions lists the values StepFuse may hold.
 var StepFusions = []string{"gate", "residual", "router", "ring", "wide", "align", "dtrow", "head", "nodefer"}
 
+// StepFusionNeeds maps each fusion of StepFusions that works only with another one to that
+// one, and says why.
+var StepFusionNeeds = map[string]struct{ Fusion, Why string }{
+	"wide":    {"ring", "wide pads the ring state"},
+	"nodefer": {"ring", "nodefer undoes ring's deferred residual"},
+}
+
 // stepFuses reports whether c.StepFuse names fusion.
 func (c Config) stepFuses(fusion string) bool {
 	return slices.Contains(strings.Split(c.StepFuse, ","), fusion)
@@ -435,13 +442,11 @@ func CheckStepFuse(s string) error {
 			return fmt.Errorf("step_fuse %q: unknown fusion %q (want a comma-separated list of %s)", s, f, strings.Join(StepFusions, ", "))
 		}
 	}
-	if slices.Contains(fs, "wide") && !slices.Contains(fs, "ring") {
-		return fmt.Errorf("step_fuse %q: wide pads the ring state, it needs ring too", s)
+	for _, f := range fs {
+		if need, ok := StepFusionNeeds[f]; ok && !slices.Contains(fs, need.Fusion) {
+			return fmt.Errorf("step_fuse %q: %s, it needs %s too", s, need.Why, need.Fusion)
+		}
 	}
-	if slices.Contains(fs, "nodefer") && !slices.Contains(fs, "ring") {
-		return fmt.Errorf("step_fuse %q: nodefer undoes ring's deferred residual, it needs ring too", s)
-	}
-
 	return nil
 }
 

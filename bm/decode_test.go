@@ -194,6 +194,26 @@ func TestRingStatePadding(t *testing.T) {
 			t.Errorf("ringWidth(K=%d, N=%d) = %d, want %d", c.k, c.n, got, c.want)
 		}
 	}
+}
+
+// TestCheckStepFuse checks the step_fuse lists: every fusion alone with what it needs, all of
+// them together, an unknown name, and each fusion that needs another without it.
+func TestCheckStepFuse(t *testing.T) {
+	for _, f := range StepFusions {
+		list := f
+		if need, ok := StepFusionNeeds[f]; ok {
+			list = need.Fusion + "," + f
+		}
+		if err := CheckStepFuse(list); err != nil {
+			t.Errorf("CheckStepFuse(%q): %v", list, err)
+		}
+	}
+	if err := CheckStepFuse(strings.Join(StepFusions, ",")); err != nil {
+		t.Errorf("all fusions: %v", err)
+	}
+	if err := CheckStepFuse("residual,fast"); err == nil || !strings.Contains(err.Error(), `unknown fusion "fast"`) {
+		t.Errorf(`CheckStepFuse("residual,fast") = %v, want an error naming "fast"`, err)
+	}
 	for _, f := range []string{"wide", "residual,nodefer"} {
 		if err := CheckStepFuse(f); err == nil || !strings.Contains(err.Error(), "needs ring") {
 			t.Errorf(`CheckStepFuse(%q) = %v, want an error saying it needs ring`, f, err)

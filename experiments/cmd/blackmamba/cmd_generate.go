@@ -5,6 +5,8 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/gomlx/gomlx/backends"
@@ -94,7 +96,7 @@ func runGenerate(fs *flag.FlagSet, args []string) error {
 	activation := fs.String("activation", "", "override the expert activation: silu (the paper's SwiGLU) or gelu (the released inference code); empty keeps the config's")
 	stopEOS := fs.Bool("stop-eos", true, "stop after the end-of-text token (id 0)")
 	stepWeights := fs.String("step-weights", "auto", "layout of the weights the decoding steps read: inout (the model's), transposed (copies made once, as much memory again as the matmul weights), folded (those copies with the norm gains folded into the blocks' first products) or auto (when the copies take at most a quarter of the GPU's memory, or of the machine's: folded on an NVIDIA GPU, transposed on the pure-Go backend, where each is the fastest)")
-	stepFuse := fs.String("step-fuse", "auto", `rearrangements of the folded layout's batch-1 step (bm.Config.StepFuse): a comma-separated list of "gate", "residual", "router", "ring", "wide" and "nodefer" (with ring), "align", "dtrow" and "head"; "none"; or "auto": `+experiments.DefaultStepFuse+` when the steps read the folded weights (the fastest on an H200), none otherwise. Other than auto and none, only with the folded step weights`)
+	stepFuse := fs.String("step-fuse", "auto", `rearrangements of the folded layout's batch-1 step (bm.Config.StepFuse): a comma-separated list of `+stepFusionNames()+`; "none"; or "auto": `+experiments.DefaultStepFuse+` when the steps read the folded weights (the fastest on an H200), none otherwise. Other than auto and none, only with the folded step weights`)
 	warmUp := fs.Bool("warm-up", true, "compile and run the generation's graphs once on a dummy prompt before timing, so that the first-token time and tokens/s leave compilation out (it is reported as the warm-up)")
 	resident := fs.Bool("resident", true, "greedy generation with every input of a call kept on the device and written over by the call's outputs (bm.GreedyDecoder.GenerateResidentStream; tokens arrive in groups, see -stream-interval): on XLA the calls are launched ahead of the device (see -sync-calls); on an H200 the 1.5b latency sweep took 0.474-0.495 ms per token this way at one step per call with the default -step-fuse (0.58-0.64 with residual alone), 1.31-1.71 ms with the held steps at 4; false runs the held steps; sampling ignores it")
 	streamInterval := fs.Duration("stream-interval", 20*time.Millisecond, "with -resident: copy the generated tokens to the host at most this often (and at the end), printing those since the last copy together; 0 copies after every call (the tokens of -unroll steps)")
@@ -222,4 +224,18 @@ func runGenerate(fs *flag.FlagSet, args []string) error {
 		}
 	}
 	return nil
+}
+
+// stepFusionNames lists bm.StepFusions for a flag's help: quoted, separated by commas and "and"
+// before the last, each fusion that needs another followed by it ("wide" (with "ring")).
+func stepFusionNames() string {
+	names := make([]string, len(bm.StepFusions))
+	for i, f := range bm.StepFusions {
+		names[i] = strconv.Quote(f)
+		if need, ok := bm.StepFusionNeeds[f]; ok {
+			names[i] += " (with " + strconv.Quote(need.Fusion) + ")"
+		}
+	}
+	last := len(names) - 1
+	return strings.Join(names[:last], ", ") + " and " + names[last]
 }

@@ -242,3 +242,23 @@ func TestEvalRandom(t *testing.T) {
 		t.Errorf("report acc %.4f / acc_norm %.4f, the same model scored directly %.4f / %.4f", g.Acc, g.AccNorm, w.Acc, w.AccNorm)
 	}
 }
+
+// TestStepFusionNames checks that the -step-fuse help names every fusion of bm.StepFusions
+// once, plus once per fusion that needs it, and says what each one needs.
+func TestStepFusionNames(t *testing.T) {
+	help := stepFusionNames()
+	for _, f := range bm.StepFusions {
+		want := 1
+		for _, need := range bm.StepFusionNeeds {
+			if need.Fusion == f {
+				want++
+			}
+		}
+		if n := strings.Count(help, strconv.Quote(f)); n != want {
+			t.Errorf("help %q names %q %d times, want %d", help, f, n, want)
+		}
+		if need, ok := bm.StepFusionNeeds[f]; ok && !strings.Contains(help, strconv.Quote(f)+" (with "+strconv.Quote(need.Fusion)+")") {
+			t.Errorf("help %q does not say that %q needs %q", help, f, need.Fusion)
+		}
+	}
+}
