@@ -59,6 +59,10 @@
 #   step2048-noepi     no reduction epilogue fusion (--xla_gpu_enable_reduction_epilogue_fusion=false)
 #   step2048-split     the model scanning the batch in pieces of 8192 tokens (scan_max_tokens):
 #                      the slow kernel appeared at 16K tokens per device, not at 8K
+#   step2048-c16       the scan's former chunks of 16 (scan_chunk), with which the slow
+#                      fusion was measured; step2048-c16-fa0 and step2048-c16-at0 the same with
+#                      the fusion autotuner or all autotuning off (the cases above run the
+#                      default chunks of 8, with which no fusion was slow)
 #   step-1.5b        the 1.5b BlackMamba training step at BATCH x SEQ (with TRACE=1: what part
 #                    of the step does not shrink with the batch, from two runs at two batches)
 #
@@ -90,6 +94,7 @@ cases=("$@")
 ((${#cases[@]} == 0)) && cases=(transformer transformer-at0 transformer-t128 blackmamba blackmamba-sk1 mamba)
 echo '{"sinkhorn_max_iter": 1}' >"$out/small-sk1.json"
 echo '{"scan_max_tokens": 8192}' >"$out/small-split.json"
+echo '{"scan_chunk": 16}' >"$out/small-c16.json"
 # The Nsight tools of the machine, if any (on PATH or where the CUDA images install them).
 find_ncu() { command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda*/bin/ncu 2>/dev/null | head -n 1; }
 find_nsys() { command -v nsys || ls /opt/nvidia/nsight-systems/*/bin/nsys /usr/local/cuda*/bin/nsys 2>/dev/null | head -n 1; }
@@ -141,6 +146,9 @@ for c in "${cases[@]}"; do
 	step2048-at0) batch=8 seq=2048 flags="--xla_gpu_autotune_level=0" ;;
 	step2048-noepi) batch=8 seq=2048 flags="--xla_gpu_enable_reduction_epilogue_fusion=false" ;;
 	step2048-split) batch=8 seq=2048 cfg="$out/small-split.json" ;;
+	step2048-c16) batch=8 seq=2048 cfg="$out/small-c16.json" ;;
+	step2048-c16-fa0) batch=8 seq=2048 cfg="$out/small-c16.json" flags="--xla_gpu_experimental_enable_fusion_autotuner=false" ;;
+	step2048-c16-at0) batch=8 seq=2048 cfg="$out/small-c16.json" flags="--xla_gpu_autotune_level=0" ;;
 	step-1.5b) cfg=1.5b ;;
 	decode) decode=true ;;
 	decode-fa0) decode=true flags="--xla_gpu_experimental_enable_fusion_autotuner=false" ;;
