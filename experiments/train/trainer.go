@@ -191,10 +191,11 @@ func (t *Trainer) aliasWanted() bool {
 // own buffers (Config.Alias; false before the first step and off the XLA backend).
 func (t *Trainer) Aliased() bool { return t.aliased }
 
-// build creates the model and optimizer variables (without values) and the executors. The
-// model variables are created by compiling the evaluation graph, which changes no variable;
-// the train step compiles on its first call. (Compiling a graph that updates variables ahead
-// of its first run would give away the variables' buffers.)
+// build creates the model and optimizer variables (without values) and the executors. On one
+// device the model variables are created by building the evaluation graph without compiling it;
+// on a mesh they are initialized on one device and the evaluation graph compiled (it changes no
+// variable). Every graph compiles when first run otherwise. (Compiling a graph that updates
+// variables ahead of its first run would give away the variables' buffers.)
 func (t *Trainer) build() error {
 	if t.built {
 		return nil
@@ -224,6 +225,23 @@ func (t *Trainer) build() error {
 					return fmt.Errorf("train config: Sharded selects none of the model's %d variables", t.ctx.NumVariables())
 				}
 			}
+		} else {
+			// On one device the variables are only created here, without values and without
+			// compiling anything: a fresh run initializes them (initialize), a resumed one reads
+			// them from its checkpoint, and the graphs compile when first run. (A run resumed
+			// from its final checkpoint compiles nothing of the trainer's.)
+			if err := t.defineVariables(ctx); err != nil {
+				return err
+			}
+			// The context's random-number state, which the initializers draw from, is a
+			// variable too (saved in checkpoints): given its seeded value now, where the
+			// initialization would have created it, unless it has one.
+			if v := t.ctx.GetVariableByScopeAndName(context.RootScope, context.RNGStateVariableName); v == nil || !v.HasValue() {
+				if err := t.ctx.ResetRNGState(); err != nil {
+					return err
+				}
+			}
+			ctx = t.ctx.Reuse()
 		}
 		var err error
 		t.evalExec, err = context.NewExec(t.backend, ctx, func(ctx *context.Context, tokens *Node) *Node {
@@ -238,14 +256,11 @@ func (t *Trainer) build() error {
 			return err
 		}
 		t.evalExec.SetMaxCache(2) // full batches, and the short last batch of a held-out split
-		if t.dp == nil {
-			err = t.evalExec.PreCompile(tensors.FromShape(t.tokensShape()))
-		} else {
+		if t.dp != nil {
 			t.dp.configure(t.evalExec)
-			err = t.dp.preCompile(t.evalExec, tensors.FromShape(t.tokensShape()))
-		}
-		if err != nil {
-			return err
+			if err := t.dp.preCompile(t.evalExec, tensors.FromShape(t.tokensShape())); err != nil {
+				return err
+			}
 		}
 		var trainable []*context.Variable
 		for v := range t.ctx.IterVariables() {
@@ -280,15 +295,24 @@ func (t *Trainer) build() error {
 	})
 }
 
-// createVariables builds the evaluation graph once without compiling it, which creates the
-// model's variables in ctx, and initializes them on the default device.
-func (t *Trainer) createVariables(ctx *context.Context) error {
+// defineVariables builds the evaluation graph once without compiling it, which creates the
+// model's variables in ctx (without values).
+func (t *Trainer) defineVariables(ctx *context.Context) error {
 	g := NewGraph(t.backend, "create_variables")
 	defer g.Finalize()
 	tokens := Parameter(g, "tokens", t.tokensShape())
 	ctx.SetTraining(g, false)
 	if loss, _ := t.loss(ctx, tokens); loss == nil {
 		return fmt.Errorf("loss function returned no loss")
+	}
+	return nil
+}
+
+// createVariables creates the model's variables in ctx (defineVariables) and initializes them on
+// the default device.
+func (t *Trainer) createVariables(ctx *context.Context) error {
+	if err := t.defineVariables(ctx); err != nil {
+		return err
 	}
 	if err := t.ctx.InitializeVariables(t.backend, nil); err != nil {
 		return fmt.Errorf("initializing variables: %w", err)
@@ -304,7 +328,8 @@ func (t *Trainer) run(e *context.Exec, in *tensors.Tensor) ([]*tensors.Tensor, e
 	return e.Exec(in)
 }
 
-// initialize compiles the graphs and gives every variable without a value its initial value.
+// initialize builds the trainer (build) and gives every variable without a value its initial
+// value.
 func (t *Trainer) initialize() error {
 	if err := t.build(); err != nil {
 		return err
