@@ -409,8 +409,15 @@ func TestResumeEquivalence(t *testing.T) {
 			t.Errorf("record %d differs:\n uninterrupted %+v\n resumed       %+v", i, ra, rb)
 		}
 	}
-	for v := range trA.Context().IterVariables() {
-		w := ctxB.GetVariableByScopeAndName(v.Scope(), v.Name())
+	sameVariables(t, trA.Context(), ctxB)
+}
+
+// sameVariables checks that every variable of a is in b, resumed from a's checkpoint, with the
+// same bytes.
+func sameVariables(t *testing.T, a, b *context.Context) {
+	t.Helper()
+	for v := range a.IterVariables() {
+		w := b.GetVariableByScopeAndName(v.Scope(), v.Name())
 		if w == nil {
 			t.Fatalf("variable %s missing after resume", v.ScopeAndName())
 		}
@@ -418,7 +425,7 @@ func TestResumeEquivalence(t *testing.T) {
 		var eq bool
 		x.ConstBytes(func(bx []byte) { y.ConstBytes(func(by []byte) { eq = bytes.Equal(bx, by) }) })
 		if !eq {
-			t.Errorf("variable %s differs between the uninterrupted and the resumed run", v.ScopeAndName())
+			t.Errorf("variable %s differs between the trained and the resumed run", v.ScopeAndName())
 		}
 	}
 }
@@ -477,18 +484,7 @@ func TestResumeFinishedRun(t *testing.T) {
 	if !bytes.Equal(before, after) {
 		t.Errorf("metrics file changed by resuming a finished run:\n before %q\n after  %q", before, after)
 	}
-	for v := range ctxA.IterVariables() {
-		w := ctxB.GetVariableByScopeAndName(v.Scope(), v.Name())
-		if w == nil {
-			t.Fatalf("variable %s missing after resume", v.ScopeAndName())
-		}
-		x, y := v.MustValue(), w.MustValue()
-		var eq bool
-		x.ConstBytes(func(bx []byte) { y.ConstBytes(func(by []byte) { eq = bytes.Equal(bx, by) }) })
-		if !eq {
-			t.Errorf("variable %s differs from the trained one after resuming", v.ScopeAndName())
-		}
-	}
+	sameVariables(t, ctxA, ctxB)
 }
 
 func TestNaNStopsRun(t *testing.T) {

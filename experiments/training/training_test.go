@@ -51,6 +51,20 @@ func twoRunOptions(t *testing.T, steps int) (Options, *data.Corpus) {
 	return o, c
 }
 
+// handMadePIQA returns zero-shot options for a hand-made PIQA file of 3 examples, tokenized by
+// bytes (ids < 256 fit the tiny models' vocabulary).
+func handMadePIQA(t *testing.T) ZeroShotOptions {
+	t.Helper()
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "piqa.jsonl"), []byte(`{"query": "Question: a\n", "choices": ["b", "c"], "gold": 0}
+{"query": "Question: d\n", "choices": ["e", "f"], "gold": 1}
+{"query": "Question: g\n", "choices": ["h", "i"], "gold": 0}
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return ZeroShotOptions{Tasks: []string{"piqa"}, Dir: dir, Batch: 4, Encoder: byteEncoder{}}
+}
+
 // TestRunSmoke trains two tiny architectures for a few steps through Run and checks the
 // result's bookkeeping: tokens and FLOPs follow from the batch shape and the FLOPs per token,
 // losses are finite and start near ln(vocab), the threshold is the worst final loss (so every
@@ -60,16 +74,7 @@ func TestRunSmoke(t *testing.T) {
 	o, c := twoRunOptions(t, 3)
 	o.Workdir = t.TempDir()
 	o.Progress, o.Log = testWriter{t}, testWriter{t}
-	// Zero-shot evaluation of each trained model on a hand-made task of 3 examples, tokenized
-	// by bytes (ids < 256 fit the tiny model's vocabulary).
-	taskDir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(taskDir, "piqa.jsonl"), []byte(`{"query": "Question: a\n", "choices": ["b", "c"], "gold": 0}
-{"query": "Question: d\n", "choices": ["e", "f"], "gold": 1}
-{"query": "Question: g\n", "choices": ["h", "i"], "gold": 0}
-`), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	o.ZeroShot = ZeroShotOptions{Tasks: []string{"piqa"}, Dir: taskDir, Batch: 4, Encoder: byteEncoder{}}
+	o.ZeroShot = handMadePIQA(t)
 	r, err := Run(backend, o)
 	if err != nil {
 		t.Fatal(err)
@@ -216,13 +221,7 @@ func TestRunResumeFinished(t *testing.T) {
 	o, _ := twoRunOptions(t, 3)
 	o.Workdir = t.TempDir()
 	o.Progress, o.Log = testWriter{t}, testWriter{t}
-	taskDir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(taskDir, "piqa.jsonl"), []byte(`{"query": "Question: a\n", "choices": ["b", "c"], "gold": 0}
-{"query": "Question: d\n", "choices": ["e", "f"], "gold": 1}
-`), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	o.ZeroShot = ZeroShotOptions{Tasks: []string{"piqa"}, Dir: taskDir, Batch: 4, Encoder: byteEncoder{}}
+	o.ZeroShot = handMadePIQA(t)
 	first, err := Run(backend, o)
 	if err != nil {
 		t.Fatal(err)
