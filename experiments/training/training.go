@@ -53,6 +53,8 @@ type Spec struct {
 	ShardExperts bool
 	// Alias is train.Config.Alias ("" for auto).
 	Alias string
+	// oneGraphInit leaves a fresh run's initialisation to the trainer's one graph (tests).
+	oneGraphInit bool
 }
 
 // Trained is what Train returns: the summary, the trainer (its context holds the trained
@@ -102,6 +104,19 @@ func Train(backend backends.Backend, s Spec) (*Trained, error) {
 	}
 	ctx := context.New()
 	ctx.SetParam(initializers.ParamInitialSeed, s.Seed)
+	paths, _, err := train.ListCheckpoints(s.Dir)
+	if err != nil {
+		return nil, fmt.Errorf("training: run directory %s: %w", s.Dir, err)
+	}
+	if len(paths) == 0 && !s.oneGraphInit {
+		// A fresh start: the model's variables are initialised a few blocks at a time
+		// (bm.InitWeights), the values the trainer's one initialisation graph would give, which
+		// for a deep model compiled for minutes on a GPU. A run that resumes reads its
+		// checkpoint instead (and one that may not, errs in Run without this work).
+		if err := bm.InitWeights(backend, ctx, s.Cfg); err != nil {
+			return nil, fmt.Errorf("training %s: %w", s.Cfg.Name, err)
+		}
+	}
 	tcfg := train.Config{
 		Batch: s.Batch, SeqLen: s.SeqLen, Optimizer: opt, FLOPsPerToken: trn,
 		Dir: s.Dir, Resume: s.Resume, LogEvery: logEvery, CheckpointEvery: s.CheckpointEvery,

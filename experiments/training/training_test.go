@@ -279,6 +279,40 @@ func TestRunResumeFinished(t *testing.T) {
 	}
 }
 
+// TestGroupedInitMatchesTrainer trains the 7-block tiny-mamba-total two steps twice: with its
+// variables initialised a few blocks at a time by bm.InitWeights (what Train does on a fresh
+// start) and by the trainer's one initialisation graph. The two final checkpoints must hold the
+// same bytes (their data SHA-256: weights, AdamW moments, step and random state).
+func TestGroupedInitMatchesTrainer(t *testing.T) {
+	c := tinyCorpus(t)
+	backend := goBackend(t)
+	cfg := mustPreset(t, "tiny-mamba-total")
+	if n := len(cfg.Blocks()); n <= bm.DefaultInitBlocks {
+		t.Fatalf("%s has %d blocks: too few to initialise in groups of %d", cfg.Name, n, bm.DefaultInitBlocks)
+	}
+	sums := map[bool]string{}
+	for _, oneGraph := range []bool{false, true} {
+		dir := t.TempDir()
+		_, err := Train(backend, Spec{Cfg: cfg, Corpus: c, SeqLen: 16, Batch: 2, Steps: 2, LR: 1e-3, Warmup: 0, Seed: 7,
+			Dir: dir, LogEvery: 1, EvalBatches: 1, Progress: testWriter{t}, oneGraphInit: oneGraph})
+		if err != nil {
+			t.Fatal(err)
+		}
+		paths, _, err := train.ListCheckpoints(dir)
+		if err != nil || len(paths) == 0 {
+			t.Fatalf("checkpoints %v (%v)", paths, err)
+		}
+		_, meta, err := train.LoadCheckpoint(paths[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		sums[oneGraph] = meta[train.MetaDataSHA256]
+	}
+	if sums[false] == "" || sums[false] != sums[true] {
+		t.Errorf("final checkpoint data: %s initialised in groups, %s in one graph; want the same", sums[false], sums[true])
+	}
+}
+
 type testWriter struct{ t *testing.T }
 
 func (w testWriter) Write(p []byte) (int, error) {
