@@ -111,7 +111,7 @@ func Train(backend backends.Backend, s Spec) (*Trained, error) {
 	if len(paths) == 0 && !s.oneGraphInit {
 		// A fresh start: the model's variables are initialised a few blocks at a time
 		// (bm.InitWeights), the values the trainer's one initialisation graph would give, which
-		// for a deep model compiled for minutes on a GPU. A run that resumes reads its
+		// for a deep model took minutes on a GPU. A run that resumes reads its
 		// checkpoint instead (and one that may not, errs in Run without this work).
 		if err := bm.InitWeights(backend, ctx, s.Cfg); err != nil {
 			return nil, fmt.Errorf("training %s: %w", s.Cfg.Name, err)
