@@ -127,6 +127,10 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 run="$bundle/run.sh"
 corpus="${CORPUS:-data/corpus-12m}"
 limit="${LIMIT:-480}"
+# The training experiment's -size (SIZE, default gpu) and its -tokens flag: TOKENS, by default
+# 5M tokens per run at size gpu, the size's own budget otherwise.
+size="${SIZE:-gpu}" tokens=""
+[[ "$size" == gpu || -n "${TOKENS:-}" ]] && tokens="-tokens ${TOKENS:-5000000}"
 mkdir -p "$out"
 export BLACKMAMBA_GPU_MEMORY=grow
 nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv >"$out/gpus.csv" 2>&1 || true
@@ -176,8 +180,6 @@ case "$phase" in
 training)
 	zs=""
 	[[ -n "${EVALS:-}" ]] && zs="-zero-shot all -zero-shot-data $EVALS -zero-shot-limit ${EVAL_LIMIT:-500}"
-	size="${SIZE:-gpu}" tokens=""
-	[[ "$size" == gpu || -n "${TOKENS:-}" ]] && tokens="-tokens ${TOKENS:-5000000}"
 	exp="timeout -k 10 $limit $run blackmamba experiment training -size $size $tokens -corpus $corpus $zs"
 	# Lanes balanced by measured speed on an H200 at 16 x 512 (BlackMamba 93K tokens/s, dense
 	# Mamba 124K, Transformer 346K): the slow dense Mamba at equal total parameters alone.
@@ -438,8 +440,7 @@ total-zeroshot)
 	# same command run again on the same machine after a time limit resumes the run, or only
 	# scores it when it had finished (experiment training -resume).
 	[[ -n "${EVALS:-}" ]] || { echo "total-zeroshot needs EVALS, the folder of the zero-shot task files" >&2; exit 2; }
-	size="${SIZE:-gpu}" tokens="" ckpt="${CKPT_EVERY:-200}"
-	[[ "$size" == gpu || -n "${TOKENS:-}" ]] && tokens="-tokens ${TOKENS:-5000000}"
+	ckpt="${CKPT_EVERY:-200}"
 	[[ "$size" == cpu-smoke && -z "${CKPT_EVERY:-}" ]] && ckpt=6
 	echo "$(date -u +%FT%TZ) total-zeroshot: workdir ${WORKDIR:-dist/runs-total}, limit ${TOTAL_LIMIT:-560} s" | tee -a "$out/total-zeroshot.log"
 	# shellcheck disable=SC2086 # $tokens is empty or one flag with its value
@@ -499,8 +500,6 @@ finish)
 	# share a lane of the training phase) on GPU 2, and the MoE and 2048-token step benchmarks
 	# on GPU 3. Merge lane1/training.json into the training phase's result with
 	# `blackmamba experiment training -merge`.
-	size="${SIZE:-gpu}" tokens=""
-	[[ "$size" == gpu || -n "${TOKENS:-}" ]] && tokens="-tokens ${TOKENS:-5000000}"
 	"$here/gpu-lanes.sh" \
 		"0,1: for p in ${DP_PHASES:-small loss test}; do SMALL_BATCH=${SMALL_BATCH:-32} SMALL_SEQ=${SMALL_SEQ:-512} $here/gpu-multi.sh $bundle \$p; done" \
 		"2: timeout -k 10 ${TOTAL_LIMIT:-565} $run blackmamba experiment training -size $size $tokens -corpus $corpus -archs -mamba-total -ablation=false -workdir /tmp/runs2 -out \$OUT/training.json -plots \$OUT/plots" \
