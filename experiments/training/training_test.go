@@ -51,6 +51,17 @@ func twoRunOptions(t *testing.T, steps int) (Options, *data.Corpus) {
 	return o, c
 }
 
+// scoredRunOptions returns twoRunOptions for 3 steps with a work folder of its own, progress
+// and log to the test's log, and each trained model scored on the hand-made PIQA task
+// (handMadePIQA).
+func scoredRunOptions(t *testing.T) (Options, *data.Corpus) {
+	o, c := twoRunOptions(t, 3)
+	o.Workdir = t.TempDir()
+	o.Progress, o.Log = testWriter{t}, testWriter{t}
+	o.ZeroShot = handMadePIQA(t)
+	return o, c
+}
+
 // handMadePIQA returns zero-shot options for a hand-made PIQA file of 3 examples, tokenized by
 // bytes (ids < 256 fit the tiny models' vocabulary).
 func handMadePIQA(t *testing.T) ZeroShotOptions {
@@ -71,10 +82,7 @@ func handMadePIQA(t *testing.T) ZeroShotOptions {
 // run reaches it), and the figures render.
 func TestRunSmoke(t *testing.T) {
 	backend := goBackend(t)
-	o, c := twoRunOptions(t, 3)
-	o.Workdir = t.TempDir()
-	o.Progress, o.Log = testWriter{t}, testWriter{t}
-	o.ZeroShot = handMadePIQA(t)
+	o, c := scoredRunOptions(t)
 	r, err := Run(backend, o)
 	if err != nil {
 		t.Fatal(err)
@@ -218,10 +226,7 @@ func TestResumeMatchesUninterrupted(t *testing.T) {
 // wall time, zero-shot scores of the loaded weights) equal the first run's.
 func TestRunResumeFinished(t *testing.T) {
 	backend := goBackend(t)
-	o, _ := twoRunOptions(t, 3)
-	o.Workdir = t.TempDir()
-	o.Progress, o.Log = testWriter{t}, testWriter{t}
-	o.ZeroShot = handMadePIQA(t)
+	o, _ := scoredRunOptions(t)
 	first, err := Run(backend, o)
 	if err != nil {
 		t.Fatal(err)
