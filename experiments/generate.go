@@ -100,9 +100,8 @@ type GenerateOptions struct {
 	// 15 s longer to compile: worth it for generations of tens of thousands of tokens.
 	Unroll int
 	// StepFuse is bm.Config.StepFuse for the generation (the folded layout's batch-1 step
-	// rearrangements of bm.StepFusions, comma-separated), which
-	// needs StepWeights to resolve to folded; "auto" is DefaultStepFuse when it does and none
-	// otherwise; "" and "none": none.
+	// rearrangements of bm.StepFusions, comma-separated), which needs StepWeights to resolve to
+	// folded; "auto" is DefaultStepFuse when it does and none otherwise; "" and "none": none.
 	StepFuse string
 	// DType is the dtype of the matmuls and of the stored matmul weights: "float32",
 	// "bfloat16" (the weights are converted in place by bm.CastWeights, which the LoadedModel
@@ -114,7 +113,8 @@ type GenerateOptions struct {
 	// call's tokens can be copied back at its end (see StreamInterval); on XLA the calls are
 	// launched ahead of the device unless SyncCalls. On an H200 the 1.5b latency sweep took
 	// 0.474-0.495 ms per token this way at one step per call with DefaultStepFuse (0.58-0.64
-	// with "residual" alone), against 1.31-1.71 ms with the held steps at 4. Sampled generation and generations of one token ignore it.
+	// with "residual" alone), against 1.31-1.71 ms with the held steps at 4. Sampled generation
+	// and generations of one token ignore it.
 	Resident bool
 	// StreamInterval is bm.GreedyDecoder.StreamInterval for the resident steps: the token
 	// history is copied to the host at most this often (and at the end), the tokens since the
